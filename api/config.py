@@ -1,0 +1,89 @@
+"""All settings in one typed place: defaults that work on a laptop, a TOML file, then flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ingest.server import RtmpSettings
+from relay.stream import RelaySettings
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or of the wrong type."""
+
+
+@dataclass(slots=True)
+class Settings:
+    host: str = "0.0.0.0"
+    rtmp_port: int = 1935
+    http_port: int = 8080
+    data_dir: Path = Path("./data")
+    # Base URL written into push, play and replay URLs; derived from host and ports when empty.
+    public_url: str = ""
+    redis: str = ""
+    log_level: str = "info"
+    # Development mode: any stream under app "live" may publish without a room (nginx-rtmp style).
+    allow_anonymous_publish: bool = False
+    # How long a play request for a stream that is not live waits for its publisher (0: answer at once).
+    play_wait_seconds: float = 0.0
+    # HTTP/1.1 HTTP-FLV in chunked transfer coding; off: close-delimited bodies for every client.
+    http_flv_chunked: bool = True
+    relay: RelaySettings = field(default_factory=RelaySettings)
+    rtmp: RtmpSettings = field(default_factory=RtmpSettings)
+
+    @property
+    def public_host(self) -> str:
+        if self.public_url:
+            return self.public_url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
+    @property
+    def http_base(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.public_host}:{self.http_port}"
+
+
+def _coerce(target: Any, name: str, value: Any, where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    if name not in fields:
+        raise ConfigError(f"{where}: unknown setting '{name}' (known: {', '.join(sorted(fields))})")
+    current = getattr(target, name)
+    if dataclasses.is_dataclass(current):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: [{name}] must be a table")
+        for key, item in value.items():
+            setattr(current, key, _coerce(current, key, item, f"{where} [{name}]"))
+        return current
+    kind = type(current)
+    if isinstance(current, Path):
+        return Path(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: '{name}' must be {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
+    """Defaults, then the TOML file (if any), then ``overrides`` (flags that were given)."""
+    settings = Settings()
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        for key, value in data.items():
+            setattr(
+                settings, key.replace("-", "_"), _coerce(settings, key.replace("-", "_"), value, str(path))
+            )
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(settings, key, _coerce(settings, key, value, "command line"))
+    if settings.log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level must be debug, info, warning or error, not {settings.log_level!r}")
+    return settings

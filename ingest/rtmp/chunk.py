@@ -1,0 +1,191 @@
+"""RTMP chunk stream reader (sans-I/O): bytes in, reassembled messages out.
+
+Handles all four chunk header formats, 1-3 byte basic headers, extended timestamps
+(also on type-3 chunks, including the encoders that omit them on continuations),
+Set Chunk Size up to 2^31-1 and Abort, applied at the exact byte where they take effect.
+Memory is bounded: a message is at most 16 MiB by the format, and the bytes held for
+partially received messages across all chunk streams are capped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relay.rtmp_chunks import EXTENDED_TIMESTAMP
+
+SET_CHUNK_SIZE = 1
+ABORT = 2
+
+DEFAULT_CHUNK_SIZE = 128
+MAX_CHUNK_SIZE = 0x7FFFFFFF
+
+
+class ChunkError(ValueError):
+    """The peer broke the chunk stream format or a limit."""
+
+
+@dataclass(slots=True)
+class Message:
+    csid: int
+    timestamp: int
+    type_id: int
+    stream_id: int
+    payload: bytes
+
+
+class _ChunkStream:
+    __slots__ = ("delta", "extended", "length", "parts", "received", "stream_id", "timestamp", "type_id")
+
+    def __init__(self) -> None:
+        self.timestamp = 0
+        self.delta = 0
+        self.length = 0
+        self.type_id = 0
+        self.stream_id = 0
+        self.extended = False
+        self.parts: list[bytes] = []
+        self.received = 0
+
+
+class ChunkReader:
+    def __init__(
+        self,
+        max_message_size: int = 16 * 1024 * 1024,
+        max_pending_bytes: int = 32 * 1024 * 1024,
+        max_chunk_streams: int = 64,
+    ) -> None:
+        self.chunk_size = DEFAULT_CHUNK_SIZE
+        self.max_message_size = max_message_size
+        self.max_pending_bytes = max_pending_bytes
+        self.max_chunk_streams = max_chunk_streams
+        self.bytes_received = 0
+        self._buf = bytearray()
+        self._streams: dict[int, _ChunkStream] = {}
+        self._pending = 0
+
+    def feed(self, data: bytes) -> list[Message]:
+        """Consume ``data``; return the messages it completed, in order."""
+        self.bytes_received += len(data)
+        buf = self._buf
+        buf += data
+        out: list[Message] = []
+        pos = 0
+        end = len(buf)
+        streams = self._streams
+        while pos < end:
+            start = pos
+            b0 = buf[pos]
+            fmt = b0 >> 6
+            csid = b0 & 0x3F
+            pos += 1
+            if csid == 0:
+                if pos + 1 > end:
+                    pos = start
+                    break
+                csid = 64 + buf[pos]
+                pos += 1
+            elif csid == 1:
+                if pos + 2 > end:
+                    pos = start
+                    break
+                csid = 64 + buf[pos] + (buf[pos + 1] << 8)
+                pos += 2
+            cs = streams.get(csid)
+            if cs is None:
+                if fmt != 0 and fmt != 1:
+                    raise ChunkError(f"chunk stream {csid} starts with a type-{fmt} header")
+                if len(streams) >= self.max_chunk_streams:
+                    raise ChunkError(f"more than {self.max_chunk_streams} chunk streams in use")
+                cs = streams[csid] = _ChunkStream()
+            header_len = (11, 7, 3, 0)[fmt]
+            if pos + header_len > end:
+                pos = start
+                break
+            if fmt == 3:
+                ts_field = EXTENDED_TIMESTAMP if cs.extended else 0
+            else:
+                ts_field = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]
+            ext_ts = None
+            ext_pos = pos + header_len
+            if ts_field == EXTENDED_TIMESTAMP:
+                if ext_pos + 4 > end:
+                    pos = start
+                    break
+                ext_ts = int.from_bytes(buf[ext_pos : ext_pos + 4], "big")
+                if fmt == 3 and cs.received and ext_ts != cs.delta:
+                    # A continuation chunk from an encoder that omits the extended timestamp
+                    # on type-3 chunks: these 4 bytes are payload, not a timestamp.
+                    ext_ts = None
+                else:
+                    ext_pos += 4
+            body_pos = ext_pos
+            if fmt <= 1:
+                length = (buf[pos + 3] << 16) | (buf[pos + 4] << 8) | buf[pos + 5]
+                type_id = buf[pos + 6]
+            else:
+                length = cs.length
+                type_id = cs.type_id
+            if cs.received and fmt != 3:
+                raise ChunkError(f"chunk stream {csid}: new message header before the previous message ended")
+            remaining = length - cs.received if cs.received else length
+            take = remaining if remaining < self.chunk_size else self.chunk_size
+            if body_pos + take > end:
+                pos = start
+                break
+            # The whole chunk is present: commit its header.
+            if not cs.received:
+                if length > self.max_message_size:
+                    raise ChunkError(
+                        f"message of {length} bytes exceeds the {self.max_message_size} byte limit"
+                    )
+                value = ext_ts if ext_ts is not None else ts_field
+                # As in FFmpeg and SRS, a type-0 header's timestamp also serves as the delta
+                # that a following type-3 message header repeats.
+                if fmt == 0:
+                    cs.stream_id = int.from_bytes(buf[pos + 7 : pos + 11], "little")
+                    cs.timestamp = value
+                    cs.delta = value
+                elif fmt == 3:
+                    cs.timestamp = (cs.timestamp + cs.delta) & 0xFFFFFFFF
+                else:
+                    cs.delta = value
+                    cs.timestamp = (cs.timestamp + value) & 0xFFFFFFFF
+                if fmt != 3:
+                    cs.extended = ts_field == EXTENDED_TIMESTAMP
+                cs.length = length
+                cs.type_id = type_id
+            pos = body_pos + take
+            if take == remaining and not cs.received:
+                payload = bytes(buf[body_pos:pos])
+            else:
+                self._pending += take
+                if self._pending > self.max_pending_bytes:
+                    raise ChunkError("too many bytes held in partially received messages")
+                cs.parts.append(bytes(buf[body_pos:pos]))
+                cs.received += take
+                if cs.received < cs.length:
+                    continue
+                payload = b"".join(cs.parts)
+                self._pending -= cs.received
+                cs.parts = []
+                cs.received = 0
+            if type_id in (SET_CHUNK_SIZE, ABORT):
+                self._control(type_id, payload)
+            out.append(Message(csid, cs.timestamp, type_id, cs.stream_id, payload))
+        del buf[:pos]
+        return out
+
+    def _control(self, type_id: int, payload: bytes) -> None:
+        if len(payload) < 4:
+            raise ChunkError(f"protocol control message {type_id} is {len(payload)} bytes, expected 4")
+        value = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+        if type_id == SET_CHUNK_SIZE:
+            if value < 1:
+                raise ChunkError("Set Chunk Size to 0")
+            self.chunk_size = value
+        else:
+            cs = self._streams.get(value)
+            if cs is not None and cs.received:
+                self._pending -= cs.received
+                cs.parts = []
+                cs.received = 0

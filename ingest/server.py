@@ -1,0 +1,324 @@
+"""The asyncio RTMP server: a thin shell that moves bytes between sockets, the protocol core and the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from dataclasses import dataclass
+
+from ingest.rtmp import connection as rtmp
+from relay.access import AccessRequest, Authorizer, Decision, allow_all, decide
+from relay.formats import RtmpFormat
+from relay.hub import Hub, PublishSession, StreamBusy
+from relay.stream import PublisherInfo
+from relay.viewer import Viewer
+
+log = logging.getLogger("minilive.rtmp")
+
+
+@dataclass(slots=True)
+class RtmpSettings:
+    handshake_timeout: float = 10.0
+    # A connection that has neither published nor played by then is dropped (half-open floods).
+    setup_timeout: float = 30.0
+    # A publisher that sends nothing at all for this long is gone (silent TCP stall). A trickle
+    # such as live-pusher's background "waiting image" keeps it alive.
+    publisher_idle_timeout: float = 10.0
+    max_connections: int = 10000
+    max_message_size: int = 16 * 1024 * 1024
+    # Media a publisher sends while its publish request is being authorized is held, up to this.
+    max_held_messages: int = 2000
+
+
+class RtmpServer:
+    def __init__(
+        self,
+        hub: Hub,
+        authorize_publish: Authorizer,
+        authorize_play: Authorizer = allow_all,
+        settings: RtmpSettings | None = None,
+        play_wait_seconds: float = 0.0,
+    ) -> None:
+        self.hub = hub
+        self.authorize_publish = authorize_publish
+        self.authorize_play = authorize_play
+        self.settings = settings or RtmpSettings()
+        self.play_wait_seconds = play_wait_seconds
+        self.connections: set[RtmpProtocol] = set()
+        self._server: asyncio.Server | None = None
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def start(self, host: str, port: int) -> list[tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: RtmpProtocol(self), host, port, backlog=1024)
+        self._ticker = asyncio.create_task(self._tick())
+        return [s.getsockname()[:2] for s in self._server.sockets]
+
+    async def close(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+        if self._server:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self._server:
+            await self._server.wait_closed()
+
+    async def _tick(self) -> None:
+        s = self.settings
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                if conn.session is not None:
+                    if now - conn.last_data > s.publisher_idle_timeout:
+                        conn.drop(f"publisher sent nothing for {s.publisher_idle_timeout:.0f} s")
+                elif conn.viewer is None:
+                    if not conn.core.handshake.done and now - conn.opened > s.handshake_timeout:
+                        conn.drop("handshake timed out")
+                    elif now - conn.opened > s.setup_timeout and not conn.busy:
+                        conn.drop("neither published nor played in time")
+
+
+class RtmpProtocol(asyncio.Protocol):
+    def __init__(self, server: RtmpServer) -> None:
+        self.server = server
+        self.core = rtmp.ServerConnection(server.settings.max_message_size)
+        self.transport: asyncio.Transport | None = None
+        self.remote = ""
+        self.opened = self.last_data = time.monotonic()
+        self.session: PublishSession | None = None
+        self.publish_stream_id = 0
+        self.viewer: Viewer | None = None
+        self.busy = False  # an authorization is in flight
+        self.held: list[rtmp.Event] | None = None
+        self.closed = False
+        self._play_name = ""
+        self._task: asyncio.Future[None] | None = None  # the authorization in flight
+
+    # ------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.remote = f"{peer[0]}:{peer[1]}" if peer else "?"
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if len(self.server.connections) >= self.server.settings.max_connections:
+            log.warning(
+                "rtmp %s refused: %d connections is the limit", self.remote, len(self.server.connections)
+            )
+            transport.abort()
+            self.closed = True
+            return
+        self.server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_data = time.monotonic()
+        try:
+            events = self.core.receive_data(data)
+        except ValueError as exc:
+            self.drop(f"protocol error: {exc}")
+            return
+        out = self.core.data_to_send()
+        if out:
+            self.transport.write(out)  # type: ignore[union-attr]
+        session = self.session
+        for event in events:
+            if type(event) is rtmp.Media:
+                if session is not None and event.stream_id == self.publish_stream_id:
+                    session.send(event.type_id, event.timestamp, event.payload)
+                elif self.held is not None:
+                    self._hold(event)
+            else:
+                self._handle(event)
+                session = self.session
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        self._end_publish("disconnected")
+        viewer = self.viewer
+        if viewer is not None:
+            self.viewer = None
+            stream = self.server.hub.streams.get(f"{self.core.app}/{self._play_name}")
+            if stream is not None:
+                stream.detach(viewer)
+            viewer.done.done() or viewer.done.set_result("disconnected")
+            log.info(
+                "rtmp play end %s/%s from %s: %.1f s, %.2f MB, %d skips",
+                self.core.app,
+                self._play_name,
+                self.remote,
+                time.monotonic() - viewer.joined_at,
+                viewer.bytes_out / 1e6,
+                viewer.skips,
+            )
+
+    # ------------------------------------------------------------ events
+
+    def _hold(self, event: rtmp.Event) -> None:
+        assert self.held is not None
+        if len(self.held) >= self.server.settings.max_held_messages:
+            self.drop("too much media sent before the publish was accepted")
+            return
+        self.held.append(event)
+
+    def _handle(self, event: rtmp.Event) -> None:
+        if isinstance(event, rtmp.Connect):
+            self.core.accept_connect(event)
+            self._flush()
+        elif isinstance(event, rtmp.Publish):
+            if self.session is not None or self.busy:
+                self.core.reject_publish(
+                    event, "NetStream.Publish.BadName", "this connection is already publishing"
+                )
+                self._flush()
+                return
+            self.busy = True
+            self.held = []
+            self._task = asyncio.ensure_future(self._publish(event))
+        elif isinstance(event, rtmp.Play):
+            if self.viewer is not None or self.busy:
+                return
+            self.busy = True
+            self._task = asyncio.ensure_future(self._play(event))
+        elif isinstance(event, rtmp.Metadata):
+            if self.session is not None and event.stream_id == self.publish_stream_id:
+                self.session.metadata(event.payload, event.values)
+            elif self.held is not None:
+                self._hold(event)
+        elif isinstance(event, rtmp.DeleteStream):
+            if self.session is not None and event.stream_id == self.publish_stream_id:
+                name = self.session.stream.name
+                self._end_publish("unpublish")
+                self.core.unpublished(event.stream_id, name)
+                self._flush()
+            elif self.viewer is not None:
+                self.transport.close()  # type: ignore[union-attr]
+
+    async def _publish(self, event: rtmp.Publish) -> None:
+        app = self.core.app
+        request = AccessRequest("publish", "rtmp", app, event.name, event.query, self.remote)
+        decision = await decide(self.server.authorize_publish, request, log)
+        if self.closed:
+            return
+        self.busy = False
+        if not event.name:
+            decision = Decision.deny("empty stream name")
+        if not decision.allowed:
+            log.info("rtmp publish refused %s/%s from %s: %s", app, event.name, self.remote, decision.reason)
+            self.core.reject_publish(event, "NetStream.Publish.Unauthorized", decision.reason)
+            self._flush()
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        info = PublisherInfo("rtmp", self.remote, id(self), event.query)
+        try:
+            self.session = self.server.hub.publish(app, event.name, info, self._kicked)
+        except StreamBusy as exc:
+            log.info("rtmp publish refused %s/%s from %s: %s", app, event.name, self.remote, exc)
+            self.core.reject_publish(event, "NetStream.Publish.BadName", str(exc))
+            self._flush()
+            self.held = None
+            return
+        self.publish_stream_id = event.stream_id
+        self.core.accept_publish(event)
+        self._flush()
+        log.info("rtmp publish start %s/%s from %s", app, event.name, self.remote)
+        held, self.held = self.held or [], None
+        for item in held:
+            if isinstance(item, rtmp.Media):
+                self.session.send(item.type_id, item.timestamp, item.payload)
+            elif isinstance(item, rtmp.Metadata):
+                self.session.metadata(item.payload, item.values)
+
+    async def _play(self, event: rtmp.Play) -> None:
+        server = self.server
+        app = self.core.app
+        self._play_name = event.name
+        request = AccessRequest("play", "rtmp", app, event.name, event.query, self.remote)
+        decision = await decide(server.authorize_play, request, log)
+        if self.closed:
+            return
+        if not decision.allowed:
+            self.busy = False
+            self.core.reject_play(event, "NetStream.Play.Failed", decision.reason)
+            self._flush()
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        stream = await server.hub.wait_for(app, event.name, server.play_wait_seconds)
+        self.busy = False
+        if self.closed:
+            return
+        if stream is None:
+            self.core.reject_play(
+                event, "NetStream.Play.StreamNotFound", f"no live stream named {app}/{event.name}"
+            )
+            self._flush()
+            return
+        self.core.accept_play(event)
+        self._flush()
+        sid = event.stream_id
+
+        def end(reason: str) -> None:
+            if not self.closed:
+                self.core.play_ended(sid, event.name, reason)
+                self._flush()
+                self.transport.close()  # type: ignore[union-attr]
+
+        self.viewer = Viewer(self.transport, RtmpFormat(sid), remote=self.remote, end=end)  # type: ignore[arg-type]
+        stream.attach(self.viewer)
+        log.info("rtmp play start %s/%s from %s", app, event.name, self.remote)
+
+    # ------------------------------------------------------------ helpers
+
+    def _flush(self) -> None:
+        out = self.core.data_to_send()
+        if out and not self.closed:
+            self.transport.write(out)  # type: ignore[union-attr]
+
+    def _kicked(self, reason: str) -> None:
+        log.info(
+            "rtmp publisher %s of %s/%s disconnected: %s",
+            self.remote,
+            self.core.app,
+            self._publish_name(),
+            reason,
+        )
+        self.session = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _publish_name(self) -> str:
+        return self.session.stream.name if self.session else ""
+
+    def _end_publish(self, reason: str) -> None:
+        session = self.session
+        if session is None:
+            return
+        self.session = None
+        session.close(reason)
+        log.info(
+            "rtmp publish end %s/%s from %s (%s): %.1f s, %d packets",
+            session.stream.app,
+            session.stream.name,
+            self.remote,
+            reason,
+            time.monotonic() - session.started,
+            session.packets,
+        )
+
+    def drop(self, reason: str) -> None:
+        if self.closed:
+            return
+        log.info("rtmp %s dropped: %s", self.remote, reason)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def shutdown(self) -> None:
+        if self.transport is not None and not self.closed:
+            self._end_publish("shutdown")
+            self.transport.close()
