@@ -1,0 +1,167 @@
+"""Shared fixtures: an in-process minilive server on free ports, and real ffmpeg/ffprobe peers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.config import Settings
+from api.server import Server
+
+FFMPEG = shutil.which("ffmpeg")
+FFPROBE = shutil.which("ffprobe")
+
+needs_ffmpeg = pytest.mark.skipif(
+    not (FFMPEG and FFPROBE), reason="ffmpeg/ffprobe not installed: run scripts/dev test, which installs them"
+)
+
+
+@pytest.fixture
+async def make_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Server]]]:
+    """Start servers with settings overrides: ``await make_server(grace_seconds=1)``."""
+    servers: list[Server] = []
+
+    async def start(**overrides: Any) -> Server:
+        settings = Settings(
+            host="127.0.0.1", rtmp_port=0, http_port=0, data_dir=tmp_path / f"data{len(servers)}"
+        )
+        settings.allow_anonymous_publish = overrides.pop("allow_anonymous_publish", True)
+        for key, value in overrides.items():
+            for target in (settings, settings.relay, settings.rtmp):
+                if hasattr(target, key):
+                    setattr(target, key, value)
+                    break
+            else:
+                raise AttributeError(f"no setting {key}")
+        server = Server(settings)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+async def server(make_server: Callable[..., Awaitable[Server]]) -> Server:
+    return await make_server()
+
+
+def rtmp_url(server: Server, name: str, app: str = "live") -> str:
+    return f"rtmp://127.0.0.1:{server.rtmp_port}/{app}/{name}"
+
+
+def flv_url(server: Server, name: str, app: str = "live") -> str:
+    return f"http://127.0.0.1:{server.http_port}/{app}/{name}.flv"
+
+
+@dataclass
+class Publisher:
+    process: asyncio.subprocess.Process
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+        await self.process.wait()
+
+
+async def publish(
+    url: str,
+    *,
+    seconds: float = 30,
+    video: bool = True,
+    audio: bool = True,
+    size: str = "320x240",
+    rate: int = 25,
+    gop: int = 25,
+    realtime: bool = True,
+    noise: bool = False,
+) -> Publisher:
+    """Debian's ffmpeg pushing a generated H.264 + AAC stream (testsrc + sine) over RTMP."""
+    args = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin"]
+    if realtime:
+        args.append("-re")
+    if video:
+        source = f"testsrc=size={size}:rate={rate}"
+        # Noise makes every frame expensive to compress: a high, realistic bitrate.
+        args += ["-f", "lavfi", "-i", source + (",noise=alls=60:allf=t" if noise else "")]
+    if audio:
+        args += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]
+    if video:
+        args += [
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            str(gop),
+            "-pix_fmt",
+            "yuv420p",
+        ]
+    if audio:
+        args += ["-c:a", "aac", "-b:a", "64k"]
+    args += ["-t", str(seconds), "-f", "flv", url]
+    process = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    return Publisher(process)
+
+
+async def wait_live(server: Server, name: str, app: str = "live", timeout: float = 10) -> None:
+    """Wait until the hub has a keyframe of the stream cached (so players start at once)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        stream = server.hub.get(app, name)
+        if stream is not None and stream.publisher is not None and stream.gop.packets:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"stream {app}/{name} did not go live within {timeout} s")
+
+
+async def run(*args: str, timeout: float = 30) -> tuple[int, bytes, bytes]:
+    process = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        out, err = await process.communicate()
+        raise AssertionError(f"{args[0]} timed out after {timeout} s: {err.decode()[-2000:]}") from None
+    return process.returncode or 0, out, err
+
+
+async def probe_streams(url: str, timeout: float = 20) -> list[dict[str, Any]]:
+    code, out, err = await run(FFPROBE, "-v", "error", "-show_streams", "-of", "json", url, timeout=timeout)
+    assert code == 0, f"ffprobe failed on {url}: {err.decode()[-2000:]}"
+    return json.loads(out)["streams"]
+
+
+async def probe_packets(url: str, seconds: float, timeout: float = 30) -> list[dict[str, Any]]:
+    """Packets (stream, dts, pts, flags) that ffprobe reads from ``url`` in ``seconds`` of playback."""
+    code, out, err = await run(
+        FFPROBE,
+        "-v",
+        "error",
+        "-read_intervals",
+        f"%+{seconds}",
+        "-show_entries",
+        "packet=stream_index,codec_type,dts_time,pts_time,flags",
+        "-of",
+        "json",
+        url,
+        timeout=timeout,
+    )
+    assert code == 0, f"ffprobe failed on {url}: {err.decode()[-2000:]}"
+    return json.loads(out)["packets"]
