@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 
 import aiohttp
@@ -105,7 +106,7 @@ async def test_viewer_that_pauses_skips_to_a_keyframe_and_resumes(make_server):
         # Find where the skip happened: the first video tag after the largest timestamp jump.
         video = [t for t in tags if t.kind == flv.VIDEO]
         jumps = [
-            (b.timestamp - a.timestamp, i + 1) for i, (a, b) in enumerate(zip(video, video[1:], strict=False))
+            (b.timestamp - a.timestamp, i + 1) for i, (a, b) in enumerate(itertools.pairwise(video))
         ]
         gap, index = max(jumps)
         assert gap > 500, "frames were skipped"
