@@ -1,0 +1,117 @@
+"""`minilive serve` as a user runs it: flags, a TOML file, clear errors, and a clean SIGTERM shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+
+import aiohttp
+
+from tests.conftest import needs_ffmpeg, publish
+from tests.test_playback import FlvClient, play_http
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def start_cli(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "api.cli",
+        "serve",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
+async def wait_http(port: int, timeout: float = 10) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if loop.time() > deadline:
+                raise AssertionError("server did not come up")
+            await asyncio.sleep(0.1)
+
+
+@needs_ffmpeg
+async def test_sigterm_ends_publishers_and_viewers_cleanly(tmp_path):
+    rtmp, http = free_port(), free_port()
+    config = tmp_path / "minilive.toml"
+    config.write_text(f'http_port = {http}\nhost = "127.0.0.1"\n[relay]\ngrace_seconds = 60\n')
+    server = await start_cli(
+        "--config",
+        str(config),
+        "--rtmp-port",
+        str(rtmp),
+        "--data-dir",
+        str(tmp_path),
+        "--allow-anonymous-publish",
+    )
+    try:
+        await wait_http(http)
+        pub = await publish(f"rtmp://127.0.0.1:{rtmp}/live/bye")
+        async with aiohttp.ClientSession() as session:
+            viewer = FlvClient()
+            for _ in range(100):
+                task = asyncio.create_task(
+                    play_http(session, f"http://127.0.0.1:{http}/live/bye.flv", viewer)
+                )
+                await asyncio.sleep(0.2)
+                if viewer.status == 200:
+                    break
+                await task
+                viewer = FlvClient()
+            await viewer.wait_for(lambda c: len(c.video()) > 10)
+            server.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(server.wait(), 10)
+            await asyncio.wait_for(viewer.ended.wait(), 5)
+        assert code == 0
+        assert viewer.end_reason == "eof", "viewers get a clean end of stream, not a reset"
+        assert await asyncio.wait_for(pub.process.wait(), 10) is not None
+        log = (await server.stdout.read()).decode()
+        assert f"RTMP  listening on 127.0.0.1:{rtmp}" in log
+        assert f"HTTP  listening on 127.0.0.1:{http}" in log
+        assert "rtmp publish start live/bye" in log
+        assert "shutting down" in log
+        assert "stream live/bye ended (server shutting down)" in log
+    finally:
+        if server.returncode is None:
+            server.kill()
+            await server.wait()
+
+
+async def test_bad_settings_are_named(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[relay]\nflush_window = 5\n")
+    server = await start_cli("--config", str(config))
+    out, _ = await server.communicate()
+    assert server.returncode == 2
+    assert "unknown setting 'flush_window'" in out.decode()
+    assert "flush_window_ms" in out.decode(), "the error lists the settings that exist"
+
+
+async def test_port_in_use_says_what_to_do(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = await start_cli(
+            "--host", "127.0.0.1", "--rtmp-port", str(port), "--http-port", "0", "--data-dir", str(tmp_path)
+        )
+        out, _ = await asyncio.wait_for(server.communicate(), 10)
+    assert server.returncode == 1
+    assert "--rtmp-port" in out.decode()
