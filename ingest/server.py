@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ingest.rtmp import connection as rtmp
 from relay.access import AccessRequest, Authorizer, Decision, allow_all, decide
@@ -27,6 +27,8 @@ class RtmpSettings:
     # such as live-pusher's background "waiting image" keeps it alive.
     publisher_idle_timeout: float = 10.0
     max_connections: int = 10000
+    # RTMP applications (the first path segment of rtmp://HOST/APP/STREAM) this server serves.
+    apps: list[str] = field(default_factory=lambda: ["live"])
     max_message_size: int = 16 * 1024 * 1024
     # Media a publisher sends while its publish request is being authorized is held, up to this.
     max_held_messages: int = 2000
@@ -169,6 +171,15 @@ class RtmpProtocol(asyncio.Protocol):
 
     def _handle(self, event: rtmp.Event) -> None:
         if isinstance(event, rtmp.Connect):
+            apps = self.server.settings.apps
+            if event.app not in apps:
+                log.info("rtmp %s refused: unknown app %r", self.remote, event.app)
+                self.core.reject_connect(
+                    event, f"unknown application '{event.app}'; push and play at rtmp://HOST/{apps[0]}/STREAM"
+                )
+                self._flush()
+                self.transport.close()  # type: ignore[union-attr]
+                return
             self.core.accept_connect(event)
             self._flush()
         elif isinstance(event, rtmp.Publish):

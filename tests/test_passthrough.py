@@ -146,7 +146,14 @@ async def test_republish_takes_over_a_half_dead_connection(make_server):
     new.close()
 
 
-async def test_publish_to_another_app_is_refused_with_a_reason(server):
+async def test_unknown_app_is_rejected_at_connect_with_a_reason(server):
+    rejected = r"NetConnection\.Connect\.Rejected.*unknown application 'other'"
+    with pytest.raises(RtmpClientError, match=rejected):
+        await connect(f"rtmp://127.0.0.1:{server.rtmp_port}/other")
+
+
+async def test_anonymous_publish_is_limited_to_app_live(make_server):
+    server = await make_server(apps=["live", "other"])
     client = await connect(f"rtmp://127.0.0.1:{server.rtmp_port}/other")
     with pytest.raises(RtmpClientError, match="only allowed under app 'live'"):
         await client.publish("x")
