@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from api import streams
 from api.access import AccessPolicy
@@ -15,6 +16,22 @@ from relay.http_flv import CORS, FlvPlayback
 from relay.hub import Hub
 
 log = logging.getLogger("minilive")
+
+
+class BadRequestLogFilter(logging.Filter):
+    """aiohttp logs every unparseable request at ERROR with a traceback, so anyone could fill the
+    error log with junk requests. Those are the client's fault: one INFO line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "bad HTTP request: %s", (exc,)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(BadRequestLogFilter())
 
 
 @web.middleware

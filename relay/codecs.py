@@ -37,6 +37,8 @@ AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 1200
 
 # Enhanced RTMP video packet types
 _EX_SEQUENCE_START = 0
+_EX_CODED_FRAMES = 1
+_EX_CODED_FRAMES_X = 3
 _EX_MPEG2TS_SEQUENCE_START = 5
 
 
@@ -62,12 +64,14 @@ def video_info(payload: bytes) -> VideoInfo:
         packet_type = b0 & 0x0F
         codec = VIDEO_FOURCC.get(bytes(payload[1:5]), "")
         config = packet_type in (_EX_SEQUENCE_START, _EX_MPEG2TS_SEQUENCE_START)
-        return VideoInfo(frame_type == 1 and not config, config, codec)
+        coded = packet_type in (_EX_CODED_FRAMES, _EX_CODED_FRAMES_X)
+        return VideoInfo(frame_type == 1 and coded, config, codec)
     frame_type = b0 >> 4
     codec_id = b0 & 0x0F
     codec = VIDEO_CODEC_IDS.get(codec_id, "")
-    config = codec_id in (7, 12) and len(payload) > 1 and payload[1] == 0
-    return VideoInfo(frame_type == 1 and not config, config, codec)
+    packet_type = payload[1] if codec_id in (7, 12) and len(payload) > 1 else 1
+    # AVCPacketType 0 is the sequence header, 2 the end of sequence: neither starts a GOP.
+    return VideoInfo(frame_type == 1 and packet_type == 1, packet_type == 0, codec)
 
 
 def audio_info(payload: bytes) -> AudioInfo:

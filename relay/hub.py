@@ -267,7 +267,6 @@ class Hub:
         if timer is not None:
             timer.cancel()
         del self.streams[key]
-        info = stream.info()
         stream.end(reason)
         totals = self.totals
         totals["bytes_in"] += stream.bytes_in
@@ -282,4 +281,4 @@ class Hub:
             stream.bytes_in / 1e6,
             stream.bytes_out / 1e6,
         )
-        self._emit(StreamEvent("end", stream.app, stream.name, {"reason": reason, "stream": info}))
+        self._emit(StreamEvent("end", stream.app, stream.name, {"reason": reason, "stream": stream.info()}))

@@ -318,9 +318,8 @@ class LiveStream:
 
     def info(self) -> dict[str, Any]:
         now = time.time()
-        meta = self.meta_values
-        width = self.width or int(meta.get("width") or 0)
-        height = self.height or int(meta.get("height") or 0)
+        width = self.width or _dimension(self.meta_values.get("width"))
+        height = self.height or _dimension(self.meta_values.get("height"))
         publisher = self.publisher
         return {
             "app": self.app,
@@ -356,6 +355,13 @@ class LiveStream:
             "publish_count": self.publish_count,
             "uptime": round(now - self.created_at, 3),
         }
+
+
+def _dimension(value: Any) -> int:
+    """A picture dimension from the publisher's onMetaData, which may hold anything."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1 << 16:
+        return int(value)
+    return 0
 
 
 def _resume_packets(batch: list[Packet], start: int) -> list[Packet]:

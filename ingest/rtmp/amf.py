@@ -191,12 +191,15 @@ class _Reader:
         while True:
             if len(target) > MAX_ELEMENTS:
                 raise AMFError("too many object properties")
+            if self.pos >= len(self.buf):
+                # Some encoders omit the end marker (00 00 09, or its 09) on the last object of a
+                # message; FFmpeg and SRS read such an object to the end of the message too.
+                return target
             key = self.text(self.u16())
             if not key and self.pos < len(self.buf) and self.buf[self.pos] == _OBJECT_END:
                 self.pos += 1
                 return target
             if self.pos >= len(self.buf):
-                # Some encoders omit the end marker on the last object of a message.
                 return target
             target[key] = self.value(depth + 1)
 
@@ -267,12 +270,16 @@ class _Amf3Reader:
             ref = self.u29()
             if not ref & 1:
                 return None
-            if (ref >> 2) & 1 == 0 or (ref >> 3) & 1:
-                raise AMFError("AMF3 traits/externalizable objects are not supported")
+            # U29O-traits: bit 1 inline traits (else a traits reference), bit 2 externalizable,
+            # bit 3 dynamic, the rest the number of sealed member names.
+            if not ref & 0x02 or ref & 0x04:
+                raise AMFError("AMF3 traits references and externalizable objects are not supported")
             self.string()  # class name
-            obj: dict[str, Any] = {}
-            while key := self.string():
-                obj[key] = self.value(depth + 1)
+            sealed = [self.string() for _ in range(min(ref >> 4, MAX_ELEMENTS))]
+            obj: dict[str, Any] = {key: self.value(depth + 1) for key in sealed}
+            if ref & 0x08:
+                while key := self.string():
+                    obj[key] = self.value(depth + 1)
             return obj
         if marker == 0x0C:
             ref = self.u29()

@@ -127,6 +127,10 @@ class ChunkReader:
                 type_id = cs.type_id
             if cs.received and fmt != 3:
                 raise ChunkError(f"chunk stream {csid}: new message header before the previous message ended")
+            # Checked on the header, before waiting for the body: with a huge chunk size the whole
+            # message is one chunk, which must not be buffered first.
+            if not cs.received and length > self.max_message_size:
+                raise ChunkError(f"message of {length} bytes exceeds the {self.max_message_size} byte limit")
             remaining = length - cs.received if cs.received else length
             take = remaining if remaining < self.chunk_size else self.chunk_size
             if body_pos + take > end:
@@ -134,10 +138,6 @@ class ChunkReader:
                 break
             # The whole chunk is present: commit its header.
             if not cs.received:
-                if length > self.max_message_size:
-                    raise ChunkError(
-                        f"message of {length} bytes exceeds the {self.max_message_size} byte limit"
-                    )
                 value = ext_ts if ext_ts is not None else ts_field
                 # As in FFmpeg and SRS, a type-0 header's timestamp also serves as the delta
                 # that a following type-3 message header repeats.

@@ -10,6 +10,7 @@ to send, which :meth:`ServerConnection.data_to_send` hands over. Protocol housek
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,7 +86,10 @@ def split_query(value: str) -> tuple[str, str]:
 
 
 def _number(value: Any, default: float) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+    """A finite AMF number, else ``default`` (an infinite stream id would not even convert to int)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return default
 
 
 class ServerConnection:
@@ -286,9 +290,11 @@ class ServerConnection:
         self._out += messages.set_chunk_size(OUT_CHUNK_SIZE)
         self.out_chunk_size = OUT_CHUNK_SIZE
         properties: dict[str, Any] = {"fmsVer": "FMS/3,5,7,7009", "capabilities": 31.0, "mode": 1.0}
-        if "fourCcList" in event.properties:
-            # Enhanced RTMP: we relay every codec as it is, so accept what the client offers.
-            properties["fourCcList"] = event.properties["fourCcList"]
+        fourccs = event.properties.get("fourCcList")
+        if isinstance(fourccs, list):
+            # Enhanced RTMP: we relay every codec as it is, so accept what the client offers. Only
+            # strings are echoed: other values (an AMF3 ByteArray decodes to bytes) have no AMF0 form.
+            properties["fourCcList"] = [fourcc for fourcc in fourccs if isinstance(fourcc, str)]
         info = {
             "level": "status",
             "code": "NetConnection.Connect.Success",
