@@ -1,0 +1,307 @@
+"""The servers under test: install, start with a generated config, sample CPU and memory, stop.
+
+    python -m bench.peers install    # apt: nginx libnginx-mod-rtmp ffmpeg; npm: node-media-server@4
+
+Every server listens on loopback only, on the ports it is given, with its config and data under
+bench/.cache/<server>/, and is started in its own session so that stopping it ends its whole tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "bench" / ".cache"
+NMS_PREFIX = CACHE / "nms"
+NMS_PACKAGE = NMS_PREFIX / "node_modules" / "node-media-server"
+MINILIVE = ROOT / ".venv" / "bin" / "minilive"
+APT_PACKAGES = ("nginx", "libnginx-mod-rtmp", "ffmpeg")
+RTMP_MODULE_PATHS = (
+    Path("/usr/lib/nginx/modules/ngx_rtmp_module.so"),
+    Path("/usr/share/nginx/modules/ngx_rtmp_module.so"),
+)
+STARTUP_TIMEOUT = 20.0
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------------ install
+
+
+def _apt_missing(packages: tuple[str, ...]) -> list[str]:
+    missing = []
+    for package in packages:
+        status = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True
+        ).stdout
+        if "install ok installed" not in status:
+            missing.append(package)
+    return missing
+
+
+def install() -> None:
+    """Install whatever of the peers and tools is missing; a no-op when all are there."""
+    packages = APT_PACKAGES if shutil.which("npm") else (*APT_PACKAGES, "nodejs", "npm")
+    missing = _apt_missing(packages)
+    if missing:
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        print(f"installing {' '.join(missing)}", file=sys.stderr)
+        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True)
+        subprocess.run(
+            [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+            check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+    if not (NMS_PACKAGE / "package.json").exists():
+        print("installing node-media-server@4", file=sys.stderr)
+        NMS_PREFIX.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--prefix", str(NMS_PREFIX), "--no-audit", "--no-fund", "node-media-server@4"],
+            check=True,
+        )
+
+
+def versions() -> dict[str, str]:
+    """Versions of the peers as installed, for the results file."""
+    found = {}
+    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    found["nginx"] = nginx.split("/", 1)[-1]
+    rtmp = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-rtmp"], capture_output=True, text=True
+    ).stdout
+    found["libnginx-mod-rtmp"] = rtmp
+    if (NMS_PACKAGE / "package.json").exists():
+        found["node-media-server"] = json.loads((NMS_PACKAGE / "package.json").read_text())["version"]
+        found["node"] = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    return found
+
+
+# ------------------------------------------------------------------ process sampling
+
+
+@dataclass(slots=True)
+class Sample:
+    cpu_seconds: float  # user + system time of the whole process tree so far
+    rss_bytes: int
+
+
+@dataclass(slots=True)
+class ProcessStat:
+    name: str
+    ppid: int
+    cpu_seconds: float
+
+
+def processes() -> dict[int, ProcessStat]:
+    """Every process alive now, from /proc/PID/stat."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may contain spaces: split at the last ')'.
+        head, tail = stat.rsplit(")", 1)
+        fields = tail.split()
+        found[int(entry)] = ProcessStat(
+            head.split("(", 1)[1], int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS
+        )
+    return found
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants that are alive now."""
+    children: dict[int, list[int]] = {}
+    for pid, stat in processes().items():
+        children.setdefault(stat.ppid, []).append(pid)
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+def sample(pids: list[int]) -> Sample:
+    cpu = 0
+    rss = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        cpu += int(fields[11]) + int(fields[12])  # utime, stime
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                rss += int(line.split()[1]) * 1024
+                break
+    return Sample(cpu / _TICKS, rss)
+
+
+# ------------------------------------------------------------------ servers
+
+
+@dataclass(slots=True)
+class Server:
+    name: str
+    process: subprocess.Popen
+    rtmp_port: int
+    http_port: int | None  # None: the server has no HTTP-FLV (nginx-rtmp)
+    log: Path
+    pids: list[int] = field(default_factory=list)
+
+    def rtmp_url(self) -> str:
+        return f"rtmp://127.0.0.1:{self.rtmp_port}/live"
+
+    def flv_url(self, stream: str) -> str | None:
+        return None if self.http_port is None else f"http://127.0.0.1:{self.http_port}/live/{stream}.flv"
+
+    def sample(self) -> Sample:
+        # The tree is re-read each time: nginx's worker or a server's helpers may come and go.
+        self.pids = process_tree(self.process.pid)
+        return sample(self.pids)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _fresh_dir(name: str) -> Path:
+    path = CACHE / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def _wait_listening(server: Server) -> None:
+    ports = [server.rtmp_port] + ([server.http_port] if server.http_port else [])
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    for port in ports:
+        while True:
+            if server.process.poll() is not None:
+                tail = server.log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{tail}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    server.stop()
+                    raise RuntimeError(f"{server.name} did not listen on port {port}") from None
+                time.sleep(0.1)
+
+
+def _launch(name: str, argv: list[str], workdir: Path, rtmp_port: int, http_port: int | None) -> Server:
+    log = workdir / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv,
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    server = Server(name, process, rtmp_port, http_port, log)
+    _wait_listening(server)
+    return server
+
+
+def start_nginx(rtmp_port: int, http_port: int) -> Server:
+    """nginx-rtmp, one worker (its live streams are per worker), no HTTP-FLV: the port is unused."""
+    module = next((path for path in RTMP_MODULE_PATHS if path.exists()), None)
+    if module is None:
+        raise RuntimeError("ngx_rtmp_module.so not found; run `python -m bench.peers install`")
+    workdir = _fresh_dir("nginx")
+    conf = workdir / "nginx.conf"
+    conf.write_text(
+        f"""load_module {module};
+worker_processes 1;
+worker_rlimit_nofile 65536;
+daemon off;
+master_process on;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 16384; }}
+rtmp {{
+    server {{
+        listen 127.0.0.1:{rtmp_port};
+        chunk_size 4096;
+        application live {{ live on; }}
+    }}
+}}
+"""
+    )
+    argv = ["nginx", "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)]
+    return _launch("nginx-rtmp", argv, workdir, rtmp_port, None)
+
+
+def start_nms(rtmp_port: int, http_port: int) -> Server:
+    """node-media-server 4.x: RTMP, and HTTP-FLV at /live/NAME.flv; no admin console, API or recording."""
+    workdir = _fresh_dir("nms-run")
+    config = {
+        "bind": "127.0.0.1",
+        "rtmp": {"port": rtmp_port},
+        "http": {"port": http_port},
+        "webadmin": {"enable": False},
+        "store": {"path": str(workdir / "data")},
+        "record": {"auto": False, "path": str(workdir / "record")},
+    }
+    (workdir / "config.json").write_text(json.dumps(config, indent=2))
+    argv = ["node", str(NMS_PACKAGE / "bin" / "app.js"), "-c", str(workdir / "config.json")]
+    return _launch("nms", argv, workdir, rtmp_port, http_port)
+
+
+def start_minilive(rtmp_port: int, http_port: int) -> Server:
+    workdir = _fresh_dir("minilive")
+    argv = [
+        str(MINILIVE), "serve",
+        "--host", "127.0.0.1",
+        "--rtmp-port", str(rtmp_port),
+        "--http-port", str(http_port),
+        "--allow-anonymous-publish",
+        "--data-dir", str(workdir / "data"),
+        "--log-level", "warning",
+    ]  # fmt: skip
+    return _launch("minilive", argv, workdir, rtmp_port, http_port)
+
+
+STARTERS: dict[str, Callable[[int, int], Server]] = {
+    "minilive": start_minilive,
+    "nginx-rtmp": start_nginx,
+    "nms": start_nms,
+}
+
+
+def start(name: str) -> Server:
+    return STARTERS[name](free_port(), free_port())
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["install"]:
+        sys.exit("usage: python -m bench.peers install")
+    install()
+    print(json.dumps(versions()))

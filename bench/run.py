@@ -1,0 +1,498 @@
+"""The benchmark: minilive against nginx-rtmp and node-media-server, in one run, as ratios.
+
+    python -m bench.run [--viewers 100,300,1000] [--publishers 50,200] [--duration 20]
+                        [--servers minilive,nginx-rtmp,nms]
+
+For each scenario every server is started fresh, loaded, measured and stopped in turn. Fan-out: one
+publisher sends the fixture in real time, N viewers play it (half RTMP, half HTTP-FLV; all RTMP on
+nginx-rtmp, which has no HTTP-FLV). Ingest: N publishers, no viewers. Load comes from bench.load
+processes; this process samples the server's CPU and memory from /proc. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bench import fixture, peers
+
+RESULTS = peers.ROOT / "bench" / "results"
+LOAD_DIR = peers.CACHE / "load"
+STREAM = "bench"
+BEHIND_FRACTION = 0.9
+BASELINE = "nginx-rtmp"
+DISTURBED_PCT = 15.0  # CPU used by other processes during a run, in % of one core
+SATURATED_PCT = 90.0  # machine busy, in % of all cores
+
+
+@dataclass(slots=True)
+class Options:
+    servers: list[str]
+    viewers: list[int]
+    publishers: list[int]
+    duration: float
+    warmup: float
+    connect_rate: float
+    client_procs: int  # 0: one per 300 viewers or 100 publishers, at most 2
+    sampled: int
+
+
+@dataclass(slots=True)
+class Schedule:
+    """When (in time.monotonic()) publishers and viewers start, and the window opens and closes."""
+
+    publish: float
+    viewers: float
+    measure: float
+    end: float
+
+
+# ------------------------------------------------------------------ plans for bench.load
+
+
+def _schedule(connections: int, options: Options, with_viewers: bool) -> Schedule:
+    # Two seconds for the load processes to start; viewers once the stream has its first GOP;
+    # everyone connected and warmed up before the window opens.
+    publish = time.monotonic() + 2.0
+    viewers = publish + 1.5 if with_viewers else publish
+    measure = viewers + connections / options.connect_rate + options.warmup
+    return Schedule(publish, viewers, measure, measure + options.duration)
+
+
+def _split(items: list[Any], per_process: int, options: Options) -> list[list[Any]]:
+    parts = options.client_procs or min(2, max(1, -(-len(items) // per_process)))
+    return [part for part in (items[i::parts] for i in range(parts)) if part]
+
+
+def fanout_plans(server: peers.Server, viewers: int, options: Options, schedule: Schedule) -> list[dict]:
+    """The publisher with the sampled viewers in one process; the bulk viewers in the others."""
+    flv_url = server.flv_url(STREAM)
+    specs = []
+    for i in range(viewers):
+        flv = flv_url is not None and i % 2 == 1
+        specs.append(
+            {
+                "protocol": "flv" if flv else "rtmp",
+                "url": flv_url if flv else server.rtmp_url(),
+                "stream": STREAM,
+                "sampled": i < options.sampled,
+                "start": schedule.viewers + i / options.connect_rate,
+            }
+        )
+    common = {"rtmp_url": server.rtmp_url(), "fixture": str(fixture.PATH)}
+    common.update(measure=schedule.measure, end=schedule.end)
+    source = {
+        **common,
+        "publishers": [{"stream": STREAM, "start": schedule.publish}],
+        "viewers": [spec for spec in specs if spec["sampled"]],
+    }
+    bulk = [spec for spec in specs if not spec["sampled"]]
+    return [source] + [{**common, "viewers": part} for part in _split(bulk, 300, options)]
+
+
+def ingest_plans(server: peers.Server, publishers: int, options: Options, schedule: Schedule) -> list[dict]:
+    specs = [
+        {"stream": f"pub{i}", "start": schedule.publish + i / options.connect_rate} for i in range(publishers)
+    ]
+    common = {"rtmp_url": server.rtmp_url(), "fixture": str(fixture.PATH)}
+    common.update(measure=schedule.measure, end=schedule.end)
+    return [{**common, "publishers": part} for part in _split(specs, 100, options)]
+
+
+# ------------------------------------------------------------------ one measured run
+
+
+@dataclass(slots=True)
+class MachineCpu:
+    """Jiffies of all CPUs since boot, from the first line of /proc/stat."""
+
+    busy: int
+    softirq: int
+    total: int
+
+    @classmethod
+    def read(cls) -> MachineCpu:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = values[3] + values[4]  # idle + iowait
+        return cls(sum(values) - idle, values[6], sum(values))
+
+    def percent_since(self, earlier: MachineCpu) -> tuple[float, float]:
+        """(busy, softirq) since ``earlier``, in % of one core."""
+        scale = 100 * (os.cpu_count() or 1) / max(1, self.total - earlier.total)
+        return scale * (self.busy - earlier.busy), scale * (self.softirq - earlier.softirq)
+
+
+def measure(server: peers.Server, plans: list[dict], schedule: Schedule) -> dict[str, Any]:
+    """Run one load process per plan against ``server``; sample the server over the window."""
+    shutil.rmtree(LOAD_DIR, ignore_errors=True)
+    LOAD_DIR.mkdir(parents=True)
+    processes = []
+    try:
+        for index, plan in enumerate(plans):
+            path = LOAD_DIR / f"plan{index}.json"
+            path.write_text(json.dumps(plan))
+            with (LOAD_DIR / f"plan{index}.log").open("wb") as log:
+                processes.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "bench.load",
+                            str(path),
+                            str(LOAD_DIR / f"result{index}.json"),
+                        ],
+                        cwd=peers.ROOT,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        time.sleep(max(0.0, schedule.measure - time.monotonic()))
+        first = server.sample()
+        first_at = time.monotonic()
+        machine_first = MachineCpu.read()
+        everyone_first = peers.processes()
+        peak_rss = first.rss_bytes
+        while (left := schedule.end - time.monotonic()) > 0:
+            time.sleep(min(1.0, left))
+            peak_rss = max(peak_rss, server.sample().rss_bytes)
+        last = server.sample()
+        server_window = time.monotonic() - first_at
+        machine_busy, softirq = MachineCpu.read().percent_since(machine_first)
+        ours = {os.getpid(), *server.pids, *(p.pid for p in processes)}
+        others = _busiest_others(everyone_first, peers.processes(), ours, schedule.end - schedule.measure)
+        outputs = []
+        for index, process in enumerate(processes):
+            if process.wait(60) != 0:
+                log = (LOAD_DIR / f"plan{index}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"load process {index} failed with {process.returncode}:\n{log}")
+            outputs.append(json.loads((LOAD_DIR / f"result{index}.json").read_text()))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    window = schedule.end - schedule.measure
+    # Scaled to the planned window, in case this process woke a little late for its samples.
+    server_cpu = (last.cpu_seconds - first.cpu_seconds) * window / server_window
+    client_cpu = sum(o["cpu_seconds"] for o in outputs)
+    return {
+        "window_s": window,
+        "server_cpu_s": server_cpu,
+        "server_rss_mb": peak_rss / 1e6,
+        "server_alive": server.process.poll() is None,
+        "client_cpu_pct": 100 * client_cpu / window,
+        "machine_busy_pct": machine_busy,
+        # Loopback TCP work in softirq context: with tick accounting it is charged to whichever
+        # process was running, so it is part of the server's and the client's CPU, not on top of it.
+        "softirq_pct": softirq,
+        # Anything else on the machine (other users' jobs): when large, the run was disturbed.
+        "other_cpu_pct": machine_busy - 100 * (server_cpu + client_cpu) / window,
+        "busiest_others": others,
+        "viewers": [v for o in outputs for v in o["viewers"]],
+        "latency_ms": [ms for o in outputs for ms in o["latency_ms"]],
+        "publishers": [p for o in outputs for p in o["publishers"]],
+    }
+
+
+def _busiest_others(
+    before: dict[int, peers.ProcessStat], after: dict[int, peers.ProcessStat], ours: set[int], window: float
+) -> dict[str, float]:
+    """The processes not ours that used the most CPU in the window, as 'name[pid]': % of a core."""
+    used = {
+        f"{stat.name}[{pid}]": 100 * (stat.cpu_seconds - before[pid].cpu_seconds) / window
+        for pid, stat in after.items()
+        if pid in before and pid not in ours
+    }
+    busiest = sorted(used.items(), key=lambda item: -item[1])[:5]
+    return {name: round(pct, 1) for name, pct in busiest if pct >= 1}
+
+
+def _percentile(values: list[float], q: int) -> float | None:
+    if len(values) < 2:
+        return values[0] if values else None
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def _errors(records: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in records:
+        if record["error"]:
+            counts[record["error"]] = counts.get(record["error"], 0) + 1
+    return counts
+
+
+def _behind_reason(viewer: dict[str, Any], reference: float) -> str | None:
+    if viewer["error"]:
+        return "failed"
+    if viewer["closed_early"]:
+        return "disconnected"
+    if viewer["first_keyframe_ms"] is None:
+        return "no keyframe"
+    if viewer["window_bytes"] < BEHIND_FRACTION * reference:
+        return "short of bytes"
+    return None
+
+
+def summarize_fanout(raw: dict[str, Any]) -> dict[str, Any]:
+    viewers = raw.pop("viewers")
+    publishers = raw.pop("publishers")
+    latency = raw.pop("latency_ms")
+    delivered = sum(v["window_bytes"] for v in viewers)
+    # A healthy viewer gets at least what the publisher sent in the window (framing only adds bytes);
+    # the 90th percentile of all viewers guards against a publisher that itself fell short.
+    sent = sum(p["window_payload_bytes"] for p in publishers)
+    reference = max(sent, _percentile([v["window_bytes"] for v in viewers], 90) or 0)
+    behind: dict[str, int] = {}
+    for v in viewers:
+        reason = _behind_reason(v, reference)
+        if reason is not None:
+            key = f"{v['protocol']} {reason}"
+            behind[key] = behind.get(key, 0) + 1
+    keyframes = [v["first_keyframe_ms"] for v in viewers if v["first_keyframe_ms"] is not None]
+    gbit = delivered * 8 / 1e9
+    return {
+        **raw,
+        "delivered_gbit": gbit,
+        "delivered_gbit_per_s": gbit / raw["window_s"],
+        "cpu_s_per_gbit": raw["server_cpu_s"] / gbit if gbit else None,
+        "first_keyframe_p50_ms": _percentile(keyframes, 50),
+        "first_keyframe_p95_ms": _percentile(keyframes, 95),
+        "latency_p50_ms": _percentile(latency, 50),
+        "latency_p99_ms": _percentile(latency, 99),
+        "latency_samples": len(latency),
+        "viewers_behind": sum(behind.values()),
+        "behind_reasons": behind,
+        "publisher_errors": _errors(publishers),
+        "viewer_errors": _errors(viewers),
+    }
+
+
+def summarize_ingest(raw: dict[str, Any], count: int) -> dict[str, Any]:
+    publishers = raw.pop("publishers")
+    raw.pop("viewers")
+    raw.pop("latency_ms")
+    return {
+        **raw,
+        "cpu_pct_per_publisher": 100 * raw["server_cpu_s"] / raw["window_s"] / count,
+        "ingest_gbit_per_s": sum(p["window_payload_bytes"] for p in publishers) * 8 / 1e9 / raw["window_s"],
+        "publishers_behind": sum(1 for p in publishers if p["behind"]),
+        "publisher_errors": _errors(publishers),
+    }
+
+
+def run_one(name: str, scenario: str, count: int, options: Options) -> dict[str, Any]:
+    """Start server ``name``, run one scenario against it, stop it."""
+    record: dict[str, Any] = {"server": name, "scenario": scenario, "count": count}
+    try:
+        server = peers.start(name)
+    except Exception as exc:
+        return {**record, "error": f"could not start: {exc}"}
+    try:
+        if scenario == "fanout":
+            schedule = _schedule(count, options, with_viewers=True)
+            raw = measure(server, fanout_plans(server, count, options, schedule), schedule)
+            return {**record, **summarize_fanout(raw)}
+        schedule = _schedule(count, options, with_viewers=False)
+        raw = measure(server, ingest_plans(server, count, options, schedule), schedule)
+        return {**record, **summarize_ingest(raw, count)}
+    except Exception as exc:
+        return {**record, "error": str(exc)}
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------------ tables
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ratio(value: float | None, baseline: float | None) -> str:
+    return f"{value / baseline:.2f}x" if value is not None and baseline else "-"
+
+
+def _table(headers: list[str], rows: list[list[str]], runs: list[dict[str, Any]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    cpus = os.cpu_count() or 1
+    for r in runs:
+        if r.get("server_alive") is False:
+            lines.append(f"note: {r['server']} exited during the run with {r['count']}")
+        if r.get("other_cpu_pct", 0) > DISTURBED_PCT:
+            lines.append(
+                f"note: other processes used {r['other_cpu_pct']:.0f} % of a core during the {r['server']} "
+                f"run with {r['count']}; its numbers may be disturbed"
+            )
+        if r.get("machine_busy_pct", 0) > SATURATED_PCT * cpus:
+            lines.append(
+                f"note: the machine was {r['machine_busy_pct'] / cpus:.0f} % busy during the {r['server']} "
+                f"run with {r['count']}: the server may have been short of CPU"
+            )
+    return "\n".join(lines)
+
+
+def _baseline(runs: list[dict[str, Any]], count: int, key: str) -> float | None:
+    return next((r.get(key) for r in runs if r["server"] == BASELINE and r["count"] == count), None)
+
+
+def fanout_table(runs: list[dict[str, Any]]) -> str:
+    headers = [
+        "server", "viewers", "delivered Gbit", "CPU-s/Gbit", f"vs {BASELINE}", "RSS MB",
+        "1st key p50 ms", "p95 ms", "latency p50 ms", "p99 ms", "behind", "client CPU %",
+    ]  # fmt: skip
+    rows = []
+    for r in runs:
+        if "error" in r:
+            rows.append(
+                [r["server"], str(r["count"]), "error: " + r["error"].splitlines()[0][:60]] + [""] * 9
+            )
+            continue
+        rows.append(
+            [
+                r["server"],
+                str(r["count"]),
+                _fmt(r["delivered_gbit"], 2),
+                _fmt(r["cpu_s_per_gbit"], 2),
+                _ratio(r["cpu_s_per_gbit"], _baseline(runs, r["count"], "cpu_s_per_gbit")),
+                _fmt(r["server_rss_mb"]),
+                _fmt(r["first_keyframe_p50_ms"], 0),
+                _fmt(r["first_keyframe_p95_ms"], 0),
+                _fmt(r["latency_p50_ms"]),
+                _fmt(r["latency_p99_ms"]),
+                str(r["viewers_behind"]),
+                _fmt(r["client_cpu_pct"], 0),
+            ]
+        )
+    return _table(headers, rows, runs)
+
+
+def ingest_table(runs: list[dict[str, Any]]) -> str:
+    headers = [
+        "server",
+        "publishers",
+        "CPU %/publisher",
+        f"vs {BASELINE}",
+        "RSS MB",
+        "behind",
+        "client CPU %",
+    ]
+    rows = []
+    for r in runs:
+        if "error" in r:
+            rows.append(
+                [r["server"], str(r["count"]), "error: " + r["error"].splitlines()[0][:60]] + [""] * 4
+            )
+            continue
+        rows.append(
+            [
+                r["server"],
+                str(r["count"]),
+                _fmt(r["cpu_pct_per_publisher"], 2),
+                _ratio(r["cpu_pct_per_publisher"], _baseline(runs, r["count"], "cpu_pct_per_publisher")),
+                _fmt(r["server_rss_mb"]),
+                str(r["publishers_behind"]),
+                _fmt(r["client_cpu_pct"], 0),
+            ]
+        )
+    return _table(headers, rows, runs)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def _counts(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--servers", default="minilive,nginx-rtmp,nms", help="comma-separated, in run order")
+    parser.add_argument(
+        "--viewers", default="100,300,1000", type=_counts, help="fan-out scenarios ('' for none)"
+    )
+    parser.add_argument("--publishers", default="50,200", type=_counts, help="ingest scenarios ('' for none)")
+    parser.add_argument("--duration", default=20.0, type=float, help="measured seconds per run")
+    parser.add_argument(
+        "--warmup", default=3.0, type=float, help="seconds after the last connect before measuring"
+    )
+    parser.add_argument("--connect-rate", default=500.0, type=float, help="new connections per second")
+    parser.add_argument(
+        "--client-procs", default=0, type=int, help="load processes for bulk clients (0: auto)"
+    )
+    parser.add_argument("--sampled", default=20, type=int, help="viewers that measure latency per frame")
+    args = parser.parse_args(argv)
+    servers = [name for name in args.servers.split(",") if name]
+    unknown = set(servers) - set(peers.STARTERS)
+    if unknown:
+        parser.error(
+            f"unknown servers: {', '.join(sorted(unknown))}; choose from {', '.join(peers.STARTERS)}"
+        )
+    return Options(
+        servers, args.viewers, args.publishers, args.duration, args.warmup, args.connect_rate,
+        args.client_procs, args.sampled,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = parse_args(argv)
+    # Servers and load processes inherit this: a thousand viewers need more than 1024 descriptors.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    peers.install()
+    fixture.ensure()
+    started = datetime.now()
+    report: dict[str, Any] = {
+        "started": started.isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": sys.version.split()[0]},
+        "versions": peers.versions(),
+        "fixture": {"path": str(fixture.PATH), "bit_rate": fixture.bitrate(fixture.PATH)},
+        "options": {
+            "servers": options.servers, "viewers": options.viewers, "publishers": options.publishers,
+            "duration": options.duration, "warmup": options.warmup, "connect_rate": options.connect_rate,
+            "sampled": options.sampled,
+        },
+        "fanout": [],
+        "ingest": [],
+    }  # fmt: skip
+    for count in options.viewers:
+        runs = []
+        for name in options.servers:
+            print(f"fan-out: {name}, {count} viewers ...", file=sys.stderr, flush=True)
+            runs.append(run_one(name, "fanout", count, options))
+        report["fanout"].extend(runs)
+        title = f"Fan-out, 1 publisher -> {count} viewers, {options.duration:g} s measured"
+        print(f"\n{title}\n{fanout_table(runs)}\n")
+    if options.publishers:
+        runs = []
+        for count in options.publishers:
+            for name in options.servers:
+                print(f"ingest: {name}, {count} publishers ...", file=sys.stderr, flush=True)
+                runs.append(run_one(name, "ingest", count, options))
+        report["ingest"] = runs
+        print(f"\nIngest, N publishers, {options.duration:g} s measured\n{ingest_table(runs)}\n")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{started:%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(report, indent=1))
+    print(f"results: {path.relative_to(peers.ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
