@@ -105,9 +105,7 @@ async def test_viewer_that_pauses_skips_to_a_keyframe_and_resumes(make_server):
         resumed = [t for t in tags[before:] if t.kind == flv.VIDEO]
         # Find where the skip happened: the first video tag after the largest timestamp jump.
         video = [t for t in tags if t.kind == flv.VIDEO]
-        jumps = [
-            (b.timestamp - a.timestamp, i + 1) for i, (a, b) in enumerate(itertools.pairwise(video))
-        ]
+        jumps = [(b.timestamp - a.timestamp, i + 1) for i, (a, b) in enumerate(itertools.pairwise(video))]
         gap, index = max(jumps)
         assert gap > 500, "frames were skipped"
         assert codecs.video_info(video[index].payload).keyframe, (
