@@ -25,6 +25,8 @@ FORWARD_RESET_MS = 10000
 @dataclass(slots=True)
 class RelaySettings:
     flush_window_ms: float = 20.0
+    # Streams with at most this many viewers are written packet by packet, without the window.
+    merge_min_viewers: int = 16
     gop_max_bytes: int = 16 * 1024 * 1024
     viewer_high_water: int = 1024 * 1024
     viewer_low_water: int = 256 * 1024
@@ -80,6 +82,7 @@ class LiveStream:
         self.last_wall = 0.0
         # fan-out
         self.groups: dict[OutputFormat, _Group] = {}
+        self.viewer_count = 0
         self._pending: list[Packet] = []
         self._flush_handle: asyncio.Handle | None = None
         self._join_cache: dict[OutputFormat, tuple[tuple[int, int, int], bytes]] = {}
@@ -98,9 +101,6 @@ class LiveStream:
     def key(self) -> str:
         return f"{self.app}/{self.name}"
 
-    @property
-    def viewer_count(self) -> int:
-        return sum(len(g.viewers) for g in self.groups.values())
 
     def viewers_by_protocol(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -118,12 +118,17 @@ class LiveStream:
         """Queue one packet (already on the stream's timeline) for the next merged write."""
         self.bytes_in += len(packet.payload)
         pending = self._pending
+        if not self.viewer_count and not pending:
+            # Nobody to write to: just keep the headers and GOP cache current.
+            self._absorb([packet])
+            return
         pending.append(packet)
         if len(pending) == 1:
-            window = self.settings.flush_window_ms
             loop = asyncio.get_running_loop()
-            if window > 0:
-                self._flush_handle = loop.call_later(window / 1000.0, self.flush)
+            # Merging writes saves a syscall per viewer per packet; with a handful of viewers
+            # that is not worth the added latency, so they are written at once.
+            if self.viewer_count > self.settings.merge_min_viewers:
+                self._flush_handle = loop.call_later(self.settings.flush_window_ms / 1000.0, self.flush)
             else:
                 self._flush_handle = loop.call_soon(self.flush)
 
@@ -230,11 +235,12 @@ class LiveStream:
         # A video stream with no keyframe cached yet: skip ahead to the first one.
         viewer.waiting = self.has_video and not self.gop.packets
         group.viewers[viewer.id] = viewer
+        self.viewer_count += 1
 
     def detach(self, viewer: Viewer) -> None:
         group = self.groups.get(viewer.format)
-        if group is not None:
-            group.viewers.pop(viewer.id, None)
+        if group is not None and group.viewers.pop(viewer.id, None) is not None:
+            self.viewer_count -= 1
 
     def _join_bytes(self, fmt: OutputFormat) -> bytes:
         gop = self.gop

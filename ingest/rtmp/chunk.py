@@ -66,9 +66,20 @@ class ChunkReader:
     def feed(self, data: bytes) -> list[Message]:
         """Consume ``data``; return the messages it completed, in order."""
         self.bytes_received += len(data)
-        buf = self._buf
-        buf += data
         out: list[Message] = []
+        if self._buf:
+            buf = self._buf
+            buf += data
+            del buf[: self._parse(buf, out)]
+        else:
+            # The common case (nothing left over): parse the received bytes where they are.
+            pos = self._parse(data, out)
+            if pos < len(data):
+                self._buf += data[pos:]
+        return out
+
+    def _parse(self, buf: bytes | bytearray, out: list[Message]) -> int:
+        """Append the complete messages in ``buf`` to ``out``; return how many bytes were used."""
         pos = 0
         end = len(buf)
         streams = self._streams
@@ -172,8 +183,7 @@ class ChunkReader:
             if type_id in (SET_CHUNK_SIZE, ABORT):
                 self._control(type_id, payload)
             out.append(Message(csid, cs.timestamp, type_id, cs.stream_id, payload))
-        del buf[:pos]
-        return out
+        return pos
 
     def _control(self, type_id: int, payload: bytes) -> None:
         if len(payload) < 4:
