@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from api.rooms import RoomSettings
 from ingest.server import RtmpSettings
 from relay.stream import RelaySettings
 
@@ -34,6 +35,7 @@ class Settings:
     http_flv_chunked: bool = True
     relay: RelaySettings = field(default_factory=RelaySettings)
     rtmp: RtmpSettings = field(default_factory=RtmpSettings)
+    rooms: RoomSettings = field(default_factory=RoomSettings)
 
     @property
     def public_host(self) -> str:
@@ -60,6 +62,8 @@ def _coerce(target: Any, name: str, value: Any, where: str) -> Any:
             setattr(current, key, _coerce(current, key, item, f"{where} [{name}]"))
         return current
     kind = type(current)
+    if current is None:  # an optional setting that is off by default
+        return value
     if isinstance(current, Path):
         return Path(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):

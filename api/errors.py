@@ -1,0 +1,100 @@
+"""The official live API's error codes, raised by the room service and shaped by each surface."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SYSTEM_ERROR = -1
+INVALID_CREDENTIAL = 40001  # bad or expired access_token
+INVALID_MEDIA_TYPE = 40004
+INVALID_FILE_TYPE = 40005
+INVALID_FILE_SIZE = 40006
+INVALID_MEDIA_ID = 40007
+INVALID_IMAGE_SIZE = 40009
+INVALID_APPID = 40013
+INVALID_GRANT_TYPE = 40002
+INVALID_SECRET = 40125
+ACCESS_TOKEN_MISSING = 41001
+APPID_MISSING = 41002
+SECRET_MISSING = 41004
+MEDIA_DATA_MISSING = 41005
+REQUIRE_GET = 43001
+REQUIRE_POST = 43002
+QUOTA_EXCEEDED = 45009
+DATA_FORMAT_ERROR = 47001
+INVALID_PARAMS_SHARE = 1001
+INVALID_ARGS = 200002
+NAME_LENGTH = 300002
+ROOM_NOT_FOUND = 300022
+ROOM_STATUS_FORBIDS = 300023
+COVER_INVALID = 300031
+SHARE_IMG_INVALID = 300032
+ANCHOR_NAME_LENGTH = 300034
+FEEDS_IMG_INVALID = 300037
+EMPTY_ROOM_LIST = 9410000
+
+MESSAGES = {
+    SYSTEM_ERROR: "system error",
+    INVALID_CREDENTIAL: "invalid credential, access_token is invalid or not latest",
+    INVALID_MEDIA_TYPE: "invalid media type",
+    INVALID_FILE_TYPE: "invalid file type",
+    INVALID_FILE_SIZE: "invalid file size",
+    INVALID_MEDIA_ID: "invalid media_id",
+    INVALID_IMAGE_SIZE: "invalid image size",
+    INVALID_APPID: "invalid appid",
+    INVALID_GRANT_TYPE: "invalid grant_type",
+    INVALID_SECRET: "invalid appsecret",
+    ACCESS_TOKEN_MISSING: "access_token missing",
+    APPID_MISSING: "appid missing",
+    SECRET_MISSING: "appsecret missing",
+    MEDIA_DATA_MISSING: "media data missing",
+    REQUIRE_GET: "require GET method",
+    REQUIRE_POST: "require POST method",
+    QUOTA_EXCEEDED: "reach max api daily quota limit",
+    DATA_FORMAT_ERROR: "data format error",
+    INVALID_PARAMS_SHARE: "invalid params",
+    INVALID_ARGS: "invalid args",
+    NAME_LENGTH: "room name length is invalid",
+    ROOM_NOT_FOUND: "room not exist",
+    ROOM_STATUS_FORBIDS: "room status forbids this operation",
+    COVER_INVALID: "coverImg invalid",
+    SHARE_IMG_INVALID: "shareImg invalid",
+    ANCHOR_NAME_LENGTH: "anchorName length is invalid",
+    FEEDS_IMG_INVALID: "feedsImg invalid",
+    EMPTY_ROOM_LIST: "empty room list",
+}
+
+# How the REST surface maps an errcode to an HTTP status.
+HTTP_STATUS = {
+    SYSTEM_ERROR: 500,
+    INVALID_CREDENTIAL: 401,
+    ACCESS_TOKEN_MISSING: 401,
+    INVALID_APPID: 401,
+    INVALID_SECRET: 401,
+    QUOTA_EXCEEDED: 429,
+    ROOM_NOT_FOUND: 404,
+    ROOM_STATUS_FORBIDS: 409,
+    EMPTY_ROOM_LIST: 404,
+}
+
+
+class ApiError(Exception):
+    """A refusal with the official errcode; ``detail`` says what exactly was wrong."""
+
+    def __init__(self, errcode: int, detail: str = "", **extra: Any) -> None:
+        self.errcode = errcode
+        self.detail = detail
+        self.extra = extra
+        super().__init__(self.errmsg)
+
+    @property
+    def errmsg(self) -> str:
+        base = MESSAGES.get(self.errcode, "error")
+        return f"{base}: {self.detail}" if self.detail else base
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS.get(self.errcode, 400)
+
+    def body(self) -> dict[str, Any]:
+        return {"errcode": self.errcode, "errmsg": self.errmsg, **self.extra}

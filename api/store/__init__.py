@@ -1,0 +1,21 @@
+"""Stores for the control plane: one interface, an SQLite and a Redis implementation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from api.store.base import RoomStore
+
+
+def open_store(data_dir: Path, redis_url: str = "") -> RoomStore:
+    """The store the settings ask for (not yet opened: ``await store.open()``)."""
+    if redis_url:
+        from api.store.redis import RedisStore
+
+        return RedisStore(redis_url)
+    from api.store.sqlite import SqliteStore
+
+    return SqliteStore(data_dir / "minilive.db")
+
+
+__all__ = ["RoomStore", "open_store"]

@@ -1,0 +1,177 @@
+"""The store interface. Both implementations pass the same contract tests (tests/test_store.py).
+
+Rules every implementation keeps:
+- Records go in and come out as the dataclasses of ``api.models``; a record read back equals the
+  record written (``from_dict(to_dict())``).
+- Everything that decides a limit or a status is atomic across processes and nodes:
+  ``create_room`` ids, ``transition``, ``incr_counter``, ``claim_live_slot``.
+- ``publish_event`` reaches the subscribers of every process sharing the store, this one included,
+  in publication order per room. The SQLite store is single-node: its events reach the subscribers
+  of the publishing store object only (several processes on one file share data and limits, not
+  events; a cluster uses Redis).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from api.models import App, Media, Replay, Room, RoomEvent, Token
+
+# Webhook delivery records kept per app.
+DELIVERIES_KEPT = 1000
+
+# Room fields that ``transition`` may not set: the identity, and the status it sets itself.
+_FIXED_ROOM_FIELDS = frozenset(("roomid", "appid", "live_status"))
+_ROOM_FIELDS = frozenset(f.name for f in dataclasses.fields(Room))
+
+
+def check_room_changes(changes: dict[str, Any]) -> None:
+    """Refuse ``transition`` changes that name no room field or a field it must not set."""
+    bad = (changes.keys() - _ROOM_FIELDS) | (changes.keys() & _FIXED_ROOM_FIELDS)
+    if bad:
+        raise ValueError(f"transition cannot set {', '.join(sorted(bad))}")
+
+
+class RoomStore(abc.ABC):
+    # ------------------------------------------------------------ lifecycle
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect / create the schema. Safe to call on an existing store (data survives)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # ------------------------------------------------------------ apps and tokens
+
+    @abc.abstractmethod
+    async def put_app(self, app: App) -> None:
+        """Create or replace an app."""
+
+    @abc.abstractmethod
+    async def get_app(self, appid: str) -> App | None: ...
+
+    @abc.abstractmethod
+    async def list_apps(self) -> list[App]:
+        """All apps, oldest first."""
+
+    @abc.abstractmethod
+    async def put_token(self, token: Token) -> None: ...
+
+    @abc.abstractmethod
+    async def get_token(self, token: str) -> Token | None:
+        """The token if it exists and has not expired (expired tokens may also be purged)."""
+
+    # ------------------------------------------------------------ rooms
+
+    @abc.abstractmethod
+    async def create_room(self, room: Room) -> Room:
+        """Store a new room under the next room id (ids are unique across apps, increasing,
+        starting at 1); ``room.roomid`` is ignored. Returns the stored room."""
+
+    @abc.abstractmethod
+    async def get_room(self, roomid: int) -> Room | None: ...
+
+    @abc.abstractmethod
+    async def put_room(self, room: Room) -> None:
+        """Replace an existing room (edits). Does nothing if the room was deleted."""
+
+    @abc.abstractmethod
+    async def delete_room(self, roomid: int) -> bool:
+        """True if the room existed."""
+
+    @abc.abstractmethod
+    async def list_rooms(self, appid: str, start: int, limit: int) -> tuple[list[Room], int]:
+        """One page of an app's rooms ordered by ``start_time`` descending, then ``roomid``
+        descending, and the app's total number of rooms."""
+
+    @abc.abstractmethod
+    async def rooms_in_status(self, statuses: Iterable[int]) -> list[Room]:
+        """Rooms of every app whose ``live_status`` is one of ``statuses`` (for timers and sweeps)."""
+
+    @abc.abstractmethod
+    async def transition(
+        self, roomid: int, from_statuses: Iterable[int], to_status: int, changes: dict[str, Any]
+    ) -> Room | None:
+        """Atomically: if the room exists and its status is in ``from_statuses``, set its status to
+        ``to_status``, apply ``changes`` (field name -> value) and return the updated room;
+        otherwise change nothing and return None. ``changes`` naming no room field, or
+        ``roomid``, ``appid`` or ``live_status``, raise ValueError (see ``check_room_changes``)."""
+
+    # ------------------------------------------------------------ limits
+
+    @abc.abstractmethod
+    async def incr_counter(self, key: str, limit: int, ttl_seconds: int) -> bool:
+        """Atomically count one more use of ``key`` if fewer than ``limit`` were counted within the
+        key's lifetime; the key (and its count) disappears ``ttl_seconds`` after its first use.
+        True if counted, False if the limit was reached (then nothing is counted)."""
+
+    @abc.abstractmethod
+    async def claim_live_slot(self, appid: str, roomid: int, limit: int) -> bool:
+        """Atomically mark the room as live for the app's concurrent-lives limit. True if it holds a
+        slot now (already holding one counts), False if the app already has ``limit`` others."""
+
+    @abc.abstractmethod
+    async def release_live_slot(self, appid: str, roomid: int) -> None: ...
+
+    @abc.abstractmethod
+    async def live_slots(self, appid: str) -> set[int]: ...
+
+    # ------------------------------------------------------------ media
+
+    @abc.abstractmethod
+    async def put_media(self, media: Media) -> None: ...
+
+    @abc.abstractmethod
+    async def get_media(self, media_id: str) -> Media | None:
+        """The media record, expired or not (callers decide)."""
+
+    @abc.abstractmethod
+    async def expired_media(self, now: float) -> list[Media]: ...
+
+    @abc.abstractmethod
+    async def delete_media(self, media_id: str) -> None: ...
+
+    # ------------------------------------------------------------ replays
+
+    @abc.abstractmethod
+    async def put_replay(self, replay: Replay) -> None:
+        """Create or replace a replay."""
+
+    @abc.abstractmethod
+    async def get_replay(self, replay_id: str) -> Replay | None: ...
+
+    @abc.abstractmethod
+    async def list_replays(self, roomid: int) -> list[Replay]:
+        """A room's replays, oldest first."""
+
+    @abc.abstractmethod
+    async def replays_in_status(self, status: str) -> list[Replay]: ...
+
+    @abc.abstractmethod
+    async def expired_replays(self, now: float) -> list[Replay]:
+        """Replays whose ``expire_at`` is before ``now``."""
+
+    @abc.abstractmethod
+    async def delete_replay(self, replay_id: str) -> None: ...
+
+    # ------------------------------------------------------------ events
+
+    @abc.abstractmethod
+    async def publish_event(self, event: RoomEvent) -> None:
+        """Deliver to the subscribers of every process that shares this store, this one included."""
+
+    @abc.abstractmethod
+    def subscribe(self, callback: Callable[[RoomEvent], None]) -> None:
+        """Call ``callback`` (on the event loop) for every published event from now on."""
+
+    @abc.abstractmethod
+    async def log_delivery(self, appid: str, record: dict[str, Any]) -> None:
+        """Keep a webhook delivery record (the most recent ``DELIVERIES_KEPT`` per app are kept)."""
+
+    @abc.abstractmethod
+    async def deliveries(self, appid: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Recent webhook delivery records of an app, newest first."""
