@@ -82,9 +82,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
         for key, value in data.items():
-            setattr(
-                settings, key.replace("-", "_"), _coerce(settings, key.replace("-", "_"), value, str(path))
-            )
+            setattr(settings, key.replace("-", "_"), _coerce(settings, key.replace("-", "_"), value, str(path)))
     for key, value in overrides.items():
         if value is not None:
             setattr(settings, key, _coerce(settings, key, value, "command line"))

@@ -36,6 +36,7 @@ log = logging.getLogger("minilive.rooms")
 
 STREAM_NAME = re.compile(r"^(?P<appid>[A-Za-z0-9_]+)-(?P<roomid>[0-9]{1,12})$")
 PLUGIN_APPID = "wx2b03c6e691cd7370"
+CUSTOM_PARAMS_MAX = 600
 DAY = 86400
 
 
@@ -449,6 +450,10 @@ class RoomService:
     # ------------------------------------------------------------ URLs
 
     def push_url(self, app: App, room: Room) -> str:
+        if room.live_status in FINAL_STATUSES:
+            raise ApiError(
+                errors.ROOM_STATUS_FORBIDS, f"room {room.roomid} is over ({room.live_status}): it cannot go live again"
+            )
         expires = max(room.end_time, int(self.clock())) + self.settings.push_url_margin_seconds
         name = room.stream_name
         return f"{self.urls.rtmp_base}/{self.settings.rtmp_app}/{name}?{sign_query(app.push_key, name, expires)}"
@@ -478,7 +483,8 @@ class RoomService:
         """The plugin page of a room; ``custom_params`` as given (JSON text), URL-encoded here."""
         path = f"plugin-private://{PLUGIN_APPID}/pages/live-player-plugin?room_id={roomid}"
         if custom_params:
-            path += f"&custom_params={quote(custom_params, safe='')}"
+            # The plugin keeps at most 600 characters of custom_params and drops the rest.
+            path += f"&custom_params={quote(custom_params[:CUSTOM_PARAMS_MAX], safe='')}"
         return path
 
     # ------------------------------------------------------------ access decisions

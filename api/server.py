@@ -8,9 +8,14 @@ import logging
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from api import streams
+from api import rest, streams, wechat
 from api.access import AccessPolicy
 from api.config import Settings
+from api.media import MediaLibrary
+from api.rooms import RoomService, Urls
+from api.status import StatusRoutes
+from api.store import open_store
+from api.webhooks import Webhooks
 from ingest.server import RtmpServer
 from relay.http_flv import CORS, FlvPlayback
 from relay.hub import Hub
@@ -41,19 +46,42 @@ async def cors_preflight(request: web.Request, handler):  # type: ignore[no-unty
     return await handler(request)
 
 
+class HubControl:
+    """What the room service may do to streams on this node."""
+
+    def __init__(self, hub: Hub, app: str) -> None:
+        self.hub = hub
+        self.app = app
+
+    def kick(self, stream: str, reason: str) -> bool:
+        return self.hub.kick(self.app, stream, reason)
+
+    def end(self, stream: str, reason: str) -> bool:
+        return self.hub.end_stream(self.app, stream, reason)
+
+
 class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.hub = Hub(settings.relay)
-        self.policy = AccessPolicy(settings.allow_anonymous_publish)
+        self.store = open_store(settings.data_dir, settings.redis)
+        self.rooms = RoomService(
+            self.store, settings.rooms, Urls("", ""), HubControl(self.hub, settings.rooms.rtmp_app)
+        )
+        self.webhooks = Webhooks(
+            self.store, settings.rooms.webhook_retry_seconds, settings.rooms.webhook_timeout_seconds
+        )
+        self.rooms.on_change.append(self.webhooks.send)
+        self.status = StatusRoutes(self.store, self.hub, settings.rooms.rtmp_app)
+        self.policy = AccessPolicy(settings.allow_anonymous_publish, self.rooms)
+        self.media = MediaLibrary(self.rooms, settings.data_dir)
         self.rtmp = RtmpServer(
             self.hub, self.policy.publish, self.policy.play, settings.rtmp, settings.play_wait_seconds
         )
-        self.flv = FlvPlayback(
-            self.hub, self.policy.play, settings.play_wait_seconds, settings.http_flv_chunked
-        )
+        self.flv = FlvPlayback(self.hub, self.policy.play, settings.play_wait_seconds, settings.http_flv_chunked)
         self.app = self.build_app()
         self._runner: web.AppRunner | None = None
+        self._stopped = False
         self.rtmp_port = 0
         self.http_port = 0
 
@@ -61,11 +89,16 @@ class Server:
         app = web.Application(middlewares=[cors_preflight], client_max_size=4 * 1024 * 1024)
         app.add_routes(streams.routes(self.hub))
         app.add_routes(self.flv.routes())
+        app.add_routes(wechat.routes(self.rooms, self.media))
+        app.add_routes(self.status.routes())
+        app.add_routes(rest.routes(self.rooms, self.hub))
+        app.cleanup_ctx.append(self.media.cleanup_ctx)
         return app
 
     async def start(self) -> None:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.open()
         await self.hub.start()
         rtmp_addrs = await self.rtmp.start(s.host, s.rtmp_port)
         self.rtmp_port = rtmp_addrs[0][1]
@@ -75,6 +108,11 @@ class Server:
         await site.start()
         self.http_port = self._runner.addresses[0][1]
         host = s.public_host
+        rtmp_base = f"rtmp://{host}" + ("" if self.rtmp_port == 1935 else f":{self.rtmp_port}")
+        http_base = s.public_url.rstrip("/") if s.public_url else f"http://{host}:{self.http_port}"
+        self.rooms.urls = Urls(rtmp_base, http_base)
+        self.hub.add_listener(self.rooms.stream_event)
+        await self.rooms.start()
         log.info(
             "RTMP  listening on %s:%d  push/play rtmp://%s:%d/live/STREAM",
             s.host,
@@ -90,17 +128,22 @@ class Server:
             self.http_port,
         )
         if s.allow_anonymous_publish:
-            log.warning(
-                "anonymous publishing is ON: anyone can push to rtmp://%s:%d/live/ANY", host, self.rtmp_port
-            )
+            log.warning("anonymous publishing is ON: anyone can push to rtmp://%s:%d/live/ANY", host, self.rtmp_port)
 
     async def stop(self) -> None:
         """Stop accepting, end publishers and viewers cleanly, then close the listeners."""
+        if self._stopped:
+            return
+        self._stopped = True
         log.info("shutting down")
         await self.rtmp.close()
         await self.hub.stop()
+        await self.rooms.stop()
+        await self.webhooks.close()
+        await self.status.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.store.close()
 
     async def run_forever(self) -> None:
         stop = asyncio.Event()

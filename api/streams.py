@@ -16,9 +16,7 @@ def routes(hub: Hub) -> list[web.RouteDef]:
         return web.json_response({"streams": hub.list()})
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response(
-            {"status": "ok", "streams": len(hub.streams), "uptime": round(time.time() - START, 1)}
-        )
+        return web.json_response({"status": "ok", "streams": len(hub.streams), "uptime": round(time.time() - START, 1)})
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(text=render_metrics(hub), content_type="text/plain", charset="utf-8")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from api.config import Settings
+from api.models import Media
 from api.server import Server
 
 FFMPEG = shutil.which("ffmpeg")
@@ -29,12 +31,10 @@ async def make_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
     servers: list[Server] = []
 
     async def start(**overrides: Any) -> Server:
-        settings = Settings(
-            host="127.0.0.1", rtmp_port=0, http_port=0, data_dir=tmp_path / f"data{len(servers)}"
-        )
+        settings = Settings(host="127.0.0.1", rtmp_port=0, http_port=0, data_dir=tmp_path / f"data{len(servers)}")
         settings.allow_anonymous_publish = overrides.pop("allow_anonymous_publish", True)
         for key, value in overrides.items():
-            for target in (settings, settings.relay, settings.rtmp):
+            for target in (settings, settings.relay, settings.rtmp, settings.rooms):
                 if hasattr(target, key):
                     setattr(target, key, value)
                     break
@@ -165,3 +165,39 @@ async def probe_packets(url: str, seconds: float, timeout: float = 30) -> list[d
     )
     assert code == 0, f"ffprobe failed on {url}: {err.decode()[-2000:]}"
     return json.loads(out)["packets"]
+
+
+async def add_images(server: Server, appid: str) -> None:
+    """The three images a room needs, as if uploaded with /cgi-bin/media/upload."""
+    now = time.time()
+    for kind in ("cover", "share", "feeds"):
+        await server.store.put_media(
+            Media(f"{kind}-{appid}", appid, "image", "image/png", 10, 1, 1, "x.png", now, now + 3600)
+        )
+
+
+def official_room_body(appid: str, **fields: Any) -> dict[str, Any]:
+    """A valid createRoom body (the official camelCase fields) using the images of ``add_images``."""
+    now = int(time.time())
+    return {
+        "name": "测试直播间",
+        "coverImg": f"cover-{appid}",
+        "shareImg": f"share-{appid}",
+        "feedsImg": f"feeds-{appid}",
+        "startTime": now + 900,
+        "endTime": now + 900 + 3600,
+        "anchorName": "主播",
+        "anchorWechat": "anchor_wx",
+        "type": 1,
+        "closeLike": 0,
+        "closeGoods": 0,
+        "closeComment": 0,
+        **fields,
+    }
+
+
+async def make_room(server: Server, name: str = "shop", **fields: Any):  # type: ignore[no-untyped-def]
+    """A new app and a room made through the room service."""
+    app = await server.rooms.create_app(name)
+    await add_images(server, app.appid)
+    return app, await server.rooms.create_room(app, official_room_body(app.appid, **fields))

@@ -214,23 +214,12 @@ def test_amf3_command_with_switched_values() -> None:
         ),
         # Sealed object of class "P" with members x, y: traits 2 << 4 | 0x03.
         (
-            b"\x0a"
-            + u29(2 << 4 | 0x03)
-            + amf3_str("P")
-            + amf3_str("x")
-            + amf3_str("y")
-            + b"\x04\x01\x04\x02",
+            b"\x0a" + u29(2 << 4 | 0x03) + amf3_str("P") + amf3_str("x") + amf3_str("y") + b"\x04\x01\x04\x02",
             {"x": 1, "y": 2},
         ),
         # Sealed (x) and dynamic (z) members.
         (
-            b"\x0a"
-            + u29(1 << 4 | 0x0B)
-            + amf3_str("")
-            + amf3_str("x")
-            + b"\x04\x01"
-            + amf3_str("z")
-            + b"\x02\x01",
+            b"\x0a" + u29(1 << 4 | 0x0B) + amf3_str("") + amf3_str("x") + b"\x04\x01" + amf3_str("z") + b"\x02\x01",
             {"x": 1, "z": False},
         ),
     ],

@@ -70,9 +70,7 @@ async def test_stalled_viewer_is_bounded_then_dropped_and_others_unaffected(make
 
 
 async def test_viewer_that_pauses_skips_to_a_keyframe_and_resumes(make_server):
-    server = await make_server(
-        viewer_high_water=128 * 1024, viewer_low_water=32 * 1024, max_behind_seconds=30
-    )
+    server = await make_server(viewer_high_water=128 * 1024, viewer_low_water=32 * 1024, max_behind_seconds=30)
     pub = await publish(rtmp_url(server, "pause"), size="640x360", noise=True, gop=10)
     try:
         await wait_live(server, "pause")
@@ -108,9 +106,7 @@ async def test_viewer_that_pauses_skips_to_a_keyframe_and_resumes(make_server):
         jumps = [(b.timestamp - a.timestamp, i + 1) for i, (a, b) in enumerate(itertools.pairwise(video))]
         gap, index = max(jumps)
         assert gap > 500, "frames were skipped"
-        assert codecs.video_info(video[index].payload).keyframe, (
-            "after a skip, playback resumes on a keyframe"
-        )
+        assert codecs.video_info(video[index].payload).keyframe, "after a skip, playback resumes on a keyframe"
         assert resumed
         writer.close()
     finally:

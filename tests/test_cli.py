@@ -67,9 +67,7 @@ async def test_sigterm_ends_publishers_and_viewers_cleanly(tmp_path):
         async with aiohttp.ClientSession() as session:
             viewer = FlvClient()
             for _ in range(100):
-                task = asyncio.create_task(
-                    play_http(session, f"http://127.0.0.1:{http}/live/bye.flv", viewer)
-                )
+                task = asyncio.create_task(play_http(session, f"http://127.0.0.1:{http}/live/bye.flv", viewer))
                 await asyncio.sleep(0.2)
                 if viewer.status == 200:
                     break

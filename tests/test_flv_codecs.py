@@ -51,9 +51,7 @@ def test_header_and_tags() -> None:
     assert reader.has_audio and reader.has_video
 
 
-@pytest.mark.parametrize(
-    ("flags", "audio", "video"), [(0x01, False, True), (0x04, True, False), (0, False, False)]
-)
+@pytest.mark.parametrize(("flags", "audio", "video"), [(0x01, False, True), (0x04, True, False), (0, False, False)])
 def test_header_flags(flags: int, audio: bool, video: bool) -> None:
     reader = FlvReader()
     assert reader.feed(b"FLV\x01" + bytes((flags,)) + b"\x00\x00\x00\x09\x00\x00\x00\x00") == []
@@ -263,9 +261,7 @@ def test_avc_dimensions_on_garbage() -> None:
     # numOfSequenceParameterSets 0
     assert codecs.avc_dimensions(b"\x17\x00\x00\x00\x00\x01\x64\x00\x1f\xff\xe0\x00\x00") is None
     # An SPS that ends in the middle of its fields.
-    assert (
-        codecs.avc_dimensions(b"\x17\x00\x00\x00\x00\x01\x64\x00\x1f\xff\xe1\x00\x04\x67\x64\x00\x1f") is None
-    )
+    assert codecs.avc_dimensions(b"\x17\x00\x00\x00\x00\x01\x64\x00\x1f\xff\xe1\x00\x04\x67\x64\x00\x1f") is None
     # All-zero bits: an exp-Golomb code that never ends.
     sps = b"\x67\x64\x00\x1f" + bytes(64)
     record = b"\x01\x64\x00\x1f\xff\xe1" + struct.pack(">H", len(sps)) + sps

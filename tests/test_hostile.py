@@ -77,9 +77,7 @@ class Raw(asyncio.Protocol):
         del self.buffer[:n]
         return data
 
-    async def messages(
-        self, reader: ChunkReader, until: Callable[[Message], bool], timeout: float = 5
-    ) -> None:
+    async def messages(self, reader: ChunkReader, until: Callable[[Message], bool], timeout: float = 5) -> None:
         async with asyncio.timeout(timeout):
             while True:
                 data = bytes(self.buffer)
@@ -277,10 +275,7 @@ async def test_chunk_stream_and_amf_attacks(guarded: Guarded) -> None:
         raws[name].write(data)
     await expect_closed(
         raws,
-        {
-            name: PROMPT if prompt else SETUP_TIMEOUT + TIMEOUT_SLACK
-            for name, (_, prompt) in CHUNK_ATTACKS.items()
-        },
+        {name: PROMPT if prompt else SETUP_TIMEOUT + TIMEOUT_SLACK for name, (_, prompt) in CHUNK_ATTACKS.items()},
     )
     for name, (_, prompt) in CHUNK_ATTACKS.items():
         if not prompt:

@@ -188,9 +188,7 @@ async def test_unknown_stream_is_404_and_stream_not_found(server):
     async with aiohttp.ClientSession() as session, session.get(flv_url(server, "nobody")) as response:
         assert response.status == 404
         assert "no live stream" in await response.text()
-    code, _, err = await run(
-        FFMPEG, "-v", "error", "-i", rtmp_url(server, "nobody"), "-f", "null", "-", timeout=20
-    )
+    code, _, err = await run(FFMPEG, "-v", "error", "-i", rtmp_url(server, "nobody"), "-f", "null", "-", timeout=20)
     assert code != 0
     assert "StreamNotFound" in err.decode() or "no live stream" in err.decode(), err.decode()
 

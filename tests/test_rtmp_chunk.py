@@ -283,9 +283,7 @@ def test_set_chunk_size_between_chunks_of_another_message() -> None:
 
 def test_huge_set_chunk_size() -> None:
     payload = random.Random(1).randbytes(100_000)
-    data = (
-        set_chunk_size(0x7FFFFFFF) + type0(6, 5, len(payload), VIDEO) + payload + type0(4, 6, 1, AUDIO) + b"a"
-    )
+    data = set_chunk_size(0x7FFFFFFF) + type0(6, 5, len(payload), VIDEO) + payload + type0(4, 6, 1, AUDIO) + b"a"
     reader = ChunkReader()
     got = reader.feed(data)
     assert reader.chunk_size == 0x7FFFFFFF
@@ -435,9 +433,7 @@ def test_round_trip_random_messages(chunk_size: int) -> None:
         ts = rng.choice([0, rng.randrange(EXT), EXT, rng.randrange(EXT, 1 << 32)])
         type_id = rng.choice([AUDIO, VIDEO, 18, COMMAND])
         stream_id = rng.choice([0, 1, 7, 0xFFFFFFFF])
-        size = rng.choice(
-            [0, 1, rng.randrange(chunk_size + 2) if chunk_size < 5000 else 10, rng.randrange(6000)]
-        )
+        size = rng.choice([0, 1, rng.randrange(chunk_size + 2) if chunk_size < 5000 else 10, rng.randrange(6000)])
         payload = rng.randbytes(size)
         sent.append((csid, ts, type_id, stream_id, payload))
         wire += encode_message(csid, ts, type_id, stream_id, payload, chunk_size)

@@ -413,11 +413,7 @@ def test_acknowledgements_after_peer_window() -> None:
     acks: list[int] = []
     for _ in range(35):
         peer.send(audio)
-        acks += [
-            struct.unpack(">I", m.payload)[0]
-            for m in peer.received()
-            if m.type_id == messages.ACKNOWLEDGEMENT
-        ]
+        acks += [struct.unpack(">I", m.payload)[0] for m in peer.received() if m.type_id == messages.ACKNOWLEDGEMENT]
     total = peer.conn.bytes_received
     # One acknowledgement per window; each carries the byte count received so far (handshake included).
     assert len(acks) >= 3

@@ -1,0 +1,412 @@
+"""The OpenAPI 3.1 document of every ``/api/v1`` route, served at ``/api/v1/openapi.json``.
+
+A test checks that every route registered under ``/api/v1`` is described here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+STATUS_CODES = "101 live, 102 not started, 103 ended, 104 banned, 105 paused, 106 interrupted, 107 expired"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    meaning = {
+        400: "invalid arguments (errcode 200002, 47001, 300002, 300031...)",
+        401: "missing or invalid access token (41001, 40001)",
+        404: "no such room for this app (300022)",
+        409: "the room's status forbids this (300023)",
+    }
+    return {str(status): _json(_ref("Error"), meaning[status]) for status in statuses}
+
+
+def _operation(
+    summary: str,
+    ok: dict[str, Any],
+    *,
+    status: int = 200,
+    errors: tuple[int, ...] = (401,),
+    body: str | None = None,
+    params: list[dict[str, Any]] | None = None,
+    public: bool = False,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {str(status): ok, **_errors(*errors)}}
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+    if public:
+        op["security"] = []
+    return op
+
+
+def _query(name: str, description: str, default: int) -> dict[str, Any]:
+    return {"name": name, "in": "query", "description": description, "schema": {"type": "integer", "default": default}}
+
+
+ROOM_ID = {"name": "id", "in": "path", "required": True, "description": "room id", "schema": {"type": "integer"}}
+INT = {"type": "integer"}
+STR = {"type": "string"}
+NUM = {"type": "number"}
+FLAG = {"type": "integer", "enum": [0, 1]}
+
+_EDITABLE: dict[str, Any] = {
+    "name": {**STR, "description": "6-34 wide (a CJK character counts 2)"},
+    "cover_img": {**STR, "description": "media_id from /cgi-bin/media/upload"},
+    "share_img": {**STR, "description": "media_id"},
+    "feeds_img": {**STR, "description": "media_id"},
+    "start_time": {**INT, "description": "Unix seconds, 10 minutes to 6 months ahead"},
+    "end_time": {**INT, "description": "Unix seconds, 30 minutes to 12 hours after start_time"},
+    "anchor_name": {**STR, "description": "4-30 wide"},
+    "anchor_wechat": STR,
+    "is_feeds_public": {**FLAG, "default": 1},
+    "close_like": {**FLAG, "default": 0},
+    "close_goods": {**FLAG, "default": 0},
+    "close_comment": {**FLAG, "default": 0},
+    "close_replay": {**FLAG, "default": 1},
+    "close_share": {**FLAG, "default": 0},
+    "close_kf": {**FLAG, "default": 1},
+}
+_ROOM_CREATE = {
+    **_EDITABLE,
+    "type": {**INT, "enum": [0, 1], "description": "1: pushed (OBS, ffmpeg), 0: phone"},
+    "sub_anchor_wechat": STR,
+    "creater_wechat": STR,
+}
+_ROOM = {
+    "roomid": INT,
+    "appid": STR,
+    **_ROOM_CREATE,
+    "cover_img_url": STR,
+    "share_img_url": STR,
+    "feeds_img_url": STR,
+    "creater_openid": STR,
+    "ban_comment": FLAG,
+    "live_status": {**INT, "description": STATUS_CODES},
+    "status_reason": {**STR, "description": "why the status last changed"},
+    "goods": {"type": "array", "items": {"type": "object"}},
+    "assistants": {"type": "array", "items": {"type": "object"}},
+    "created_at": NUM,
+    "updated_at": NUM,
+    "live_started_at": {**NUM, "description": "first publish ever (0: never)"},
+    "session_started_at": NUM,
+    "interrupted_at": NUM,
+    "ended_at": NUM,
+    "live_sessions": INT,
+    "viewers": {**INT, "description": "viewers on the node that answered"},
+}
+_STATUS_MESSAGE = {
+    "type": "object",
+    "description": "type 'status' (first the current status, with previous_status null; then each change) or "
+    "'viewers' (the count changed: type, roomid and viewers only)",
+    "properties": {
+        "type": {**STR, "enum": ["status", "viewers"]},
+        "roomid": INT,
+        "live_status": {**INT, "description": STATUS_CODES},
+        "previous_status": {"type": ["integer", "null"]},
+        "reason": STR,
+        "time": NUM,
+        "viewers": INT,
+    },
+    "required": ["type", "roomid", "viewers"],
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {"code": {**INT, "description": "the official errcode"}, "message": STR},
+                "required": ["code", "message"],
+            }
+        },
+        "required": ["error"],
+    },
+    "TokenRequest": {"type": "object", "properties": {"appid": STR, "secret": STR}, "required": ["appid", "secret"]},
+    "Token": {"type": "object", "properties": {"access_token": STR, "expires_in": INT}},
+    "App": {
+        "type": "object",
+        "properties": {
+            "appid": STR,
+            "name": STR,
+            "push_key": {**STR, "description": "signs push URLs and webhooks: sign = MD5(push_key + t)"},
+            "play_key": {**STR, "description": "signs play URLs; empty: playing is open"},
+            "webhook_url": STR,
+            "replay_retention_days": INT,
+            "created_at": NUM,
+        },
+    },
+    "AppPatch": {
+        "type": "object",
+        "properties": {
+            "webhook_url": {**STR, "description": 'http(s) URL; "" turns webhooks off'},
+            "play_key": {**STR, "description": '"" turns play URL signing off'},
+            "replay_retention_days": {**INT, "minimum": 1},
+        },
+        "additionalProperties": False,
+    },
+    "Delivery": {
+        "type": "object",
+        "properties": {
+            "delivery_id": {**STR, "description": "the same for every attempt of one event (X-Minilive-Delivery)"},
+            "event": {**STR, "enum": ["status", "replay_ready"]},
+            "roomid": INT,
+            "live_status": INT,
+            "url": STR,
+            "attempt": INT,
+            "status": {**STR, "enum": ["delivered", "retrying", "failed"]},
+            "http_status": INT,
+            "error": STR,
+            "duration_ms": NUM,
+            "time": NUM,
+        },
+    },
+    "Room": {"type": "object", "properties": _ROOM},
+    "RoomCreate": {
+        "type": "object",
+        "properties": _ROOM_CREATE,
+        "required": [
+            "name",
+            "cover_img",
+            "share_img",
+            "feeds_img",
+            "start_time",
+            "end_time",
+            "anchor_name",
+            "anchor_wechat",
+            "type",
+        ],
+        "additionalProperties": False,
+    },
+    "RoomPatch": {
+        "type": "object",
+        "description": "any editable field; the others keep their values (official editRoom rules apply)",
+        "properties": _EDITABLE,
+        "additionalProperties": False,
+    },
+    "RoomList": {
+        "type": "object",
+        "properties": {"rooms": {"type": "array", "items": _ref("Room")}, "total": INT, "start": INT},
+    },
+    "PushUrl": {
+        "type": "object",
+        "properties": {"push_url": STR, "expires_at": {**INT, "description": "Unix seconds (txTime)"}},
+    },
+    "PlayUrls": {"type": "object", "properties": {"rtmp": STR, "flv": STR, "hls": STR}},
+    "Replay": {
+        "type": "object",
+        "properties": {
+            "replay_id": STR,
+            "session": INT,
+            "status": {**STR, "enum": ["recording", "ready", "failed"]},
+            "created_at": NUM,
+            "expire_at": NUM,
+            "duration": {**NUM, "description": "seconds"},
+            "size": {**INT, "description": "bytes"},
+            "urls": {
+                "type": "object",
+                "description": "hls, mp4 and cover URLs once ready",
+                "additionalProperties": STR,
+            },
+        },
+    },
+    "Status": {
+        "type": "object",
+        "properties": {"roomid": INT, "live_status": {**INT, "description": STATUS_CODES}, "viewers": INT},
+    },
+    "StatusMessage": _STATUS_MESSAGE,
+}
+
+_ROOM_RESPONSE = _json(_ref("Room"), "the room")
+
+
+def _action(summary: str) -> dict[str, Any]:
+    return {"post": _operation(summary, _ROOM_RESPONSE, errors=(401, 404, 409), params=[ROOM_ID])}
+
+
+PATHS: dict[str, Any] = {
+    "/api/v1/token": {
+        "post": _operation(
+            "Issue an access token (as /cgi-bin/token does)",
+            _json(_ref("Token"), "a token valid for expires_in seconds"),
+            body="TokenRequest",
+            errors=(400, 401),
+            public=True,
+        )
+    },
+    "/api/v1/app": {
+        "get": _operation("The calling app (never its secret)", _json(_ref("App"), "the app")),
+        "patch": _operation(
+            "Set the app's webhook_url, play_key or replay_retention_days",
+            _json(_ref("App"), "the app as changed"),
+            body="AppPatch",
+            errors=(400, 401),
+        ),
+    },
+    "/api/v1/app/webhook_deliveries": {
+        "get": _operation(
+            "Recent webhook delivery attempts, newest first",
+            _json(
+                {"type": "object", "properties": {"deliveries": {"type": "array", "items": _ref("Delivery")}}},
+                "delivery attempts",
+            ),
+            errors=(400, 401),
+            params=[_query("limit", "at most this many (1-1000)", 100)],
+        )
+    },
+    "/api/v1/rooms": {
+        "get": _operation(
+            "The app's rooms, by start_time descending",
+            _json(_ref("RoomList"), "one page and the total"),
+            errors=(400, 401),
+            params=[_query("start", "offset", 0), _query("limit", "page size (at most the list limit, 100)", 20)],
+        ),
+        "post": _operation(
+            "Create a room (the official createRoom rules and error codes)",
+            _json(_ref("Room"), "the new room (Location: its URL)"),
+            status=201,
+            errors=(400, 401),
+            body="RoomCreate",
+        ),
+    },
+    "/api/v1/rooms/{id}": {
+        "get": _operation("One room", _ROOM_RESPONSE, errors=(401, 404), params=[ROOM_ID]),
+        "patch": _operation(
+            "Edit a room (the official editRoom rules)",
+            _ROOM_RESPONSE,
+            errors=(400, 401, 404, 409),
+            body="RoomPatch",
+            params=[ROOM_ID],
+        ),
+        "delete": _operation(
+            "Delete a room that is not live",
+            {"description": "deleted"},
+            status=204,
+            errors=(401, 404, 409),
+            params=[ROOM_ID],
+        ),
+    },
+    "/api/v1/rooms/{id}/start": _action(
+        "Resume a paused room (a live room is returned unchanged); any other room goes live when its anchor "
+        "pushes to its push URL (409)",
+    ),
+    "/api/v1/rooms/{id}/pause": _action("Pause a live room (105); its publisher is kicked"),
+    "/api/v1/rooms/{id}/resume": _action("Resume a paused room: 106 until the anchor pushes again"),
+    "/api/v1/rooms/{id}/ban": _action("Ban a room (104, final)"),
+    "/api/v1/rooms/{id}/end": _action("End a room (103, final)"),
+    "/api/v1/rooms/{id}/push_url": {
+        "get": _operation(
+            "The signed RTMP push URL of the room (409 once the room is over)",
+            _json(_ref("PushUrl"), "push URL"),
+            errors=(401, 404, 409),
+            params=[ROOM_ID],
+        )
+    },
+    "/api/v1/rooms/{id}/play_urls": {
+        "get": _operation(
+            "Play URLs (signed when the app has a play_key)",
+            _json(_ref("PlayUrls"), "play URLs"),
+            errors=(401, 404),
+            params=[ROOM_ID],
+        )
+    },
+    "/api/v1/rooms/{id}/replays": {
+        "get": _operation(
+            "The room's replays, oldest first",
+            _json(
+                {"type": "object", "properties": {"replays": {"type": "array", "items": _ref("Replay")}}},
+                "replays",
+            ),
+            errors=(401, 404),
+            params=[ROOM_ID],
+        )
+    },
+    "/api/v1/rooms/{id}/status": {
+        "get": {
+            **_operation(
+                "Status and viewers of a room (getLiveStatus): no token, no quota, cacheable",
+                {
+                    **_json(_ref("Status"), "the status"),
+                    "headers": {"ETag": {"schema": STR}, "Cache-Control": {"schema": STR}},
+                },
+                errors=(404,),
+                params=[
+                    ROOM_ID,
+                    {"name": "If-None-Match", "in": "header", "schema": STR, "description": "a previous ETag"},
+                ],
+                public=True,
+            ),
+        }
+    },
+    "/api/v1/rooms/{id}/events": {
+        "get": _operation(
+            "Server-Sent Events: 'status' (the current status, then each change) and 'viewers' events, each "
+            "with a StatusMessage as data; a comment every 15 s",
+            {"description": "the event stream", "content": {"text/event-stream": {"schema": _ref("StatusMessage")}}},
+            errors=(404,),
+            params=[ROOM_ID],
+            public=True,
+        )
+    },
+    "/api/v1/rooms/{id}/ws": {
+        "get": _operation(
+            "WebSocket: the same StatusMessages as /events, one JSON text message each",
+            {"description": "switching to WebSocket"},
+            status=101,
+            errors=(404,),
+            params=[ROOM_ID],
+            public=True,
+        )
+    },
+    "/api/v1/streams": {
+        "get": _operation(
+            "Streams on this node with their publisher, codecs, rates and viewers",
+            _json(
+                {"type": "object", "properties": {"streams": {"type": "array", "items": {"type": "object"}}}},
+                "streams",
+            ),
+            errors=(),
+            public=True,
+        )
+    },
+    "/api/v1/openapi.json": {
+        "get": _operation(
+            "This document", {"description": "OpenAPI 3.1", "content": {"application/json": {}}}, errors=(), public=True
+        )
+    },
+}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "minilive REST API",
+        "version": "1",
+        "description": "Rooms with the official live plugin's semantics (live_status: "
+        + STATUS_CODES
+        + "). Errors are {error: {code, message}} with the official errcode. Webhooks: a POST of "
+        "{event, appid, roomid, live_status, previous_status, reason, time, t, sign} to the app's "
+        "webhook_url, sign = MD5(push_key + t) in lowercase hex, t = expiry in Unix seconds.",
+    },
+    "servers": [{"url": "/"}],
+    "security": [{"bearer": []}],
+    "paths": PATHS,
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "access_token from /cgi-bin/token or POST /api/v1/token",
+            }
+        },
+    },
+}

@@ -1,0 +1,295 @@
+"""Viewer-facing room status, the plugin's ``getLiveStatus``: polled cheaply or pushed as it changes.
+
+``GET /api/v1/rooms/{id}/status`` needs no token and counts against no quota: one read, a strong
+ETag and a two-second ``max-age``. ``/events`` (Server-Sent Events) and ``/ws`` (WebSocket) push the
+same facts: the current status first, then every status change of the room (from the store's events,
+so a change made on any node arrives) and the viewer count whenever it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from api import errors
+from api.errors import ApiError
+from api.models import Room, RoomEvent
+from api.store.base import RoomStore
+from relay.http_flv import CORS
+from relay.hub import Hub
+
+Message = dict[str, Any]
+
+MAX_AGE_SECONDS = 2
+# What /events and /ws send each client: the room's current status, then its changes.
+STATUS, VIEWERS = "status", "viewers"
+
+
+def viewer_count(hub: Hub, rtmp_app: str, stream: str) -> int:
+    """Viewers of a stream on this node (0 when it is not here)."""
+    live = hub.get(rtmp_app, stream)
+    return live.viewer_count if live is not None else 0
+
+
+def json_error(exc: ApiError) -> web.Response:
+    """The error shape of every ``/api/v1`` route."""
+    return web.json_response(
+        {"error": {"code": exc.errcode, "message": exc.errmsg}}, status=exc.http_status, headers=CORS
+    )
+
+
+def status_message(room: Room, viewers: int) -> Message:
+    """The first message a client gets: the status as it is (``previous_status`` null: not a change)."""
+    return {
+        "type": STATUS,
+        "roomid": room.roomid,
+        "live_status": room.live_status,
+        "previous_status": None,
+        "reason": room.status_reason,
+        "time": room.updated_at,
+        "viewers": viewers,
+    }
+
+
+@dataclass(slots=True, eq=False)
+class Listener:
+    """One client's bounded queue of messages."""
+
+    queue: asyncio.Queue[Message | None]
+    alive: Callable[[], bool]
+    closed: bool = False
+    _last: dict[str, Any] = field(default_factory=dict)
+
+    def put(self, message: Message | None) -> None:
+        """Queue a message; a slow client whose queue is full loses its oldest message."""
+        if self.closed:
+            return
+        if self.queue.full():
+            self.queue.get_nowait()
+        self.queue.put_nowait(message)
+
+    def close(self) -> None:
+        """Wake the client's handler with the end-of-feed marker (None)."""
+        self.put(None)
+        self.closed = True
+
+    def fresh(self, message: Message) -> bool:
+        """True if the message tells this client something new (and remember what it was told): a
+        status change that raced with the first message, or a count already sent, is not news."""
+        key = "live_status" if message["type"] == STATUS else "viewers"
+        if self._last.get(key) == message[key]:
+            return False
+        self._last.update((k, message[k]) for k in ("live_status", "viewers") if k in message)
+        return True
+
+
+@dataclass(slots=True, eq=False)
+class _Watched:
+    stream: str
+    viewers: int
+    listeners: set[Listener] = field(default_factory=set)
+
+
+class RoomFeed:
+    """ONE store subscription (the store has no unsubscribe) fanned out to per-client queues, and
+    one timer that checks the watched rooms' viewer counts and drops clients that went away."""
+
+    def __init__(
+        self, store: RoomStore, hub: Hub, rtmp_app: str, viewer_interval: float = 2.0, queue_size: int = 32
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.rtmp_app = rtmp_app
+        self.viewer_interval = viewer_interval
+        self.queue_size = queue_size
+        self._rooms: dict[int, _Watched] = {}
+        self._subscribed = False
+        self._ticker: asyncio.Task[None] | None = None
+
+    @property
+    def subscribers(self) -> int:
+        return sum(len(watched.listeners) for watched in self._rooms.values())
+
+    def viewers(self, room: Room) -> int:
+        return viewer_count(self.hub, self.rtmp_app, room.stream_name)
+
+    @contextlib.contextmanager
+    def listen(self, room: Room, alive: Callable[[], bool]) -> Iterator[Listener]:
+        """Receive the room's messages for as long as the ``with`` block runs."""
+        if not self._subscribed:
+            self.store.subscribe(self._on_event)
+            self._subscribed = True
+        watched = self._rooms.get(room.roomid)
+        if watched is None:
+            watched = self._rooms[room.roomid] = _Watched(room.stream_name, self.viewers(room))
+        listener = Listener(asyncio.Queue(self.queue_size), alive)
+        watched.listeners.add(listener)
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick())
+        try:
+            yield listener
+        finally:
+            watched.listeners.discard(listener)
+            if not watched.listeners and self._rooms.get(room.roomid) is watched:
+                del self._rooms[room.roomid]
+
+    def _on_event(self, event: RoomEvent) -> None:
+        watched = self._rooms.get(event.roomid)
+        if watched is None or event.type != STATUS:
+            return
+        watched.viewers = viewer_count(self.hub, self.rtmp_app, watched.stream)
+        message = {
+            "type": STATUS,
+            "roomid": event.roomid,
+            "live_status": event.live_status,
+            "previous_status": event.previous_status,
+            "reason": event.reason,
+            "time": event.time,
+            "viewers": watched.viewers,
+        }
+        for listener in watched.listeners:
+            listener.put(message)
+
+    async def _tick(self) -> None:
+        while self._rooms:
+            await asyncio.sleep(self.viewer_interval)
+            for roomid, watched in list(self._rooms.items()):
+                count = viewer_count(self.hub, self.rtmp_app, watched.stream)
+                if count != watched.viewers:
+                    watched.viewers = count
+                    message = {"type": VIEWERS, "roomid": roomid, "viewers": count}
+                    for listener in watched.listeners:
+                        listener.put(message)
+                # An idle SSE client that left is otherwise noticed only at the next heartbeat.
+                for listener in watched.listeners:
+                    if not listener.alive():
+                        listener.close()
+
+    async def close(self) -> None:
+        """End every client's feed (server shutdown)."""
+        for watched in self._rooms.values():
+            for listener in watched.listeners:
+                listener.close()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+
+
+class StatusRoutes:
+    """``/api/v1/rooms/{id}/status``, ``/events`` and ``/ws``."""
+
+    def __init__(self, store: RoomStore, hub: Hub, rtmp_app: str, heartbeat_seconds: float = 15.0) -> None:
+        self.store = store
+        self.feed = RoomFeed(store, hub, rtmp_app)
+        self.heartbeat_seconds = heartbeat_seconds
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/api/v1/rooms/{id:[0-9]+}/status", self.status),
+            web.get("/api/v1/rooms/{id:[0-9]+}/events", self.events),
+            web.get("/api/v1/rooms/{id:[0-9]+}/ws", self.websocket),
+        ]
+
+    async def close(self) -> None:
+        await self.feed.close()
+
+    async def _room(self, request: web.Request) -> Room:
+        roomid = int(request.match_info["id"])
+        room = await self.store.get_room(roomid)
+        if room is None:
+            raise ApiError(errors.ROOM_NOT_FOUND, f"room {roomid} does not exist")
+        return room
+
+    async def status(self, request: web.Request) -> web.Response:
+        try:
+            room = await self._room(request)
+        except ApiError as exc:
+            return json_error(exc)
+        payload = {"roomid": room.roomid, "live_status": room.live_status, "viewers": self.feed.viewers(room)}
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        etag = hashlib.blake2b(body, digest_size=8).hexdigest()
+        headers = {"Cache-Control": f"public, max-age={MAX_AGE_SECONDS}", **CORS}
+        if any(tag.value in (etag, "*") for tag in request.if_none_match or ()):
+            response = web.Response(status=304, headers=headers)
+        else:
+            response = web.Response(body=body, content_type="application/json", headers=headers)
+        response.etag = etag
+        return response
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        try:
+            room = await self._room(request)
+        except ApiError as exc:
+            return json_error(exc)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",  # nginx must not buffer the stream
+                **CORS,
+            }
+        )
+
+        def alive() -> bool:
+            return request.transport is not None and not request.transport.is_closing()
+
+        with self.feed.listen(room, alive) as listener:
+            await response.prepare(request)
+            with contextlib.suppress(ConnectionResetError):
+                # Read again now that changes are queued for us: none can fall in between.
+                room = await self.store.get_room(room.roomid) or room
+                message: Message | None = status_message(room, self.feed.viewers(room))
+                listener.fresh(message)
+                await response.write(b"retry: 3000\n" + _sse(message))
+                while True:
+                    try:
+                        message = await asyncio.wait_for(listener.queue.get(), self.heartbeat_seconds)
+                    except TimeoutError:
+                        await response.write(b": heartbeat\n\n")
+                        continue
+                    if message is None:
+                        break
+                    if listener.fresh(message):
+                        await response.write(_sse(message))
+        return response
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        try:
+            room = await self._room(request)
+        except ApiError as exc:
+            return json_error(exc)
+        ws = web.WebSocketResponse(heartbeat=self.heartbeat_seconds)
+        await ws.prepare(request)
+        with self.feed.listen(room, lambda: not ws.closed) as listener:
+            reader = asyncio.create_task(_read_until_closed(ws, listener))
+            try:
+                room = await self.store.get_room(room.roomid) or room
+                message: Message | None = status_message(room, self.feed.viewers(room))
+                while message is not None:
+                    if listener.fresh(message):
+                        await ws.send_json(message)
+                    message = await listener.queue.get()
+            except ConnectionResetError:
+                pass
+            finally:
+                reader.cancel()
+                await ws.close()
+        return ws
+
+
+def _sse(message: Message) -> bytes:
+    return f"event: {message['type']}\ndata: {json.dumps(message, separators=(',', ':'))}\n\n".encode()
+
+
+async def _read_until_closed(ws: web.WebSocketResponse, listener: Listener) -> None:
+    """Clients have nothing to say; reading is how a close (or a missed pong) is noticed."""
+    async for _ in ws:
+        pass
+    listener.close()
