@@ -147,8 +147,7 @@ class FlvViewer(asyncio.BufferedProtocol):
     def __init__(self, url: str, on_tag: Callable[[Tag], None]) -> None:
         parts = urlsplit(url)
         self._request = (
-            f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUser-Agent: minilive-bench\r\n"
-            "Accept: */*\r\n\r\n"
+            f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUser-Agent: minilive-bench\r\nAccept: */*\r\n\r\n"
         ).encode()
         self.on_tag = on_tag
         self.bytes_received = 0
@@ -233,9 +232,7 @@ class Viewer:
     measured_from: int = 0
     stopping: bool = False  # we are closing it: the end of the connection is not the server's doing
 
-    def on_video(
-        self, payload: bytes, connected_at: float, sent: dict[FrameKey, float], timeline: Timeline
-    ) -> None:
+    def on_video(self, payload: bytes, connected_at: float, sent: dict[FrameKey, float], timeline: Timeline) -> None:
         now = time.monotonic()
         if self.result.first_keyframe_ms is None and is_keyframe(payload):
             self.result.first_keyframe_ms = (now - connected_at) * 1000

@@ -40,9 +40,7 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 def _apt_missing(packages: tuple[str, ...]) -> list[str]:
     missing = []
     for package in packages:
-        status = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True
-        ).stdout
+        status = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True).stdout
         if "install ok installed" not in status:
             missing.append(package)
     return missing

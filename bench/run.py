@@ -103,9 +103,7 @@ def fanout_plans(server: peers.Server, viewers: int, options: Options, schedule:
 
 
 def ingest_plans(server: peers.Server, publishers: int, options: Options, schedule: Schedule) -> list[dict]:
-    specs = [
-        {"stream": f"pub{i}", "start": schedule.publish + i / options.connect_rate} for i in range(publishers)
-    ]
+    specs = [{"stream": f"pub{i}", "start": schedule.publish + i / options.connect_rate} for i in range(publishers)]
     common = {"rtmp_url": server.rtmp_url(), "fixture": str(fixture.PATH)}
     common.update(measure=schedule.measure, end=schedule.end)
     return [{**common, "publishers": part} for part in _split(specs, 100, options)]
@@ -361,9 +359,7 @@ def fanout_table(runs: list[dict[str, Any]]) -> str:
     rows = []
     for r in runs:
         if "error" in r:
-            rows.append(
-                [r["server"], str(r["count"]), "error: " + r["error"].splitlines()[0][:60]] + [""] * 9
-            )
+            rows.append([r["server"], str(r["count"]), "error: " + r["error"].splitlines()[0][:60]] + [""] * 9)
             continue
         rows.append(
             [
@@ -397,9 +393,7 @@ def ingest_table(runs: list[dict[str, Any]]) -> str:
     rows = []
     for r in runs:
         if "error" in r:
-            rows.append(
-                [r["server"], str(r["count"]), "error: " + r["error"].splitlines()[0][:60]] + [""] * 4
-            )
+            rows.append([r["server"], str(r["count"]), "error: " + r["error"].splitlines()[0][:60]] + [""] * 4)
             continue
         rows.append(
             [
@@ -425,26 +419,18 @@ def _counts(text: str) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--servers", default="minilive,nginx-rtmp,nms", help="comma-separated, in run order")
-    parser.add_argument(
-        "--viewers", default="100,300,1000", type=_counts, help="fan-out scenarios ('' for none)"
-    )
+    parser.add_argument("--viewers", default="100,300,1000", type=_counts, help="fan-out scenarios ('' for none)")
     parser.add_argument("--publishers", default="50,200", type=_counts, help="ingest scenarios ('' for none)")
     parser.add_argument("--duration", default=20.0, type=float, help="measured seconds per run")
-    parser.add_argument(
-        "--warmup", default=3.0, type=float, help="seconds after the last connect before measuring"
-    )
+    parser.add_argument("--warmup", default=3.0, type=float, help="seconds after the last connect before measuring")
     parser.add_argument("--connect-rate", default=500.0, type=float, help="new connections per second")
-    parser.add_argument(
-        "--client-procs", default=0, type=int, help="load processes for bulk clients (0: auto)"
-    )
+    parser.add_argument("--client-procs", default=0, type=int, help="load processes for bulk clients (0: auto)")
     parser.add_argument("--sampled", default=20, type=int, help="viewers that measure latency per frame")
     args = parser.parse_args(argv)
     servers = [name for name in args.servers.split(",") if name]
     unknown = set(servers) - set(peers.STARTERS)
     if unknown:
-        parser.error(
-            f"unknown servers: {', '.join(sorted(unknown))}; choose from {', '.join(peers.STARTERS)}"
-        )
+        parser.error(f"unknown servers: {', '.join(sorted(unknown))}; choose from {', '.join(peers.STARTERS)}")
     return Options(
         servers, args.viewers, args.publishers, args.duration, args.warmup, args.connect_rate,
         args.client_procs, args.sampled,

@@ -110,9 +110,7 @@ class RtmpProtocol(asyncio.Protocol):
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if len(self.server.connections) >= self.server.settings.max_connections:
-            log.warning(
-                "rtmp %s refused: %d connections is the limit", self.remote, len(self.server.connections)
-            )
+            log.warning("rtmp %s refused: %d connections is the limit", self.remote, len(self.server.connections))
             transport.abort()
             self.closed = True
             return
@@ -184,9 +182,7 @@ class RtmpProtocol(asyncio.Protocol):
             self._flush()
         elif isinstance(event, rtmp.Publish):
             if self.session is not None or self.busy:
-                self.core.reject_publish(
-                    event, "NetStream.Publish.BadName", "this connection is already publishing"
-                )
+                self.core.reject_publish(event, "NetStream.Publish.BadName", "this connection is already publishing")
                 self._flush()
                 return
             self.busy = True
@@ -265,9 +261,7 @@ class RtmpProtocol(asyncio.Protocol):
         if self.closed:
             return
         if stream is None:
-            self.core.reject_play(
-                event, "NetStream.Play.StreamNotFound", f"no live stream named {app}/{event.name}"
-            )
+            self.core.reject_play(event, "NetStream.Play.StreamNotFound", f"no live stream named {app}/{event.name}")
             self._flush()
             return
         self.core.accept_play(event)

@@ -190,9 +190,7 @@ class Hub:
 
     # ------------------------------------------------------------ publishing
 
-    def publish(
-        self, app: str, name: str, info: PublisherInfo, on_kick: Callable[[str], None]
-    ) -> PublishSession:
+    def publish(self, app: str, name: str, info: PublisherInfo, on_kick: Callable[[str], None]) -> PublishSession:
         """Start publishing. A live stream is taken over (the old publisher kicked) unless takeover is off."""
         key = self._key(app, name)
         current = self._sessions.get(key)
@@ -215,9 +213,7 @@ class Hub:
         for future in self._waiters.pop(key, []):
             if not future.done():
                 future.set_result(stream)
-        self._emit(
-            StreamEvent("publish", app, name, {"publisher": info, "republish": stream.publish_count > 1})
-        )
+        self._emit(StreamEvent("publish", app, name, {"publisher": info, "republish": stream.publish_count > 1}))
         return session
 
     def _unpublished(self, session: PublishSession, reason: str) -> None:

@@ -25,9 +25,7 @@ class Packet:
 
     __slots__ = ("_flv", "_rtmp", "config", "keyframe", "kind", "payload", "timestamp")
 
-    def __init__(
-        self, kind: int, timestamp: int, payload: bytes, keyframe: bool = False, config: bool = False
-    ) -> None:
+    def __init__(self, kind: int, timestamp: int, payload: bytes, keyframe: bool = False, config: bool = False) -> None:
         self.kind = kind
         self.timestamp = timestamp
         self.payload = payload

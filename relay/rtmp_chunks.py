@@ -24,9 +24,7 @@ def basic_header(fmt: int, csid: int) -> bytes:
     return bytes(((fmt << 6) | 1, rest & 0xFF, rest >> 8))
 
 
-def encode_message(
-    csid: int, timestamp: int, type_id: int, stream_id: int, payload: bytes, chunk_size: int
-) -> bytes:
+def encode_message(csid: int, timestamp: int, type_id: int, stream_id: int, payload: bytes, chunk_size: int) -> bytes:
     """Serialize one RTMP message as chunks of at most ``chunk_size`` payload bytes."""
     timestamp &= 0xFFFFFFFF
     length = len(payload)

@@ -101,7 +101,6 @@ class LiveStream:
     def key(self) -> str:
         return f"{self.app}/{self.name}"
 
-
     def viewers_by_protocol(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for group in self.groups.values():

@@ -275,9 +275,7 @@ class RtmpClient(asyncio.BufferedProtocol):
     ) -> None:
         if self._transport is None or self._transport.is_closing():
             raise RtmpClientError("connection closed")
-        self._transport.write(
-            encode_message(csid, timestamp, type_id, stream_id, payload, self._out_chunk_size)
-        )
+        self._transport.write(encode_message(csid, timestamp, type_id, stream_id, payload, self._out_chunk_size))
 
     def _fail(self, exc: Exception) -> None:
         """A protocol error from the server: close, and surface it to whoever is waiting."""

@@ -139,9 +139,7 @@ class ServerConnection:
         type_id = message.type_id
         payload = message.payload
         if type_id == messages.COMMAND_AMF0 or type_id == messages.COMMAND_AMF3:
-            values = (
-                amf.decode_amf3_command(payload) if type_id == messages.COMMAND_AMF3 else amf.decode(payload)
-            )
+            values = amf.decode_amf3_command(payload) if type_id == messages.COMMAND_AMF3 else amf.decode(payload)
             self._command(message.stream_id, values, events)
         elif type_id == messages.DATA_AMF0 or type_id == messages.DATA_AMF3:
             body = payload[1:] if type_id == messages.DATA_AMF3 else payload
@@ -150,9 +148,7 @@ class ServerConnection:
             self._aggregate(message, events)
         elif type_id == messages.USER_CONTROL:
             if len(payload) >= 6 and int.from_bytes(payload[:2], "big") == messages.PING_REQUEST:
-                self._out += messages.user_control(
-                    messages.PING_RESPONSE, int.from_bytes(payload[2:6], "big")
-                )
+                self._out += messages.user_control(messages.PING_RESPONSE, int.from_bytes(payload[2:6], "big"))
         elif type_id == messages.WINDOW_ACK_SIZE and len(payload) >= 4:
             self.peer_window = int.from_bytes(payload[:4], "big")
         # Set Chunk Size and Abort are applied by the reader; acknowledgements, peer bandwidth
@@ -232,9 +228,7 @@ class ServerConnection:
             if tid:
                 self._send_command("_result", tid, None, amf.UNDEFINED)
             if name == "FCPublish" and args and isinstance(args[0], str):
-                self._send_command(
-                    "onFCPublish", 0, None, {"code": "NetStream.Publish.Start", "description": args[0]}
-                )
+                self._send_command("onFCPublish", 0, None, {"code": "NetStream.Publish.Start", "description": args[0]})
         elif name in (
             "receiveAudio",
             "receiveVideo",

@@ -104,9 +104,7 @@ def _check_version(version: int, packet: str) -> None:
             f"{packet} asks for {_ENCRYPTED_VERSIONS[version]} (version {version}); "
             "only plain RTMP (version 3) is supported"
         )
-    raise HandshakeError(
-        f"{packet} carries version byte {version:#04x}; expected 3 (plain RTMP) — not an RTMP peer?"
-    )
+    raise HandshakeError(f"{packet} carries version byte {version:#04x}; expected 3 (plain RTMP) — not an RTMP peer?")
 
 
 def _fill(buffer: bytearray, data: bytes, size: int) -> bytes:
@@ -220,9 +218,7 @@ class ClientHandshake:
             return s1
         found = _find_digest(s1, _SERVER_KEY_SHORT)
         if found is None:
-            raise HandshakeError(
-                f"S1 claims server version {'.'.join(map(str, s1[4:8]))} but has no valid digest"
-            )
+            raise HandshakeError(f"S1 claims server version {'.'.join(map(str, s1[4:8]))} but has no valid digest")
         if not _reply_is_signed(s2, self._c1_digest, SERVER_KEY):
             raise HandshakeError("S2 is not signed with a key derived from our C1 digest")
         return _signed_reply(found[1], CLIENT_KEY)
