@@ -41,9 +41,16 @@ logging.getLogger("aiohttp.server").addFilter(BadRequestLogFilter())
 
 @web.middleware
 async def cors_preflight(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Answers CORS preflights, and gives unknown /api/ paths the API's JSON error shape."""
     if request.method == "OPTIONS":
         return web.Response(status=204, headers={**CORS, "Access-Control-Max-Age": "86400"})
-    return await handler(request)
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or not request.path.startswith("/api/") or exc.content_type == "application/json":
+            raise
+        body = {"error": {"code": exc.status, "message": f"{exc.reason}: {request.method} {request.path}"}}
+        return web.json_response(body, status=exc.status, headers=CORS)
 
 
 class HubControl:

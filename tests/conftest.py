@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
+import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from api.server import Server
 
 FFMPEG = shutil.which("ffmpeg")
 FFPROBE = shutil.which("ffprobe")
+REDIS_SERVER = shutil.which("redis-server")
 
 needs_ffmpeg = pytest.mark.skipif(
     not (FFMPEG and FFPROBE), reason="ffmpeg/ffprobe not installed: run scripts/dev test, which installs them"
@@ -201,3 +204,40 @@ async def make_room(server: Server, name: str = "shop", **fields: Any):  # type:
     app = await server.rooms.create_app(name)
     await add_images(server, app.appid)
     return app, await server.rooms.create_room(app, official_room_body(app.appid, **fields))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_redis(process: subprocess.Popen[bytes], port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"redis-server exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"redis-server did not answer on port {port} within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server not installed: run scripts/dev test, which installs it")
+    port = free_port()
+    args = [REDIS_SERVER, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", "127.0.0.1"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_redis(process, port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.kill()
+        process.wait()

@@ -9,14 +9,8 @@ import sys
 
 import aiohttp
 
-from tests.conftest import needs_ffmpeg, publish
+from tests.conftest import free_port, needs_ffmpeg, publish
 from tests.test_playback import FlvClient, play_http
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def start_cli(*args: str) -> asyncio.subprocess.Process:

@@ -205,3 +205,15 @@ async def test_openapi_describes_every_route(server):
     schemas = document["components"]["schemas"]
     refs = set(re.findall(r'"#/components/schemas/(\w+)"', str(document).replace("'", '"')))
     assert refs <= schemas.keys()
+
+
+async def test_unknown_api_paths_answer_json_and_preflight_allows_writes(server):
+    base = f"http://127.0.0.1:{server.http_port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/api/v1/nothing-here") as response:
+            assert response.status == 404
+            assert (await response.json())["error"]["code"] == 404
+        async with session.options(f"{base}/api/v1/rooms/1") as response:
+            assert response.status == 204
+            assert "PATCH" in response.headers["Access-Control-Allow-Methods"]
+            assert "DELETE" in response.headers["Access-Control-Allow-Methods"]

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import shutil
-import socket
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -24,48 +21,9 @@ from api.store.base import DELIVERIES_KEPT, RoomStore
 from api.store.redis import RedisStore
 from api.store.sqlite import SqliteStore
 
-REDIS_SERVER = shutil.which("redis-server")
-
 StoreFactory = Callable[[], Awaitable[RoomStore]]
 
 LIVE, NOT_STARTED, ENDED, PAUSED = LiveStatus.LIVE, LiveStatus.NOT_STARTED, LiveStatus.ENDED, LiveStatus.PAUSED
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_redis(process: subprocess.Popen[bytes], port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"redis-server exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"redis-server did not answer on port {port} within {timeout} s")
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server not installed: run scripts/dev test, which installs it")
-    port = free_port()
-    args = [REDIS_SERVER, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", "127.0.0.1"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_redis(process, port)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture(params=["sqlite", "redis"])
