@@ -10,6 +10,7 @@ from typing import Any
 
 from api.rooms import RoomSettings
 from ingest.server import RtmpSettings
+from relay.hls import HlsSettings
 from relay.stream import RelaySettings
 
 
@@ -36,6 +37,7 @@ class Settings:
     relay: RelaySettings = field(default_factory=RelaySettings)
     rtmp: RtmpSettings = field(default_factory=RtmpSettings)
     rooms: RoomSettings = field(default_factory=RoomSettings)
+    hls: HlsSettings = field(default_factory=HlsSettings)
 
     @property
     def public_host(self) -> str:

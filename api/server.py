@@ -17,6 +17,7 @@ from api.status import StatusRoutes
 from api.store import open_store
 from api.webhooks import Webhooks
 from ingest.server import RtmpServer
+from relay.hls_http import HlsPlayback
 from relay.http_flv import CORS, FlvPlayback
 from relay.hub import Hub
 
@@ -86,6 +87,7 @@ class Server:
             self.hub, self.policy.publish, self.policy.play, settings.rtmp, settings.play_wait_seconds
         )
         self.flv = FlvPlayback(self.hub, self.policy.play, settings.play_wait_seconds, settings.http_flv_chunked)
+        self.hls = HlsPlayback(self.hub, settings.hls, self.policy.play)
         self.app = self.build_app()
         self._runner: web.AppRunner | None = None
         self._stopped = False
@@ -99,7 +101,9 @@ class Server:
         app.add_routes(wechat.routes(self.rooms, self.media))
         app.add_routes(self.status.routes())
         app.add_routes(rest.routes(self.rooms, self.hub))
+        app.add_routes(self.hls.routes())
         app.cleanup_ctx.append(self.media.cleanup_ctx)
+        app.cleanup_ctx.append(self.hls.cleanup_ctx)
         return app
 
     async def start(self) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from relay import codecs
 from relay.formats import OutputFormat
@@ -42,6 +42,14 @@ class PublisherInfo:
     session_id: int
     query: str = ""
     started_at: float = field(default_factory=time.time)
+
+
+class Sink(Protocol):
+    """Something that consumes a stream's packets in order (HLS packaging, recording)."""
+
+    def feed(self, packet: Packet) -> None: ...
+
+    def end(self) -> None: ...
 
 
 class _Group:
@@ -83,6 +91,7 @@ class LiveStream:
         # fan-out
         self.groups: dict[OutputFormat, _Group] = {}
         self.viewer_count = 0
+        self.sinks: list[Sink] = []
         self._pending: list[Packet] = []
         self._flush_handle: asyncio.Handle | None = None
         self._join_cache: dict[OutputFormat, tuple[tuple[int, int, int], bytes]] = {}
@@ -215,7 +224,26 @@ class LiveStream:
                 if not self.has_video and resume_at < 0:
                     resume_at = i
             gop.add(packet, self.has_video)
+        for sink in self.sinks:
+            for packet in batch:
+                sink.feed(packet)
         return resume_at
+
+    # ------------------------------------------------------------ sinks
+
+    def add_sink(self, sink: Sink) -> None:
+        """Feed ``sink`` every packet from now on, starting with the headers and the GOP cache, so
+        that it starts on a keyframe at once."""
+        for packet in (self.metadata, self.video_config, self.audio_config):
+            if packet is not None:
+                sink.feed(packet)
+        for packet in self.gop.packets:
+            sink.feed(packet)
+        self.sinks.append(sink)
+
+    def remove_sink(self, sink: Sink) -> None:
+        if sink in self.sinks:
+            self.sinks.remove(sink)
 
     # ------------------------------------------------------------ viewers
 
@@ -297,6 +325,9 @@ class LiveStream:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
         self.ended = True
+        for sink in self.sinks:
+            sink.end()
+        self.sinks = []
         for viewer in self.viewers():
             self.detach(viewer)
             viewer.finish(reason)

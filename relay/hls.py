@@ -1,0 +1,336 @@
+"""HLS and Low-Latency HLS packaging from the hub's packets, by remuxing to MPEG-TS.
+
+:class:`Segmenter` decides where segments and partial segments begin (segments on keyframes at
+the target duration; parts at sample boundaries about every ``part_seconds``) and produces their
+bytes; the live playlist (:class:`LivePlaylist`, in memory) and the recorder (on disk) both use it.
+A segment's bytes are exactly the concatenation of its parts' bytes.
+
+Playlists follow RFC 8216 and its successor draft (LL-HLS): EXT-X-TARGETDURATION never below any
+rounded EXTINF, EXT-X-PROGRAM-DATE-TIME, EXT-X-DISCONTINUITY when the publisher changes or the codec
+configuration does, EXT-X-PART-INF / EXT-X-PART / EXT-X-PRELOAD-HINT / EXT-X-SERVER-CONTROL with
+blocking playlist reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from relay.mpegts import TsMuxer
+from relay.packet import AUDIO, DATA, VIDEO, Packet
+
+
+@dataclass(slots=True)
+class HlsSettings:
+    segment_seconds: float = 2.0
+    part_seconds: float = 0.5  # 0: plain HLS, no partial segments
+    window: int = 6  # segments listed in the live playlist
+    # Segments kept after they leave the playlist, for clients still fetching them (RFC 8216 §6.2.2).
+    keep_after_window: int = 4
+    idle_seconds: float = 60.0  # a packager nobody asked for this long is dropped
+    blocking_timeout_seconds: float = 6.0
+
+
+@dataclass(slots=True)
+class Part:
+    index: int
+    data: bytes
+    duration: float
+    independent: bool
+
+
+@dataclass(slots=True)
+class Segment:
+    msn: int
+    start_ts: int  # stream milliseconds of its first packet
+    wall_start: float  # Unix time of its first packet (EXT-X-PROGRAM-DATE-TIME)
+    discontinuity: bool
+    parts: list[Part] = field(default_factory=list)
+    duration: float = 0.0
+    data: bytes = b""  # set when the segment is complete
+    complete: bool = False
+
+
+class Segmenter:
+    """Cuts one stream into segments and parts. Feed it packets in stream order."""
+
+    def __init__(
+        self,
+        segment_seconds: float,
+        part_seconds: float,
+        on_part: Callable[[Segment, Part], None] | None = None,
+        on_segment: Callable[[Segment], None] | None = None,
+    ) -> None:
+        self.segment_ms = segment_seconds * 1000
+        self.part_ms = part_seconds * 1000 if part_seconds > 0 else math.inf
+        self.on_part = on_part
+        self.on_segment = on_segment
+        self.muxer: TsMuxer | None = None
+        self.video_config: bytes | None = None
+        self.audio_config: bytes | None = None
+        self.has_video = False
+        self.has_audio = False
+        self.segment: Segment | None = None
+        self.next_msn = 0
+        self._part_buf: list[bytes] = []
+        self._part_start = 0
+        self._part_independent = False
+        self._pending_discontinuity = False
+        self._last_ts = 0
+
+    def discontinuity(self) -> None:
+        """The next segment starts a new timeline or publisher (EXT-X-DISCONTINUITY)."""
+        self._pending_discontinuity = True
+
+    def feed(self, packet: Packet) -> None:
+        kind = packet.kind
+        if kind == DATA:
+            return
+        if packet.config:
+            self._configure(packet)
+            return
+        if kind == VIDEO:
+            self.has_video = True
+        elif kind == AUDIO:
+            self.has_audio = True
+        if self.muxer is None:
+            if not self._ready():
+                return
+            self.muxer = TsMuxer(self.video_config is not None, self.audio_config is not None)
+            if self.video_config:
+                self.muxer.configure(Packet(VIDEO, 0, self.video_config, config=True))
+            if self.audio_config:
+                self.muxer.configure(Packet(AUDIO, 0, self.audio_config, config=True))
+        video = self.muxer.has_video
+        starts_gop = packet.keyframe if video else kind == AUDIO
+        segment = self.segment
+        if segment is None:
+            if not starts_gop:
+                return  # a segment must start with a keyframe
+            self._open_segment(packet)
+        elif starts_gop and (packet.timestamp - segment.start_ts >= self.segment_ms or self._pending_discontinuity):
+            self._close_part(packet.timestamp)
+            self._close_segment(packet.timestamp)
+            self._open_segment(packet)
+        elif packet.timestamp - self._part_start >= self.part_ms and self._part_buf:
+            self._close_part(packet.timestamp)
+            self._open_part(packet, starts_gop and video)
+        data = self.muxer.mux(packet)
+        if data:
+            self._part_buf.append(data)
+        self._last_ts = max(self._last_ts, packet.timestamp)
+
+    def _ready(self) -> bool:
+        # Start once the configs of the tracks seen so far are known (audio-only and video-only work).
+        if self.video_config is None and self.audio_config is None:
+            return False
+        return not (self.has_video and self.video_config is None)
+
+    def _configure(self, packet: Packet) -> None:
+        if packet.kind == VIDEO:
+            if self.video_config is not None and packet.payload != self.video_config:
+                self._pending_discontinuity = True
+                self.muxer = None
+            self.video_config = packet.payload
+        elif packet.kind == AUDIO:
+            if self.audio_config is not None and packet.payload != self.audio_config:
+                self._pending_discontinuity = True
+                self.muxer = None
+            self.audio_config = packet.payload
+        if self.muxer is None and self.segment is not None:
+            # New codec parameters: the current segment ends here, the next one starts afresh.
+            self._close_part(self._last_ts)
+            self._close_segment(self._last_ts)
+            self.segment = None
+
+    def _open_segment(self, packet: Packet) -> None:
+        self.segment = Segment(self.next_msn, packet.timestamp, time.time(), self._pending_discontinuity)
+        self.next_msn += 1
+        self._pending_discontinuity = False
+        self._open_part(packet, True)
+
+    def _open_part(self, packet: Packet, independent: bool) -> None:
+        assert self.muxer is not None
+        self._part_start = packet.timestamp
+        self._part_independent = independent
+        # Program tables lead every independent part, so a player may start at any of them.
+        self._part_buf = [self.muxer.header()] if independent else []
+
+    def _close_part(self, end_ts: int) -> None:
+        segment = self.segment
+        if segment is None or not self._part_buf:
+            return
+        duration = max(end_ts - self._part_start, 0) / 1000
+        part = Part(len(segment.parts), b"".join(self._part_buf), duration, self._part_independent)
+        self._part_buf = []
+        segment.parts.append(part)
+        if self.on_part is not None:
+            self.on_part(segment, part)
+
+    def _close_segment(self, end_ts: int) -> None:
+        segment = self.segment
+        if segment is None or segment.complete:
+            return
+        segment.duration = max(end_ts - segment.start_ts, 0) / 1000
+        segment.data = b"".join(p.data for p in segment.parts)
+        segment.complete = True
+        if self.on_segment is not None:
+            self.on_segment(segment)
+
+    def finish(self) -> None:
+        """The stream ended: close what is open."""
+        self._close_part(self._last_ts)
+        self._close_segment(self._last_ts)
+        self.segment = None
+
+
+def _fmt_duration(seconds: float) -> str:
+    return f"{seconds:.3f}"
+
+
+def _date(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+
+
+class LivePlaylist:
+    """A stream's live HLS state in memory: recent segments and parts, the playlist, blocking reloads."""
+
+    def __init__(self, settings: HlsSettings, prefix: str) -> None:
+        self.settings = settings
+        # Unique per packager, so that cached URLs of an earlier run of the stream never collide.
+        self.prefix = prefix
+        self.segments: list[Segment] = []
+        self.segmenter = Segmenter(settings.segment_seconds, settings.part_seconds, self._on_part, self._on_segment)
+        self.last_request = time.monotonic()
+        self.ended = False
+        self._changed = asyncio.Event()
+        self._target = max(1, math.ceil(settings.segment_seconds))
+        self.publish_count = 0
+
+    # ------------------------------------------------------------ input
+
+    def feed(self, packet: Packet) -> None:
+        segmenter = self.segmenter
+        before = segmenter.segment
+        segmenter.feed(packet)
+        if segmenter.segment is not before and segmenter.segment is not None:
+            self.segments.append(segmenter.segment)
+            self._trim()
+            self._notify()
+
+    def new_publisher(self) -> None:
+        self.segmenter.discontinuity()
+
+    def finish(self) -> None:
+        self.segmenter.finish()
+        self.ended = True
+        self._notify()
+
+    def _on_part(self, segment: Segment, part: Part) -> None:
+        self._notify()
+
+    def _on_segment(self, segment: Segment) -> None:
+        self._target = max(self._target, round(segment.duration))
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _trim(self) -> None:
+        keep = self.settings.window + self.settings.keep_after_window + 1
+        if len(self.segments) > keep:
+            del self.segments[: len(self.segments) - keep]
+
+    # ------------------------------------------------------------ lookups
+
+    def find(self, msn: int) -> Segment | None:
+        for segment in reversed(self.segments):
+            if segment.msn == msn:
+                return segment
+        return None
+
+    def has(self, msn: int, part: int | None) -> bool:
+        segment = self.find(msn)
+        if segment is None:
+            return bool(self.segments) and msn < self.segments[0].msn
+        if part is None:
+            return segment.complete
+        return part < len(segment.parts) or segment.complete
+
+    async def wait_for(self, msn: int, part: int | None, timeout: float) -> bool:
+        """Until segment ``msn`` (part ``part``) exists; False on timeout or when the stream ended."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.has(msn, part):
+            if self.ended:
+                return False
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
+
+    @property
+    def last_msn(self) -> int:
+        return self.segments[-1].msn if self.segments else -1
+
+    # ------------------------------------------------------------ playlist
+
+    def playlist(self) -> str:
+        s = self.settings
+        listed = [seg for seg in self.segments if seg.complete or seg is self.segments[-1]]
+        complete = [seg for seg in listed if seg.complete]
+        window = complete[-s.window :]
+        first_msn = window[0].msn if window else (listed[0].msn if listed else 0)
+        low_latency = s.part_seconds > 0
+        target = self._target
+        lines = ["#EXTM3U", f"#EXT-X-VERSION:{9 if low_latency else 3}", f"#EXT-X-TARGETDURATION:{target}"]
+        if low_latency:
+            part_target = s.part_seconds
+            lines.append(
+                f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={3 * part_target:.3f},"
+                f"HOLD-BACK={3 * target:.3f}"
+            )
+            lines.append(f"#EXT-X-PART-INF:PART-TARGET={part_target:.3f}")
+        lines.append(f"#EXT-X-MEDIA-SEQUENCE:{first_msn}")
+        discontinuities = sum(1 for seg in self.segments if seg.discontinuity and seg.msn < first_msn)
+        if discontinuities:
+            lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuities}")
+        shown = window + ([listed[-1]] if listed and not listed[-1].complete else [])
+        # Parts are listed for the last few segments only (the spec asks for at least the last three
+        # target durations' worth).
+        parts_from = shown[-3].msn if len(shown) >= 3 else (shown[0].msn if shown else 0)
+        for seg in shown:
+            if seg.discontinuity:
+                lines.append("#EXT-X-DISCONTINUITY")
+            lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_date(seg.wall_start)}")
+            if low_latency and seg.msn >= parts_from:
+                for part in seg.parts:
+                    attrs = f'DURATION={part.duration:.3f},URI="{self.part_uri(seg.msn, part.index)}"'
+                    if part.independent:
+                        attrs += ",INDEPENDENT=YES"
+                    lines.append(f"#EXT-X-PART:{attrs}")
+            if seg.complete:
+                lines.append(f"#EXTINF:{_fmt_duration(seg.duration)},")
+                lines.append(self.segment_uri(seg.msn))
+        if low_latency and shown and not self.ended:
+            current = shown[-1]
+            next_msn, next_part = (current.msn + 1, 0) if current.complete else (current.msn, len(current.parts))
+            lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{self.part_uri(next_msn, next_part)}"')
+        if self.ended:
+            lines.append("#EXT-X-ENDLIST")
+        return "\n".join(lines) + "\n"
+
+    def segment_uri(self, msn: int) -> str:
+        return f"{self.prefix}-{msn}.ts"
+
+    def part_uri(self, msn: int, part: int) -> str:
+        return f"{self.prefix}-{msn}.{part}.ts"

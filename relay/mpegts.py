@@ -1,0 +1,252 @@
+"""MPEG-TS muxer (sans-I/O): FLV H.264/AAC packets in, 188-byte transport stream packets out.
+
+One muxer per output (a live HLS rendition, a recording) keeps its continuity counters across
+segments, as RFC 8216 wants; each segment starts with :meth:`TsMuxer.header` (PAT + PMT) and a
+keyframe. H.264 access units are rewritten from AVCC to Annex-B with an AUD, and SPS/PPS before
+every IDR; AAC frames get ADTS headers built from the AudioSpecificConfig. Timestamps are the
+stream's milliseconds on the 90 kHz clock.
+"""
+
+from __future__ import annotations
+
+from relay.packet import AUDIO, VIDEO, Packet
+
+TS_SIZE = 188
+PAYLOAD = 184
+PMT_PID = 0x1000
+VIDEO_PID = 0x100
+AUDIO_PID = 0x101
+STREAM_TYPE_H264 = 0x1B
+STREAM_TYPE_AAC = 0x0F
+
+_AUD = b"\x00\x00\x00\x01\x09\xf0"
+_START = b"\x00\x00\x00\x01"
+
+
+def _crc32_table() -> list[int]:
+    table = []
+    for i in range(256):
+        crc = i << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) if crc & 0x80000000 else crc << 1
+        table.append(crc & 0xFFFFFFFF)
+    return table
+
+
+_CRC_TABLE = _crc32_table()
+
+
+def crc32_mpeg2(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ _CRC_TABLE[((crc >> 24) ^ byte) & 0xFF]
+    return crc
+
+
+def _pts_bytes(marker: int, value: int) -> bytes:
+    value &= (1 << 33) - 1
+    return bytes(
+        (
+            (marker << 4) | ((value >> 29) & 0x0E) | 1,
+            (value >> 22) & 0xFF,
+            ((value >> 14) & 0xFE) | 1,
+            (value >> 7) & 0xFF,
+            ((value << 1) & 0xFE) | 1,
+        )
+    )
+
+
+class AvcConfig:
+    """SPS/PPS and the NAL length size from an FLV AVC sequence header."""
+
+    __slots__ = ("length_size", "parameter_sets")
+
+    def __init__(self, payload: bytes) -> None:
+        record = payload[5:]
+        if len(record) < 7:
+            raise ValueError("AVC sequence header too short")
+        self.length_size = (record[4] & 0x03) + 1
+        sets: list[bytes] = []
+        pos = 5
+        for count_mask in (0x1F, 0xFF):
+            count = record[pos] & count_mask
+            pos += 1
+            for _ in range(count):
+                size = int.from_bytes(record[pos : pos + 2], "big")
+                sets.append(record[pos + 2 : pos + 2 + size])
+                pos += 2 + size
+        self.parameter_sets = b"".join(_START + ps for ps in sets)
+
+
+class AacConfig:
+    """The fixed part of an ADTS header from an FLV AAC sequence header."""
+
+    __slots__ = ("channels", "profile", "rate_index")
+
+    def __init__(self, payload: bytes) -> None:
+        asc = payload[2:]
+        if len(asc) < 2:
+            raise ValueError("AAC sequence header too short")
+        object_type = asc[0] >> 3
+        self.profile = max(0, min(object_type - 1, 3))
+        self.rate_index = ((asc[0] & 0x07) << 1) | (asc[1] >> 7)
+        self.channels = (asc[1] >> 3) & 0x0F
+
+    def adts(self, size: int) -> bytes:
+        length = size + 7
+        return bytes(
+            (
+                0xFF,
+                0xF1,
+                (self.profile << 6) | (self.rate_index << 2) | (self.channels >> 2),
+                ((self.channels & 3) << 6) | (length >> 11),
+                (length >> 3) & 0xFF,
+                ((length & 7) << 5) | 0x1F,
+                0xFC,
+            )
+        )
+
+
+class TsMuxer:
+    def __init__(self, has_video: bool = True, has_audio: bool = True) -> None:
+        self.has_video = has_video
+        self.has_audio = has_audio
+        self.avc: AvcConfig | None = None
+        self.aac: AacConfig | None = None
+        self._cc: dict[int, int] = {0: 0, PMT_PID: 0, VIDEO_PID: 0, AUDIO_PID: 0}
+        self.pcr_pid = VIDEO_PID if has_video else AUDIO_PID
+
+    def configure(self, packet: Packet) -> None:
+        """Take a sequence header (FLV AVC or AAC config packet)."""
+        if packet.kind == VIDEO:
+            self.avc = AvcConfig(packet.payload)
+        elif packet.kind == AUDIO:
+            self.aac = AacConfig(packet.payload)
+
+    # ------------------------------------------------------------ tables
+
+    def header(self) -> bytes:
+        """PAT and PMT: the start of every segment."""
+        pat = b"\x00\x00\xb0\x0d\x00\x01\xc1\x00\x00\x00\x01" + bytes((0xE0 | (PMT_PID >> 8), PMT_PID & 0xFF))
+        pat += crc32_mpeg2(pat[1:]).to_bytes(4, "big")
+        streams = b""
+        if self.has_video:
+            streams += bytes((STREAM_TYPE_H264, 0xE0 | (VIDEO_PID >> 8), VIDEO_PID & 0xFF, 0xF0, 0x00))
+        if self.has_audio:
+            streams += bytes((STREAM_TYPE_AAC, 0xE0 | (AUDIO_PID >> 8), AUDIO_PID & 0xFF, 0xF0, 0x00))
+        length = 13 + len(streams)
+        pmt = bytes((0x00, 0x02, 0xB0 | (length >> 8), length & 0xFF, 0x00, 0x01, 0xC1, 0x00, 0x00))
+        pmt += bytes((0xE0 | (self.pcr_pid >> 8), self.pcr_pid & 0xFF, 0xF0, 0x00)) + streams
+        pmt += crc32_mpeg2(pmt[1:]).to_bytes(4, "big")
+        return self._section(0, pat) + self._section(PMT_PID, pmt)
+
+    def _section(self, pid: int, section: bytes) -> bytes:
+        cc = self._cc[pid]
+        self._cc[pid] = (cc + 1) & 0x0F
+        head = bytes((0x47, 0x40 | (pid >> 8), pid & 0xFF, 0x10 | cc))
+        return head + section + b"\xff" * (PAYLOAD - len(section))
+
+    # ------------------------------------------------------------ media
+
+    def mux(self, packet: Packet) -> bytes:
+        """The TS packets of one FLV audio or video frame (b"" for what TS cannot carry)."""
+        payload = packet.payload
+        if packet.kind == VIDEO:
+            if self.avc is None or len(payload) < 5 or payload[0] & 0x0F != 7 or payload[1] != 1:
+                return b""
+            cts = int.from_bytes(payload[2:5], "big", signed=True)
+            es = self._annexb(payload[5:], packet.keyframe)
+            dts = packet.timestamp * 90
+            pts = dts + cts * 90
+            head = _pts_bytes(3, pts) + _pts_bytes(1, dts) if pts != dts else _pts_bytes(2, pts)
+            flags = 0xC0 if pts != dts else 0x80
+            pes = b"\x00\x00\x01\xe0\x00\x00\x80" + bytes((flags, len(head))) + head + es
+            return self._packetize(VIDEO_PID, pes, dts, packet.keyframe)
+        if packet.kind == AUDIO:
+            if self.aac is None or len(payload) < 3 or payload[0] >> 4 != 10 or payload[1] != 1:
+                return b""
+            frame = payload[2:]
+            es = self.aac.adts(len(frame)) + frame
+            pts = packet.timestamp * 90
+            head = _pts_bytes(2, pts)
+            size = 3 + len(head) + len(es)
+            pes = b"\x00\x00\x01\xc0" + size.to_bytes(2, "big") + b"\x80\x80" + bytes((len(head),)) + head + es
+            return self._packetize(AUDIO_PID, pes, pts, not self.has_video)
+        return b""
+
+    def _annexb(self, data: bytes, keyframe: bool) -> bytes:
+        assert self.avc is not None
+        size = self.avc.length_size
+        parts = [_AUD]
+        if keyframe:
+            parts.append(self.avc.parameter_sets)
+        pos = 0
+        end = len(data)
+        while pos + size <= end:
+            length = int.from_bytes(data[pos : pos + size], "big")
+            pos += size
+            nal = data[pos : pos + length]
+            pos += length
+            if nal and nal[0] & 0x1F != 9:  # our own AUD leads the access unit
+                parts.append(_START)
+                parts.append(nal)
+        return b"".join(parts)
+
+    def _packetize(self, pid: int, pes: bytes, dts: int, random_access: bool) -> bytes:
+        cc = self._cc[pid]
+        out = []
+        pid_hi, pid_lo = pid >> 8, pid & 0xFF
+        # First packet: PUSI, with an adaptation field carrying the PCR on the PCR stream.
+        if pid == self.pcr_pid:
+            pcr = dts - 300 * 90 if dts >= 300 * 90 else 0  # PCR a little before DTS gives decoders slack
+            adaptation = bytes(
+                (
+                    0x50 if random_access else 0x10,
+                    (pcr >> 25) & 0xFF,
+                    (pcr >> 17) & 0xFF,
+                    (pcr >> 9) & 0xFF,
+                    (pcr >> 1) & 0xFF,
+                    ((pcr & 1) << 7) | 0x7E,
+                    0x00,
+                )
+            )
+        elif random_access:
+            adaptation = b"\x40"
+        else:
+            adaptation = b""
+        room = PAYLOAD - (1 + len(adaptation) if adaptation else 0)
+        with_adaptation = bool(adaptation)
+        if len(pes) < room:  # the whole PES fits in one packet: stuff the adaptation field
+            adaptation = _stuffed(adaptation, PAYLOAD - 1 - len(pes))
+            room = len(pes)
+            with_adaptation = True
+        first = pes[:room]
+        if with_adaptation:
+            out.append(bytes((0x47, 0x40 | pid_hi, pid_lo, 0x30 | cc, len(adaptation))) + adaptation + first)
+        else:
+            out.append(bytes((0x47, 0x40 | pid_hi, pid_lo, 0x10 | cc)) + first)
+        cc = (cc + 1) & 0x0F
+        pos = room
+        total = len(pes)
+        full_end = total - (total - pos) % PAYLOAD
+        while pos < full_end:
+            out.append(bytes((0x47, pid_hi, pid_lo, 0x10 | cc)))
+            out.append(pes[pos : pos + PAYLOAD])
+            pos += PAYLOAD
+            cc = (cc + 1) & 0x0F
+        if pos < total:
+            rest = pes[pos:]
+            stuffing = _stuffed(b"", PAYLOAD - 1 - len(rest))
+            out.append(bytes((0x47, pid_hi, pid_lo, 0x30 | cc, len(stuffing))) + stuffing + rest)
+            cc = (cc + 1) & 0x0F
+        self._cc[pid] = cc
+        return b"".join(out)
+
+
+def _stuffed(adaptation: bytes, length: int) -> bytes:
+    """An adaptation field body of exactly ``length`` bytes (flags byte, fields, 0xFF stuffing)."""
+    if length <= 0:
+        return b""
+    if not adaptation:
+        adaptation = b"\x00"
+    return adaptation + b"\xff" * (length - len(adaptation))

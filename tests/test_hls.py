@@ -1,0 +1,208 @@
+"""Live HLS / LL-HLS with real players: ffmpeg publishes over RTMP; ffprobe, ffmpeg and HTTP read HLS."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import aiohttp
+import pytest
+
+from tests.conftest import FFMPEG, needs_ffmpeg, probe_streams, publish, rtmp_url, run, wait_live
+
+pytestmark = needs_ffmpeg
+
+
+def hls_url(server, name: str) -> str:
+    return f"http://127.0.0.1:{server.http_port}/live/{name}/index.m3u8"
+
+
+def parse(playlist: str) -> dict:
+    """The facts of a media playlist that the tests check."""
+    lines = playlist.splitlines()
+    tags = {line.split(":", 1)[0]: line.split(":", 1)[1] if ":" in line else "" for line in lines}
+    segments, parts = [], []
+    duration = None
+    for line in lines:
+        if line.startswith("#EXTINF:"):
+            duration = float(line[8:].rstrip(","))
+        elif line.startswith("#EXT-X-PART:"):
+            parts.append(line)
+        elif line and not line.startswith("#"):
+            segments.append((line, duration))
+    return {
+        "target": int(tags["#EXT-X-TARGETDURATION"]),
+        "sequence": int(tags["#EXT-X-MEDIA-SEQUENCE"]),
+        "segments": segments,
+        "parts": parts,
+        "tags": tags,
+        "discontinuities": playlist.count("#EXT-X-DISCONTINUITY\n"),
+        "text": playlist,
+    }
+
+
+async def fetch(session: aiohttp.ClientSession, url: str) -> tuple[int, bytes, dict]:
+    async with session.get(url) as response:
+        return response.status, await response.read(), dict(response.headers)
+
+
+async def wait_segments(session, url: str, count: int, timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body, _ = await fetch(session, url)
+        if status == 200:
+            info = parse(body.decode())
+            if len(info["segments"]) >= count:
+                return info
+        if time.monotonic() > deadline:
+            raise AssertionError(f"fewer than {count} segments after {timeout} s")
+        await asyncio.sleep(0.3)
+
+
+async def test_live_hls_plays_in_ffmpeg_with_rfc_8216_playlists(server):
+    pub = await publish(rtmp_url(server, "hls"), size="320x240", rate=25, gop=25)
+    try:
+        await wait_live(server, "hls")
+        stream = server.hub.get("live", "hls")
+        assert stream.sinks == [], "no packaging until someone asks for HLS"
+        async with aiohttp.ClientSession() as session:
+            status, _, headers = await fetch(session, hls_url(server, "hls"))
+            assert status == 200
+            assert headers["Content-Type"].startswith("application/vnd.apple.mpegurl")
+            assert headers["Access-Control-Allow-Origin"] == "*"
+            assert len(stream.sinks) == 1
+            info = await wait_segments(session, hls_url(server, "hls"), 4)
+            text = info["text"]
+            assert "#EXT-X-PROGRAM-DATE-TIME:" in text
+            assert "#EXT-X-PART-INF:PART-TARGET=0.500" in text
+            assert "CAN-BLOCK-RELOAD=YES" in text and "PART-HOLD-BACK=1.500" in text
+            assert "#EXT-X-PRELOAD-HINT:TYPE=PART" in text
+            for _, duration in info["segments"]:
+                assert round(duration) <= info["target"], "RFC 8216 §4.3.3.1"
+                assert 1.0 <= duration <= 3.0, f"segment of {duration} s: not within one GOP of the 2 s target"
+            uri = info["segments"][-1][0]
+            status, segment, headers = await fetch(session, hls_url(server, "hls").replace("index.m3u8", uri))
+            assert status == 200 and headers["Content-Type"] == "video/mp2t"
+            assert "immutable" in headers["Cache-Control"]
+            assert segment[0] == 0x47 and len(segment) % 188 == 0
+        streams = await probe_streams(hls_url(server, "hls"))
+        assert sorted(s["codec_name"] for s in streams) == ["aac", "h264"]
+        code, _, err = await run(
+            FFMPEG, "-v", "error", "-i", hls_url(server, "hls"), "-t", "10", "-f", "null", "-", timeout=40
+        )
+        assert code == 0 and not err.strip(), err.decode()
+    finally:
+        await pub.stop()
+
+
+async def test_media_sequence_advances_and_parts_make_up_segments(server):
+    pub = await publish(rtmp_url(server, "parts"), gop=25)
+    try:
+        await wait_live(server, "parts")
+        async with aiohttp.ClientSession() as session:
+            first = await wait_segments(session, hls_url(server, "parts"), 2)
+            deadline = time.monotonic() + 30
+            while (later := await wait_segments(session, hls_url(server, "parts"), 6))["sequence"] == 0:
+                assert time.monotonic() < deadline, "the playlist never slid"
+                await asyncio.sleep(0.5)
+            assert later["sequence"] > first["sequence"], "the playlist slides"
+            assert len(later["segments"]) == 6, "six segments in the window"
+            # The oldest segment with all its parts listed: parts and segment agree byte for byte.
+            part_uris = [re.search(r'URI="([^"]+)"', p)[1] for p in later["parts"]]
+            base = hls_url(server, "parts").replace("index.m3u8", "")
+            complete = [uri for uri, _ in later["segments"]]
+            for uri in complete:
+                stem = uri[: -len(".ts")]
+                mine = [p for p in part_uris if p.startswith(stem + ".")]
+                if len(mine) >= 2:
+                    break
+            else:
+                pytest.fail("no complete segment with its parts listed")
+            _, whole, _ = await fetch(session, base + uri)
+            pieces = [(await fetch(session, base + p))[1] for p in mine]
+            assert b"".join(pieces) == whole
+            assert len(mine) in (3, 4, 5), f"about 0.5 s parts in a 2 s segment, got {len(mine)}"
+            for line in later["parts"]:
+                if re.search(r'URI="[^"]+\.0\.ts"', line):
+                    assert line.endswith("INDEPENDENT=YES"), f"a segment's first part starts on a keyframe: {line}"
+    finally:
+        await pub.stop()
+
+
+async def test_blocking_playlist_reload(server):
+    pub = await publish(rtmp_url(server, "block"), gop=25)
+    try:
+        await wait_live(server, "block")
+        async with aiohttp.ClientSession() as session:
+            info = await wait_segments(session, hls_url(server, "block"), 1)
+            hint = re.search(r'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="[0-9a-f]+-(\d+)\.(\d+)\.ts"', info["text"])
+            msn, part = int(hint[1]), int(hint[2])
+            started = time.monotonic()
+            url = f"{hls_url(server, 'block')}?_HLS_msn={msn}&_HLS_part={part}"
+            status, body, _ = await fetch(session, url)
+            waited = time.monotonic() - started
+            assert status == 200
+            assert f"-{msn}.{part}.ts" in body.decode(), "the answer lists the part that was asked for"
+            assert waited < 2.0, f"answered {waited:.2f} s later: as soon as the part exists"
+            # The preload-hinted part itself is held until it exists, then served.
+            hint = re.search(r'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="([^"]+)"', body.decode())[1]
+            status, data, _ = await fetch(session, hls_url(server, "block").replace("index.m3u8", hint))
+            assert status == 200 and data[0] == 0x47
+            status, _, _ = await fetch(session, f"{hls_url(server, 'block')}?_HLS_msn={msn + 3}&_HLS_part=0")
+            assert status == 400, "more than two segments ahead is refused"
+            status, _, _ = await fetch(session, f"{hls_url(server, 'block')}?_HLS_part=1")
+            assert status == 400
+    finally:
+        await pub.stop()
+
+
+async def test_publisher_reconnect_marks_a_discontinuity(make_server):
+    server = await make_server(grace_seconds=15)
+    pub = await publish(rtmp_url(server, "re"), gop=25)
+    async with aiohttp.ClientSession() as session:
+        try:
+            await wait_live(server, "re")
+            await wait_segments(session, hls_url(server, "re"), 2)
+            await pub.stop()
+            await asyncio.sleep(1)
+            pub = await publish(rtmp_url(server, "re"), gop=25)
+            deadline = time.monotonic() + 20
+            while True:
+                info = await wait_segments(session, hls_url(server, "re"), 1)
+                if info["discontinuities"]:
+                    break
+                assert time.monotonic() < deadline, "no EXT-X-DISCONTINUITY after the publisher came back"
+                await asyncio.sleep(0.3)
+        finally:
+            await pub.stop()
+
+
+async def test_unknown_streams_and_stale_segments_are_404(server):
+    async with aiohttp.ClientSession() as session:
+        status, _, _ = await fetch(session, hls_url(server, "nobody"))
+        assert status == 404
+        pub = await publish(rtmp_url(server, "old"), gop=25)
+        try:
+            await wait_live(server, "old")
+            await wait_segments(session, hls_url(server, "old"), 1)
+            status, _, _ = await fetch(session, hls_url(server, "old").replace("index.m3u8", "deadbeef-0.ts"))
+            assert status == 404
+        finally:
+            await pub.stop()
+
+
+async def test_audio_only_hls(server):
+    pub = await publish(rtmp_url(server, "radio"), video=False)
+    try:
+        for _ in range(100):
+            stream = server.hub.get("live", "radio")
+            if stream is not None and stream.audio_frames > 10:
+                break
+            await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession() as session:
+            await wait_segments(session, hls_url(server, "radio"), 2)
+        streams = await probe_streams(hls_url(server, "radio"))
+        assert [s["codec_name"] for s in streams] == ["aac"]
+    finally:
+        await pub.stop()

@@ -1,0 +1,127 @@
+"""The MPEG-TS muxer: packet framing, continuity across segments, PSI CRCs, and FFmpeg decoding it."""
+
+from __future__ import annotations
+
+import json
+
+from relay import codecs, flv
+from relay.mpegts import AUDIO_PID, PMT_PID, TS_SIZE, VIDEO_PID, TsMuxer, crc32_mpeg2
+from relay.packet import AUDIO, VIDEO, Packet
+from tests.conftest import FFMPEG, FFPROBE, needs_ffmpeg, run
+
+
+def packets_of(data: bytes) -> list[bytes]:
+    assert len(data) % TS_SIZE == 0
+    return [data[i : i + TS_SIZE] for i in range(0, len(data), TS_SIZE)]
+
+
+def pid(ts: bytes) -> int:
+    return ((ts[1] & 0x1F) << 8) | ts[2]
+
+
+def to_packets(tags: list[flv.Tag]) -> list[Packet]:
+    out = []
+    for tag in tags:
+        if tag.kind == VIDEO:
+            info = codecs.video_info(tag.payload)
+            out.append(Packet(VIDEO, tag.timestamp, tag.payload, info.keyframe, info.config))
+        elif tag.kind == AUDIO:
+            out.append(Packet(AUDIO, tag.timestamp, tag.payload, False, codecs.audio_info(tag.payload).config))
+    return out
+
+
+async def make_flv(path, seconds: int = 3) -> list[Packet]:
+    code, _, err = await run(
+        FFMPEG,
+        "-v",
+        "error",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=320x240:rate=25",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=sample_rate=44100",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "25",
+        "-bf",
+        "2",
+        "-c:a",
+        "aac",
+        "-t",
+        str(seconds),
+        str(path),
+    )
+    assert code == 0, err.decode()
+    return to_packets(flv.FlvReader().feed(path.read_bytes()))
+
+
+def test_psi_sections_carry_valid_crcs() -> None:
+    muxer = TsMuxer()
+    pat, pmt = packets_of(muxer.header())
+    assert pid(pat) == 0 and pid(pmt) == PMT_PID
+    for ts in (pat, pmt):
+        section_length = ((ts[6] & 0x0F) << 8) | ts[7]
+        section = ts[5 : 5 + 3 + section_length]
+        assert crc32_mpeg2(section) == 0, "a section followed by its CRC checks to zero"
+
+
+def test_every_pes_size_packs_into_whole_packets() -> None:
+    muxer = TsMuxer(has_video=False, has_audio=True)
+    muxer.configure(Packet(AUDIO, 0, b"\xaf\x00\x12\x10", config=True))
+    for size in range(1, 700):
+        data = muxer.mux(Packet(AUDIO, size, b"\xaf\x01" + b"\x11" * size))
+        assert data and len(data) % TS_SIZE == 0, size
+        assert all(ts[0] == 0x47 for ts in packets_of(data))
+
+
+@needs_ffmpeg
+async def test_continuity_counters_run_on_across_segments_and_ffmpeg_decodes(tmp_path) -> None:
+    packets = await make_flv(tmp_path / "in.flv")
+    muxer = TsMuxer()
+    segments: list[bytes] = []
+    current = bytearray()
+    for packet in packets:
+        if packet.config:
+            muxer.configure(packet)
+            continue
+        if packet.keyframe:
+            if current:
+                segments.append(bytes(current))
+            current = bytearray(muxer.header())
+        current += muxer.mux(packet)
+    segments.append(bytes(current))
+    assert len(segments) == 3
+    last_cc: dict[int, int] = {}
+    for ts in packets_of(b"".join(segments)):
+        if ts[3] & 0x10:  # has payload
+            p, cc = pid(ts), ts[3] & 0x0F
+            if p in last_cc:
+                assert cc == (last_cc[p] + 1) % 16, f"continuity broken on PID {p:#x}"
+            last_cc[p] = cc
+    assert {VIDEO_PID, AUDIO_PID} <= set(last_cc)
+    out = tmp_path / "out.ts"
+    out.write_bytes(b"".join(segments))
+    code, _, err = await run(FFMPEG, "-v", "error", "-i", str(out), "-f", "null", "-")
+    assert code == 0 and not err.strip(), err.decode()
+    code, stdout, _ = await run(
+        FFPROBE,
+        "-v",
+        "error",
+        "-select_streams",
+        "v",
+        "-count_frames",
+        "-show_entries",
+        "stream=nb_read_frames,has_b_frames",
+        "-of",
+        "json",
+        str(out),
+    )
+    (video,) = json.loads(stdout)["streams"]
+    assert int(video["nb_read_frames"]) == 75, "all 3 s of frames"
+    assert video["has_b_frames"] > 0, "B-frames (composition time offsets) are kept"
