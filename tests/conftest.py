@@ -18,6 +18,7 @@ import pytest
 from api.config import Settings
 from api.models import Media
 from api.server import Server
+from tests.browser import CHROMIUM, WEB_ROOT, Browser, serve_web
 
 FFMPEG = shutil.which("ffmpeg")
 FFPROBE = shutil.which("ffprobe")
@@ -37,7 +38,7 @@ async def make_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
         settings = Settings(host="127.0.0.1", rtmp_port=0, http_port=0, data_dir=tmp_path / f"data{len(servers)}")
         settings.allow_anonymous_publish = overrides.pop("allow_anonymous_publish", True)
         for key, value in overrides.items():
-            for target in (settings, settings.relay, settings.rtmp, settings.rooms):
+            for target in (settings, settings.relay, settings.rtmp, settings.rooms, settings.hls):
                 if hasattr(target, key):
                     setattr(target, key, value)
                     break
@@ -241,3 +242,21 @@ def redis_url() -> Iterator[str]:
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Chromium (Debian's), killed at the end of the test."""
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed: run scripts/dev test, which installs it")
+    async with Browser.launch() as chromium:
+        yield chromium
+
+
+@pytest.fixture
+async def web_pages() -> AsyncIterator[str]:
+    """Base URL of tests/web/ (test pages, and the npm players under /node_modules) on its own port."""
+    if not (WEB_ROOT / "node_modules").is_dir():
+        pytest.skip("tests/web/node_modules missing: run scripts/dev test, which installs hls.js and mpegts.js")
+    async with serve_web() as url:
+        yield url
