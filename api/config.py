@@ -10,6 +10,7 @@ from typing import Any
 
 from api.rooms import RoomSettings
 from ingest.server import RtmpSettings
+from recorder.recorder import RecorderSettings
 from relay.hls import HlsSettings
 from relay.stream import RelaySettings
 
@@ -38,6 +39,7 @@ class Settings:
     rtmp: RtmpSettings = field(default_factory=RtmpSettings)
     rooms: RoomSettings = field(default_factory=RoomSettings)
     hls: HlsSettings = field(default_factory=HlsSettings)
+    recorder: RecorderSettings = field(default_factory=RecorderSettings)
 
     @property
     def public_host(self) -> str:

@@ -156,7 +156,7 @@ class Replay(_Record):
     status: str  # "recording", "ready", "failed"
     created_at: float
     expire_at: float
-    path: str = ""  # directory relative to the data dir
+    path: str = ""  # folder relative to the replays folder (DATA_DIR/replays), served under /replays/
     duration: float = 0.0
     size: int = 0
 

@@ -134,6 +134,17 @@ class RoomService:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        if not self.store.shared:
+            # After a crash, rooms that were live have no publisher: they wait for the anchor (106)
+            # like any other interruption, and the usual grace applies.
+            for room in await self.store.rooms_in_status([LiveStatus.LIVE]):
+                await self._transition(
+                    room,
+                    {LiveStatus.LIVE},
+                    LiveStatus.INTERRUPTED,
+                    {"interrupted_at": self.clock()},
+                    "the server restarted while the room was live",
+                )
         self.store.subscribe(self._on_room_event)
         self._tasks = [
             asyncio.create_task(self._consume_stream_events()),

@@ -12,11 +12,13 @@ from api import rest, streams, wechat
 from api.access import AccessPolicy
 from api.config import Settings
 from api.media import MediaLibrary
+from api.replays import ReplayService
 from api.rooms import RoomService, Urls
 from api.status import StatusRoutes
 from api.store import open_store
 from api.webhooks import Webhooks
 from ingest.server import RtmpServer
+from recorder.recorder import Recorder
 from relay.hls_http import HlsPlayback
 from relay.http_flv import CORS, FlvPlayback
 from relay.hub import Hub
@@ -80,6 +82,8 @@ class Server:
             self.store, settings.rooms.webhook_retry_seconds, settings.rooms.webhook_timeout_seconds
         )
         self.rooms.on_change.append(self.webhooks.send)
+        self.recorder = Recorder(self.hub, settings.data_dir / "replays", settings.recorder)
+        self.replays = ReplayService(self.store, self.rooms, self.recorder, self.webhooks)
         self.status = StatusRoutes(self.store, self.hub, settings.rooms.rtmp_app)
         self.policy = AccessPolicy(settings.allow_anonymous_publish, self.rooms)
         self.media = MediaLibrary(self.rooms, settings.data_dir)
@@ -102,6 +106,7 @@ class Server:
         app.add_routes(self.status.routes())
         app.add_routes(rest.routes(self.rooms, self.hub))
         app.add_routes(self.hls.routes())
+        app.add_routes(self.replays.routes())
         app.cleanup_ctx.append(self.media.cleanup_ctx)
         app.cleanup_ctx.append(self.hls.cleanup_ctx)
         return app
@@ -110,6 +115,7 @@ class Server:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.open()
+        await self.replays.recover()
         await self.hub.start()
         rtmp_addrs = await self.rtmp.start(s.host, s.rtmp_port)
         self.rtmp_port = rtmp_addrs[0][1]
@@ -124,6 +130,7 @@ class Server:
         self.rooms.urls = Urls(rtmp_base, http_base)
         self.hub.add_listener(self.rooms.stream_event)
         await self.rooms.start()
+        await self.replays.start()
         log.info(
             "RTMP  listening on %s:%d  push/play rtmp://%s:%d/live/STREAM",
             s.host,
@@ -150,6 +157,7 @@ class Server:
         await self.rtmp.close()
         await self.hub.stop()
         await self.rooms.stop()
+        await self.replays.stop()
         await self.webhooks.close()
         await self.status.close()
         if self._runner is not None:

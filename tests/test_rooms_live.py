@@ -169,3 +169,18 @@ async def test_rooms_survive_a_restart(make_server, tmp_path):
     stored = await again.store.get_room(room.roomid)
     assert stored is not None and stored.live_status == LiveStatus.BANNED and stored.name == room.name
     assert (await again.store.get_app(app.appid)).push_key == app.push_key
+
+
+async def test_a_room_live_when_the_server_died_waits_for_its_anchor(make_server, tmp_path):
+    server = await make_server(allow_anonymous_publish=False, data_dir=tmp_path / "crash")
+    app, room = await make_room(server)
+    await server.store.transition(room.roomid, {LiveStatus.NOT_STARTED}, LiveStatus.LIVE, {})
+    await server.stop()  # as after a crash: the room says 101 but nobody publishes
+    again = await make_server(allow_anonymous_publish=False, data_dir=tmp_path / "crash", interrupt_grace_seconds=60)
+    stored = await again.store.get_room(room.roomid)
+    assert stored.live_status == LiveStatus.INTERRUPTED and "restarted" in stored.status_reason
+    pub = await publish(again.rooms.push_url(app, stored))
+    try:
+        await wait_status(again, room, LiveStatus.LIVE)
+    finally:
+        await pub.stop()

@@ -36,6 +36,9 @@ def check_room_changes(changes: dict[str, Any]) -> None:
 
 
 class RoomStore(abc.ABC):
+    # True when other processes may hold publishers of the same rooms (a cluster over Redis).
+    shared = False
+
     # ------------------------------------------------------------ lifecycle
 
     @abc.abstractmethod

@@ -224,6 +224,8 @@ def _scripted_room(flat: list[str]) -> Room | None:
 
 
 class RedisStore(RoomStore):
+    shared = True
+
     def __init__(self, url: str, *, prefix: str = "minilive:") -> None:
         self.url = url
         self.prefix = prefix

@@ -1,0 +1,243 @@
+"""Replays: when a room's live session is recorded, finalized, announced, expired and served.
+
+The rule is level-triggered: a room that is live (101) with replay on (``close_replay == 0``), and
+whose stream is on this node, has a recording; a room that is over (103, 104), deleted, or whose
+replay was switched off, has none, and its recording is finalized into a ready (or failed) replay
+and announced with a ``replay_ready`` event (webhook, SSE/WebSocket). A recording goes on while
+the room waits in 105 or 106, also across a new hub stream, so a session is one replay. Rooms are
+checked on every status event of the store (from any node: the one holding the stream acts) and
+every ``live_check_seconds``, which catches ``updatereplay`` during the live and a room still live
+after a restart. At start, replays a crash left "recording" are finalized before serving.
+
+Files are served under ``/replays/{Replay.path}/``: ``index.m3u8`` and its segments, ``replay.mp4``,
+``cover.jpg``, with Range support; nothing outside the replays folder is reachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from api.models import ACTIVE_STATUSES, FINAL_STATUSES, LiveStatus, Replay, Room, RoomEvent
+from api.rest import replay_json
+from api.rooms import RoomService, iso_time
+from api.store.base import RoomStore
+from api.webhooks import Webhooks
+from recorder.finalize import Finalized
+from recorder.recorder import Recorder
+from relay.http_flv import CORS
+
+log = logging.getLogger("minilive.replays")
+
+DAY = 86400
+CONTENT_TYPES = {
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".ts": "video/mp2t",
+    ".mp4": "video/mp4",
+    ".jpg": "image/jpeg",
+}
+
+
+class ReplayService:
+    def __init__(
+        self,
+        store: RoomStore,
+        rooms: RoomService,
+        recorder: Recorder,
+        webhooks: Webhooks,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.rooms = rooms
+        self.recorder = recorder
+        self.webhooks = webhooks
+        self.clock = clock
+        self.root = recorder.root.resolve()
+        self.active: dict[int, Replay] = {}  # recordings of this node, by room id
+        self._checks: asyncio.Queue[int] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._finishing: set[asyncio.Task[None]] = set()
+        self._recovered: list[Replay] = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def recover(self) -> None:
+        """Finalize the replays that a crash left "recording" (before serving)."""
+        for replay in await self.store.replays_in_status("recording"):
+            if not self.recorder.exists(replay.path):
+                room = await self.store.get_room(replay.roomid)
+                if room is not None and room.live_status in ACTIVE_STATUSES:
+                    continue  # being recorded by another node
+                await self._save_result(replay, None, "its files are missing")
+                continue
+            log.info("replay %s of room %d was left unfinished: finalizing it", replay.replay_id, replay.roomid)
+            try:
+                result = await self.recorder.recover(replay.path)
+            except Exception as exc:  # whatever stops finalization fails this replay, not the start
+                await self._save_result(replay, None, f"{type(exc).__name__}: {exc}")
+            else:
+                await self._save_result(replay, result, "")
+                self._recovered.append(replay)
+
+    async def start(self) -> None:
+        """Announce the recovered replays, then follow the rooms and run the retention job."""
+        for replay in self._recovered:
+            await self._announce(replay)
+        self._recovered.clear()
+        self.store.subscribe(self._on_room_event)
+        self._tasks = [
+            asyncio.create_task(self._consume()),
+            asyncio.create_task(self._check_live_rooms()),
+            asyncio.create_task(self._retention()),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._finishing, return_exceptions=True)
+        await self.recorder.close()
+
+    # ------------------------------------------------------------ recording
+
+    def _on_room_event(self, event: RoomEvent) -> None:
+        if event.type == "status":
+            self._checks.put_nowait(event.roomid)
+
+    async def _consume(self) -> None:
+        # One room at a time, in event order: a start and the finish that follows never race.
+        while True:
+            roomid = await self._checks.get()
+            try:
+                await self.sync(roomid)
+            except Exception:
+                log.exception("replay update of room %d failed", roomid)
+
+    async def _check_live_rooms(self) -> None:
+        while True:
+            await asyncio.sleep(self.recorder.settings.live_check_seconds)
+            try:
+                live = await self.store.rooms_in_status([LiveStatus.LIVE])
+            except Exception:
+                log.exception("listing live rooms failed")
+                continue
+            # Rooms that should be recorded and are not, and recordings whose room may be over or
+            # switched off (or merely waiting in 105/106: then the check changes nothing).
+            wanted = {r.roomid for r in live if r.close_replay == 0}
+            for roomid in wanted ^ self.active.keys():
+                self._checks.put_nowait(roomid)
+
+    async def sync(self, roomid: int) -> None:
+        """Start or finish the room's recording as its status and replay switch say."""
+        room = await self.store.get_room(roomid)
+        replay = self.active.get(roomid)
+        if replay is not None:
+            if room is None or room.live_status in FINAL_STATUSES or room.close_replay:
+                del self.active[roomid]
+                task = asyncio.create_task(self._finish(replay))
+                self._finishing.add(task)
+                task.add_done_callback(self._finishing.discard)
+        elif room is not None and room.live_status == LiveStatus.LIVE and room.close_replay == 0:
+            await self._begin(room)
+
+    async def _begin(self, room: Room) -> None:
+        stream_app = self.rooms.settings.rtmp_app
+        if not self.recorder.can_record(stream_app, room.stream_name):
+            return  # the stream is on another node (or gone already)
+        app = await self.store.get_app(room.appid)
+        days = app.replay_retention_days if app is not None else 30
+        now = self.clock()
+        replay_id = secrets.token_hex(8)  # unguessable: replay files are served without a token
+        replay = Replay(
+            replay_id=replay_id,
+            roomid=room.roomid,
+            appid=room.appid,
+            session=room.live_sessions,
+            status="recording",
+            created_at=now,
+            expire_at=now + days * DAY,
+            path=f"{room.appid}/{room.roomid}/{replay_id}",
+        )
+        await self.store.put_replay(replay)
+        self.recorder.start(stream_app, room.stream_name, replay_id, replay.path)
+        self.active[room.roomid] = replay
+
+    async def _finish(self, replay: Replay) -> None:
+        try:
+            result = await self.recorder.finish(replay.replay_id)
+        except Exception as exc:  # FinalizeError, OSError, av.FFmpegError...
+            await self._save_result(replay, None, f"{type(exc).__name__}: {exc}")
+            return
+        await self._save_result(replay, result, "")
+        await self._announce(replay)
+
+    async def _save_result(self, replay: Replay, result: Finalized | None, problem: str) -> None:
+        if result is None:
+            replay.status = "failed"
+            log.warning("replay %s of room %d failed: %s", replay.replay_id, replay.roomid, problem)
+        else:
+            replay.status, replay.duration, replay.size = "ready", result.duration, result.size
+        await self.store.put_replay(replay)
+
+    async def _announce(self, replay: Replay) -> None:
+        room = await self.store.get_room(replay.roomid)
+        data = replay_json(self.rooms, replay)
+        data["media_url"] = data["urls"].get("hls", "")
+        data["create_time"], data["expire_time"] = iso_time(replay.created_at), iso_time(replay.expire_at)
+        status = room.live_status if room is not None else LiveStatus.ENDED
+        event = RoomEvent("replay_ready", replay.appid, replay.roomid, status, reason="replay finalized", data=data)
+        await self.store.publish_event(event)
+        await self.webhooks.send(event)
+
+    # ------------------------------------------------------------ retention
+
+    async def delete_expired(self) -> int:
+        """Delete the replays past their ``expire_at`` from disk and store; returns how many."""
+        deleted = 0
+        recording = {r.replay_id for r in self.active.values()}
+        for replay in await self.store.expired_replays(self.clock()):
+            if replay.replay_id in recording:
+                continue
+            if replay.path:
+                await self.recorder.delete(replay.path)
+            await self.store.delete_replay(replay.replay_id)
+            deleted += 1
+            log.info("replay %s of room %d expired: deleted", replay.replay_id, replay.roomid)
+        return deleted
+
+    async def _retention(self) -> None:
+        while True:
+            try:
+                await self.delete_expired()
+            except Exception:
+                log.exception("replay retention failed")
+            await asyncio.sleep(self.recorder.settings.retention_interval_seconds)
+
+    # ------------------------------------------------------------ files
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/replays/{path:.*}", self.serve)]
+
+    async def serve(self, request: web.Request) -> web.StreamResponse:
+        path = self.resolve(request.match_info["path"])
+        if path is None:
+            raise web.HTTPNotFound(headers=CORS)
+        return web.FileResponse(path, headers={**CORS, "Content-Type": CONTENT_TYPES[path.suffix]})
+
+    def resolve(self, relative: str) -> Path | None:
+        """The file a request names, or None if it is not a replay file below the root."""
+        parts = relative.split("/")
+        if any(p in ("", ".", "..") or "\\" in p or "\x00" in p for p in parts):
+            return None
+        with contextlib.suppress(OSError):
+            real = self.root.joinpath(*parts).resolve(strict=True)  # symlinks followed, then checked
+            if real.is_relative_to(self.root) and real.suffix in CONTENT_TYPES and real.is_file():
+                return real
+        return None

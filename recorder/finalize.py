@@ -1,0 +1,247 @@
+"""Turn a replay's folder of segments into a finished replay: VOD playlist, MP4 and cover.
+
+Works from what is on disk only, so it serves a normal end and a crash alike: temporary files are
+removed, a segment that is not whole 188-byte packets is dropped, the playlist is rebuilt from
+the segments (the EVENT one may be stale; only its discontinuities are kept), durations come
+from the segments' PES timestamps. The MP4 is a stream copy (FFmpeg's mp4 muxer turns ADTS AAC
+into raw AAC by itself, its aac_adtstoasc bitstream filter), laid out for progressive playback
+(``+faststart``); the cover is the first keyframe, encoded as JPEG. Running it again on a
+finalized folder gives the same result, so a finalization cut short is simply done again.
+
+Blocking: run it on a worker thread.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+
+from recorder.playlist import PLAYLIST, Entry, discontinuities, render
+from recorder.recording import atomic_write
+
+log = logging.getLogger("minilive.recorder")
+
+MP4 = "replay.mp4"
+COVER = "cover.jpg"
+TS_PACKET = 188
+CLOCK = 90000  # PES timestamps
+# A gap between the starts of two segments beyond this is a jump in the timeline, not a duration.
+MAX_SEGMENT_GAP = 60 * CLOCK
+HEAD_BYTES = 64 * 1024  # enough to hold a segment's first PES header
+
+
+class FinalizeError(Exception):
+    """Nothing playable could be made from the folder."""
+
+
+@dataclass(slots=True)
+class Finalized:
+    duration: float  # seconds
+    size: int  # bytes of every file of the replay
+    segments: int
+
+
+@dataclass(slots=True)
+class _Segment:
+    path: Path
+    start: int  # first PES timestamp (90 kHz)
+
+
+def finalize(folder: Path) -> Finalized:
+    for tmp in folder.glob("*.tmp"):
+        tmp.unlink()
+    segments = _segments(folder)
+    if not segments:
+        raise FinalizeError(f"no complete segment in {folder}")
+    playlist = folder / PLAYLIST
+    marked = discontinuities(playlist.read_text(errors="replace")) if playlist.exists() else set()
+    entries = []
+    for segment, following in zip(segments, [*segments[1:], None], strict=True):
+        if (
+            following is not None
+            and following.path.name not in marked
+            and 0 < following.start - segment.start <= MAX_SEGMENT_GAP
+        ):
+            duration = (following.start - segment.start) / CLOCK
+        else:  # the last segment, or one before a jump: its own span
+            duration = _span(segment) / CLOCK
+        entries.append(Entry(segment.path.name, duration, segment.path.name in marked))
+    atomic_write(playlist, render(entries, ended=True).encode())
+    _remux([s.path for s in segments], folder / MP4)
+    _cover(segments[0].path, folder / COVER)
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    return Finalized(round(sum(e.duration for e in entries), 3), size, len(entries))
+
+
+# ------------------------------------------------------------ segments
+
+
+def _segments(folder: Path) -> list[_Segment]:
+    found = []
+    for path in sorted(folder.glob("seg*.ts")):
+        start = _first_timestamp(path)
+        if start is None:
+            log.warning("replay %s: dropping %s, not a whole MPEG-TS segment", folder.name, path.name)
+            path.unlink()
+        else:
+            found.append(_Segment(path, start))
+    return found
+
+
+def _first_timestamp(path: Path) -> int | None:
+    size = path.stat().st_size
+    if size == 0 or size % TS_PACKET:
+        return None
+    with open(path, "rb") as f:
+        head = f.read(HEAD_BYTES - HEAD_BYTES % TS_PACKET)
+        f.seek(size - TS_PACKET)
+        if f.read(1) != b"\x47":
+            return None
+    for _, ts in _timestamps(head):
+        return ts
+    return None
+
+
+def _span(segment: _Segment) -> int:
+    """From the segment's first timestamp to the end of its last frame (reads the whole segment)."""
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    count: dict[int, int] = {}
+    for pid, ts in _timestamps(segment.path.read_bytes()):
+        first.setdefault(pid, ts)
+        last[pid] = ts
+        count[pid] = count.get(pid, 0) + 1
+    # Each track's last frame lasts as long as its average frame.
+    ends = [last[p] + ((last[p] - first[p]) // (count[p] - 1) if count[p] > 1 else 0) for p in last]
+    return max(0, max(ends, default=segment.start) - segment.start)
+
+
+def _timestamps(data: bytes) -> Iterator[tuple[int, int]]:
+    """(pid, DTS or PTS) of every PES header in whole TS packets, in order."""
+    for pos in range(0, len(data) - TS_PACKET + 1, TS_PACKET):
+        if data[pos] != 0x47:
+            return
+        if not data[pos + 1] & 0x40:  # no payload unit start
+            continue
+        control = data[pos + 3] >> 4
+        p = pos + 4
+        if control & 2:
+            p += 1 + data[p]
+        if not control & 1 or p + 19 > pos + TS_PACKET or data[p : p + 3] != b"\x00\x00\x01":
+            continue
+        if not 0xC0 <= data[p + 3] <= 0xEF:  # audio or video PES only
+            continue
+        flags = data[p + 7] >> 6
+        if not flags & 2:
+            continue
+        at = p + 14 if flags == 3 else p + 9  # DTS when there is one
+        yield (data[pos + 1] & 0x1F) << 8 | data[pos + 2], _pes_time(data[at : at + 5])
+
+
+def _pes_time(b: bytes) -> int:
+    return ((b[0] >> 1) & 0x07) << 30 | b[1] << 22 | (b[2] >> 1) << 15 | b[3] << 7 | b[4] >> 1
+
+
+# ------------------------------------------------------------ MP4 and cover
+
+
+class _Concat:
+    """Files read as one (what FFmpeg's concat: protocol does, without its path syntax)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self.starts = [0]
+        for path in paths:
+            self.starts.append(self.starts[-1] + path.stat().st_size)
+        self.size = self.starts[-1]
+        self.pos = 0
+        self._open: tuple[int, BinaryIO] | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.size - self.pos if n < 0 else min(n, self.size - self.pos)
+        out = []
+        while n > 0:
+            index = bisect.bisect_right(self.starts, self.pos) - 1
+            f = self._file(index)
+            f.seek(self.pos - self.starts[index])
+            chunk = f.read(min(n, self.starts[index + 1] - self.pos))
+            if not chunk:
+                break  # the file shrank under us
+            out.append(chunk)
+            self.pos += len(chunk)
+            n -= len(chunk)
+        return b"".join(out)
+
+    def _file(self, index: int) -> BinaryIO:
+        if self._open is None or self._open[0] != index:
+            self.close()
+            self._open = (index, open(self.paths[index], "rb"))  # noqa: SIM115 (kept open across reads)
+        return self._open[1]
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.size}[whence]
+        self.pos = max(0, min(base + offset, self.size))
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._open[1].close()
+            self._open = None
+
+
+def _remux(paths: list[Path], target: Path) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    with (
+        contextlib.closing(_Concat(paths)) as source,
+        av.open(source, format="mpegts") as src,
+        av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as dst,
+    ):
+        tracks = [s for s in src.streams if s.type in ("video", "audio")]
+        if not tracks:
+            raise FinalizeError("the segments hold no audio or video")
+        outputs = {s.index: dst.add_stream_from_template(s) for s in tracks}
+        # The MP4 starts at 0, every track moved by the same amount (keeps them in sync).
+        origin = min(
+            (s.start_time * s.time_base for s in tracks if s.start_time is not None and s.time_base),
+            default=Fraction(0),
+        )
+        shift = {s.index: int(origin / s.time_base) if s.time_base else 0 for s in tracks}
+        for packet in src.demux(tracks):
+            if packet.dts is None:
+                continue
+            index = packet.stream.index
+            packet.dts -= shift[index]
+            if packet.pts is not None:
+                packet.pts -= shift[index]
+            packet.stream = outputs[index]
+            dst.mux(packet)
+    tmp.replace(target)
+
+
+def _cover(path: Path, target: Path) -> None:
+    with av.open(str(path)) as src:
+        if not src.streams.video:
+            return  # audio only: no picture
+        stream = src.streams.video[0]
+        stream.codec_context.skip_frame = "NONKEY"
+        frame = next(src.decode(stream), None)
+    if frame is None:
+        return
+    encoder = av.CodecContext.create("mjpeg", "w")
+    encoder.width, encoder.height = frame.width, frame.height
+    encoder.pix_fmt = "yuvj420p"
+    encoder.time_base = Fraction(1, 25)
+    packets = encoder.encode(frame.reformat(format="yuvj420p"))
+    packets += encoder.encode(None)
+    atomic_write(target, b"".join(bytes(p) for p in packets))

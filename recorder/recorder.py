@@ -1,0 +1,128 @@
+"""The recorder: live streams to replays on disk, their finalization, crash recovery and deletion.
+
+It knows streams and folders, not rooms: the control plane says which stream to record into
+which folder (relative to the replays root) and when the replay is over. Disk work runs on two
+threads: one writes every recording's segments in order, the other finalizes replays, so that a
+long finalization never holds up the segments of the lives still going on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from recorder.finalize import Finalized, finalize
+from recorder.recording import Recording
+from relay.hub import Hub, StreamEvent
+
+log = logging.getLogger("minilive.recorder")
+
+
+@dataclass(slots=True)
+class RecorderSettings:
+    # Target segment length; segments start on keyframes, so they are at least one GOP long.
+    segment_seconds: float = 4.0
+    # How often expired replays are deleted.
+    retention_interval_seconds: float = 3600.0
+    # How often live rooms are checked for a replay switched on (updatereplay) or off during the live.
+    live_check_seconds: float = 2.0
+
+
+class Recorder:
+    def __init__(self, hub: Hub, root: Path, settings: RecorderSettings) -> None:
+        self.hub = hub
+        self.root = root
+        self.settings = settings
+        self.recordings: dict[str, Recording] = {}  # by replay id
+        self._streams: dict[tuple[str, str], Recording] = {}  # by (app, stream name)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="minilive-recorder")
+        self._finalizer = ThreadPoolExecutor(1, thread_name_prefix="minilive-finalize")
+        hub.add_listener(self._stream_event)
+
+    def folder(self, relative: str) -> Path:
+        """The absolute folder of a replay; ``relative`` must stay below the root."""
+        parts = PurePosixPath(relative).parts
+        if not parts or PurePosixPath(relative).is_absolute() or any(p in (".", "..") for p in parts):
+            raise ValueError(f"replay folder {relative!r} is not a plain relative path")
+        return self.root.joinpath(*parts)
+
+    def can_record(self, app: str, name: str) -> bool:
+        return self.hub.get(app, name) is not None and (app, name) not in self._streams
+
+    def start(self, app: str, name: str, replay_id: str, folder: str) -> bool:
+        """Record stream ``app/name`` into ``folder``; False if this node has no such stream."""
+        stream = self.hub.get(app, name)
+        if stream is None or (app, name) in self._streams:
+            return False
+        path = self.folder(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        recording = Recording(replay_id, path, self.settings.segment_seconds, self._writer)
+        self.recordings[replay_id] = self._streams[(app, name)] = recording
+        recording.attach(stream)
+        log.info("replay %s: recording %s/%s into %s", replay_id, app, name, path)
+        return True
+
+    def _stream_event(self, event: StreamEvent) -> None:
+        # The anchor came back on a new stream (the old one ended during the room's grace).
+        if event.type != "publish":
+            return
+        recording = self._streams.get((event.app, event.name))
+        stream = self.hub.get(event.app, event.name)
+        if recording is not None and stream is not None:
+            recording.attach(stream)
+
+    async def finish(self, replay_id: str) -> Finalized:
+        """Stop recording, write what is buffered, and finalize (raises FinalizeError or OSError)."""
+        recording = self.recordings.pop(replay_id)
+        self._streams = {key: r for key, r in self._streams.items() if r is not recording}
+        await recording.close()
+        return await self._finalize(recording.folder)
+
+    async def recover(self, folder: str) -> Finalized:
+        """Finalize a replay left unfinished by a crash."""
+        return await self._finalize(self.folder(folder))
+
+    async def _finalize(self, path: Path) -> Finalized:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        result = await loop.run_in_executor(self._finalizer, finalize, path)
+        log.info(
+            "replay %s finalized in %.2f s: %d segments, %.1f s, %.1f MB",
+            path.name,
+            loop.time() - started,
+            result.segments,
+            result.duration,
+            result.size / 1e6,
+        )
+        return result
+
+    def exists(self, folder: str) -> bool:
+        return self.folder(folder).is_dir()
+
+    async def delete(self, folder: str) -> None:
+        """Remove a replay's folder, and its parents up to the root once they are empty."""
+        path = self.folder(folder)
+        await asyncio.get_running_loop().run_in_executor(self._finalizer, self._remove, path)
+
+    def _remove(self, path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        parent = path.parent
+        while parent != self.root and parent.is_relative_to(self.root):
+            try:
+                parent.rmdir()
+            except OSError:
+                break  # not empty
+            parent = parent.parent
+
+    async def close(self) -> None:
+        """Shutting down: put what every recording buffered on disk; the next start finalizes them."""
+        for recording in list(self.recordings.values()):
+            await recording.close()
+        self.recordings.clear()
+        self._streams.clear()
+        self._writer.shutdown()
+        self._finalizer.shutdown()

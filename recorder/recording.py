@@ -1,0 +1,121 @@
+"""One replay being written: a live stream's packets cut into MPEG-TS segments on disk as they arrive.
+
+A :class:`Recording` is a sink of the hub's stream. Segments are muxed on the event loop (the
+same :class:`~relay.hls.Segmenter` as live HLS) and written by the recorder's writer thread: each
+to a temporary file, synced and renamed to ``segNNNNN.ts``, then the EVENT playlist is replaced
+the same way. So after a crash every segment on disk is whole and at most the segment still in
+memory is lost.
+
+A live session may outlive its hub stream: the publisher drops, the hub's grace ends the stream,
+and the anchor comes back within the room's grace on a new stream. The recording then attaches
+to the new stream and goes on in the same replay, after a discontinuity, with the new stream's
+timestamps moved to follow the old ones (one timeline for the whole replay, as MP4 needs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import Executor, Future
+from pathlib import Path
+
+from recorder.playlist import PLAYLIST, Entry, render, segment_name
+from relay.hls import Segment, Segmenter
+from relay.packet import DATA, Packet
+from relay.stream import LiveStream
+
+log = logging.getLogger("minilive.recorder")
+
+# Between the last packet of one stream and the first of the next, on the replay's timeline.
+STREAM_GAP_MS = 100
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a reader (or a crash) sees the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Recording:
+    def __init__(self, replay_id: str, folder: Path, segment_seconds: float, writer: Executor) -> None:
+        self.replay_id = replay_id
+        self.folder = folder
+        self.writer = writer
+        self.segmenter = Segmenter(segment_seconds, 0, on_segment=self._on_segment)
+        self.stream: LiveStream | None = None
+        self.entries: list[Entry] = []
+        self.error: OSError | None = None
+        self._publish_count = 0
+        self._offset = 0
+        self._last_ts = -1
+        self._rebase = False
+        self._last_write: Future[None] | None = None
+
+    # ------------------------------------------------------------ the stream
+
+    def attach(self, stream: LiveStream) -> None:
+        """Record ``stream`` from its GOP cache on; a later stream continues after a discontinuity."""
+        if stream is self.stream:
+            return
+        self.detach()
+        if self._last_ts >= 0:
+            self.segmenter.discontinuity()
+            self._rebase = True
+        self.stream = stream
+        self._publish_count = stream.publish_count
+        stream.add_sink(self)
+
+    def detach(self) -> None:
+        """Stop taking the stream's packets, and queue what is buffered as a last segment."""
+        if self.stream is not None:
+            self.stream.remove_sink(self)
+            self.stream = None
+        self.segmenter.finish()
+
+    def feed(self, packet: Packet) -> None:
+        stream = self.stream
+        if stream is not None and stream.publish_count != self._publish_count:
+            # Another publisher on the same stream: same timeline, but a new encoder.
+            self._publish_count = stream.publish_count
+            self.segmenter.discontinuity()
+        if not packet.config and packet.kind != DATA:
+            if self._rebase:
+                self._offset = self._last_ts + STREAM_GAP_MS - packet.timestamp
+                self._rebase = False
+            if self._offset:
+                packet = packet.retimed(packet.timestamp + self._offset)
+            self._last_ts = max(self._last_ts, packet.timestamp)
+        self.segmenter.feed(packet)
+
+    def end(self) -> None:
+        """The hub stream is over (the recording may go on with the next one)."""
+        self.stream = None
+        self.segmenter.finish()
+
+    # ------------------------------------------------------------ disk
+
+    def _on_segment(self, segment: Segment) -> None:
+        name = segment_name(segment.msn)
+        self.entries.append(Entry(name, segment.duration, segment.discontinuity))
+        playlist = render(self.entries, ended=False).encode()
+        self._last_write = self.writer.submit(self._write, name, segment.data, playlist)
+
+    def _write(self, name: str, data: bytes, playlist: bytes) -> None:
+        try:
+            atomic_write(self.folder / name, data)
+            atomic_write(self.folder / PLAYLIST, playlist)
+        except OSError as exc:
+            if self.error is None:
+                log.error("replay %s: cannot write %s: %s", self.replay_id, self.folder / name, exc)
+            self.error = exc
+
+    async def close(self) -> None:
+        """Detach, and wait until every segment is on disk (the writer runs them in order)."""
+        self.detach()
+        if self._last_write is not None:
+            await asyncio.wrap_future(self._last_write)

@@ -1,0 +1,305 @@
+"""Replays end to end: ffmpeg lives recorded to HLS VOD + MP4 + cover, publisher and server crashes,
+get_replay and REST, the replay_ready webhook, retention, and serving files with Range but nothing
+outside the replay folder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from api.models import LiveStatus, Media, Replay
+from api.rooms import RoomService, RoomSettings, Urls, iso_time
+from api.store import open_store
+from recorder.playlist import PLAYLIST
+from tests.conftest import FFPROBE, free_port, make_room, needs_ffmpeg, official_room_body, publish, run
+from tests.test_cli import start_cli, wait_http
+from tests.test_rooms_live import wait_status
+from tests.test_webhooks import Receiver
+
+pytestmark = needs_ffmpeg
+
+
+async def wait_replay(store, roomid: int, status: str, timeout: float) -> Replay:
+    deadline = time.monotonic() + timeout
+    while True:
+        replays = await store.list_replays(roomid)
+        if replays and replays[-1].status == status:
+            return replays[-1]
+        assert time.monotonic() < deadline, f"replays of room {roomid}: {replays}, expected one {status}"
+        await asyncio.sleep(0.05)
+
+
+async def probe(url: str) -> dict[str, Any]:
+    code, out, err = await run(FFPROBE, "-v", "error", "-show_format", "-show_streams", "-of", "json", url)
+    assert code == 0, f"ffprobe failed on {url}: {err.decode()[-2000:]}"
+    return json.loads(out)
+
+
+async def check_playable(base: str, duration: float) -> None:
+    """The replay's MP4 and playlist both hold H.264 + AAC for ``duration`` (± a GOP)."""
+    for name in ("replay.mp4", "index.m3u8"):
+        info = await probe(f"{base}/{name}")
+        codecs = sorted(s["codec_name"] for s in info["streams"])
+        assert codecs == ["aac", "h264"], (name, codecs)
+        assert abs(float(info["format"]["duration"]) - duration) <= 1.0, (name, info["format"]["duration"], duration)
+
+
+def top_level_boxes(data: bytes) -> list[str]:
+    boxes, pos = [], 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        boxes.append(data[pos + 4 : pos + 8].decode())
+        if size < 8:
+            break
+        pos += size
+    return boxes
+
+
+async def test_live_session_becomes_a_replay(make_server):
+    server = await make_server(allow_anonymous_publish=False, sweep_interval_seconds=0.2)
+    receiver = Receiver([])
+    await receiver.start()
+    try:
+        app, room = await make_room(server, closeReplay=0)
+        await server.rooms.update_app(app, {"webhook_url": receiver.url})
+        pub = await publish(server.rooms.push_url(app, room), seconds=60)
+        await wait_status(server, room, LiveStatus.LIVE)
+        await asyncio.sleep(20)
+        await server.rooms.admin_action(app, room.roomid, "end")
+        replay = await wait_replay(server.store, room.roomid, "ready", timeout=5)
+        await pub.stop()
+    finally:
+        await receiver.stop()
+    assert abs(replay.duration - 20) <= 2, replay
+    folder = server.settings.data_dir / "replays" / replay.path
+    assert replay.size == sum(f.stat().st_size for f in folder.iterdir())
+
+    http = f"http://127.0.0.1:{server.http_port}"
+    base = f"{http}/replays/{replay.path}"
+    await check_playable(base, replay.duration)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/index.m3u8") as response:
+            assert response.content_type == "application/vnd.apple.mpegurl"
+            playlist = await response.text()
+        assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist and playlist.rstrip().endswith("#EXT-X-ENDLIST")
+        async with session.get(f"{base}/replay.mp4") as response:
+            assert response.content_type == "video/mp4"
+            assert response.headers["Access-Control-Allow-Origin"] == "*"
+            mp4 = await response.read()
+        boxes = top_level_boxes(mp4)
+        assert boxes.index("moov") < boxes.index("mdat"), f"not faststart: {boxes}"
+        async with session.get(f"{base}/replay.mp4", headers={"Range": "bytes=100-199"}) as response:
+            assert response.status == 206
+            assert response.headers["Content-Range"] == f"bytes 100-199/{len(mp4)}"
+            assert await response.read() == mp4[100:200]
+        async with session.get(f"{base}/cover.jpg") as response:
+            assert response.content_type == "image/jpeg"
+            cover = await response.read()
+        assert cover[:3] == b"\xff\xd8\xff" and cover[-2:] == b"\xff\xd9"
+        (picture,) = (await probe(f"{base}/cover.jpg"))["streams"]
+        assert (picture["width"], picture["height"]) == (320, 240)
+
+        query = {"grant_type": "client_credential", "appid": app.appid, "secret": app.secret}
+        async with session.get(f"{http}/cgi-bin/token", params=query) as response:
+            token = (await response.json())["access_token"]
+        body = {"action": "get_replay", "room_id": room.roomid, "start": 0, "limit": 10}
+        async with session.post(f"{http}/wxa/business/getliveinfo", params={"access_token": token}, json=body) as r:
+            reply = await r.json()
+        assert reply["errcode"] == 0 and reply["total"] == 1, reply
+        assert reply["live_replay"] == [
+            {
+                "create_time": iso_time(replay.created_at),
+                "expire_time": iso_time(replay.expire_at),
+                "media_url": f"{base}/index.m3u8",
+            }
+        ]
+        assert replay.expire_at - replay.created_at == app.replay_retention_days * 86400
+        headers = {"Authorization": f"Bearer {token}"}
+        async with session.get(f"{http}/api/v1/rooms/{room.roomid}/replays", headers=headers) as response:
+            (listed,) = (await response.json())["replays"]
+        assert listed["status"] == "ready" and listed["urls"]["mp4"] == f"{base}/replay.mp4"
+
+    await receiver.wait_calls(3)  # 101, 103, replay_ready
+    ready = [body for _, body in receiver.calls if body["event"] == "replay_ready"]
+    assert len(ready) == 1 and ready[0]["data"]["replay_id"] == replay.replay_id
+    assert ready[0]["data"]["media_url"] == f"{base}/index.m3u8"
+
+
+async def wait_stream_gone(server, name: str, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while server.hub.get("live", name) is not None:
+        assert time.monotonic() < deadline, f"stream {name} is still in the hub"
+        await asyncio.sleep(0.05)
+
+
+async def test_replay_switched_on_during_the_live_survives_killed_publishers(make_server):
+    server = await make_server(
+        allow_anonymous_publish=False,
+        grace_seconds=0.3,
+        interrupt_grace_seconds=3,
+        sweep_interval_seconds=0.2,
+        live_check_seconds=0.2,
+    )
+    app, room = await make_room(server)  # replay off (the official default)
+    url = server.rooms.push_url(app, room)
+    pub = await publish(url, seconds=60)
+    await wait_status(server, room, LiveStatus.LIVE)
+    await asyncio.sleep(1)
+    assert await server.store.list_replays(room.roomid) == []
+
+    await server.rooms.set_flag(app, room.roomid, "close_replay", 0)  # updatereplay
+    await wait_replay(server.store, room.roomid, "recording", timeout=2)
+    recorded = 0.0
+    for attempt in (1, 2):
+        # The anchor's app dies (SIGKILL: no goodbye); the hub's grace ends its stream, the room's
+        # grace still runs: it comes back once on a new stream, the same session and replay.
+        started = time.monotonic()
+        await asyncio.sleep(3)
+        pub.process.kill()
+        await pub.process.wait()
+        recorded += time.monotonic() - started
+        await wait_status(server, room, LiveStatus.INTERRUPTED)
+        await wait_stream_gone(server, room.stream_name)
+        if attempt == 1:
+            pub = await publish(url, seconds=60)
+            await wait_status(server, room, LiveStatus.LIVE)
+
+    await wait_status(server, room, LiveStatus.ENDED, timeout=10)
+    replay = await wait_replay(server.store, room.roomid, "ready", timeout=5)
+    assert len(await server.store.list_replays(room.roomid)) == 1
+    # From the GOP cache at the switch (up to a GOP earlier) to the last kill.
+    assert recorded - 1.5 <= replay.duration <= recorded + 2, (replay.duration, recorded)
+    base = f"http://127.0.0.1:{server.http_port}/replays/{replay.path}"
+    await check_playable(base, replay.duration)
+    playlist = (server.settings.data_dir / "replays" / replay.path / PLAYLIST).read_text()
+    assert playlist.count("#EXT-X-DISCONTINUITY") == 1, playlist
+
+
+async def test_server_killed_mid_recording_leaves_a_playable_replay(tmp_path):
+    data = tmp_path / "data"
+    rtmp, http = free_port(), free_port()
+    store = open_store(data)
+    await store.open()
+    servers: list[asyncio.subprocess.Process] = []
+    pub = None
+    try:
+        rooms = RoomService(store, RoomSettings(), Urls(f"rtmp://127.0.0.1:{rtmp}", f"http://127.0.0.1:{http}"))
+        app = await rooms.create_app("crash")
+        now = time.time()
+        for kind in ("cover", "share", "feeds"):
+            media = Media(f"{kind}-{app.appid}", app.appid, "image", "image/png", 10, 1, 1, "x.png", now, now + 3600)
+            await store.put_media(media)
+        room = await rooms.create_room(app, official_room_body(app.appid, closeReplay=0))
+        args = ("--host", "127.0.0.1", "--rtmp-port", str(rtmp), "--http-port", str(http), "--data-dir", str(data))
+
+        servers.append(await start_cli(*args))
+        await wait_http(http)
+        pub = await publish(rooms.push_url(app, room), seconds=60)
+        recording = await wait_replay(store, room.roomid, "recording", timeout=10)
+        started = time.monotonic()
+        await asyncio.sleep(8)
+        servers[0].kill()  # SIGKILL mid-recording
+        await servers[0].wait()
+        recorded = time.monotonic() - started
+        await pub.stop()
+
+        folder = data / "replays" / recording.path
+        segments = sorted(folder.glob("seg*.ts"))
+        assert segments, "segments are on disk as the live goes"
+        assert "#EXT-X-ENDLIST" not in (folder / PLAYLIST).read_text()
+        # A segment cut short (as a power cut could leave it) and a stray temporary file are dropped.
+        torn = folder / f"seg{len(segments) + 1:05d}.ts"
+        torn.write_bytes(segments[0].read_bytes()[: 188 * 20 + 100])
+        (folder / "seg99999.ts.tmp").write_bytes(b"\x47" * 1000)
+
+        servers.append(await start_cli(*args))
+        await wait_http(http, timeout=20)
+        replay = await store.get_replay(recording.replay_id)
+        assert replay is not None and replay.status == "ready", f"finalized before serving: {replay}"
+        assert not torn.exists() and not list(folder.glob("*.tmp"))
+        assert torn.name not in (folder / PLAYLIST).read_text()
+        # At most the segment being written is lost.
+        assert recorded - 4 - 1.5 <= replay.duration <= recorded + 1, (replay.duration, recorded)
+        await check_playable(f"http://127.0.0.1:{http}/replays/{replay.path}", replay.duration)
+    finally:
+        if pub is not None:
+            await pub.stop()
+        for process in servers:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        await store.close()
+
+
+async def test_retention_deletes_expired_replays_only(make_server):
+    server = await make_server(retention_interval_seconds=0.2)
+    app, room = await make_room(server)
+    root: Path = server.settings.data_dir / "replays"
+    now = time.time()
+    replays = {
+        "old": Replay("old", room.roomid, app.appid, 1, "ready", now - 100, now - 10, f"{app.appid}/{room.roomid}/old"),
+        "failed": Replay("failed", room.roomid, app.appid, 2, "failed", now - 50, now - 1, f"{app.appid}/9/failed"),
+        "kept": Replay("kept", room.roomid, app.appid, 3, "ready", now, now + 3600, f"{app.appid}/{room.roomid}/kept"),
+    }
+    for replay in replays.values():
+        (root / replay.path).mkdir(parents=True)
+        (root / replay.path / PLAYLIST).write_text("#EXTM3U\n")
+        await server.store.put_replay(replay)
+
+    deadline = time.monotonic() + 5
+    while [r.replay_id for r in await server.store.list_replays(room.roomid)] != ["kept"]:
+        assert time.monotonic() < deadline, await server.store.list_replays(room.roomid)
+        await asyncio.sleep(0.05)
+    assert not (root / replays["old"].path).exists()
+    assert not (root / app.appid / "9").exists(), "emptied parent folders go too"
+    assert (root / replays["kept"].path / PLAYLIST).exists()
+
+
+async def http_status(port: int, target: str) -> int:
+    """Send ``target`` exactly as written (no client-side normalization or quoting)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    status_line = await reader.readline()
+    writer.close()
+    return int(status_line.split()[1])
+
+
+async def test_nothing_outside_the_replays_folder_is_served(server):
+    data: Path = server.settings.data_dir
+    folder = data / "replays" / "wxapp" / "1" / "abc"
+    folder.mkdir(parents=True)
+    (folder / PLAYLIST).write_text("#EXTM3U\n")
+    (folder / "notes.txt").write_text("not a replay file")
+    secret = data / "secret.m3u8"  # a served type: only the folder check keeps it out
+    secret.write_text("secret")
+    (data / "replays" / "escape").symlink_to(data)
+    (folder / "link.m3u8").symlink_to(secret)
+
+    port = server.http_port
+    assert await http_status(port, "/replays/wxapp/1/abc/index.m3u8") == 200
+    attempts = [
+        "/replays/../secret.m3u8",
+        "/replays/%2e%2e/secret.m3u8",
+        "/replays/%2E%2E%2Fsecret.m3u8",
+        "/replays/..%2fsecret.m3u8",
+        "/replays/wxapp/../../secret.m3u8",
+        "/replays/wxapp/1/abc/..%2f..%2f..%2f..%2fsecret.m3u8",
+        "/replays/wxapp/1/abc/%2e%2e/%2e%2e/%2e%2e/%2e%2e/secret.m3u8",
+        "/replays/..%5csecret.m3u8",
+        "/replays/..\\secret.m3u8",
+        f"/replays/{secret}",
+        f"/replays/%2f{str(secret).lstrip('/').replace('/', '%2f')}",
+        "/replays/escape/secret.m3u8",
+        "/replays/wxapp/1/abc/link.m3u8",
+        "/replays/wxapp/1/abc/notes.txt",
+        "/replays/wxapp/1/abc/index.m3u8%00.jpg",
+        "/replays/wxapp/1/abc",
+        "/replays/",
+    ]
+    for target in attempts:
+        assert await http_status(port, target) == 404, target
