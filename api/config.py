@@ -92,4 +92,6 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
             setattr(settings, key, _coerce(settings, key, value, "command line"))
     if settings.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, not {settings.log_level!r}")
+    if settings.hls.format not in ("ts", "fmp4"):
+        raise ConfigError(f"[hls] format must be ts or fmp4, not {settings.hls.format!r}")
     return settings

@@ -41,6 +41,8 @@ _EX_CODED_FRAMES = 1
 _EX_CODED_FRAMES_X = 3
 _EX_MPEG2TS_SEQUENCE_START = 5
 
+_HEVC_SPS = 33  # NAL unit type
+
 
 @dataclass(slots=True)
 class VideoInfo:
@@ -72,6 +74,25 @@ def video_info(payload: bytes) -> VideoInfo:
     packet_type = payload[1] if codec_id in (7, 12) and len(payload) > 1 else 1
     # AVCPacketType 0 is the sequence header, 2 the end of sequence: neither starts a GOP.
     return VideoInfo(frame_type == 1 and packet_type == 1, packet_type == 0, codec)
+
+
+def coded_frame(payload: bytes) -> tuple[int, bytes] | None:
+    """(composition time offset in ms, NAL units as they are) of an FLV H.264/HEVC coded frame, legacy
+    or Enhanced RTMP; None for sequence headers, ends of sequence and other codecs' frames."""
+    if len(payload) < 5:
+        return None
+    if payload[0] & 0x80:
+        packet_type = payload[0] & 0x0F
+        if bytes(payload[1:5]) not in (b"avc1", b"hvc1"):
+            return None
+        if packet_type == _EX_CODED_FRAMES_X:
+            return 0, payload[5:]
+        if packet_type == _EX_CODED_FRAMES and len(payload) >= 8:
+            return int.from_bytes(payload[5:8], "big", signed=True), payload[8:]
+        return None
+    if payload[0] & 0x0F not in (7, 12) or payload[1] != 1:
+        return None
+    return int.from_bytes(payload[2:5], "big", signed=True), payload[5:]
 
 
 def audio_info(payload: bytes) -> AudioInfo:
@@ -109,6 +130,52 @@ def avc_dimensions(payload: bytes) -> tuple[int, int] | None:
         return _sps_dimensions(_unescape(sps[1:]))
     except IndexError:
         return None
+
+
+def hevc_dimensions(payload: bytes) -> tuple[int, int] | None:
+    """Picture size from an FLV HEVC sequence header (legacy codec id 12 or Enhanced RTMP ``hvc1``):
+    the first SPS of its HEVCDecoderConfigurationRecord."""
+    record = payload[5:]
+    if len(record) < 23:
+        return None
+    pos = 23
+    try:
+        for _ in range(record[22]):
+            nal_type = record[pos] & 0x3F
+            count = int.from_bytes(record[pos + 1 : pos + 3], "big")
+            pos += 3
+            for _ in range(count):
+                size = int.from_bytes(record[pos : pos + 2], "big")
+                if nal_type == _HEVC_SPS:
+                    return _hevc_sps_dimensions(_unescape(record[pos + 4 : pos + 2 + size]))
+                pos += 2 + size
+    except IndexError:
+        return None
+    return None
+
+
+def _hevc_sps_dimensions(sps: bytes) -> tuple[int, int]:
+    """``sps`` without its two-byte NAL header (H.265 7.3.2.2)."""
+    r = _Bits(sps)
+    r.bits(4)  # sps_video_parameter_set_id
+    sub_layers = r.bits(3)  # sps_max_sub_layers_minus1
+    r.bit()
+    r.bits(96)  # general profile, tier, compatibility and constraint flags, level
+    present = [(r.bit(), r.bit()) for _ in range(sub_layers)]
+    if sub_layers:
+        r.bits(2 * (8 - sub_layers))
+    for profile, level in present:
+        r.bits(88 * profile + 8 * level)
+    r.ue()  # sps_seq_parameter_set_id
+    chroma_format = r.ue()
+    if chroma_format == 3:
+        r.bit()
+    width = r.ue()
+    height = r.ue()
+    crop = (r.ue(), r.ue(), r.ue(), r.ue()) if r.bit() else (0, 0, 0, 0)
+    sub_w = 2 if chroma_format in (1, 2) else 1
+    sub_h = 2 if chroma_format == 1 else 1
+    return width - sub_w * (crop[0] + crop[1]), height - sub_h * (crop[2] + crop[3])
 
 
 def _unescape(nal: bytes) -> bytes:

@@ -1,9 +1,11 @@
-"""HLS and Low-Latency HLS packaging from the hub's packets, by remuxing to MPEG-TS.
+"""HLS and Low-Latency HLS packaging from the hub's packets, by remuxing to MPEG-TS or fMP4 (CMAF).
 
 :class:`Segmenter` decides where segments and partial segments begin (segments on keyframes at
-the target duration; parts at sample boundaries about every ``part_seconds``) and produces their
+the target duration; parts at video frames about every ``part_seconds``) and produces their
 bytes; the live playlist (:class:`LivePlaylist`, in memory) and the recorder (on disk) both use it.
-A segment's bytes are exactly the concatenation of its parts' bytes.
+A segment's bytes are exactly the concatenation of its parts' bytes. In fMP4 each part is one
+fragment, and the segments share an init segment (EXT-X-MAP), a new one after each change of codec
+configuration. TS is the default; HEVC always gets fMP4 (our TS muxer carries H.264 only).
 
 Playlists follow RFC 8216 and its successor draft (LL-HLS): EXT-X-TARGETDURATION never below any
 rounded EXTINF, EXT-X-PROGRAM-DATE-TIME, EXT-X-DISCONTINUITY when the publisher changes or the codec
@@ -18,7 +20,10 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from relay.codecs import video_info
+from relay.fmp4 import Fmp4Muxer
 from relay.mpegts import TsMuxer
 from relay.packet import AUDIO, DATA, VIDEO, Packet
 
@@ -32,6 +37,7 @@ class HlsSettings:
     keep_after_window: int = 4
     idle_seconds: float = 60.0  # a packager nobody asked for this long is dropped
     blocking_timeout_seconds: float = 6.0
+    format: str = "ts"  # "ts" or "fmp4"; HEVC streams use fmp4 whatever this says
 
 
 @dataclass(slots=True)
@@ -40,6 +46,12 @@ class Part:
     data: bytes
     duration: float
     independent: bool
+
+
+@dataclass(slots=True, eq=False)
+class InitSegment:
+    version: int  # in its URI: each codec configuration gets its own
+    data: bytes
 
 
 @dataclass(slots=True)
@@ -52,6 +64,22 @@ class Segment:
     duration: float = 0.0
     data: bytes = b""  # set when the segment is complete
     complete: bool = False
+    init: InitSegment | None = None  # fMP4: the init segment its fragments need; None for TS
+
+
+class Muxer(Protocol):
+    """What the Segmenter asks of :class:`~relay.mpegts.TsMuxer` and :class:`~relay.fmp4.Fmp4Muxer`."""
+
+    @property
+    def has_video(self) -> bool: ...
+
+    def configure(self, packet: Packet) -> None: ...
+
+    def header(self) -> bytes: ...
+
+    def mux(self, packet: Packet) -> bytes: ...
+
+    def flush(self, end_ts: int) -> bytes: ...
 
 
 class Segmenter:
@@ -63,12 +91,17 @@ class Segmenter:
         part_seconds: float,
         on_part: Callable[[Segment, Part], None] | None = None,
         on_segment: Callable[[Segment], None] | None = None,
+        fmp4: bool = False,
     ) -> None:
         self.segment_ms = segment_seconds * 1000
         self.part_ms = part_seconds * 1000 if part_seconds > 0 else math.inf
         self.on_part = on_part
         self.on_segment = on_segment
-        self.muxer: TsMuxer | None = None
+        self.fmp4 = fmp4
+        self.muxer: Muxer | None = None
+        self._last_muxer: Muxer | None = None
+        self.init: InitSegment | None = None
+        self._inits = 0
         self.video_config: bytes | None = None
         self.audio_config: bytes | None = None
         self.has_video = False
@@ -76,6 +109,7 @@ class Segmenter:
         self.segment: Segment | None = None
         self.next_msn = 0
         self._part_buf: list[bytes] = []
+        self._part_frames = 0
         self._part_start = 0
         self._part_independent = False
         self._pending_discontinuity = False
@@ -99,11 +133,7 @@ class Segmenter:
         if self.muxer is None:
             if not self._ready():
                 return
-            self.muxer = TsMuxer(self.video_config is not None, self.audio_config is not None)
-            if self.video_config:
-                self.muxer.configure(Packet(VIDEO, 0, self.video_config, config=True))
-            if self.audio_config:
-                self.muxer.configure(Packet(AUDIO, 0, self.audio_config, config=True))
+            self.muxer = self._new_muxer()
         video = self.muxer.has_video
         starts_gop = packet.keyframe if video else kind == AUDIO
         segment = self.segment
@@ -115,10 +145,12 @@ class Segmenter:
             self._close_part(packet.timestamp)
             self._close_segment(packet.timestamp)
             self._open_segment(packet)
-        elif packet.timestamp - self._part_start >= self.part_ms and self._part_buf:
+        elif packet.timestamp - self._part_start >= self.part_ms and self._part_frames and (kind == VIDEO or not video):
+            # Parts end where the next video frame begins: an fMP4 fragment's last frame lasts until it.
             self._close_part(packet.timestamp)
             self._open_part(packet, starts_gop and video)
         data = self.muxer.mux(packet)
+        self._part_frames += 1
         if data:
             self._part_buf.append(data)
         self._last_ts = max(self._last_ts, packet.timestamp)
@@ -129,25 +161,44 @@ class Segmenter:
             return False
         return not (self.has_video and self.video_config is None)
 
+    def _new_muxer(self) -> Muxer:
+        video, audio = self.video_config, self.audio_config
+        # Once fMP4, always: an EXT-X-MAP holds for every segment after it, TS ones too.
+        self.fmp4 = self.fmp4 or (video is not None and video_info(video).codec == "hevc")
+        muxer: Muxer = Fmp4Muxer() if self.fmp4 else TsMuxer(video is not None, audio is not None)
+        if isinstance(muxer, TsMuxer) and isinstance(self._last_muxer, TsMuxer):
+            # Continuity counters run on across a codec change, as across any segment boundary.
+            muxer.continue_from(self._last_muxer)
+        self._last_muxer = muxer
+        if video:
+            muxer.configure(Packet(VIDEO, 0, video, config=True))
+        if audio:
+            muxer.configure(Packet(AUDIO, 0, audio, config=True))
+        self.init = None
+        if isinstance(muxer, Fmp4Muxer):
+            self.init = InitSegment(self._inits, muxer.init_segment())
+            self._inits += 1
+        return muxer
+
     def _configure(self, packet: Packet) -> None:
         if packet.kind == VIDEO:
-            if self.video_config is not None and packet.payload != self.video_config:
-                self._pending_discontinuity = True
-                self.muxer = None
-            self.video_config = packet.payload
+            previous, self.video_config = self.video_config, packet.payload
         elif packet.kind == AUDIO:
-            if self.audio_config is not None and packet.payload != self.audio_config:
-                self._pending_discontinuity = True
-                self.muxer = None
-            self.audio_config = packet.payload
-        if self.muxer is None and self.segment is not None:
+            previous, self.audio_config = self.audio_config, packet.payload
+        else:
+            return
+        if previous is not None and previous != packet.payload:
             # New codec parameters: the current segment ends here, the next one starts afresh.
             self._close_part(self._last_ts)
             self._close_segment(self._last_ts)
             self.segment = None
+            self.muxer = None
+            self._pending_discontinuity = True
 
     def _open_segment(self, packet: Packet) -> None:
-        self.segment = Segment(self.next_msn, packet.timestamp, time.time(), self._pending_discontinuity)
+        self.segment = Segment(
+            self.next_msn, packet.timestamp, time.time(), self._pending_discontinuity, init=self.init
+        )
         self.next_msn += 1
         self._pending_discontinuity = False
         self._open_part(packet, True)
@@ -156,16 +207,21 @@ class Segmenter:
         assert self.muxer is not None
         self._part_start = packet.timestamp
         self._part_independent = independent
-        # Program tables lead every independent part, so a player may start at any of them.
+        # TS program tables lead every independent part, so a player may start at any of them.
         self._part_buf = [self.muxer.header()] if independent else []
+        self._part_frames = 0
 
     def _close_part(self, end_ts: int) -> None:
         segment = self.segment
-        if segment is None or not self._part_buf:
+        if segment is None or self.muxer is None:
+            return
+        self._part_buf.append(self.muxer.flush(end_ts))
+        data = b"".join(self._part_buf)
+        self._part_buf = []
+        if not data:
             return
         duration = max(end_ts - self._part_start, 0) / 1000
-        part = Part(len(segment.parts), b"".join(self._part_buf), duration, self._part_independent)
-        self._part_buf = []
+        part = Part(len(segment.parts), data, duration, self._part_independent)
         segment.parts.append(part)
         if self.on_part is not None:
             self.on_part(segment, part)
@@ -203,7 +259,13 @@ class LivePlaylist:
         # Unique per packager, so that cached URLs of an earlier run of the stream never collide.
         self.prefix = prefix
         self.segments: list[Segment] = []
-        self.segmenter = Segmenter(settings.segment_seconds, settings.part_seconds, self._on_part, self._on_segment)
+        self.segmenter = Segmenter(
+            settings.segment_seconds,
+            settings.part_seconds,
+            self._on_part,
+            self._on_segment,
+            fmp4=settings.format == "fmp4",
+        )
         self.last_request = time.monotonic()
         self.ended = False
         self._changed = asyncio.Event()
@@ -253,6 +315,12 @@ class LivePlaylist:
                 return segment
         return None
 
+    def find_init(self, version: int) -> InitSegment | None:
+        for segment in reversed(self.segments):
+            if segment.init is not None and segment.init.version == version:
+                return segment.init
+        return None
+
     def has(self, msn: int, part: int | None) -> bool:
         segment = self.find(msn)
         if segment is None:
@@ -290,9 +358,12 @@ class LivePlaylist:
         complete = [seg for seg in listed if seg.complete]
         window = complete[-s.window :]
         first_msn = window[0].msn if window else (listed[0].msn if listed else 0)
+        shown = window + ([listed[-1]] if listed and not listed[-1].complete else [])
         low_latency = s.part_seconds > 0
+        fmp4 = any(seg.init is not None for seg in shown)
+        version = 9 if low_latency else 7 if fmp4 else 3
         target = self._target
-        lines = ["#EXTM3U", f"#EXT-X-VERSION:{9 if low_latency else 3}", f"#EXT-X-TARGETDURATION:{target}"]
+        lines = ["#EXTM3U", f"#EXT-X-VERSION:{version}", f"#EXT-X-TARGETDURATION:{target}"]
         if low_latency:
             part_target = s.part_seconds
             lines.append(
@@ -304,33 +375,45 @@ class LivePlaylist:
         discontinuities = sum(1 for seg in self.segments if seg.discontinuity and seg.msn < first_msn)
         if discontinuities:
             lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuities}")
-        shown = window + ([listed[-1]] if listed and not listed[-1].complete else [])
         # Parts are listed for the last few segments only (the spec asks for at least the last three
         # target durations' worth).
         parts_from = shown[-3].msn if len(shown) >= 3 else (shown[0].msn if shown else 0)
+        init: InitSegment | None = None
         for seg in shown:
             if seg.discontinuity:
                 lines.append("#EXT-X-DISCONTINUITY")
+            if seg.init is not None and seg.init is not init:
+                lines.append(f'#EXT-X-MAP:URI="{self.init_uri(seg.init)}"')
+            init = seg.init
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_date(seg.wall_start)}")
+            ext = _extension(seg)
             if low_latency and seg.msn >= parts_from:
                 for part in seg.parts:
-                    attrs = f'DURATION={part.duration:.3f},URI="{self.part_uri(seg.msn, part.index)}"'
+                    attrs = f'DURATION={part.duration:.3f},URI="{self.part_uri(seg.msn, part.index, ext)}"'
                     if part.independent:
                         attrs += ",INDEPENDENT=YES"
                     lines.append(f"#EXT-X-PART:{attrs}")
             if seg.complete:
                 lines.append(f"#EXTINF:{_fmt_duration(seg.duration)},")
-                lines.append(self.segment_uri(seg.msn))
+                lines.append(self.segment_uri(seg.msn, ext))
         if low_latency and shown and not self.ended:
             current = shown[-1]
             next_msn, next_part = (current.msn + 1, 0) if current.complete else (current.msn, len(current.parts))
-            lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{self.part_uri(next_msn, next_part)}"')
+            hint = self.part_uri(next_msn, next_part, _extension(current))
+            lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{hint}"')
         if self.ended:
             lines.append("#EXT-X-ENDLIST")
         return "\n".join(lines) + "\n"
 
-    def segment_uri(self, msn: int) -> str:
-        return f"{self.prefix}-{msn}.ts"
+    def segment_uri(self, msn: int, ext: str) -> str:
+        return f"{self.prefix}-{msn}.{ext}"
 
-    def part_uri(self, msn: int, part: int) -> str:
-        return f"{self.prefix}-{msn}.{part}.ts"
+    def part_uri(self, msn: int, part: int, ext: str) -> str:
+        return f"{self.prefix}-{msn}.{part}.{ext}"
+
+    def init_uri(self, init: InitSegment) -> str:
+        return f"{self.prefix}-init{init.version}.mp4"
+
+
+def _extension(segment: Segment) -> str:
+    return "ts" if segment.init is None else "m4s"

@@ -26,7 +26,12 @@ from relay.stream import LiveStream
 log = logging.getLogger("minilive.hls")
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
-MEDIA_NAME = re.compile(r"^(?P<prefix>[0-9a-f]{8})-(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,4}))?\.ts$")
+MEDIA_NAME = re.compile(
+    r"^(?P<prefix>[0-9a-f]{8})-"
+    r"(?:init(?P<init>\d{1,9})\.mp4|(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,4}))?\.(?P<ext>ts|m4s))$"
+)
+MEDIA_TYPES = {"ts": "video/mp2t", "m4s": "video/iso.segment"}
+INIT_TYPE = "video/mp4"
 
 
 class _Packager:
@@ -58,7 +63,7 @@ class HlsPlayback:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get(r"/{app}/{name}/index.m3u8", self.playlist),
-            web.get(r"/{app}/{name}/{file:[0-9a-f]{8}-[0-9]+(?:\.[0-9]+)?\.ts}", self.media),
+            web.get(r"/{app}/{name}/{file:[0-9a-f]{8}-[0-9a-z.]+\.(?:ts|m4s|mp4)}", self.media),
         ]
 
     async def cleanup_ctx(self, app: web.Application):  # type: ignore[no-untyped-def]
@@ -139,13 +144,18 @@ class HlsPlayback:
         playlist = packager.playlist
         if match["prefix"] != playlist.prefix:
             raise web.HTTPNotFound(text="segment of an earlier run of this stream\n", headers=CORS)
+        if match["init"] is not None:
+            init = playlist.find_init(int(match["init"]))
+            if init is None:
+                raise web.HTTPNotFound(headers=CORS)
+            return _media_response(init.data, INIT_TYPE)
         msn = int(match["msn"])
         part = int(match["part"]) if match["part"] is not None else None
         # A preload-hinted part (or the segment being written) is held until it exists.
         if msn <= playlist.last_msn + 1 and not playlist.has(msn, part):
             await playlist.wait_for(msn, part, self.settings.blocking_timeout_seconds)
         segment = playlist.find(msn)
-        if segment is None:
+        if segment is None or (segment.init is not None) != (match["ext"] == "m4s"):
             raise web.HTTPNotFound(headers=CORS)
         if part is None:
             if not segment.complete:
@@ -155,8 +165,13 @@ class HlsPlayback:
             if part >= len(segment.parts):
                 raise web.HTTPNotFound(headers=CORS)
             data = segment.parts[part].data
-        return web.Response(
-            body=data,
-            content_type="video/mp2t",
-            headers={"Cache-Control": "public, max-age=3600, immutable", **CORS},
-        )
+        return _media_response(data, MEDIA_TYPES[match["ext"]])
+
+
+def _media_response(data: bytes, content_type: str) -> web.Response:
+    # Media names are never reused (a packager's random prefix, versioned init segments).
+    return web.Response(
+        body=data,
+        content_type=content_type,
+        headers={"Cache-Control": "public, max-age=3600, immutable", **CORS},
+    )

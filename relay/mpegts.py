@@ -116,6 +116,10 @@ class TsMuxer:
         self._cc: dict[int, int] = {0: 0, PMT_PID: 0, VIDEO_PID: 0, AUDIO_PID: 0}
         self.pcr_pid = VIDEO_PID if has_video else AUDIO_PID
 
+    def continue_from(self, previous: TsMuxer) -> None:
+        """Go on with ``previous``'s continuity counters (a new muxer for new codec parameters)."""
+        self._cc.update(previous._cc)
+
     def configure(self, packet: Packet) -> None:
         """Take a sequence header (FLV AVC or AAC config packet)."""
         if packet.kind == VIDEO:
@@ -172,6 +176,10 @@ class TsMuxer:
             size = 3 + len(head) + len(es)
             pes = b"\x00\x00\x01\xc0" + size.to_bytes(2, "big") + b"\x80\x80" + bytes((len(head),)) + head + es
             return self._packetize(AUDIO_PID, pes, pts, not self.has_video)
+        return b""
+
+    def flush(self, end_ts: int) -> bytes:
+        """Nothing: TS packets are written as the frames come (fMP4 writes whole fragments here)."""
         return b""
 
     def _annexb(self, data: bytes, keyframe: bool) -> bytes:

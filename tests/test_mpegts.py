@@ -125,3 +125,17 @@ async def test_continuity_counters_run_on_across_segments_and_ffmpeg_decodes(tmp
     (video,) = json.loads(stdout)["streams"]
     assert int(video["nb_read_frames"]) == 75, "all 3 s of frames"
     assert video["has_b_frames"] > 0, "B-frames (composition time offsets) are kept"
+
+
+def test_a_new_muxer_after_a_codec_change_keeps_counting() -> None:
+    first = TsMuxer(has_video=False, has_audio=True)
+    first.configure(Packet(AUDIO, 0, b"\xaf\x00\x12\x10", config=True))
+    first.header()
+    last = packets_of(first.mux(Packet(AUDIO, 0, b"\xaf\x01" + b"\x11" * 500)))[-1]
+    second = TsMuxer(has_video=False, has_audio=True)
+    second.continue_from(first)
+    second.configure(Packet(AUDIO, 0, b"\xaf\x00\x11\x90", config=True))
+    pat = packets_of(second.header())[0]
+    following = packets_of(second.mux(Packet(AUDIO, 23, b"\xaf\x01" + b"\x22" * 10)))[0]
+    assert pat[3] & 0x0F == 1, "PAT counter goes on"
+    assert following[3] & 0x0F == ((last[3] & 0x0F) + 1) % 16, "audio PID counter goes on"
