@@ -339,10 +339,10 @@ class LiveStream:
     def note_video_config(self, payload: bytes, codec: str) -> None:
         self.has_video = True
         self.video_codec = codec or self.video_codec
-        if codec == "h264":
-            size = codecs.avc_dimensions(payload)
-            if size:
-                self.width, self.height = size
+        parse = {"h264": codecs.avc_dimensions, "hevc": codecs.hevc_dimensions}.get(codec)
+        size = parse(payload) if parse else None
+        if size:
+            self.width, self.height = size
 
     def note_audio_config(self, payload: bytes, codec: str) -> None:
         self.has_audio = True

@@ -397,6 +397,8 @@ async def test_hevc_published_as_codec_id_12_plays_as_fmp4_hls(server, hevc_medi
         for packet in packets[:gop]:
             publisher.send_media(packet.kind, packet.timestamp, packet.payload)
         await wait_live(server, "hevc")
+        stream = server.hub.get("live", "hevc")
+        assert (stream.video_codec, stream.width, stream.height) == ("hevc", 320, 240), "size from the HEVC SPS"
         async with aiohttp.ClientSession() as session:
             assert (await fetch(session, url))[0] == 200, "packaging starts from the GOP cache"
             for packet in packets[gop:]:
