@@ -13,6 +13,7 @@ from ingest.server import RtmpSettings
 from recorder.recorder import RecorderSettings
 from relay.hls import HlsSettings
 from relay.stream import RelaySettings
+from signaling.sessions import WebRtcSettings
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,7 @@ class Settings:
     rooms: RoomSettings = field(default_factory=RoomSettings)
     hls: HlsSettings = field(default_factory=HlsSettings)
     recorder: RecorderSettings = field(default_factory=RecorderSettings)
+    webrtc: WebRtcSettings = field(default_factory=WebRtcSettings)
 
     @property
     def public_host(self) -> str:

@@ -22,6 +22,7 @@ from recorder.recorder import Recorder
 from relay.hls_http import HlsPlayback
 from relay.http_flv import CORS, FlvPlayback
 from relay.hub import Hub
+from signaling.webrtc import WebRtc
 
 log = logging.getLogger("minilive")
 
@@ -92,6 +93,14 @@ class Server:
         )
         self.flv = FlvPlayback(self.hub, self.policy.play, settings.play_wait_seconds, settings.http_flv_chunked)
         self.hls = HlsPlayback(self.hub, settings.hls, self.policy.play)
+        self.webrtc = WebRtc(
+            self.hub,
+            self.policy.publish,
+            self.policy.play,
+            settings.webrtc,
+            settings.rooms.rtmp_app,
+            settings.play_wait_seconds,
+        )
         self.app = self.build_app()
         self._runner: web.AppRunner | None = None
         self._stopped = False
@@ -106,6 +115,7 @@ class Server:
         app.add_routes(self.status.routes())
         app.add_routes(rest.routes(self.rooms, self.hub))
         app.add_routes(self.hls.routes())
+        app.add_routes(self.webrtc.routes())
         app.add_routes(self.replays.routes())
         app.cleanup_ctx.append(self.media.cleanup_ctx)
         app.cleanup_ctx.append(self.hls.cleanup_ctx)
@@ -155,6 +165,7 @@ class Server:
         self._stopped = True
         log.info("shutting down")
         await self.rtmp.close()
+        await self.webrtc.close()
         await self.hub.stop()
         await self.rooms.stop()
         await self.replays.stop()

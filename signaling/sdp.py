@@ -1,0 +1,54 @@
+"""Checking a WHIP/WHEP offer and narrowing it to what minilive carries without transcoding video:
+H.264 (packetization-mode 1) and Opus. Anything else is refused with a reason, never half-accepted."""
+
+from __future__ import annotations
+
+from aiortc import sdp
+
+MAX_OFFER_BYTES = 64 * 1024
+
+
+class OfferError(Exception):
+    """An offer that cannot be answered; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _wanted(kind: str, codec) -> bool:  # type: ignore[no-untyped-def]
+    name = codec.name.lower()
+    if kind == "audio":
+        return name == "opus"
+    return name == "h264" and str(codec.parameters.get("packetization-mode", "0")) == "1"
+
+
+def narrow_offer(text: str) -> str:
+    """The offer with every codec but H.264 and Opus removed (with their RTX); raises OfferError."""
+    if len(text) > MAX_OFFER_BYTES:
+        raise OfferError(413, f"SDP offer larger than {MAX_OFFER_BYTES} bytes")
+    if not text.startswith("v=0"):
+        raise OfferError(400, "body is not an SDP offer (it must start with v=0)")
+    try:
+        description = sdp.SessionDescription.parse(text)
+    except Exception as exc:  # aiortc's parser fails in many ways on hostile input
+        raise OfferError(400, f"malformed SDP offer: {exc}") from None
+    media_kinds = [m.kind for m in description.media if m.kind in ("audio", "video")]
+    if not media_kinds:
+        raise OfferError(400, "SDP offer has no audio or video m-line")
+    for media in description.media:
+        if media.kind not in ("audio", "video"):
+            continue
+        if not (media.ice.usernameFragment and media.ice.password) or media.dtls is None:
+            raise OfferError(400, f"SDP offer's {media.kind} m-line lacks ICE credentials or a DTLS fingerprint")
+        kept = [c for c in media.rtp.codecs if _wanted(media.kind, c)]
+        if not kept:
+            offered = ", ".join(sorted({c.name for c in media.rtp.codecs})) or "none"
+            wanted = "H.264 (packetization-mode=1)" if media.kind == "video" else "Opus"
+            raise OfferError(406, f"{media.kind} codecs offered ({offered}) are not supported: use {wanted}")
+        payload_types = {c.payloadType for c in kept}
+        kept += [c for c in media.rtp.codecs if c.name.lower() == "rtx" and c.parameters.get("apt") in payload_types]
+        media.rtp.codecs = kept
+        media.fmt = [c.payloadType for c in kept]
+    return str(description)

@@ -1,0 +1,136 @@
+"""WebRTC settings, and the sessions (WHIP publishers, WHEP viewers) that exist right now.
+
+A session is reachable only through its resource URL, whose id is unguessable. Every session ends
+through :meth:`Session.close`, whatever the cause (DELETE, ICE failure, timeout, kick, shutdown),
+and leaves the registry there: nothing outlives its peer connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from aiortc import RTCPeerConnection
+
+from signaling.ice import IceSettings
+
+log = logging.getLogger("minilive.webrtc")
+
+
+@dataclass(slots=True)
+class WebRtcSettings:
+    ice: IceSettings = field(default_factory=IceSettings)
+    # A session whose ICE and DTLS are not up this long after its offer was answered is closed.
+    connect_timeout: float = 15.0
+    # A WHIP publisher that sends no media for this long is gone.
+    idle_timeout: float = 10.0
+    # WHIP and WHEP sessions on this node, connecting or connected.
+    max_sessions: int = 1000
+    # WHEP viewers of one stream.
+    max_whep_viewers: int = 100
+    # Frames a WHEP viewer may have queued before it skips to the next keyframe.
+    viewer_queue_frames: int = 500
+
+
+class Session:
+    """What WHIP and WHEP sessions share: the peer connection, timeouts and the way out."""
+
+    protocol = ""
+
+    def __init__(self, registry: Registry, app: str, name: str, remote: str) -> None:
+        self.registry = registry
+        self.id = secrets.token_urlsafe(18)
+        self.app = app
+        self.name = name
+        self.remote = remote
+        self.pc = RTCPeerConnection(registry.settings.ice.configuration())
+        self.opened = time.monotonic()
+        self.connected = False
+        self.closed = False
+        self.close_reason = ""
+        self._closing: asyncio.Future[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(registry.settings.connect_timeout, self._connect_timed_out)
+        self.pc.on("connectionstatechange", self._state_changed)
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.id[:12]}"'
+
+    def _connect_timed_out(self) -> None:
+        if not self.connected:
+            self.end("ICE/DTLS did not connect in time")
+
+    async def _state_changed(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected" and not self.connected and not self.closed:
+            self.connected = True
+            self._timer.cancel()
+            self.on_connected()
+        elif state in ("failed", "closed"):
+            self.end(f"connection {state}")
+
+    def on_connected(self) -> None:
+        """ICE and DTLS are up."""
+
+    def end(self, reason: str) -> None:
+        """Close from a callback that cannot wait."""
+        if not self.closed and self._closing is None:
+            self._closing = asyncio.ensure_future(self.close(reason))
+
+    async def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self._timer.cancel()
+        self.registry.remove(self)
+        self.release()
+        await self.pc.close()
+        self.log_end()
+
+    def release(self) -> None:
+        """Give back what the session holds in the hub (synchronous, runs before the pc closes)."""
+
+    def log_end(self) -> None:
+        log.info(
+            "%s end %s/%s from %s (%s): %.1f s",
+            self.protocol,
+            self.app,
+            self.name,
+            self.remote,
+            self.close_reason,
+            time.monotonic() - self.opened,
+        )
+
+
+class Registry:
+    def __init__(self, settings: WebRtcSettings) -> None:
+        self.settings = settings
+        self.sessions: dict[str, Session] = {}
+
+    @property
+    def full(self) -> bool:
+        return len(self.sessions) >= self.settings.max_sessions
+
+    def add(self, session: Session) -> None:
+        self.sessions[session.id] = session
+
+    def remove(self, session: Session) -> None:
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
+
+    def find(self, protocol: str, name: str, session_id: str) -> Session | None:
+        """The session behind a resource URL; None unless every part of the URL matches."""
+        session = self.sessions.get(session_id)
+        if session is None or session.protocol != protocol or session.name != name:
+            return None
+        return session
+
+    def count(self, protocol: str) -> int:
+        return sum(1 for s in self.sessions.values() if s.protocol == protocol)
+
+    async def close_all(self, reason: str) -> None:
+        await asyncio.gather(*(s.close(reason) for s in list(self.sessions.values())), return_exceptions=True)

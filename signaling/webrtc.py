@@ -1,0 +1,32 @@
+"""WHIP ingest and WHEP playback behind one object for the composition root."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from relay.access import Authorizer
+from relay.hub import Hub
+from signaling.sessions import Registry, WebRtcSettings
+from signaling.whep import WhepEndpoint
+from signaling.whip import WhipEndpoint
+
+
+class WebRtc:
+    def __init__(
+        self,
+        hub: Hub,
+        authorize_publish: Authorizer,
+        authorize_play: Authorizer,
+        settings: WebRtcSettings | None = None,
+        app: str = "live",
+        play_wait_seconds: float = 0.0,
+    ) -> None:
+        self.registry = Registry(settings or WebRtcSettings())
+        self.whip = WhipEndpoint(self.registry, hub, authorize_publish, app)
+        self.whep = WhepEndpoint(self.registry, hub, authorize_play, app, play_wait_seconds)
+
+    def routes(self) -> list[web.RouteDef]:
+        return self.whip.routes() + self.whep.routes()
+
+    async def close(self) -> None:
+        await self.registry.close_all("server shutting down")
