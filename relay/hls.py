@@ -62,9 +62,13 @@ class Segment:
     discontinuity: bool
     parts: list[Part] = field(default_factory=list)
     duration: float = 0.0
-    data: bytes = b""  # set when the segment is complete
     complete: bool = False
     init: InitSegment | None = None  # fMP4: the init segment its fragments need; None for TS
+
+    @property
+    def data(self) -> bytes:
+        """The whole segment: its parts, joined on demand (each byte is held once, in its part)."""
+        return b"".join([p.data for p in self.parts])
 
 
 class Muxer(Protocol):
@@ -231,7 +235,6 @@ class Segmenter:
         if segment is None or segment.complete:
             return
         segment.duration = max(end_ts - segment.start_ts, 0) / 1000
-        segment.data = b"".join(p.data for p in segment.parts)
         segment.complete = True
         if self.on_segment is not None:
             self.on_segment(segment)

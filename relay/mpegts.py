@@ -107,10 +107,20 @@ class AacConfig:
         )
 
 
+# AAC frames are gathered into one PES for up to this long (nginx-rtmp's hls_max_audio_delay is
+# 300 ms): a third of the PES and TS headers, and of the muxing work, for audio.
+AUDIO_DELAY_MS = 300
+MAX_AUDIO_PES = 60000
+
+
 class TsMuxer:
-    def __init__(self, has_video: bool = True, has_audio: bool = True) -> None:
+    def __init__(self, has_video: bool = True, has_audio: bool = True, audio_delay_ms: int = AUDIO_DELAY_MS) -> None:
         self.has_video = has_video
         self.has_audio = has_audio
+        self.audio_delay = audio_delay_ms * 90
+        self._audio: list[bytes] = []
+        self._audio_pts = 0
+        self._audio_size = 0
         self.avc: AvcConfig | None = None
         self.aac: AacConfig | None = None
         self._cc: dict[int, int] = {0: 0, PMT_PID: 0, VIDEO_PID: 0, AUDIO_PID: 0}
@@ -170,17 +180,33 @@ class TsMuxer:
             if self.aac is None or len(payload) < 3 or payload[0] >> 4 != 10 or payload[1] != 1:
                 return b""
             frame = payload[2:]
-            es = self.aac.adts(len(frame)) + frame
             pts = packet.timestamp * 90
-            head = _pts_bytes(2, pts)
-            size = 3 + len(head) + len(es)
-            pes = b"\x00\x00\x01\xc0" + size.to_bytes(2, "big") + b"\x80\x80" + bytes((len(head),)) + head + es
-            return self._packetize(AUDIO_PID, pes, pts, not self.has_video)
+            audio = self._audio
+            if not audio:
+                self._audio_pts = pts
+            audio.append(self.aac.adts(len(frame)))
+            audio.append(frame)
+            self._audio_size += len(frame) + 7
+            if pts - self._audio_pts >= self.audio_delay or self._audio_size >= MAX_AUDIO_PES:
+                return self._flush_audio()
+            return b""
         return b""
 
     def flush(self, end_ts: int) -> bytes:
-        """Nothing: TS packets are written as the frames come (fMP4 writes whole fragments here)."""
-        return b""
+        """The audio gathered so far (a part or segment ends here; video is written as it comes)."""
+        return self._flush_audio()
+
+    def _flush_audio(self) -> bytes:
+        if not self._audio:
+            return b""
+        es = b"".join(self._audio)
+        self._audio = []
+        self._audio_size = 0
+        pts = self._audio_pts
+        head = _pts_bytes(2, pts)
+        size = 3 + len(head) + len(es)
+        pes = b"\x00\x00\x01\xc0" + size.to_bytes(2, "big") + b"\x80\x80" + bytes((len(head),)) + head + es
+        return self._packetize(AUDIO_PID, pes, pts, not self.has_video)
 
     def _annexb(self, data: bytes, keyframe: bool) -> bytes:
         assert self.avc is not None

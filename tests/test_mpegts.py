@@ -72,7 +72,7 @@ def test_psi_sections_carry_valid_crcs() -> None:
 
 
 def test_every_pes_size_packs_into_whole_packets() -> None:
-    muxer = TsMuxer(has_video=False, has_audio=True)
+    muxer = TsMuxer(has_video=False, has_audio=True, audio_delay_ms=0)
     muxer.configure(Packet(AUDIO, 0, b"\xaf\x00\x12\x10", config=True))
     for size in range(1, 700):
         data = muxer.mux(Packet(AUDIO, size, b"\xaf\x01" + b"\x11" * size))
@@ -128,14 +128,29 @@ async def test_continuity_counters_run_on_across_segments_and_ffmpeg_decodes(tmp
 
 
 def test_a_new_muxer_after_a_codec_change_keeps_counting() -> None:
-    first = TsMuxer(has_video=False, has_audio=True)
+    first = TsMuxer(has_video=False, has_audio=True, audio_delay_ms=0)
     first.configure(Packet(AUDIO, 0, b"\xaf\x00\x12\x10", config=True))
     first.header()
     last = packets_of(first.mux(Packet(AUDIO, 0, b"\xaf\x01" + b"\x11" * 500)))[-1]
-    second = TsMuxer(has_video=False, has_audio=True)
+    second = TsMuxer(has_video=False, has_audio=True, audio_delay_ms=0)
     second.continue_from(first)
     second.configure(Packet(AUDIO, 0, b"\xaf\x00\x11\x90", config=True))
     pat = packets_of(second.header())[0]
     following = packets_of(second.mux(Packet(AUDIO, 23, b"\xaf\x01" + b"\x22" * 10)))[0]
     assert pat[3] & 0x0F == 1, "PAT counter goes on"
     assert following[3] & 0x0F == ((last[3] & 0x0F) + 1) % 16, "audio PID counter goes on"
+
+
+def test_aac_frames_are_gathered_into_one_pes_until_the_delay_or_a_flush() -> None:
+    muxer = TsMuxer(has_video=True, has_audio=True, audio_delay_ms=300)
+    muxer.configure(Packet(AUDIO, 0, b"\xaf\x00\x12\x10", config=True))
+    frames = [Packet(AUDIO, 23 * i, b"\xaf\x01" + bytes([i]) * 200) for i in range(20)]
+    out = [muxer.mux(frame) for frame in frames]
+    first = next(i for i, data in enumerate(out) if data)
+    assert first == 14, "frames are held until one is 300 ms after the first (14 x 23 ms = 322 ms)"
+    pes_starts = [ts for ts in packets_of(out[first]) if ts[1] & 0x40]
+    assert len(pes_starts) == 1, "one PES for the 15 frames"
+    assert out[first].count(b"\xff\xf1") >= 15, "each frame keeps its ADTS header"
+    rest = muxer.flush(23 * 20)
+    assert rest and len([ts for ts in packets_of(rest) if ts[1] & 0x40]) == 1, "flush writes what is held"
+    assert muxer.flush(23 * 20) == b""
