@@ -3,14 +3,16 @@
     python -m bench.load PLAN.json RESULT.json    # writes RESULT.json once the plan's end time is reached
 
 A plan names publishers (each sends the fixture paced in real time, looping it with increasing
-timestamps) and viewers (RTMP or HTTP-FLV). Times in the plan are ``time.monotonic()`` values, which
-are system-wide on Linux, so ``bench.run`` can line up several of these processes on one timeline.
+timestamps), viewers (RTMP or HTTP-FLV) and HLS clients (bench.hls_client). Times in the plan are
+``time.monotonic()`` values, which are system-wide on Linux, so ``bench.run`` can line up several of
+these processes on one timeline.
 
 Viewers come in two kinds. A bulk viewer parses the stream only until its first video keyframe, then
 counts bytes and nothing else (an RTMP viewer still acknowledges them), so a thousand of them fit in
 one or two processes. A sampled viewer parses every message and measures, per video frame, the time
 from the publisher's send to its arrival; it lives in the publisher's process, which keeps each sent
-frame's time under a key made of its length and CRC-32.
+frame's time under a key made of its length and CRC-32. HLS clients that measure latency live there
+too, and look sent frames up by their RTMP timestamp.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+import aiohttp
 import uvloop
 
+from bench.hls_client import HlsClient
 from ingest.rtmp.chunk import Message
 from ingest.rtmp.client import RtmpClient, connect
 from relay.flv import AUDIO, SCRIPT, VIDEO, FlvReader, Tag
@@ -307,6 +311,7 @@ async def publish(
     start: float,
     timeline: Timeline,
     sent: dict[FrameKey, float] | None,
+    video_sent: dict[int, float] | None,
     timeout: float,
 ) -> None:
     """Publish ``source`` in real time from ``start`` until just after the window, looping it."""
@@ -334,8 +339,11 @@ async def publish(
                 result.window_payload_bytes += len(tag.payload)
                 unsent = client.write_buffer_size()
                 result.max_unsent_bytes = max(result.max_unsent_bytes, unsent)
-            if sent is not None and keys[index] is not None:
-                sent[keys[index]] = now
+            if keys[index] is not None:
+                if sent is not None:
+                    sent[keys[index]] = now
+                if video_sent is not None:
+                    video_sent[timestamp] = now
             index += 1
             if index == count:
                 index = 0
@@ -359,6 +367,9 @@ async def run(plan: dict[str, Any]) -> dict[str, Any]:
     sent: dict[FrameKey, float] = {}
     tasks = []
     publishers = [PublisherResult(p["stream"]) for p in plan.get("publishers", [])]
+    hls_specs = plan.get("hls", [])
+    # Send times by RTMP timestamp, per stream, for the HLS clients that measure latency.
+    video_sent: dict[str, dict[int, float]] = {h["stream"]: {} for h in hls_specs if h["latency"]}
     if publishers:
         source = Source(Path(plan["fixture"]))
         record = any(v["sampled"] for v in plan.get("viewers", []))
@@ -371,6 +382,7 @@ async def run(plan: dict[str, Any]) -> dict[str, Any]:
                     spec["start"],
                     timeline,
                     sent if record else None,
+                    video_sent.get(spec["stream"]),
                     timeout,
                 )
             )
@@ -379,6 +391,17 @@ async def run(plan: dict[str, Any]) -> dict[str, Any]:
         for v in plan.get("viewers", [])
     ]
     tasks.extend(viewer.run(sent, timeline, timeout) for viewer in viewers)
+    hls_clients = [
+        HlsClient(
+            h["url"], h["mode"], h["poll"], h["start"], timeline.measure, timeline.end, video_sent.get(h["stream"])
+        )
+        for h in hls_specs
+    ]
+    # One connection pool for all HLS clients; a blocking reload may take up to the server's timeout.
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=timeout + 10)
+    )
+    hls_running = [asyncio.ensure_future(client.run(session)) for client in hls_clients]
     running = [asyncio.ensure_future(task) for task in tasks]
 
     await _sleep_until(timeline.measure)
@@ -393,12 +416,20 @@ async def run(plan: dict[str, Any]) -> dict[str, Any]:
         viewer.stopping = True
         if viewer.connection is not None:
             viewer.connection.close()
-    await asyncio.wait(running, timeout=5)
+    hls = [asdict(client.result) for client in hls_clients]
+    for task in hls_running:
+        task.cancel()  # a client may be waiting in a blocking reload
+    await asyncio.wait(running + hls_running, timeout=5)
+    await session.close()
+    for task in hls_running:
+        if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+            raise exc  # a bug in the client, not a failure of the server
     return {
         "cpu_seconds": cpu_seconds,
         "viewers": [asdict(viewer.result) for viewer in viewers],
         "latency_ms": [round(ms, 2) for viewer in viewers for ms in viewer.latencies],
         "publishers": [asdict(result) for result in publishers],
+        "hls": hls,
     }
 
 

@@ -4,10 +4,12 @@
 
 Every server listens on loopback only, on the ports it is given, with its config and data under
 bench/.cache/<server>/, and is started in its own session so that stopping it ends its whole tree.
+Started for HLS, nginx-rtmp also writes HLS files (to tmpfs) and serves them over HTTP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,6 +33,10 @@ RTMP_MODULE_PATHS = (
     Path("/usr/share/nginx/modules/ngx_rtmp_module.so"),
 )
 STARTUP_TIMEOUT = 20.0
+# nginx-rtmp writes HLS to files: on tmpfs they cost what an in-memory server's segments cost.
+HLS_TMPFS = Path("/dev/shm")
+# node-media-server 4 has no HLS.
+HLS_SERVERS = ("minilive", "nginx-rtmp")
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -90,6 +96,7 @@ def versions() -> dict[str, str]:
 class Sample:
     cpu_seconds: float  # user + system time of the whole process tree so far
     rss_bytes: int
+    files_bytes: int = 0  # HLS files the server keeps on tmpfs (nginx-rtmp)
 
 
 @dataclass(slots=True)
@@ -156,20 +163,35 @@ class Server:
     name: str
     process: subprocess.Popen
     rtmp_port: int
-    http_port: int | None  # None: the server has no HTTP-FLV (nginx-rtmp)
+    http_port: int | None  # None: no HTTP server (nginx-rtmp unless started for HLS)
     log: Path
+    flv_path: str | None = None  # URL path of a stream's HTTP-FLV, with {stream}; None: no HTTP-FLV
+    hls_path: str | None = None  # the same for its HLS media playlist
+    ll_hls: bool = False  # answers LL-HLS blocking playlist reloads
+    hls_dir: Path | None = None  # where it writes HLS files; removed on stop
     pids: list[int] = field(default_factory=list)
 
     def rtmp_url(self) -> str:
         return f"rtmp://127.0.0.1:{self.rtmp_port}/live"
 
+    def _http_url(self, path: str | None, stream: str) -> str | None:
+        return None if path is None else f"http://127.0.0.1:{self.http_port}{path.format(stream=stream)}"
+
     def flv_url(self, stream: str) -> str | None:
-        return None if self.http_port is None else f"http://127.0.0.1:{self.http_port}/live/{stream}.flv"
+        return self._http_url(self.flv_path, stream)
+
+    def hls_url(self, stream: str) -> str | None:
+        return self._http_url(self.hls_path, stream)
 
     def sample(self) -> Sample:
         # The tree is re-read each time: nginx's worker or a server's helpers may come and go.
         self.pids = process_tree(self.process.pid)
-        return sample(self.pids)
+        found = sample(self.pids)
+        if self.hls_dir is not None:
+            for entry in os.scandir(self.hls_dir):
+                with contextlib.suppress(FileNotFoundError):  # nginx-rtmp deletes old fragments as it goes
+                    found.files_bytes += entry.stat().st_size
+        return found
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -179,6 +201,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        if self.hls_dir is not None:
+            shutil.rmtree(self.hls_dir, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -212,7 +236,8 @@ def _wait_listening(server: Server) -> None:
                 time.sleep(0.1)
 
 
-def _launch(name: str, argv: list[str], workdir: Path, rtmp_port: int, http_port: int | None) -> Server:
+def _launch(argv: list[str], workdir: Path) -> tuple[subprocess.Popen, Path]:
+    """Start ``argv`` in ``workdir`` in its own session; the process and its log."""
     log = workdir / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -223,17 +248,43 @@ def _launch(name: str, argv: list[str], workdir: Path, rtmp_port: int, http_port
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    server = Server(name, process, rtmp_port, http_port, log)
-    _wait_listening(server)
-    return server
+    return process, log
 
 
-def start_nginx(rtmp_port: int, http_port: int) -> Server:
-    """nginx-rtmp, one worker (its live streams are per worker), no HTTP-FLV: the port is unused."""
+def _nginx_hls(http_port: int) -> tuple[str, str, Path]:
+    """The rtmp application's HLS directives, the http block that serves the files, and their directory."""
+    base = HLS_TMPFS if HLS_TMPFS.is_dir() else CACHE
+    hls_dir = base / f"minilive-bench-hls-{http_port}"
+    shutil.rmtree(hls_dir, ignore_errors=True)
+    hls_dir.mkdir(parents=True)
+    hls_dir.chmod(0o777)  # nginx's worker writes it, and runs as nobody when nginx is started by root
+    application = f"hls on; hls_path {hls_dir}; hls_fragment 2s; hls_playlist_length 12s;"
+    http = f"""http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{http_port};
+        location /hls/ {{
+            types {{ application/vnd.apple.mpegurl m3u8; video/mp2t ts; }}
+            alias {hls_dir}/;
+            add_header Cache-Control no-cache;
+        }}
+    }}
+}}
+"""
+    return application, http, hls_dir
+
+
+def start_nginx(rtmp_port: int, http_port: int, hls: bool) -> Server:
+    """nginx-rtmp, one worker (its live streams are per worker). No HTTP-FLV; with ``hls``, HLS files
+    on tmpfs (2 s fragments, 12 s playlists) served by the same nginx at /hls/NAME.m3u8."""
     module = next((path for path in RTMP_MODULE_PATHS if path.exists()), None)
     if module is None:
         raise RuntimeError("ngx_rtmp_module.so not found; run `python -m bench.peers install`")
     workdir = _fresh_dir("nginx")
+    application, http, hls_dir = _nginx_hls(http_port) if hls else ("", "", None)
     conf = workdir / "nginx.conf"
     conf.write_text(
         f"""load_module {module};
@@ -248,17 +299,30 @@ rtmp {{
     server {{
         listen 127.0.0.1:{rtmp_port};
         chunk_size 4096;
-        application live {{ live on; }}
+        application live {{ live on; {application} }}
     }}
 }}
-"""
+{http}"""
     )
     argv = ["nginx", "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)]
-    return _launch("nginx-rtmp", argv, workdir, rtmp_port, None)
+    process, log = _launch(argv, workdir)
+    server = Server(
+        "nginx-rtmp",
+        process,
+        rtmp_port,
+        http_port if hls else None,
+        log,
+        hls_path="/hls/{stream}.m3u8" if hls else None,
+        hls_dir=hls_dir,
+    )
+    _wait_listening(server)
+    return server
 
 
-def start_nms(rtmp_port: int, http_port: int) -> Server:
-    """node-media-server 4.x: RTMP, and HTTP-FLV at /live/NAME.flv; no admin console, API or recording."""
+def start_nms(rtmp_port: int, http_port: int, hls: bool) -> Server:
+    """node-media-server 4.x: RTMP, and HTTP-FLV at /live/NAME.flv; no admin console, API or recording.
+
+    It has no HLS: ``hls`` changes nothing."""
     workdir = _fresh_dir("nms-run")
     config = {
         "bind": "127.0.0.1",
@@ -270,10 +334,15 @@ def start_nms(rtmp_port: int, http_port: int) -> Server:
     }
     (workdir / "config.json").write_text(json.dumps(config, indent=2))
     argv = ["node", str(NMS_PACKAGE / "bin" / "app.js"), "-c", str(workdir / "config.json")]
-    return _launch("nms", argv, workdir, rtmp_port, http_port)
+    process, log = _launch(argv, workdir)
+    server = Server("nms", process, rtmp_port, http_port, log, flv_path="/live/{stream}.flv")
+    _wait_listening(server)
+    return server
 
 
-def start_minilive(rtmp_port: int, http_port: int) -> Server:
+def start_minilive(rtmp_port: int, http_port: int, hls: bool) -> Server:
+    """minilive with its defaults; it packages HLS / LL-HLS for a stream on the first request, so
+    ``hls`` changes nothing."""
     workdir = _fresh_dir("minilive")
     argv = [
         str(MINILIVE), "serve",
@@ -284,18 +353,31 @@ def start_minilive(rtmp_port: int, http_port: int) -> Server:
         "--data-dir", str(workdir / "data"),
         "--log-level", "warning",
     ]  # fmt: skip
-    return _launch("minilive", argv, workdir, rtmp_port, http_port)
+    process, log = _launch(argv, workdir)
+    server = Server(
+        "minilive",
+        process,
+        rtmp_port,
+        http_port,
+        log,
+        flv_path="/live/{stream}.flv",
+        hls_path="/live/{stream}/index.m3u8",
+        ll_hls=True,
+    )
+    _wait_listening(server)
+    return server
 
 
-STARTERS: dict[str, Callable[[int, int], Server]] = {
+STARTERS: dict[str, Callable[[int, int, bool], Server]] = {
     "minilive": start_minilive,
     "nginx-rtmp": start_nginx,
     "nms": start_nms,
 }
 
 
-def start(name: str) -> Server:
-    return STARTERS[name](free_port(), free_port())
+def start(name: str, hls: bool = False) -> Server:
+    """Start server ``name`` on free ports; with ``hls``, configured to serve HLS if it needs to be."""
+    return STARTERS[name](free_port(), free_port(), hls)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """The benchmark: minilive against nginx-rtmp and node-media-server, in one run, as ratios.
 
-    python -m bench.run [--viewers 100,300,1000] [--publishers 50,200] [--duration 20]
-                        [--servers minilive,nginx-rtmp,nms]
+    python -m bench.run [--viewers 100,300,1000] [--publishers 50,200] [--hls-streams 50,200]
+                        [--hls-latency 60] [--duration 20] [--servers minilive,nginx-rtmp,nms]
 
 For each scenario every server is started fresh, loaded, measured and stopped in turn. Fan-out: one
 publisher sends the fixture in real time, N viewers play it (half RTMP, half HTTP-FLV; all RTMP on
-nginx-rtmp, which has no HTTP-FLV). Ingest: N publishers, no viewers. Load comes from bench.load
-processes; this process samples the server's CPU and memory from /proc. See bench/README.md.
+nginx-rtmp, which has no HTTP-FLV). Ingest: N publishers, no viewers. HLS: N publishers, each
+stream followed by one light HLS client. HLS latency: one publisher, and clients that time when each
+part or segment is first listed. The HLS scenarios skip node-media-server 4, which has no HLS. Load
+comes from bench.load processes; this process samples the server's CPU and memory from /proc. See
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ BEHIND_FRACTION = 0.9
 BASELINE = "nginx-rtmp"
 DISTURBED_PCT = 15.0  # CPU used by other processes during a run, in % of one core
 SATURATED_PCT = 90.0  # machine busy, in % of all cores
+HLS_POLL = 1.0  # seconds between playlist reloads of a polling client (half the 2 s target duration)
+LATENCY_POLL = 0.1  # the same for the latency scenario's polling clients: the resolution of their times
+HLS_BEHIND_SLACK = 4.0  # an HLS client is behind when it fetched less media than the window minus this
+LL_HLS_TARGET_MS = 1000.0  # the issue's target for LL-HLS part availability, p95
 
 
 @dataclass(slots=True)
@@ -47,6 +54,9 @@ class Options:
     connect_rate: float
     client_procs: int  # 0: one per 300 viewers or 100 publishers, at most 2
     sampled: int
+    hls_streams: list[int]
+    hls_latency: float  # seconds measured in the latency scenario; 0: not run
+    hls_client: str  # how clients follow minilive's playlists in the HLS scenario: "block" or "poll"
 
 
 @dataclass(slots=True)
@@ -62,13 +72,13 @@ class Schedule:
 # ------------------------------------------------------------------ plans for bench.load
 
 
-def _schedule(connections: int, options: Options, with_viewers: bool) -> Schedule:
+def _schedule(connections: int, options: Options, with_viewers: bool, duration: float | None = None) -> Schedule:
     # Two seconds for the load processes to start; viewers once the stream has its first GOP;
     # everyone connected and warmed up before the window opens.
     publish = time.monotonic() + 2.0
     viewers = publish + 1.5 if with_viewers else publish
     measure = viewers + connections / options.connect_rate + options.warmup
-    return Schedule(publish, viewers, measure, measure + options.duration)
+    return Schedule(publish, viewers, measure, measure + (duration or options.duration))
 
 
 def _split(items: list[Any], per_process: int, options: Options) -> list[list[Any]]:
@@ -109,6 +119,46 @@ def ingest_plans(server: peers.Server, publishers: int, options: Options, schedu
     return [{**common, "publishers": part} for part in _split(specs, 100, options)]
 
 
+def hls_plans(server: peers.Server, streams: int, options: Options, schedule: Schedule) -> list[dict]:
+    """N publishers, each with one HLS client on its stream; a stream's two ends in the same process."""
+    mode = "block" if server.ll_hls and options.hls_client == "block" else "poll"
+    pairs = [
+        (
+            {"stream": f"pub{i}", "start": schedule.publish + i / options.connect_rate},
+            {
+                "stream": f"pub{i}",
+                "url": server.hls_url(f"pub{i}"),
+                "mode": mode,
+                "poll": HLS_POLL,
+                "start": schedule.viewers + i / options.connect_rate,
+                "latency": False,
+            },
+        )
+        for i in range(streams)
+    ]
+    common = {"rtmp_url": server.rtmp_url(), "fixture": str(fixture.PATH)}
+    common.update(measure=schedule.measure, end=schedule.end)
+    return [
+        {**common, "publishers": [p for p, _ in part], "hls": [h for _, h in part]}
+        for part in _split(pairs, 100, options)
+    ]
+
+
+def hls_latency_plans(server: peers.Server, schedule: Schedule) -> list[dict]:
+    """One publisher and its latency clients, started with it so that they see the stream's first
+    segment (which tells how the server's timestamps relate to the publisher's). One polls for
+    segments; on an LL-HLS server, one more follows parts and one segments by blocking reload."""
+    url = server.hls_url(STREAM)
+    modes = ["parts", "block", "poll"] if server.ll_hls else ["poll"]
+    clients = [
+        {"stream": STREAM, "url": url, "mode": mode, "poll": LATENCY_POLL, "start": schedule.publish, "latency": True}
+        for mode in modes
+    ]
+    plan = {"rtmp_url": server.rtmp_url(), "fixture": str(fixture.PATH), "measure": schedule.measure}
+    plan.update(end=schedule.end, publishers=[{"stream": STREAM, "start": schedule.publish}], hls=clients)
+    return [plan]
+
+
 # ------------------------------------------------------------------ one measured run
 
 
@@ -132,8 +182,9 @@ class MachineCpu:
         return scale * (self.busy - earlier.busy), scale * (self.softirq - earlier.softirq)
 
 
-def measure(server: peers.Server, plans: list[dict], schedule: Schedule) -> dict[str, Any]:
-    """Run one load process per plan against ``server``; sample the server over the window."""
+def measure(server: peers.Server, plans: list[dict], schedule: Schedule, client: str = "bench.load") -> dict[str, Any]:
+    """Run one load process per plan (``python -m CLIENT PLAN RESULT``) against ``server``; sample the
+    server over the window."""
     shutil.rmtree(LOAD_DIR, ignore_errors=True)
     LOAD_DIR.mkdir(parents=True)
     processes = []
@@ -147,7 +198,7 @@ def measure(server: peers.Server, plans: list[dict], schedule: Schedule) -> dict
                         [
                             sys.executable,
                             "-m",
-                            "bench.load",
+                            client,
                             str(path),
                             str(LOAD_DIR / f"result{index}.json"),
                         ],
@@ -161,10 +212,11 @@ def measure(server: peers.Server, plans: list[dict], schedule: Schedule) -> dict
         first_at = time.monotonic()
         machine_first = MachineCpu.read()
         everyone_first = peers.processes()
-        peak_rss = first.rss_bytes
+        peak_rss, peak_files = first.rss_bytes, first.files_bytes
         while (left := schedule.end - time.monotonic()) > 0:
             time.sleep(min(1.0, left))
-            peak_rss = max(peak_rss, server.sample().rss_bytes)
+            now = server.sample()
+            peak_rss, peak_files = max(peak_rss, now.rss_bytes), max(peak_files, now.files_bytes)
         last = server.sample()
         server_window = time.monotonic() - first_at
         machine_busy, softirq = MachineCpu.read().percent_since(machine_first)
@@ -189,6 +241,7 @@ def measure(server: peers.Server, plans: list[dict], schedule: Schedule) -> dict
         "window_s": window,
         "server_cpu_s": server_cpu,
         "server_rss_mb": peak_rss / 1e6,
+        "server_files_mb": peak_files / 1e6 if server.hls_dir is not None else None,
         "server_alive": server.process.poll() is None,
         "client_cpu_pct": 100 * client_cpu / window,
         "machine_busy_pct": machine_busy,
@@ -201,6 +254,7 @@ def measure(server: peers.Server, plans: list[dict], schedule: Schedule) -> dict
         "viewers": [v for o in outputs for v in o["viewers"]],
         "latency_ms": [ms for o in outputs for ms in o["latency_ms"]],
         "publishers": [p for o in outputs for p in o["publishers"]],
+        "hls": [h for o in outputs for h in o["hls"]],
     }
 
 
@@ -243,10 +297,14 @@ def _behind_reason(viewer: dict[str, Any], reference: float) -> str | None:
     return None
 
 
+def _clients(raw: dict[str, Any]) -> dict[str, list]:
+    """Take the per-client records of the load processes out of ``raw``: the JSON keeps summaries."""
+    return {key: raw.pop(key) for key in ("viewers", "latency_ms", "publishers", "hls")}
+
+
 def summarize_fanout(raw: dict[str, Any]) -> dict[str, Any]:
-    viewers = raw.pop("viewers")
-    publishers = raw.pop("publishers")
-    latency = raw.pop("latency_ms")
+    clients = _clients(raw)
+    viewers, publishers, latency = clients["viewers"], clients["publishers"], clients["latency_ms"]
     delivered = sum(v["window_bytes"] for v in viewers)
     # A healthy viewer gets at least what the publisher sent in the window (framing only adds bytes);
     # the 90th percentile of all viewers guards against a publisher that itself fell short.
@@ -278,9 +336,7 @@ def summarize_fanout(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarize_ingest(raw: dict[str, Any], count: int) -> dict[str, Any]:
-    publishers = raw.pop("publishers")
-    raw.pop("viewers")
-    raw.pop("latency_ms")
+    publishers = _clients(raw)["publishers"]
     return {
         **raw,
         "cpu_pct_per_publisher": 100 * raw["server_cpu_s"] / raw["window_s"] / count,
@@ -290,11 +346,70 @@ def summarize_ingest(raw: dict[str, Any], count: int) -> dict[str, Any]:
     }
 
 
+def summarize_hls(raw: dict[str, Any], count: int) -> dict[str, Any]:
+    clients = _clients(raw)
+    hls, publishers = clients["hls"], clients["publishers"]
+    window = raw["window_s"]
+    behind: dict[str, int] = {}
+    for client in hls:
+        reason = "errors" if client["requests_failed"] else None
+        if client["media_seconds"] < window - HLS_BEHIND_SLACK:
+            reason = "short of media"
+        if reason is not None:
+            behind[reason] = behind.get(reason, 0) + 1
+    return {
+        **raw,
+        "hls_mode": sorted({client["mode"] for client in hls}),
+        "cpu_pct_per_stream": 100 * raw["server_cpu_s"] / window / count,
+        "segments_per_client": statistics.fmean(client["items"] for client in hls) if hls else None,
+        "playlists_per_s": sum(client["playlists"] for client in hls) / window,
+        "delivered_mbit_per_s": sum(client["window_bytes"] for client in hls) * 8 / 1e6 / window,
+        "ingest_gbit_per_s": sum(p["window_payload_bytes"] for p in publishers) * 8 / 1e9 / window,
+        "clients_behind": sum(behind.values()),
+        "behind_reasons": behind,
+        "publishers_behind": sum(1 for p in publishers if p["behind"]),
+        "publisher_errors": _errors(publishers),
+        "hls_errors": _errors(hls),
+    }
+
+
+def summarize_hls_latency(raw: dict[str, Any]) -> dict[str, Any]:
+    clients = _clients(raw)
+    kinds = {
+        "parts": ("LL-HLS parts", "blocking reload"),
+        "block": ("HLS segments", "blocking reload"),
+        "poll": ("HLS segments", f"poll ~{LATENCY_POLL:g} s"),
+    }
+    followed = []
+    for client in clients["hls"]:
+        playlist, how = kinds[client["mode"]]
+        first = [item[2] for item in client["latency"]]
+        last = [item[3] for item in client["latency"]]
+        followed.append(
+            {
+                "playlist": playlist,
+                "client": how,
+                "samples": len(last),
+                "last_frame_p50_ms": _percentile(last, 50),
+                "last_frame_p95_ms": _percentile(last, 95),
+                "first_frame_p50_ms": _percentile(first, 50),
+                "first_frame_p95_ms": _percentile(first, 95),
+                "dts_offset_ms": client["dts_offset_ms"],
+                "unmatched": client["unmatched"],
+                "requests_failed": client["requests_failed"],
+                "error": client["error"],
+                # [msn, part, ms since its first frame was sent, ms since its last frame was sent]
+                "items": client["latency"],
+            }
+        )
+    return {**raw, "clients": followed, "publisher_errors": _errors(clients["publishers"])}
+
+
 def run_one(name: str, scenario: str, count: int, options: Options) -> dict[str, Any]:
     """Start server ``name``, run one scenario against it, stop it."""
     record: dict[str, Any] = {"server": name, "scenario": scenario, "count": count}
     try:
-        server = peers.start(name)
+        server = peers.start(name, hls=scenario.startswith("hls"))
     except Exception as exc:
         return {**record, "error": f"could not start: {exc}"}
     try:
@@ -302,6 +417,14 @@ def run_one(name: str, scenario: str, count: int, options: Options) -> dict[str,
             schedule = _schedule(count, options, with_viewers=True)
             raw = measure(server, fanout_plans(server, count, options, schedule), schedule)
             return {**record, **summarize_fanout(raw)}
+        if scenario == "hls":
+            schedule = _schedule(count, options, with_viewers=True)
+            raw = measure(server, hls_plans(server, count, options, schedule), schedule)
+            return {**record, **summarize_hls(raw, count)}
+        if scenario == "hls-latency":
+            schedule = _schedule(count, options, with_viewers=True, duration=options.hls_latency)
+            raw = measure(server, hls_latency_plans(server, schedule), schedule)
+            return {**record, **summarize_hls_latency(raw)}
         schedule = _schedule(count, options, with_viewers=False)
         raw = measure(server, ingest_plans(server, count, options, schedule), schedule)
         return {**record, **summarize_ingest(raw, count)}
@@ -347,6 +470,10 @@ def _table(headers: list[str], rows: list[list[str]], runs: list[dict[str, Any]]
     return "\n".join(lines)
 
 
+def _error_row(lead: list[str], error: str, columns: int) -> list[str]:
+    return [*lead, "error: " + error.splitlines()[0][:60]] + [""] * (columns - len(lead) - 1)
+
+
 def _baseline(runs: list[dict[str, Any]], count: int, key: str) -> float | None:
     return next((r.get(key) for r in runs if r["server"] == BASELINE and r["count"] == count), None)
 
@@ -359,7 +486,7 @@ def fanout_table(runs: list[dict[str, Any]]) -> str:
     rows = []
     for r in runs:
         if "error" in r:
-            rows.append([r["server"], str(r["count"]), "error: " + r["error"].splitlines()[0][:60]] + [""] * 9)
+            rows.append(_error_row([r["server"], str(r["count"])], r["error"], len(headers)))
             continue
         rows.append(
             [
@@ -393,7 +520,7 @@ def ingest_table(runs: list[dict[str, Any]]) -> str:
     rows = []
     for r in runs:
         if "error" in r:
-            rows.append([r["server"], str(r["count"]), "error: " + r["error"].splitlines()[0][:60]] + [""] * 4)
+            rows.append(_error_row([r["server"], str(r["count"])], r["error"], len(headers)))
             continue
         rows.append(
             [
@@ -407,6 +534,85 @@ def ingest_table(runs: list[dict[str, Any]]) -> str:
             ]
         )
     return _table(headers, rows, runs)
+
+
+def add_packaging_cost(hls_runs: list[dict[str, Any]], ingest_runs: list[dict[str, Any]]) -> None:
+    """What HLS adds: a server's CPU per stream with HLS minus its CPU per publisher when it only ingests
+    the same number of streams, in the same run (both include ingest; only the HLS work differs)."""
+    ingest = {(r["server"], r["count"]): r for r in ingest_runs if "error" not in r}
+    for run in hls_runs:
+        base = ingest.get((run["server"], run["count"]))
+        if "error" not in run and base is not None:
+            run["packaging_pct_per_stream"] = run["cpu_pct_per_stream"] - base["cpu_pct_per_publisher"]
+
+
+def hls_table(runs: list[dict[str, Any]]) -> str:
+    headers = [
+        "server", "streams", "client", "CPU %/stream", f"vs {BASELINE}", "packaging %/stream", f"vs {BASELINE}",
+        "RSS MB", "files MB", "segments/client", "playlists/s", "behind", "client CPU %",
+    ]  # fmt: skip
+    rows = []
+    for r in runs:
+        if "error" in r:
+            rows.append(_error_row([r["server"], str(r["count"])], r["error"], len(headers)))
+            continue
+        rows.append(
+            [
+                r["server"],
+                str(r["count"]),
+                ",".join(r["hls_mode"]),
+                _fmt(r["cpu_pct_per_stream"], 2),
+                _ratio(r["cpu_pct_per_stream"], _baseline(runs, r["count"], "cpu_pct_per_stream")),
+                _fmt(r.get("packaging_pct_per_stream"), 2),
+                _ratio(r.get("packaging_pct_per_stream"), _baseline(runs, r["count"], "packaging_pct_per_stream")),
+                _fmt(r["server_rss_mb"]),
+                _fmt(r["server_files_mb"]),
+                _fmt(r["segments_per_client"]),
+                _fmt(r["playlists_per_s"]),
+                str(r["clients_behind"] + r["publishers_behind"]),
+                _fmt(r["client_cpu_pct"], 0),
+            ]
+        )
+    return _table(headers, rows, runs)
+
+
+def hls_latency_table(runs: list[dict[str, Any]]) -> str:
+    headers = [
+        "server", "playlist", "client", "samples", "last frame p50 ms", "p95 ms", "first frame p50 ms", "p95 ms",
+        "TS-RTMP ms",
+    ]  # fmt: skip
+    rows = []
+    notes = []
+    for r in runs:
+        if "error" in r:
+            rows.append(_error_row([r["server"]], r["error"], len(headers)))
+            continue
+        for c in r["clients"]:
+            rows.append(
+                [
+                    r["server"],
+                    c["playlist"],
+                    c["client"],
+                    str(c["samples"]),
+                    _fmt(c["last_frame_p50_ms"], 0),
+                    _fmt(c["last_frame_p95_ms"], 0),
+                    _fmt(c["first_frame_p50_ms"], 0),
+                    _fmt(c["first_frame_p95_ms"], 0),
+                    _fmt(c["dts_offset_ms"]),
+                ]
+            )
+            if c["error"] or c["unmatched"] or not c["samples"]:
+                notes.append(
+                    f"note: {r['server']} {c['playlist']} ({c['client']}): {c['requests_failed']} failed requests, "
+                    f"{c['unmatched']} items matching no sent frame; last error: {c['error']}"
+                )
+            if c["playlist"] == "LL-HLS parts" and c["last_frame_p95_ms"] is not None:
+                met = "met" if c["last_frame_p95_ms"] < LL_HLS_TARGET_MS else "MISSED"
+                notes.append(
+                    f"target: {r['server']} LL-HLS part availability p95 {c['last_frame_p95_ms']:.0f} ms "
+                    f"< {LL_HLS_TARGET_MS:.0f} ms: {met}"
+                )
+    return "\n".join([_table(headers, rows, runs), *notes])
 
 
 # ------------------------------------------------------------------ command line
@@ -426,6 +632,16 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--connect-rate", default=500.0, type=float, help="new connections per second")
     parser.add_argument("--client-procs", default=0, type=int, help="load processes for bulk clients (0: auto)")
     parser.add_argument("--sampled", default=20, type=int, help="viewers that measure latency per frame")
+    parser.add_argument("--hls-streams", default="50,200", type=_counts, help="HLS scenarios ('' for none)")
+    parser.add_argument(
+        "--hls-latency", default=60.0, type=float, help="seconds measured in the HLS latency scenario (0: none)"
+    )
+    parser.add_argument(
+        "--hls-client",
+        default="block",
+        choices=["block", "poll"],
+        help="how the HLS scenario's clients follow minilive's playlists (nginx-rtmp's are always polled)",
+    )
     args = parser.parse_args(argv)
     servers = [name for name in args.servers.split(",") if name]
     unknown = set(servers) - set(peers.STARTERS)
@@ -433,7 +649,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         parser.error(f"unknown servers: {', '.join(sorted(unknown))}; choose from {', '.join(peers.STARTERS)}")
     return Options(
         servers, args.viewers, args.publishers, args.duration, args.warmup, args.connect_rate,
-        args.client_procs, args.sampled,
+        args.client_procs, args.sampled, args.hls_streams, args.hls_latency, args.hls_client,
     )  # fmt: skip
 
 
@@ -453,10 +669,13 @@ def main(argv: list[str] | None = None) -> None:
         "options": {
             "servers": options.servers, "viewers": options.viewers, "publishers": options.publishers,
             "duration": options.duration, "warmup": options.warmup, "connect_rate": options.connect_rate,
-            "sampled": options.sampled,
+            "sampled": options.sampled, "hls_streams": options.hls_streams, "hls_latency": options.hls_latency,
+            "hls_client": options.hls_client, "hls_poll": HLS_POLL, "latency_poll": LATENCY_POLL,
         },
         "fanout": [],
         "ingest": [],
+        "hls": [],
+        "hls_latency": [],
     }  # fmt: skip
     for count in options.viewers:
         runs = []
@@ -474,6 +693,28 @@ def main(argv: list[str] | None = None) -> None:
                 runs.append(run_one(name, "ingest", count, options))
         report["ingest"] = runs
         print(f"\nIngest, N publishers, {options.duration:g} s measured\n{ingest_table(runs)}\n")
+    hls_servers = [name for name in options.servers if name in peers.HLS_SERVERS]
+    skipped = ", ".join(name for name in options.servers if name not in peers.HLS_SERVERS)
+    if skipped and (options.hls_streams or options.hls_latency):
+        print(f"HLS scenarios: skipping {skipped} (no HLS)", file=sys.stderr)
+    if options.hls_streams and hls_servers:
+        runs = []
+        for count in options.hls_streams:
+            for name in hls_servers:
+                print(f"hls: {name}, {count} streams ...", file=sys.stderr, flush=True)
+                runs.append(run_one(name, "hls", count, options))
+        add_packaging_cost(runs, report["ingest"])
+        report["hls"] = runs
+        title = f"HLS packaging, N publishers, one HLS client each, {options.duration:g} s measured"
+        print(f"\n{title}\n{hls_table(runs)}\n")
+    if options.hls_latency and hls_servers:
+        runs = []
+        for name in hls_servers:
+            print(f"hls latency: {name} ...", file=sys.stderr, flush=True)
+            runs.append(run_one(name, "hls-latency", 1, options))
+        report["hls_latency"] = runs
+        title = f"HLS live-edge latency, 1 stream, {options.hls_latency:g} s measured"
+        print(f"\n{title}\n{hls_latency_table(runs)}\n")
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{started:%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(report, indent=1))
