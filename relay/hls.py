@@ -330,7 +330,10 @@ class LivePlaylist:
             return bool(self.segments) and msn < self.segments[0].msn
         if part is None:
             return segment.complete
-        return part < len(segment.parts) or segment.complete
+        if part < len(segment.parts):
+            return True
+        # Past the last part of a finished segment: that is the next segment's first part.
+        return segment.complete and self.has(msn + 1, 0)
 
     async def wait_for(self, msn: int, part: int | None, timeout: float) -> bool:
         """Until segment ``msn`` (part ``part``) exists; False on timeout or when the stream ended."""

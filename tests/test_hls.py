@@ -206,3 +206,15 @@ async def test_audio_only_hls(server):
         assert [s["codec_name"] for s in streams] == ["aac"]
     finally:
         await pub.stop()
+
+
+def test_a_part_past_the_end_of_a_finished_segment_waits_for_the_next_segment() -> None:
+    from relay.hls import HlsSettings, LivePlaylist, Part, Segment
+
+    playlist = LivePlaylist(HlsSettings(), "abcd0123")
+    done = Segment(5, 0, 0.0, False, parts=[Part(0, b"x", 0.5, True), Part(1, b"y", 0.5, False)], complete=True)
+    playlist.segments = [done]
+    assert playlist.has(5, 1) and playlist.has(5, None)
+    assert not playlist.has(5, 2), "part 2 of a two-part segment is part 0 of segment 6, not there yet"
+    playlist.segments.append(Segment(6, 1000, 0.0, False, parts=[Part(0, b"z", 0.5, True)]))
+    assert playlist.has(5, 2)
