@@ -41,6 +41,15 @@ FLAGS = [
     "--remote-debugging-port=0",
 ]
 
+# For WebRTC pages: a generated camera and microphone, granted without a prompt; host candidates on
+# loopback (Chromium leaves it out by default) under their real address rather than an mDNS name.
+MEDIA_FLAGS = [
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+
 
 class BrowserError(Exception):
     """A CDP command failed, a page threw, or the browser went away."""
@@ -122,7 +131,10 @@ class Browser:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def launch(cls, executable: str | None = CHROMIUM, timeout: float = 20) -> AsyncIterator[Browser]:
+    async def launch(
+        cls, executable: str | None = CHROMIUM, timeout: float = 20, extra_args: list[str] | None = None
+    ) -> AsyncIterator[Browser]:
+        """``extra_args`` are Chromium switches added to ``FLAGS`` (e.g. ``MEDIA_FLAGS``)."""
         if executable is None:
             raise BrowserError("chromium not installed: run scripts/dev test, which installs it")
         profile = Path(tempfile.mkdtemp(prefix="minilive-chromium-"))
@@ -130,6 +142,7 @@ class Browser:
             process = await asyncio.create_subprocess_exec(
                 executable,
                 *FLAGS,
+                *(extra_args or []),
                 f"--user-data-dir={profile}",
                 "about:blank",
                 stdin=asyncio.subprocess.DEVNULL,

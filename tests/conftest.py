@@ -18,7 +18,7 @@ import pytest
 from api.config import Settings
 from api.models import Media
 from api.server import Server
-from tests.browser import CHROMIUM, WEB_ROOT, Browser, serve_web
+from tests.browser import CHROMIUM, MEDIA_FLAGS, WEB_ROOT, Browser, serve_web
 
 FFMPEG = shutil.which("ffmpeg")
 FFPROBE = shutil.which("ffprobe")
@@ -244,12 +244,24 @@ def redis_url() -> Iterator[str]:
         process.wait()
 
 
+def require_chromium() -> None:
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed: run scripts/dev test, which installs it")
+
+
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     """Headless Chromium (Debian's), killed at the end of the test."""
-    if CHROMIUM is None:
-        pytest.skip("chromium not installed: run scripts/dev test, which installs it")
+    require_chromium()
     async with Browser.launch() as chromium:
+        yield chromium
+
+
+@pytest.fixture
+async def media_browser() -> AsyncIterator[Browser]:
+    """Headless Chromium with a fake camera and microphone for WebRTC pages (``MEDIA_FLAGS``)."""
+    require_chromium()
+    async with Browser.launch(extra_args=MEDIA_FLAGS) as chromium:
         yield chromium
 
 
