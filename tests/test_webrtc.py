@@ -31,8 +31,11 @@ def webrtc_settings(**fields) -> WebRtcSettings:  # type: ignore[no-untyped-def]
 class Pattern(VideoStreamTrack):
     """Moving 320x240 frames, 30 fps, which aiortc encodes with libx264."""
 
+    sent = 0
+
     async def recv(self) -> av.VideoFrame:
         pts, time_base = await self.next_timestamp()
+        self.sent += 1
         frame = av.VideoFrame(320, 240, "yuv420p")
         shade = (pts // 3000) % 200
         for i, plane in enumerate(frame.planes):
@@ -76,10 +79,10 @@ async def post_offer(url: str, pc: RTCPeerConnection, token: str | None = None) 
         return r
 
 
-async def whip_publish(server, name: str, token: str | None = None):  # type: ignore[no-untyped-def]
+async def whip_publish(server, name: str, token: str | None = None, video: Pattern | None = None):  # type: ignore[no-untyped-def]
     pc = client_pc()
     with ice.policy(LOOPBACK):
-        pc.addTransceiver(Pattern(), direction="sendonly")
+        pc.addTransceiver(video or Pattern(), direction="sendonly")
         pc.addTransceiver(Tone(), direction="sendonly")
         await pc.setLocalDescription(await pc.createOffer())
     headers = {"Content-Type": "application/sdp"}
@@ -325,3 +328,21 @@ async def test_whep_of_a_stream_that_is_not_live(make_server) -> None:  # type: 
     assert response.status == 404
     await pc.close()
     assert not server.webrtc.registry.sessions
+
+
+async def test_whip_frames_arrive_in_the_hub_as_sent(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = await make_server(webrtc=webrtc_settings())
+    pattern = Pattern()
+    pc, resource = await whip_publish(server, "count", video=pattern)
+    try:
+        await wait_live(server, "count", timeout=15)
+        stream = server.hub.get("live", "count")
+        await asyncio.sleep(3)
+    finally:
+        assert await delete(resource) == 200
+        await pc.close()
+    stream.flush()
+    received = stream.video_frames
+    # Frames still in the jitter buffer or in flight when the session ended, and the first frames
+    # before the keyframe the hub starts on, are the only ones allowed to be missing.
+    assert pattern.sent - 15 <= received <= pattern.sent, (pattern.sent, received)
