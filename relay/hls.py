@@ -273,7 +273,8 @@ class LivePlaylist:
         self.ended = False
         self._changed = asyncio.Event()
         self._target = max(1, math.ceil(settings.segment_seconds))
-        self.publish_count = 0
+        self._version = 0  # bumped on every change: what the rendered playlist is keyed on
+        self._rendered: tuple[int, str] = (-1, "")
 
     # ------------------------------------------------------------ input
 
@@ -302,6 +303,7 @@ class LivePlaylist:
         self._notify()
 
     def _notify(self) -> None:
+        self._version += 1
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -337,19 +339,14 @@ class LivePlaylist:
 
     async def wait_for(self, msn: int, part: int | None, timeout: float) -> bool:
         """Until segment ``msn`` (part ``part``) exists; False on timeout or when the stream ended."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not self.has(msn, part):
-            if self.ended:
-                return False
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            changed = self._changed
-            try:
-                await asyncio.wait_for(changed.wait(), remaining)
-            except TimeoutError:
-                return False
+        try:
+            async with asyncio.timeout(timeout):  # one timer for the whole wait
+                while not self.has(msn, part):
+                    if self.ended:
+                        return False
+                    await self._changed.wait()
+        except TimeoutError:
+            return False
         return True
 
     @property
@@ -359,6 +356,12 @@ class LivePlaylist:
     # ------------------------------------------------------------ playlist
 
     def playlist(self) -> str:
+        """The playlist text, rendered once per change (every waiting client gets the same string)."""
+        if self._rendered[0] != self._version:
+            self._rendered = (self._version, self._render())
+        return self._rendered[1]
+
+    def _render(self) -> str:
         s = self.settings
         listed = [seg for seg in self.segments if seg.complete or seg is self.segments[-1]]
         complete = [seg for seg in listed if seg.complete]
