@@ -340,12 +340,18 @@ def start_nms(rtmp_port: int, http_port: int, hls: bool) -> Server:
     return server
 
 
-def start_minilive(rtmp_port: int, http_port: int, hls: bool) -> Server:
-    """minilive with its defaults; it packages HLS / LL-HLS for a stream on the first request, so
-    ``hls`` changes nothing."""
-    workdir = _fresh_dir("minilive")
+def start_minilive(
+    rtmp_port: int, http_port: int, hls: bool = False, config: str = "", name: str = "minilive"
+) -> Server:
+    """minilive with its defaults (plus the TOML ``config``, if any); it packages HLS / LL-HLS for a
+    stream on the first request, so ``hls`` changes nothing."""
+    workdir = _fresh_dir(name)
+    settings = []
+    if config:
+        (workdir / "minilive.toml").write_text(config)
+        settings = ["--config", str(workdir / "minilive.toml")]
     argv = [
-        str(MINILIVE), "serve",
+        str(MINILIVE), "serve", *settings,
         "--host", "127.0.0.1",
         "--rtmp-port", str(rtmp_port),
         "--http-port", str(http_port),

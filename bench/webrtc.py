@@ -27,7 +27,6 @@ from datetime import datetime
 from typing import Any
 
 from bench import fixture, peers
-from bench.peers import _fresh_dir, _launch, _wait_listening
 from bench.run import DISTURBED_PCT, RESULTS, SATURATED_PCT, Schedule, _fmt, _percentile, measure
 
 FPS = 30  # the fixture's
@@ -57,24 +56,9 @@ class Options:
 
 def start_minilive(options: Options) -> peers.Server:
     """minilive with its defaults, but host candidates on loopback and room for every viewer."""
-    workdir = _fresh_dir("minilive-webrtc")
     viewers = max([*options.whep_viewers, 1])
-    (workdir / "minilive.toml").write_text(CONFIG.format(viewers=viewers, sessions=viewers + 100))
-    rtmp_port, http_port = peers.free_port(), peers.free_port()
-    argv = [
-        str(peers.MINILIVE), "serve",
-        "--config", str(workdir / "minilive.toml"),
-        "--host", "127.0.0.1",
-        "--rtmp-port", str(rtmp_port),
-        "--http-port", str(http_port),
-        "--allow-anonymous-publish",
-        "--data-dir", str(workdir / "data"),
-        "--log-level", "warning",
-    ]  # fmt: skip
-    process, log = _launch(argv, workdir)
-    server = peers.Server("minilive", process, rtmp_port, http_port, log, flv_path="/live/{stream}.flv")
-    _wait_listening(server)
-    return server
+    config = CONFIG.format(viewers=viewers, sessions=viewers + 100)
+    return peers.start_minilive(peers.free_port(), peers.free_port(), config=config, name="minilive-webrtc")
 
 
 def schedule(options: Options, viewers: int) -> Schedule:
