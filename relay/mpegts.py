@@ -9,6 +9,7 @@ stream's milliseconds on the 90 kHz clock.
 
 from __future__ import annotations
 
+from relay.codecs import coded_frame
 from relay.packet import AUDIO, VIDEO, Packet
 
 TS_SIZE = 188
@@ -20,6 +21,7 @@ STREAM_TYPE_H264 = 0x1B
 STREAM_TYPE_AAC = 0x0F
 
 _AUD = b"\x00\x00\x00\x01\x09\xf0"
+_OWN_AUD = frozenset((9,))  # the publisher's AUDs are dropped: ours leads every access unit
 _START = b"\x00\x00\x00\x01"
 
 
@@ -76,6 +78,23 @@ class AvcConfig:
                 sets.append(record[pos + 2 : pos + 2 + size])
                 pos += 2 + size
         self.parameter_sets = b"".join(_START + ps for ps in sets)
+
+    def annexb(self, data: bytes, keyframe: bool, lead: bytes = b"", drop: frozenset[int] = frozenset()) -> bytes:
+        """Length-prefixed NAL units as one Annex-B access unit: ``lead`` first, then SPS/PPS before a
+        keyframe, leaving out the NAL unit types in ``drop``."""
+        size = self.length_size
+        parts = [lead, self.parameter_sets] if keyframe else [lead]
+        pos = 0
+        end = len(data)
+        while pos + size <= end:
+            length = int.from_bytes(data[pos : pos + size], "big")
+            pos += size
+            nal = data[pos : pos + length]
+            pos += length
+            if nal and nal[0] & 0x1F not in drop:
+                parts.append(_START)
+                parts.append(nal)
+        return b"".join(parts)
 
 
 class AacConfig:
@@ -166,10 +185,12 @@ class TsMuxer:
         """The TS packets of one FLV audio or video frame (b"" for what TS cannot carry)."""
         payload = packet.payload
         if packet.kind == VIDEO:
-            if self.avc is None or len(payload) < 5 or payload[0] & 0x0F != 7 or payload[1] != 1:
+            # Legacy FLV AVC and Enhanced RTMP avc1 frames alike; TS here carries H.264 only.
+            frame = coded_frame(payload) if self.avc is not None and _is_h264(payload) else None
+            if frame is None:
                 return b""
-            cts = int.from_bytes(payload[2:5], "big", signed=True)
-            es = self._annexb(payload[5:], packet.keyframe)
+            cts, data = frame
+            es = self.avc.annexb(data, packet.keyframe, _AUD, _OWN_AUD)
             dts = packet.timestamp * 90
             pts = dts + cts * 90
             head = _pts_bytes(3, pts) + _pts_bytes(1, dts) if pts != dts else _pts_bytes(2, pts)
@@ -207,24 +228,6 @@ class TsMuxer:
         size = 3 + len(head) + len(es)
         pes = b"\x00\x00\x01\xc0" + size.to_bytes(2, "big") + b"\x80\x80" + bytes((len(head),)) + head + es
         return self._packetize(AUDIO_PID, pes, pts, not self.has_video)
-
-    def _annexb(self, data: bytes, keyframe: bool) -> bytes:
-        assert self.avc is not None
-        size = self.avc.length_size
-        parts = [_AUD]
-        if keyframe:
-            parts.append(self.avc.parameter_sets)
-        pos = 0
-        end = len(data)
-        while pos + size <= end:
-            length = int.from_bytes(data[pos : pos + size], "big")
-            pos += size
-            nal = data[pos : pos + length]
-            pos += length
-            if nal and nal[0] & 0x1F != 9:  # our own AUD leads the access unit
-                parts.append(_START)
-                parts.append(nal)
-        return b"".join(parts)
 
     def _packetize(self, pid: int, pes: bytes, dts: int, random_access: bool) -> bytes:
         cc = self._cc[pid]
@@ -284,3 +287,9 @@ def _stuffed(adaptation: bytes, length: int) -> bytes:
     if not adaptation:
         adaptation = b"\x00"
     return adaptation + b"\xff" * (length - len(adaptation))
+
+
+def _is_h264(payload: bytes) -> bool:
+    if len(payload) < 5:
+        return False
+    return payload[1:5] == b"avc1" if payload[0] & 0x80 else payload[0] & 0x0F == 7

@@ -13,6 +13,8 @@ NAL_IDR = 5
 NAL_SPS = 7
 NAL_PPS = 8
 NAL_AUD = 9
+# Left out of what WebRTC gets: AUDs, and SPS/PPS in band (they go before every keyframe instead).
+_IN_BAND = frozenset((NAL_AUD, NAL_SPS, NAL_PPS))
 
 _START_CODE = re.compile(b"\x00\x00\x00\x01|\x00\x00\x01")
 
@@ -96,15 +98,4 @@ class FlvToAnnexB:
         config = self.config
         if config is None:
             return None
-        size = config.length_size
-        parts = [config.parameter_sets] if keyframe else []
-        pos, end = 0, len(data)
-        while pos + size <= end:
-            length = int.from_bytes(data[pos : pos + size], "big")
-            pos += size
-            nal = data[pos : pos + length]
-            pos += length
-            if nal and nal[0] & 0x1F not in (NAL_AUD, NAL_SPS, NAL_PPS):
-                parts.append(b"\x00\x00\x00\x01")
-                parts.append(nal)
-        return b"".join(parts)
+        return config.annexb(data, keyframe, drop=_IN_BAND)

@@ -154,3 +154,32 @@ def test_aac_frames_are_gathered_into_one_pes_until_the_delay_or_a_flush() -> No
     rest = muxer.flush(23 * 20)
     assert rest and len([ts for ts in packets_of(rest) if ts[1] & 0x40]) == 1, "flush writes what is held"
     assert muxer.flush(23 * 20) == b""
+
+
+@needs_ffmpeg
+async def test_enhanced_rtmp_avc1_frames_are_muxed_like_legacy_ones(tmp_path) -> None:
+    packets = await make_flv(tmp_path / "in.flv", seconds=1)
+
+    def enhanced(packet: Packet) -> Packet:
+        """The same H.264 as Enhanced RTMP: ExVideoTagHeader + avc1, CodedFrames with its SI24 offset."""
+        if packet.kind != VIDEO:
+            return packet
+        frame_type = packet.payload[0] >> 4
+        packet_type = packet.payload[1]  # 0 sequence start, 1 coded frames, 2 sequence end: as in legacy AVC
+        head = bytes((0x80 | frame_type << 4 | packet_type,)) + b"avc1"
+        body = packet.payload[2:5] + packet.payload[5:] if packet_type == 1 else packet.payload[5:]
+        return Packet(VIDEO, packet.timestamp, head + body, packet.keyframe, packet.config)
+
+    outputs = []
+    for source in (packets, [enhanced(p) for p in packets]):
+        muxer = TsMuxer()
+        out = bytearray(muxer.header())
+        for packet in source:
+            if packet.config:
+                muxer.configure(packet)
+            else:
+                out += muxer.mux(packet)
+        out += muxer.flush(0)
+        outputs.append(bytes(out))
+    assert len(outputs[1]) > 100 * TS_SIZE
+    assert outputs[0] == outputs[1], "the same access units whatever the FLV video header"
