@@ -41,11 +41,10 @@ from relay.mpegts import AvcConfig
 from signaling import ice
 from signaling.h264 import NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS, split_annexb
 from signaling.passthrough import pass_through
+from signaling.transcode import OPUS_FRAME, OPUS_RATE, audio_encoder
 
 LOOPBACK = ice.IceSettings(addresses=["127.0.0.1"])
 VIDEO_TIME_BASE = Fraction(1, 90000)
-OPUS_RATE = 48000
-OPUS_FRAME = 960  # 20 ms
 TONE_PACKETS = 50  # one second of Opus, encoded once and looped
 
 NalKey = tuple[int, int]
@@ -122,13 +121,7 @@ class FixtureVideo(MediaStreamTrack):
 
 def opus_tone() -> list[bytes]:
     """One second of a 440 Hz tone as 20 ms Opus packets."""
-    encoder = av.CodecContext.create("libopus", "w")
-    encoder.sample_rate = OPUS_RATE
-    encoder.layout = "stereo"
-    encoder.format = "s16"
-    encoder.bit_rate = 64000
-    encoder.time_base = Fraction(1, OPUS_RATE)
-    encoder.open()
+    encoder = audio_encoder("libopus", "s16", 64000)
     packets: list[bytes] = []
     for index in range(TONE_PACKETS + 2):
         frame = av.AudioFrame(format="s16", layout="stereo", samples=OPUS_FRAME)

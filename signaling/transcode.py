@@ -15,7 +15,7 @@ OPUS_FRAME = 960  # 20 ms
 AAC_FRAME = 1024
 
 
-def _encoder(codec: str, sample_format: str, bit_rate: int) -> av.CodecContext:
+def audio_encoder(codec: str, sample_format: str, bit_rate: int) -> av.CodecContext:
     """An open 48 kHz stereo audio encoder."""
     encoder = av.CodecContext.create(codec, "w")
     encoder.sample_rate = OPUS_RATE
@@ -31,7 +31,7 @@ class OpusToAac:
     """Decoded Opus frames (aiortc decodes them in its receiver thread) to raw AAC frames, 48 kHz."""
 
     def __init__(self, bit_rate: int = 128000) -> None:
-        self.encoder = _encoder("aac", "fltp", bit_rate)
+        self.encoder = audio_encoder("aac", "fltp", bit_rate)
         self.resampler = av.AudioResampler(format="fltp", layout="stereo", rate=OPUS_RATE, frame_size=AAC_FRAME)
         self.samples = 0
 
@@ -56,7 +56,7 @@ class AacToOpus:
     def __init__(self, audio_specific_config: bytes, bit_rate: int = 64000) -> None:
         self.decoder = av.CodecContext.create("aac", "r")
         self.decoder.extradata = audio_specific_config
-        self.encoder = _encoder("libopus", "s16", bit_rate)
+        self.encoder = audio_encoder("libopus", "s16", bit_rate)
         self.resampler = av.AudioResampler(format="s16", layout="stereo", rate=OPUS_RATE, frame_size=OPUS_FRAME)
         self.start: int | None = None  # first input time, in 1/48000 s
         self.samples = 0
