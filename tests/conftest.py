@@ -152,6 +152,20 @@ async def probe_streams(url: str, timeout: float = 20) -> list[dict[str, Any]]:
     return json.loads(out)["streams"]
 
 
+async def decode_cleanly(source: str, seconds: float | None = None, timeout: float = 40) -> None:
+    """FFmpeg decodes ``source`` (file or URL; the first ``seconds`` of it) without a single error."""
+    limit = ["-t", str(seconds)] if seconds else []
+    code, _, err = await run(FFMPEG, "-v", "error", "-i", source, *limit, "-f", "null", "-", timeout=timeout)
+    assert code == 0 and not err.strip(), err.decode()
+
+
+async def probe_frames(source: str) -> list[dict[str, Any]]:
+    """ffprobe's streams of ``source`` with every frame decoded and counted (``nb_read_frames``)."""
+    code, out, err = await run(FFPROBE, "-v", "error", "-count_frames", "-show_streams", "-of", "json", source)
+    assert code == 0, f"ffprobe failed on {source}: {err.decode()[-2000:]}"
+    return json.loads(out)["streams"]
+
+
 async def probe_packets(url: str, seconds: float, timeout: float = 30) -> list[dict[str, Any]]:
     """Packets (stream, dts, pts, flags) that ffprobe reads from ``url`` in ``seconds`` of playback."""
     code, out, err = await run(
