@@ -209,13 +209,14 @@ class RtmpProtocol(asyncio.Protocol):
 
     async def _publish(self, event: rtmp.Publish) -> None:
         app = self.core.app
-        request = AccessRequest("publish", "rtmp", app, event.name, event.query, self.remote)
-        decision = await decide(self.server.authorize_publish, request, log)
+        if event.name:
+            request = AccessRequest("publish", "rtmp", app, event.name, event.query, self.remote)
+            decision = await decide(self.server.authorize_publish, request, log)
+        else:
+            decision = Decision.deny("empty stream name")
         if self.closed:
             return
         self.busy = False
-        if not event.name:
-            decision = Decision.deny("empty stream name")
         if not decision.allowed:
             log.info("rtmp publish refused %s/%s from %s: %s", app, event.name, self.remote, decision.reason)
             self.core.reject_publish(event, "NetStream.Publish.Unauthorized", decision.reason)

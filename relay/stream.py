@@ -127,7 +127,7 @@ class LiveStream:
         self.bytes_in += len(packet.payload)
         pending = self._pending
         if not self.viewer_count and not pending:
-            # Nobody to write to: just keep the headers and GOP cache current.
+            # Nobody to write to: keep the headers and GOP cache current, and feed the sinks.
             self._absorb([packet])
             return
         pending.append(packet)
@@ -142,8 +142,7 @@ class LiveStream:
 
     def set_metadata(self, payload: bytes, values: dict[str, Any]) -> None:
         self.meta_values = dict(values)
-        ts = max(self.last_ts.values()) if self.last_ts else 0
-        self.push(Packet(DATA, max(ts, 0), payload, config=True))
+        self.push(Packet(DATA, max(0, *self.last_ts.values()), payload, config=True))
 
     # ------------------------------------------------------------ fan-out
 
