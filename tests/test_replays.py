@@ -73,61 +73,61 @@ async def test_live_session_becomes_a_replay(make_server):
         await server.rooms.admin_action(app, room.roomid, "end")
         replay = await wait_replay(server.store, room.roomid, "ready", timeout=5)
         await pub.stop()
+        assert abs(replay.duration - 20) <= 2, replay
+        folder = server.settings.data_dir / "replays" / replay.path
+        assert replay.size == sum(f.stat().st_size for f in folder.iterdir())
+
+        http = f"http://127.0.0.1:{server.http_port}"
+        base = f"{http}/replays/{replay.path}"
+        await check_playable(base, replay.duration)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/index.m3u8") as response:
+                assert response.content_type == "application/vnd.apple.mpegurl"
+                playlist = await response.text()
+            assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist and playlist.rstrip().endswith("#EXT-X-ENDLIST")
+            async with session.get(f"{base}/replay.mp4") as response:
+                assert response.content_type == "video/mp4"
+                assert response.headers["Access-Control-Allow-Origin"] == "*"
+                mp4 = await response.read()
+            boxes = top_level_boxes(mp4)
+            assert boxes.index("moov") < boxes.index("mdat"), f"not faststart: {boxes}"
+            async with session.get(f"{base}/replay.mp4", headers={"Range": "bytes=100-199"}) as response:
+                assert response.status == 206
+                assert response.headers["Content-Range"] == f"bytes 100-199/{len(mp4)}"
+                assert await response.read() == mp4[100:200]
+            async with session.get(f"{base}/cover.jpg") as response:
+                assert response.content_type == "image/jpeg"
+                cover = await response.read()
+            assert cover[:3] == b"\xff\xd8\xff" and cover[-2:] == b"\xff\xd9"
+            (picture,) = (await probe(f"{base}/cover.jpg"))["streams"]
+            assert (picture["width"], picture["height"]) == (320, 240)
+
+            query = {"grant_type": "client_credential", "appid": app.appid, "secret": app.secret}
+            async with session.get(f"{http}/cgi-bin/token", params=query) as response:
+                token = (await response.json())["access_token"]
+            body = {"action": "get_replay", "room_id": room.roomid, "start": 0, "limit": 10}
+            async with session.post(f"{http}/wxa/business/getliveinfo", params={"access_token": token}, json=body) as r:
+                reply = await r.json()
+            assert reply["errcode"] == 0 and reply["total"] == 1, reply
+            assert reply["live_replay"] == [
+                {
+                    "create_time": iso_time(replay.created_at),
+                    "expire_time": iso_time(replay.expire_at),
+                    "media_url": f"{base}/index.m3u8",
+                }
+            ]
+            assert replay.expire_at - replay.created_at == app.replay_retention_days * 86400
+            headers = {"Authorization": f"Bearer {token}"}
+            async with session.get(f"{http}/api/v1/rooms/{room.roomid}/replays", headers=headers) as response:
+                (listed,) = (await response.json())["replays"]
+            assert listed["status"] == "ready" and listed["urls"]["mp4"] == f"{base}/replay.mp4"
+
+        await receiver.wait_calls(3)  # 101, 103, replay_ready
+        ready = [body for _, body in receiver.calls if body["event"] == "replay_ready"]
+        assert len(ready) == 1 and ready[0]["data"]["replay_id"] == replay.replay_id
+        assert ready[0]["data"]["media_url"] == f"{base}/index.m3u8"
     finally:
         await receiver.stop()
-    assert abs(replay.duration - 20) <= 2, replay
-    folder = server.settings.data_dir / "replays" / replay.path
-    assert replay.size == sum(f.stat().st_size for f in folder.iterdir())
-
-    http = f"http://127.0.0.1:{server.http_port}"
-    base = f"{http}/replays/{replay.path}"
-    await check_playable(base, replay.duration)
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{base}/index.m3u8") as response:
-            assert response.content_type == "application/vnd.apple.mpegurl"
-            playlist = await response.text()
-        assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist and playlist.rstrip().endswith("#EXT-X-ENDLIST")
-        async with session.get(f"{base}/replay.mp4") as response:
-            assert response.content_type == "video/mp4"
-            assert response.headers["Access-Control-Allow-Origin"] == "*"
-            mp4 = await response.read()
-        boxes = top_level_boxes(mp4)
-        assert boxes.index("moov") < boxes.index("mdat"), f"not faststart: {boxes}"
-        async with session.get(f"{base}/replay.mp4", headers={"Range": "bytes=100-199"}) as response:
-            assert response.status == 206
-            assert response.headers["Content-Range"] == f"bytes 100-199/{len(mp4)}"
-            assert await response.read() == mp4[100:200]
-        async with session.get(f"{base}/cover.jpg") as response:
-            assert response.content_type == "image/jpeg"
-            cover = await response.read()
-        assert cover[:3] == b"\xff\xd8\xff" and cover[-2:] == b"\xff\xd9"
-        (picture,) = (await probe(f"{base}/cover.jpg"))["streams"]
-        assert (picture["width"], picture["height"]) == (320, 240)
-
-        query = {"grant_type": "client_credential", "appid": app.appid, "secret": app.secret}
-        async with session.get(f"{http}/cgi-bin/token", params=query) as response:
-            token = (await response.json())["access_token"]
-        body = {"action": "get_replay", "room_id": room.roomid, "start": 0, "limit": 10}
-        async with session.post(f"{http}/wxa/business/getliveinfo", params={"access_token": token}, json=body) as r:
-            reply = await r.json()
-        assert reply["errcode"] == 0 and reply["total"] == 1, reply
-        assert reply["live_replay"] == [
-            {
-                "create_time": iso_time(replay.created_at),
-                "expire_time": iso_time(replay.expire_at),
-                "media_url": f"{base}/index.m3u8",
-            }
-        ]
-        assert replay.expire_at - replay.created_at == app.replay_retention_days * 86400
-        headers = {"Authorization": f"Bearer {token}"}
-        async with session.get(f"{http}/api/v1/rooms/{room.roomid}/replays", headers=headers) as response:
-            (listed,) = (await response.json())["replays"]
-        assert listed["status"] == "ready" and listed["urls"]["mp4"] == f"{base}/replay.mp4"
-
-    await receiver.wait_calls(3)  # 101, 103, replay_ready
-    ready = [body for _, body in receiver.calls if body["event"] == "replay_ready"]
-    assert len(ready) == 1 and ready[0]["data"]["replay_id"] == replay.replay_id
-    assert ready[0]["data"]["media_url"] == f"{base}/index.m3u8"
 
 
 async def wait_stream_gone(server, name: str, timeout: float = 5) -> None:
