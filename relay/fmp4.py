@@ -231,6 +231,12 @@ class Fmp4Muxer:
                 track.samples.append(_Sample(dts, 0, payload[2:], True))
         return b""
 
+    def part(self, packets: list[Packet], end_ts: int, independent: bool) -> bytes:
+        """``packets`` as one fragment (an init segment, served on its own, makes every one independent)."""
+        for packet in packets:
+            self.mux(packet)
+        return self.flush(end_ts)
+
     def flush(self, end_ts: int) -> bytes:
         """The queued frames as one fragment (b"" when none), ending at stream time ``end_ts`` (ms)."""
         runs: list[_Run] = []

@@ -79,11 +79,9 @@ class Muxer(Protocol):
 
     def configure(self, packet: Packet) -> None: ...
 
-    def header(self) -> bytes: ...
-
-    def mux(self, packet: Packet) -> bytes: ...
-
-    def flush(self, end_ts: int) -> bytes: ...
+    def part(self, packets: list[Packet], end_ts: int, independent: bool) -> bytes:
+        """A part's (or a segment's) frames as one piece of media, ending at ``end_ts`` (ms)."""
+        ...
 
 
 class Segmenter:
@@ -112,8 +110,7 @@ class Segmenter:
         self.has_audio = False
         self.segment: Segment | None = None
         self.next_msn = 0
-        self._part_buf: list[bytes] = []
-        self._part_frames = 0
+        self._part_packets: list[Packet] = []  # the open part's frames, muxed when it closes
         self._part_start = 0
         self._part_independent = False
         self._pending_discontinuity = False
@@ -149,15 +146,17 @@ class Segmenter:
             self._close_part(packet.timestamp)
             self._close_segment(packet.timestamp)
             self._open_segment(packet)
-        elif packet.timestamp - self._part_start >= self.part_ms and self._part_frames and (kind == VIDEO or not video):
+        elif (
+            packet.timestamp - self._part_start >= self.part_ms and self._part_packets and (kind == VIDEO or not video)
+        ):
             # Parts end where the next video frame begins: an fMP4 fragment's last frame lasts until it.
             self._close_part(packet.timestamp)
             self._open_part(packet, starts_gop and video)
-        data = self.muxer.mux(packet)
-        self._part_frames += 1
-        if data:
-            self._part_buf.append(data)
-        self._last_ts = max(self._last_ts, packet.timestamp)
+        # Muxed when the part closes: a part's frames in one go cost much less than one at a time
+        # between other work, and a part is not served before it is complete anyway.
+        self._part_packets.append(packet)
+        if packet.timestamp > self._last_ts:
+            self._last_ts = packet.timestamp
 
     def _ready(self) -> bool:
         # Start once the configs of the tracks seen so far are known (audio-only and video-only work).
@@ -210,18 +209,15 @@ class Segmenter:
     def _open_part(self, packet: Packet, independent: bool) -> None:
         assert self.muxer is not None
         self._part_start = packet.timestamp
-        self._part_independent = independent
         # TS program tables lead every independent part, so a player may start at any of them.
-        self._part_buf = [self.muxer.header()] if independent else []
-        self._part_frames = 0
+        self._part_independent = independent
 
     def _close_part(self, end_ts: int) -> None:
         segment = self.segment
         if segment is None or self.muxer is None:
             return
-        self._part_buf.append(self.muxer.flush(end_ts))
-        data = b"".join(self._part_buf)
-        self._part_buf = []
+        data = self.muxer.part(self._part_packets, end_ts, self._part_independent)
+        self._part_packets = []
         if not data:
             return
         duration = max(end_ts - self._part_start, 0) / 1000

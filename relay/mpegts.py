@@ -9,6 +9,8 @@ stream's milliseconds on the 90 kHz clock.
 
 from __future__ import annotations
 
+import numpy as np
+
 from relay.codecs import coded_frame
 from relay.packet import AUDIO, VIDEO, Packet
 
@@ -23,6 +25,7 @@ STREAM_TYPE_AAC = 0x0F
 _AUD = b"\x00\x00\x00\x01\x09\xf0"
 _OWN_AUD = frozenset((9,))  # the publisher's AUDs are dropped: ours leads every access unit
 _START = b"\x00\x00\x00\x01"
+_AUD_START = _AUD + _START
 
 
 def _crc32_table() -> list[int]:
@@ -79,7 +82,9 @@ class AvcConfig:
                 pos += 2 + size
         self.parameter_sets = b"".join(_START + ps for ps in sets)
 
-    def annexb(self, data: bytes, keyframe: bool, lead: bytes = b"", drop: frozenset[int] = frozenset()) -> bytes:
+    def annexb(
+        self, data: bytes | memoryview, keyframe: bool, lead: bytes = b"", drop: frozenset[int] = frozenset()
+    ) -> bytes:
         """Length-prefixed NAL units as one Annex-B access unit: ``lead`` first, then SPS/PPS before a
         keyframe, leaving out the NAL unit types in ``drop``."""
         size = self.length_size
@@ -133,6 +138,10 @@ MAX_AUDIO_PES = 60000
 
 
 class TsMuxer:
+    """Writes TS packets as rows of one reusable buffer (``count x 188`` bytes): a video frame's full
+    packets are one copy from the FLV payload into it, and each public call returns its rows as one
+    ``bytes``. Continuity counters run on across calls."""
+
     def __init__(self, has_video: bool = True, has_audio: bool = True, audio_delay_ms: int = AUDIO_DELAY_MS) -> None:
         self.has_video = has_video
         self.has_audio = has_audio
@@ -144,6 +153,10 @@ class TsMuxer:
         self.aac: AacConfig | None = None
         self._cc: dict[int, int] = {0: 0, PMT_PID: 0, VIDEO_PID: 0, AUDIO_PID: 0}
         self.pcr_pid = VIDEO_PID if has_video else AUDIO_PID
+        self._tables: tuple[bytes, bytes] | None = None  # PAT and PMT sections
+        self._rows = np.empty((0, TS_SIZE), np.uint8)
+        self._flat = memoryview(self._rows.reshape(-1))
+        self._n = 0  # rows written since the last public call
 
     def continue_from(self, previous: TsMuxer) -> None:
         """Go on with ``previous``'s continuity counters (a new muxer for new codec parameters)."""
@@ -156,10 +169,65 @@ class TsMuxer:
         elif packet.kind == AUDIO:
             self.aac = AacConfig(packet.payload)
 
-    # ------------------------------------------------------------ tables
+    # ------------------------------------------------------------ public calls
 
     def header(self) -> bytes:
         """PAT and PMT: the start of every segment."""
+        self._n = 0
+        self._write_tables()
+        return self._take()
+
+    def mux(self, packet: Packet) -> bytes:
+        """The TS packets of one FLV audio or video frame (b"" for what TS cannot carry, or for AAC
+        gathered into a later PES)."""
+        self._n = 0
+        self._mux([packet])
+        return self._take()
+
+    def flush(self, end_ts: int) -> bytes:
+        """The audio gathered so far (a part or segment ends here; video is written as it comes)."""
+        self._n = 0
+        self._flush_audio()
+        return self._take()
+
+    def part(self, packets: list[Packet], end_ts: int, independent: bool) -> bytes:
+        """One part or segment: PAT and PMT first when ``independent``, the frames, the audio gathered."""
+        self._n = 0
+        if independent:
+            self._write_tables()
+        self._mux(packets)
+        self._flush_audio()
+        return self._take()
+
+    # ------------------------------------------------------------ rows
+
+    def _take(self) -> bytes:
+        n, self._n = self._n, 0
+        return self._rows[:n].tobytes() if n else b""
+
+    def _reserve(self, count: int) -> int:
+        """Room for ``count`` more rows; returns the first one's index."""
+        n = self._n
+        if n + count > len(self._rows):
+            rows = np.empty((max(2 * len(self._rows), n + count + 64), TS_SIZE), np.uint8)
+            rows[:n] = self._rows[:n]
+            self._rows = rows
+            self._flat = memoryview(rows.reshape(-1))
+        self._n = n + count
+        return n
+
+    def _write_tables(self) -> None:
+        if self._tables is None:
+            self._tables = self._build_tables()
+        pat, pmt = self._tables
+        for pid, section in ((0, pat), (PMT_PID, pmt)):
+            cc = self._cc[pid]
+            self._cc[pid] = (cc + 1) & 0x0F
+            row = self._reserve(1) * TS_SIZE
+            self._flat[row : row + TS_SIZE] = bytes((0x47, 0x40 | (pid >> 8), pid & 0xFF, 0x10 | cc)) + section
+
+    def _build_tables(self) -> tuple[bytes, bytes]:
+        """The PAT and PMT sections, each padded to a packet's payload."""
         pat = b"\x00\x00\xb0\x0d\x00\x01\xc1\x00\x00\x00\x01" + bytes((0xE0 | (PMT_PID >> 8), PMT_PID & 0xFF))
         pat += crc32_mpeg2(pat[1:]).to_bytes(4, "big")
         streams = b""
@@ -171,67 +239,71 @@ class TsMuxer:
         pmt = bytes((0x00, 0x02, 0xB0 | (length >> 8), length & 0xFF, 0x00, 0x01, 0xC1, 0x00, 0x00))
         pmt += bytes((0xE0 | (self.pcr_pid >> 8), self.pcr_pid & 0xFF, 0xF0, 0x00)) + streams
         pmt += crc32_mpeg2(pmt[1:]).to_bytes(4, "big")
-        return self._section(0, pat) + self._section(PMT_PID, pmt)
-
-    def _section(self, pid: int, section: bytes) -> bytes:
-        cc = self._cc[pid]
-        self._cc[pid] = (cc + 1) & 0x0F
-        head = bytes((0x47, 0x40 | (pid >> 8), pid & 0xFF, 0x10 | cc))
-        return head + section + b"\xff" * (PAYLOAD - len(section))
+        return tuple(section + b"\xff" * (PAYLOAD - len(section)) for section in (pat, pmt))  # type: ignore[return-value]
 
     # ------------------------------------------------------------ media
 
-    def mux(self, packet: Packet) -> bytes:
-        """The TS packets of one FLV audio or video frame (b"" for what TS cannot carry)."""
-        payload = packet.payload
-        if packet.kind == VIDEO:
-            # Legacy FLV AVC and Enhanced RTMP avc1 frames alike; TS here carries H.264 only.
-            frame = coded_frame(payload) if self.avc is not None and _is_h264(payload) else None
-            if frame is None:
-                return b""
-            cts, data = frame
-            es = self.avc.annexb(data, packet.keyframe, _AUD, _OWN_AUD)
-            dts = packet.timestamp * 90
-            pts = dts + cts * 90
-            head = _pts_bytes(3, pts) + _pts_bytes(1, dts) if pts != dts else _pts_bytes(2, pts)
-            flags = 0xC0 if pts != dts else 0x80
-            pes = b"\x00\x00\x01\xe0\x00\x00\x80" + bytes((flags, len(head))) + head + es
-            return self._packetize(VIDEO_PID, pes, dts, packet.keyframe)
-        if packet.kind == AUDIO:
-            if self.aac is None or len(payload) < 3 or payload[0] >> 4 != 10 or payload[1] != 1:
-                return b""
-            frame = payload[2:]
-            pts = packet.timestamp * 90
-            audio = self._audio
-            if not audio:
-                self._audio_pts = pts
-            audio.append(self.aac.adts(len(frame)))
-            audio.append(frame)
-            self._audio_size += len(frame) + 7
-            if pts - self._audio_pts >= self.audio_delay or self._audio_size >= MAX_AUDIO_PES:
-                return self._flush_audio()
-            return b""
-        return b""
+    def _mux(self, packets: list[Packet]) -> None:
+        avc, aac = self.avc, self.aac
+        audio = self._audio
+        write_pes = self._write_pes
+        for packet in packets:
+            kind = packet.kind
+            payload = packet.payload
+            if kind == VIDEO:
+                if avc is None or len(payload) < 5:
+                    continue
+                keyframe = packet.keyframe
+                dts = packet.timestamp * 90
+                if payload[0] & 0x0F == 7 and payload[1] == 1:  # legacy FLV AVC NAL units
+                    cts = int.from_bytes(payload[2:5], "big", signed=True)
+                    # One NAL unit that is not an AUD (a frame without SEI or in-band parameter
+                    # sets, the usual case): the payload goes to the packets as it is.
+                    if (
+                        avc.length_size == 4
+                        and not keyframe
+                        and len(payload) > 9
+                        and int.from_bytes(payload[5:9], "big") == len(payload) - 9
+                        and payload[9] & 0x1F != 9
+                    ):
+                        write_pes(VIDEO_PID, _video_pes_head(dts, cts) + _AUD_START, payload, 9, dts, False)
+                        continue
+                    data = memoryview(payload)[5:]  # NAL units are sliced from it, copied once into ``es``
+                else:  # Enhanced RTMP avc1
+                    frame = coded_frame(payload) if _is_h264(payload) else None
+                    if frame is None:
+                        continue
+                    cts, data = frame
+                es = avc.annexb(data, keyframe, _AUD, _OWN_AUD)
+                write_pes(VIDEO_PID, _video_pes_head(dts, cts), es, 0, dts, keyframe)
+            elif kind == AUDIO:
+                if aac is None or len(payload) < 3 or payload[0] >> 4 != 10 or payload[1] != 1:
+                    continue
+                size = len(payload) - 2
+                pts = packet.timestamp * 90
+                if not audio:
+                    self._audio_pts = pts
+                audio.append(aac.adts(size))
+                audio.append(payload[2:])
+                self._audio_size += size + 7
+                if pts - self._audio_pts >= self.audio_delay or self._audio_size >= MAX_AUDIO_PES:
+                    self._flush_audio()
+                    audio = self._audio
 
-    def flush(self, end_ts: int) -> bytes:
-        """The audio gathered so far (a part or segment ends here; video is written as it comes)."""
-        return self._flush_audio()
-
-    def _flush_audio(self) -> bytes:
+    def _flush_audio(self) -> None:
         if not self._audio:
-            return b""
+            return
         es = b"".join(self._audio)
         self._audio = []
         self._audio_size = 0
         pts = self._audio_pts
-        head = _pts_bytes(2, pts)
-        size = 3 + len(head) + len(es)
-        pes = b"\x00\x00\x01\xc0" + size.to_bytes(2, "big") + b"\x80\x80" + bytes((len(head),)) + head + es
-        return self._packetize(AUDIO_PID, pes, pts, not self.has_video)
+        size = 8 + len(es)
+        head = b"\x00\x00\x01\xc0" + size.to_bytes(2, "big") + b"\x80\x80\x05" + _pts_bytes(2, pts)
+        self._write_pes(AUDIO_PID, head, es, 0, pts, not self.has_video)
 
-    def _packetize(self, pid: int, pes: bytes, dts: int, random_access: bool) -> bytes:
+    def _write_pes(self, pid: int, head: bytes, es: bytes, pos: int, dts: int, random_access: bool) -> None:
+        """Write one PES, ``head`` then ``es`` from ``pos`` on, as TS packets."""
         cc = self._cc[pid]
-        out = []
         pid_hi, pid_lo = pid >> 8, pid & 0xFF
         # First packet: PUSI, with an adaptation field carrying the PCR on the PCR stream.
         if pid == self.pcr_pid:
@@ -251,33 +323,70 @@ class TsMuxer:
             adaptation = b"\x40"
         else:
             adaptation = b""
+        end = len(es)
+        total = len(head) + end - pos
         room = PAYLOAD - (1 + len(adaptation) if adaptation else 0)
-        with_adaptation = bool(adaptation)
-        if len(pes) < room:  # the whole PES fits in one packet: stuff the adaptation field
-            adaptation = _stuffed(adaptation, PAYLOAD - 1 - len(pes))
-            room = len(pes)
-            with_adaptation = True
-        first = pes[:room]
-        if with_adaptation:
-            out.append(bytes((0x47, 0x40 | pid_hi, pid_lo, 0x30 | cc, len(adaptation))) + adaptation + first)
+        if total < room:  # the whole PES fits in one packet: stuff the adaptation field
+            stuffing = _stuffed(adaptation, PAYLOAD - 1 - total)
+            first = bytes((0x47, 0x40 | pid_hi, pid_lo, 0x30 | cc, len(stuffing))) + stuffing + head + es[pos:]
+            pos = end
         else:
-            out.append(bytes((0x47, 0x40 | pid_hi, pid_lo, 0x10 | cc)) + first)
+            cut = pos + room - len(head)
+            if adaptation:
+                first = bytes((0x47, 0x40 | pid_hi, pid_lo, 0x30 | cc, len(adaptation))) + adaptation + head
+            else:
+                first = bytes((0x47, 0x40 | pid_hi, pid_lo, 0x10 | cc)) + head
+            first += es[pos:cut]
+            pos = cut
+        count = (end - pos) // PAYLOAD
+        last = end - pos - count * PAYLOAD
+        row = self._reserve(1 + count + (1 if last else 0))
+        flat = self._flat
+        flat[row * TS_SIZE : (row + 1) * TS_SIZE] = first
+        row += 1
         cc = (cc + 1) & 0x0F
-        pos = room
-        total = len(pes)
-        full_end = total - (total - pos) % PAYLOAD
-        while pos < full_end:
-            out.append(bytes((0x47, pid_hi, pid_lo, 0x10 | cc)))
-            out.append(pes[pos : pos + PAYLOAD])
-            pos += PAYLOAD
-            cc = (cc + 1) & 0x0F
-        if pos < total:
-            rest = pes[pos:]
-            stuffing = _stuffed(b"", PAYLOAD - 1 - len(rest))
-            out.append(bytes((0x47, pid_hi, pid_lo, 0x30 | cc, len(stuffing))) + stuffing + rest)
+        if count:
+            # The full packets in one go: payload rows copied in, headers from a table cycling the counter.
+            rows = self._rows[row : row + count]
+            rows[:, 4:] = np.frombuffer(es, np.uint8, count * PAYLOAD, pos).reshape(count, PAYLOAD)
+            rows[:, :4] = _middle_heads(pid)[cc : cc + count] if count <= _HEAD_ROWS else _heads(pid, cc, count)
+            row += count
+            pos += count * PAYLOAD
+            cc = (cc + count) & 0x0F
+        if last:
+            stuffing = _stuffed(b"", PAYLOAD - 1 - last)
+            head4 = bytes((0x47, pid_hi, pid_lo, 0x30 | cc, len(stuffing)))
+            flat[row * TS_SIZE : (row + 1) * TS_SIZE] = head4 + stuffing + es[pos:]
             cc = (cc + 1) & 0x0F
         self._cc[pid] = cc
-        return b"".join(out)
+
+
+def _video_pes_head(dts: int, cts: int) -> bytes:
+    """A video PES header (unbounded length) with PTS, and DTS when they differ."""
+    if cts:
+        return b"\x00\x00\x01\xe0\x00\x00\x80\xc0\x0a" + _pts_bytes(3, dts + cts * 90) + _pts_bytes(1, dts)
+    return b"\x00\x00\x01\xe0\x00\x00\x80\x80\x05" + _pts_bytes(2, dts)
+
+
+_HEAD_ROWS = 1024  # full packets per PES taken from the cached header table; longer PES build theirs
+_HEAD_TABLES: dict[int, np.ndarray] = {}
+
+
+def _heads(pid: int, cc: int, count: int) -> np.ndarray:
+    """The 4-byte headers of ``count`` full packets of ``pid`` (no PUSI, payload only) from counter ``cc``."""
+    heads = np.empty((count, 4), np.uint8)
+    heads[:, 0] = 0x47
+    heads[:, 1] = pid >> 8
+    heads[:, 2] = pid & 0xFF
+    heads[:, 3] = 0x10 | ((cc + np.arange(count)) & 0x0F)
+    return heads
+
+
+def _middle_heads(pid: int) -> np.ndarray:
+    table = _HEAD_TABLES.get(pid)
+    if table is None:
+        table = _HEAD_TABLES[pid] = _heads(pid, 0, _HEAD_ROWS + 16)
+    return table
 
 
 def _stuffed(adaptation: bytes, length: int) -> bytes:

@@ -154,6 +154,16 @@ async def test_enhanced_rtmp_avc1_frames_are_muxed_like_legacy_ones(tmp_path) ->
         body = packet.payload[2:5] + packet.payload[5:] if packet_type == 1 else packet.payload[5:]
         return Packet(VIDEO, packet.timestamp, head + body, packet.keyframe, packet.config)
 
+    def nal_units(payload: bytes) -> int:
+        count, pos = 0, 5
+        while pos + 4 <= len(payload):
+            pos += 4 + int.from_bytes(payload[pos : pos + 4], "big")
+            count += 1
+        return count
+
+    # Legacy frames of one NAL unit take the muxer's copy-free path; Enhanced RTMP ones the general one.
+    single = [p for p in packets if p.kind == VIDEO and not p.config and not p.keyframe and nal_units(p.payload) == 1]
+    assert len(single) > 10
     outputs = []
     for source in (packets, [enhanced(p) for p in packets]):
         muxer = TsMuxer()
