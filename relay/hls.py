@@ -43,7 +43,7 @@ class HlsSettings:
 @dataclass(slots=True)
 class Part:
     index: int
-    data: bytes
+    data: bytes | memoryview  # a slice of its segment's data once the segment is complete
     duration: float
     independent: bool
 
@@ -64,11 +64,25 @@ class Segment:
     duration: float = 0.0
     complete: bool = False
     init: InitSegment | None = None  # fMP4: the init segment its fragments need; None for TS
+    joined: bytes | None = None  # the whole segment, once complete
 
     @property
     def data(self) -> bytes:
-        """The whole segment: its parts, joined on demand (each byte is held once, in its part)."""
-        return b"".join([p.data for p in self.parts])
+        """The whole segment: its parts joined (once, when it completes; every viewer gets these bytes)."""
+        return self.joined if self.joined is not None else b"".join([p.data for p in self.parts])
+
+    def complete_at(self, end_ts: int) -> None:
+        """Close the segment: its duration, and its parts joined into one ``bytes`` that the parts
+        then view (each byte is held once)."""
+        self.duration = max(end_ts - self.start_ts, 0) / 1000
+        self.complete = True
+        joined = self.joined = b"".join([p.data for p in self.parts])
+        view = memoryview(joined)
+        pos = 0
+        for part in self.parts:
+            size = len(part.data)
+            part.data = view[pos : pos + size]
+            pos += size
 
 
 class Muxer(Protocol):
@@ -230,8 +244,7 @@ class Segmenter:
         segment = self.segment
         if segment is None or segment.complete:
             return
-        segment.duration = max(end_ts - segment.start_ts, 0) / 1000
-        segment.complete = True
+        segment.complete_at(end_ts)
         if self.on_segment is not None:
             self.on_segment(segment)
 

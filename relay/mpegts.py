@@ -9,6 +9,9 @@ stream's milliseconds on the 90 kHz clock.
 
 from __future__ import annotations
 
+import struct
+import threading
+
 import numpy as np
 
 from relay.codecs import coded_frame
@@ -26,6 +29,7 @@ _AUD = b"\x00\x00\x00\x01\x09\xf0"
 _OWN_AUD = frozenset((9,))  # the publisher's AUDs are dropped: ours leads every access unit
 _START = b"\x00\x00\x00\x01"
 _AUD_START = _AUD + _START
+_LENGTH_FIELD = {4: struct.Struct(">I"), 2: struct.Struct(">H"), 1: struct.Struct(">B")}  # NAL unit lengths
 
 
 def _crc32_table() -> list[int]:
@@ -91,8 +95,9 @@ class AvcConfig:
         parts = [lead, self.parameter_sets] if keyframe else [lead]
         pos = 0
         end = len(data)
+        unpack = _LENGTH_FIELD[size].unpack_from if size in _LENGTH_FIELD else None
         while pos + size <= end:
-            length = int.from_bytes(data[pos : pos + size], "big")
+            length = unpack(data, pos)[0] if unpack else int.from_bytes(data[pos : pos + size], "big")
             pos += size
             nal = data[pos : pos + length]
             pos += length
@@ -105,7 +110,7 @@ class AvcConfig:
 class AacConfig:
     """The fixed part of an ADTS header from an FLV AAC sequence header."""
 
-    __slots__ = ("channels", "profile", "rate_index")
+    __slots__ = ("_headers", "channels", "profile", "rate_index")
 
     def __init__(self, payload: bytes) -> None:
         asc = payload[2:]
@@ -115,8 +120,16 @@ class AacConfig:
         self.profile = max(0, min(object_type - 1, 3))
         self.rate_index = ((asc[0] & 0x07) << 1) | (asc[1] >> 7)
         self.channels = (asc[1] >> 3) & 0x0F
+        # ADTS headers by frame size: an ADTS length has 13 bits, so this holds at most 8192.
+        self._headers: dict[int, bytes] = {}
 
     def adts(self, size: int) -> bytes:
+        header = self._headers.get(size)
+        if header is None:
+            header = self._headers[size] = self._adts(size)
+        return header
+
+    def _adts(self, size: int) -> bytes:
         length = size + 7
         return bytes(
             (
@@ -137,10 +150,22 @@ AUDIO_DELAY_MS = 300
 MAX_AUDIO_PES = 60000
 
 
+class _Scratch(threading.local):
+    """Where TS packets are written before a call returns them: one per thread, shared by every
+    muxer (each public call is synchronous and starts afresh), so it stays in the CPU's cache."""
+
+    def __init__(self) -> None:
+        self.rows = np.empty((4096, TS_SIZE), np.uint8)
+        self.flat = memoryview(self.rows.reshape(-1))
+
+
+_SCRATCH = _Scratch()
+
+
 class TsMuxer:
-    """Writes TS packets as rows of one reusable buffer (``count x 188`` bytes): a video frame's full
-    packets are one copy from the FLV payload into it, and each public call returns its rows as one
-    ``bytes``. Continuity counters run on across calls."""
+    """Writes TS packets as rows of a scratch buffer (``count x 188`` bytes): a video frame's full
+    packets are one copy into it, and each public call returns its rows as one ``bytes``.
+    Continuity counters run on across calls."""
 
     def __init__(self, has_video: bool = True, has_audio: bool = True, audio_delay_ms: int = AUDIO_DELAY_MS) -> None:
         self.has_video = has_video
@@ -154,9 +179,8 @@ class TsMuxer:
         self._cc: dict[int, int] = {0: 0, PMT_PID: 0, VIDEO_PID: 0, AUDIO_PID: 0}
         self.pcr_pid = VIDEO_PID if has_video else AUDIO_PID
         self._tables: tuple[bytes, bytes] | None = None  # PAT and PMT sections
-        self._rows = np.empty((0, TS_SIZE), np.uint8)
-        self._flat = memoryview(self._rows.reshape(-1))
-        self._n = 0  # rows written since the last public call
+        self._rows, self._flat = _SCRATCH.rows, _SCRATCH.flat  # taken again by every public call
+        self._n = 0  # rows written in this call
 
     def continue_from(self, previous: TsMuxer) -> None:
         """Go on with ``previous``'s continuity counters (a new muxer for new codec parameters)."""
@@ -173,26 +197,26 @@ class TsMuxer:
 
     def header(self) -> bytes:
         """PAT and PMT: the start of every segment."""
-        self._n = 0
+        self._start()
         self._write_tables()
         return self._take()
 
     def mux(self, packet: Packet) -> bytes:
         """The TS packets of one FLV audio or video frame (b"" for what TS cannot carry, or for AAC
         gathered into a later PES)."""
-        self._n = 0
+        self._start()
         self._mux([packet])
         return self._take()
 
     def flush(self, end_ts: int) -> bytes:
         """The audio gathered so far (a part or segment ends here; video is written as it comes)."""
-        self._n = 0
+        self._start()
         self._flush_audio()
         return self._take()
 
     def part(self, packets: list[Packet], end_ts: int, independent: bool) -> bytes:
         """One part or segment: PAT and PMT first when ``independent``, the frames, the audio gathered."""
-        self._n = 0
+        self._start()
         if independent:
             self._write_tables()
         self._mux(packets)
@@ -201,6 +225,11 @@ class TsMuxer:
 
     # ------------------------------------------------------------ rows
 
+    def _start(self) -> None:
+        scratch = _SCRATCH
+        self._rows, self._flat = scratch.rows, scratch.flat
+        self._n = 0
+
     def _take(self) -> bytes:
         n, self._n = self._n, 0
         return self._rows[:n].tobytes() if n else b""
@@ -208,13 +237,16 @@ class TsMuxer:
     def _reserve(self, count: int) -> int:
         """Room for ``count`` more rows; returns the first one's index."""
         n = self._n
-        if n + count > len(self._rows):
-            rows = np.empty((max(2 * len(self._rows), n + count + 64), TS_SIZE), np.uint8)
-            rows[:n] = self._rows[:n]
-            self._rows = rows
-            self._flat = memoryview(rows.reshape(-1))
         self._n = n + count
+        if n + count > len(self._rows):
+            self._grow(n + count)
         return n
+
+    def _grow(self, rows_needed: int) -> None:
+        rows = np.empty((max(2 * len(self._rows), rows_needed + 64), TS_SIZE), np.uint8)
+        rows[: len(self._rows)] = self._rows
+        self._rows = _SCRATCH.rows = rows
+        self._flat = _SCRATCH.flat = memoryview(rows.reshape(-1))
 
     def _write_tables(self) -> None:
         if self._tables is None:
@@ -301,46 +333,45 @@ class TsMuxer:
         head = b"\x00\x00\x01\xc0" + size.to_bytes(2, "big") + b"\x80\x80\x05" + _pts_bytes(2, pts)
         self._write_pes(AUDIO_PID, head, es, 0, pts, not self.has_video)
 
-    def _write_pes(self, pid: int, head: bytes, es: bytes, pos: int, dts: int, random_access: bool) -> None:
+    def _write_pes(
+        self, pid: int, head: bytes, es: bytes | memoryview, pos: int, dts: int, random_access: bool
+    ) -> None:
         """Write one PES, ``head`` then ``es`` from ``pos`` on, as TS packets."""
         cc = self._cc[pid]
         pid_hi, pid_lo = pid >> 8, pid & 0xFF
+        end = len(es)
+        total = len(head) + end - pos
         # First packet: PUSI, with an adaptation field carrying the PCR on the PCR stream.
         if pid == self.pcr_pid:
             pcr = dts - 300 * 90 if dts >= 300 * 90 else 0  # PCR a little before DTS gives decoders slack
-            adaptation = bytes(
+            first = bytes(
                 (
+                    0x47, 0x40 | pid_hi, pid_lo, 0x30 | cc, 7,
                     0x50 if random_access else 0x10,
-                    (pcr >> 25) & 0xFF,
-                    (pcr >> 17) & 0xFF,
-                    (pcr >> 9) & 0xFF,
-                    (pcr >> 1) & 0xFF,
-                    ((pcr & 1) << 7) | 0x7E,
-                    0x00,
+                    (pcr >> 25) & 0xFF, (pcr >> 17) & 0xFF, (pcr >> 9) & 0xFF, (pcr >> 1) & 0xFF,
+                    ((pcr & 1) << 7) | 0x7E, 0x00,
                 )
-            )
+            )  # fmt: skip
         elif random_access:
-            adaptation = b"\x40"
+            first = bytes((0x47, 0x40 | pid_hi, pid_lo, 0x30 | cc, 1, 0x40))
         else:
-            adaptation = b""
-        end = len(es)
-        total = len(head) + end - pos
-        room = PAYLOAD - (1 + len(adaptation) if adaptation else 0)
-        if total < room:  # the whole PES fits in one packet: stuff the adaptation field
-            stuffing = _stuffed(adaptation, PAYLOAD - 1 - total)
+            first = bytes((0x47, 0x40 | pid_hi, pid_lo, 0x10 | cc))
+        room = TS_SIZE - len(first)
+        if total < room:  # the whole PES fits in one packet: stuff its adaptation field
+            stuffing = _stuffed(first[5:], PAYLOAD - 1 - total)
             first = bytes((0x47, 0x40 | pid_hi, pid_lo, 0x30 | cc, len(stuffing))) + stuffing + head + es[pos:]
+            count = last = 0
             pos = end
         else:
             cut = pos + room - len(head)
-            if adaptation:
-                first = bytes((0x47, 0x40 | pid_hi, pid_lo, 0x30 | cc, len(adaptation))) + adaptation + head
-            else:
-                first = bytes((0x47, 0x40 | pid_hi, pid_lo, 0x10 | cc)) + head
-            first += es[pos:cut]
+            first = first + head + es[pos:cut]
             pos = cut
-        count = (end - pos) // PAYLOAD
-        last = end - pos - count * PAYLOAD
-        row = self._reserve(1 + count + (1 if last else 0))
+            count = (end - pos) // PAYLOAD
+            last = end - pos - count * PAYLOAD
+        row = self._n
+        self._n = need = row + 1 + count + (1 if last else 0)
+        if need > len(self._rows):
+            self._grow(need)
         flat = self._flat
         flat[row * TS_SIZE : (row + 1) * TS_SIZE] = first
         row += 1
@@ -349,14 +380,15 @@ class TsMuxer:
             # The full packets in one go: payload rows copied in, headers from a table cycling the counter.
             rows = self._rows[row : row + count]
             rows[:, 4:] = np.frombuffer(es, np.uint8, count * PAYLOAD, pos).reshape(count, PAYLOAD)
-            rows[:, :4] = _middle_heads(pid)[cc : cc + count] if count <= _HEAD_ROWS else _heads(pid, cc, count)
+            rows[:, :4] = _HEAD_TABLES[pid][cc : cc + count] if count <= _HEAD_ROWS else _heads(pid, cc, count)
             row += count
             pos += count * PAYLOAD
             cc = (cc + count) & 0x0F
         if last:
-            stuffing = _stuffed(b"", PAYLOAD - 1 - last)
-            head4 = bytes((0x47, pid_hi, pid_lo, 0x30 | cc, len(stuffing)))
-            flat[row * TS_SIZE : (row + 1) * TS_SIZE] = head4 + stuffing + es[pos:]
+            stuffing = _STUFFING[PAYLOAD - 1 - last]
+            flat[row * TS_SIZE : (row + 1) * TS_SIZE] = (
+                bytes((0x47, pid_hi, pid_lo, 0x30 | cc, len(stuffing))) + stuffing + es[pos:]
+            )
             cc = (cc + 1) & 0x0F
         self._cc[pid] = cc
 
@@ -369,7 +401,6 @@ def _video_pes_head(dts: int, cts: int) -> bytes:
 
 
 _HEAD_ROWS = 1024  # full packets per PES taken from the cached header table; longer PES build theirs
-_HEAD_TABLES: dict[int, np.ndarray] = {}
 
 
 def _heads(pid: int, cc: int, count: int) -> np.ndarray:
@@ -382,13 +413,6 @@ def _heads(pid: int, cc: int, count: int) -> np.ndarray:
     return heads
 
 
-def _middle_heads(pid: int) -> np.ndarray:
-    table = _HEAD_TABLES.get(pid)
-    if table is None:
-        table = _HEAD_TABLES[pid] = _heads(pid, 0, _HEAD_ROWS + 16)
-    return table
-
-
 def _stuffed(adaptation: bytes, length: int) -> bytes:
     """An adaptation field body of exactly ``length`` bytes (flags byte, fields, 0xFF stuffing)."""
     if length <= 0:
@@ -396,6 +420,10 @@ def _stuffed(adaptation: bytes, length: int) -> bytes:
     if not adaptation:
         adaptation = b"\x00"
     return adaptation + b"\xff" * (length - len(adaptation))
+
+
+_HEAD_TABLES = {pid: _heads(pid, 0, _HEAD_ROWS + 16) for pid in (VIDEO_PID, AUDIO_PID)}
+_STUFFING = [_stuffed(b"", length) for length in range(PAYLOAD)]  # a PES's last packet's adaptation field
 
 
 def _is_h264(payload: bytes) -> bool:

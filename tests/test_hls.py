@@ -215,3 +215,15 @@ def test_a_part_past_the_end_of_a_finished_segment_waits_for_the_next_segment() 
     assert not playlist.has(5, 2), "part 2 of a two-part segment is part 0 of segment 6, not there yet"
     playlist.segments.append(Segment(6, 1000, 0.0, False, parts=[Part(0, b"z", 0.5, True)]))
     assert playlist.has(5, 2)
+
+
+def test_a_complete_segment_is_joined_once_and_its_parts_view_it() -> None:
+    from relay.hls import Part, Segment
+
+    segment = Segment(0, 0, 0.0, False, parts=[Part(i, bytes([i]) * 188 * (i + 1), 0.5, i == 0) for i in range(3)])
+    segment.complete_at(1500)
+    assert segment.complete and segment.duration == 1.5
+    data = segment.data
+    assert data is segment.data, "served from one bytes object, not joined per request"
+    assert [bytes(p.data) for p in segment.parts] == [bytes([i]) * 188 * (i + 1) for i in range(3)]
+    assert all(isinstance(p.data, memoryview) and p.data.obj is data for p in segment.parts), "no second copy"
