@@ -57,6 +57,7 @@ class Options:
     hls_streams: list[int]
     hls_latency: float  # seconds measured in the latency scenario; 0: not run
     hls_client: str  # how clients follow minilive's playlists in the HLS scenario: "block" or "poll"
+    repeat: int = 1  # rounds of each CPU scenario, servers in alternating order; tables show medians
 
 
 @dataclass(slots=True)
@@ -434,6 +435,44 @@ def run_one(name: str, scenario: str, count: int, options: Options) -> dict[str,
         server.stop()
 
 
+def run_rounds(scenario: str, count: int, servers: list[str], options: Options) -> list[dict[str, Any]]:
+    """``options.repeat`` rounds of one scenario on every server, the order reversed every other round
+    so that neither server always runs first (this machine's speed drifts over minutes)."""
+    runs = []
+    for round_ in range(1, options.repeat + 1):
+        order = servers if round_ % 2 else servers[::-1]
+        for name in order:
+            label = f" (round {round_}/{options.repeat})" if options.repeat > 1 else ""
+            print(f"{scenario}: {name}, {count}{label} ...", file=sys.stderr, flush=True)
+            runs.append({**run_one(name, scenario, count, options), "round": round_})
+    return runs
+
+
+def collapse(runs: list[dict[str, Any]], main_key: str) -> list[dict[str, Any]]:
+    """One record per (server, count): numeric values are the medians of its rounds without errors,
+    and ``<main_key>_range`` is the lowest and highest of ``main_key``."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["server"], run["count"]), []).append(run)
+    out = []
+    for group in groups.values():
+        ok = [r for r in group if "error" not in r]
+        if not ok:
+            out.append(group[0])
+            continue
+        record = dict(ok[0])
+        for key in ok[0]:
+            values = [r.get(key) for r in ok]
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            if numeric and key not in ("count", "round"):
+                record[key] = statistics.median(values)
+        main = [r[main_key] for r in ok if r.get(main_key) is not None]
+        record["rounds"] = len(ok)
+        record[f"{main_key}_range"] = (min(main), max(main)) if main else None
+        out.append(record)
+    return out
+
+
 # ------------------------------------------------------------------ tables
 
 
@@ -443,6 +482,14 @@ def _fmt(value: Any, digits: int = 1) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _fmt_range(record: dict[str, Any], key: str, digits: int) -> str:
+    """The value, with the lowest and highest of its rounds when there were several."""
+    spread = record.get(f"{key}_range")
+    if record.get("rounds", 1) > 1 and spread:
+        return f"{_fmt(record[key], digits)} ({_fmt(spread[0], digits)}-{_fmt(spread[1], digits)})"
+    return _fmt(record[key], digits)
 
 
 def _ratio(value: float | None, baseline: float | None) -> str:
@@ -493,14 +540,14 @@ def fanout_table(runs: list[dict[str, Any]]) -> str:
                 r["server"],
                 str(r["count"]),
                 _fmt(r["delivered_gbit"], 2),
-                _fmt(r["cpu_s_per_gbit"], 2),
+                _fmt_range(r, "cpu_s_per_gbit", 2),
                 _ratio(r["cpu_s_per_gbit"], _baseline(runs, r["count"], "cpu_s_per_gbit")),
                 _fmt(r["server_rss_mb"]),
                 _fmt(r["first_keyframe_p50_ms"], 0),
                 _fmt(r["first_keyframe_p95_ms"], 0),
                 _fmt(r["latency_p50_ms"]),
                 _fmt(r["latency_p99_ms"]),
-                str(r["viewers_behind"]),
+                _fmt(r["viewers_behind"], 0),
                 _fmt(r["client_cpu_pct"], 0),
             ]
         )
@@ -526,10 +573,10 @@ def ingest_table(runs: list[dict[str, Any]]) -> str:
             [
                 r["server"],
                 str(r["count"]),
-                _fmt(r["cpu_pct_per_publisher"], 2),
+                _fmt_range(r, "cpu_pct_per_publisher", 2),
                 _ratio(r["cpu_pct_per_publisher"], _baseline(runs, r["count"], "cpu_pct_per_publisher")),
                 _fmt(r["server_rss_mb"]),
-                str(r["publishers_behind"]),
+                _fmt(r["publishers_behind"], 0),
                 _fmt(r["client_cpu_pct"], 0),
             ]
         )
@@ -561,7 +608,7 @@ def hls_table(runs: list[dict[str, Any]]) -> str:
                 r["server"],
                 str(r["count"]),
                 ",".join(r["hls_mode"]),
-                _fmt(r["cpu_pct_per_stream"], 2),
+                _fmt_range(r, "cpu_pct_per_stream", 2),
                 _ratio(r["cpu_pct_per_stream"], _baseline(runs, r["count"], "cpu_pct_per_stream")),
                 _fmt(r.get("packaging_pct_per_stream"), 2),
                 _ratio(r.get("packaging_pct_per_stream"), _baseline(runs, r["count"], "packaging_pct_per_stream")),
@@ -642,6 +689,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         choices=["block", "poll"],
         help="how the HLS scenario's clients follow minilive's playlists (nginx-rtmp's are always polled)",
     )
+    parser.add_argument(
+        "--repeat", default=1, type=int, help="rounds of each CPU scenario, in alternating server order (medians)"
+    )
     args = parser.parse_args(argv)
     servers = [name for name in args.servers.split(",") if name]
     unknown = set(servers) - set(peers.STARTERS)
@@ -649,7 +699,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         parser.error(f"unknown servers: {', '.join(sorted(unknown))}; choose from {', '.join(peers.STARTERS)}")
     return Options(
         servers, args.viewers, args.publishers, args.duration, args.warmup, args.connect_rate,
-        args.client_procs, args.sampled, args.hls_streams, args.hls_latency, args.hls_client,
+        args.client_procs, args.sampled, args.hls_streams, args.hls_latency, args.hls_client, max(1, args.repeat),
     )  # fmt: skip
 
 
@@ -671,41 +721,38 @@ def main(argv: list[str] | None = None) -> None:
             "duration": options.duration, "warmup": options.warmup, "connect_rate": options.connect_rate,
             "sampled": options.sampled, "hls_streams": options.hls_streams, "hls_latency": options.hls_latency,
             "hls_client": options.hls_client, "hls_poll": HLS_POLL, "latency_poll": LATENCY_POLL,
+            "repeat": options.repeat,
         },
         "fanout": [],
         "ingest": [],
         "hls": [],
         "hls_latency": [],
+        "rounds": [],  # every run of the CPU scenarios; the lists above hold their medians
     }  # fmt: skip
+    rounds = f", median of {options.repeat} rounds (lowest-highest)" if options.repeat > 1 else ""
     for count in options.viewers:
-        runs = []
-        for name in options.servers:
-            print(f"fan-out: {name}, {count} viewers ...", file=sys.stderr, flush=True)
-            runs.append(run_one(name, "fanout", count, options))
+        raw = run_rounds("fanout", count, options.servers, options)
+        report["rounds"].extend(raw)
+        runs = collapse(raw, "cpu_s_per_gbit")
         report["fanout"].extend(runs)
-        title = f"Fan-out, 1 publisher -> {count} viewers, {options.duration:g} s measured"
+        title = f"Fan-out, 1 publisher -> {count} viewers, {options.duration:g} s measured{rounds}"
         print(f"\n{title}\n{fanout_table(runs)}\n")
     if options.publishers:
-        runs = []
-        for count in options.publishers:
-            for name in options.servers:
-                print(f"ingest: {name}, {count} publishers ...", file=sys.stderr, flush=True)
-                runs.append(run_one(name, "ingest", count, options))
-        report["ingest"] = runs
-        print(f"\nIngest, N publishers, {options.duration:g} s measured\n{ingest_table(runs)}\n")
+        raw = [run for count in options.publishers for run in run_rounds("ingest", count, options.servers, options)]
+        report["rounds"].extend(raw)
+        runs = report["ingest"] = collapse(raw, "cpu_pct_per_publisher")
+        print(f"\nIngest, N publishers, {options.duration:g} s measured{rounds}\n{ingest_table(runs)}\n")
     hls_servers = [name for name in options.servers if name in peers.HLS_SERVERS]
     skipped = ", ".join(name for name in options.servers if name not in peers.HLS_SERVERS)
     if skipped and (options.hls_streams or options.hls_latency):
         print(f"HLS scenarios: skipping {skipped} (no HLS)", file=sys.stderr)
     if options.hls_streams and hls_servers:
-        runs = []
-        for count in options.hls_streams:
-            for name in hls_servers:
-                print(f"hls: {name}, {count} streams ...", file=sys.stderr, flush=True)
-                runs.append(run_one(name, "hls", count, options))
+        raw = [run for count in options.hls_streams for run in run_rounds("hls", count, hls_servers, options)]
+        report["rounds"].extend(raw)
+        runs = collapse(raw, "cpu_pct_per_stream")
         add_packaging_cost(runs, report["ingest"])
         report["hls"] = runs
-        title = f"HLS packaging, N publishers, one HLS client each, {options.duration:g} s measured"
+        title = f"HLS packaging, N publishers, one HLS client each, {options.duration:g} s measured{rounds}"
         print(f"\n{title}\n{hls_table(runs)}\n")
     if options.hls_latency and hls_servers:
         runs = []
