@@ -616,7 +616,7 @@ def hls_table(runs: list[dict[str, Any]]) -> str:
                 _fmt(r["server_files_mb"]),
                 _fmt(r["segments_per_client"]),
                 _fmt(r["playlists_per_s"]),
-                str(r["clients_behind"] + r["publishers_behind"]),
+                _fmt(r["clients_behind"] + r["publishers_behind"], 0),
                 _fmt(r["client_cpu_pct"], 0),
             ]
         )
