@@ -7,16 +7,27 @@ signature, room status, limits. Any other stream may publish only in development
 
 from __future__ import annotations
 
+import time
+
+from api.models import App
 from api.rooms import RoomService, parse_stream
 from relay.access import AccessRequest, Decision
 
 ANONYMOUS_APP = "live"
 
 
+# Play requests come several times a second per HLS viewer (playlists, segments, parts): the app
+# (its play key) is looked up in the store at most this often per app. A changed play key applies
+# to new requests within this time.
+PLAY_APP_CACHE_SECONDS = 5.0
+PLAY_APP_CACHE_SIZE = 10_000
+
+
 class AccessPolicy:
     def __init__(self, allow_anonymous_publish: bool, rooms: RoomService | None = None) -> None:
         self.allow_anonymous_publish = allow_anonymous_publish
         self.rooms = rooms
+        self._play_apps: dict[str, tuple[float, App | None]] = {}  # appid -> (until, app)
 
     async def _is_room_stream(self, request: AccessRequest) -> bool:
         if self.rooms is None or request.app != self.rooms.settings.rtmp_app:
@@ -42,7 +53,17 @@ class AccessPolicy:
         )
 
     async def play(self, request: AccessRequest) -> Decision:
-        if await self._is_room_stream(request):
-            assert self.rooms is not None
-            return await self.rooms.authorize_play(request)
-        return Decision.allow()
+        rooms = self.rooms
+        if rooms is None or request.app != rooms.settings.rtmp_app:
+            return Decision.allow()
+        parsed = parse_stream(request.name)
+        if parsed is None:
+            return Decision.allow()
+        now = time.monotonic()
+        cached = self._play_apps.get(parsed[0])
+        if cached is None or cached[0] < now:
+            if len(self._play_apps) >= PLAY_APP_CACHE_SIZE:
+                self._play_apps.clear()
+            cached = self._play_apps[parsed[0]] = (now + PLAY_APP_CACHE_SECONDS, await rooms.store.get_app(parsed[0]))
+        app = cached[1]
+        return Decision.allow() if app is None else rooms.authorize_play(app, request)

@@ -5,11 +5,20 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import pytest
 
-from tests.conftest import decode_cleanly, needs_ffmpeg, probe_streams, publish, rtmp_url, wait_live
+from tests.conftest import (
+    decode_cleanly,
+    make_room,
+    needs_ffmpeg,
+    probe_streams,
+    publish,
+    rtmp_url,
+    wait_live,
+)
 
 pytestmark = needs_ffmpeg
 
@@ -227,3 +236,35 @@ def test_a_complete_segment_is_joined_once_and_its_parts_view_it() -> None:
     assert data is segment.data, "served from one bytes object, not joined per request"
     assert [bytes(p.data) for p in segment.parts] == [bytes([i]) * 188 * (i + 1) for i in range(3)]
     assert all(isinstance(p.data, memoryview) and p.data.obj is data for p in segment.parts), "no second copy"
+
+
+async def test_a_signed_play_url_plays_its_segments_and_parts_too(make_server):
+    """Players resolve segment URIs against the playlist URL without its query: the playlist carries
+    the signature on to every URI it lists, so a signed HLS URL plays and an unsigned one does not."""
+    from api.models import LiveStatus
+    from tests.test_rooms_live import wait_status
+
+    server = await make_server(allow_anonymous_publish=False)
+    app, room = await make_room(server)
+    await server.rooms.update_app(app, {"play_key": "pl4y-k3y"})
+    app = await server.store.get_app(app.appid)
+    pub = await publish(server.rooms.push_url(app, room), gop=25)
+    try:
+        await wait_status(server, room, LiveStatus.LIVE)
+        signed = server.rooms.play_urls(app, room)["hls"]
+        query = urlsplit(signed).query
+        assert "txSecret=" in query
+        async with aiohttp.ClientSession() as session:
+            listed = await wait_segments(session, signed, 2)
+            uris = [uri for uri, _ in listed["segments"]] + [re.search(r'URI="([^"]+)"', p)[1] for p in listed["parts"]]
+            assert uris and all(uri.endswith("?" + query) for uri in uris), uris
+            for uri in uris[:2] + uris[-2:]:
+                status, body, _ = await fetch(session, urljoin(signed, uri))
+                assert status == 200 and body[:1] == b"\x47", (uri, status)
+            unsigned = signed.split("?")[0]
+            assert (await fetch(session, unsigned))[0] == 403
+            assert (await fetch(session, urljoin(unsigned, uris[0].split("?")[0])))[0] == 403
+        streams = await probe_streams(signed)  # ffmpeg's HLS demuxer, following the URIs as listed
+        assert sorted(s["codec_name"] for s in streams) == ["aac", "h264"]
+    finally:
+        await pub.stop()
