@@ -29,14 +29,26 @@ class AccessPolicy:
         self.rooms = rooms
         self._play_apps: dict[str, tuple[float, App | None]] = {}  # appid -> (until, app)
 
-    async def _is_room_stream(self, request: AccessRequest) -> bool:
+    async def _room_app(self, request: AccessRequest, cached: bool = False) -> App | None:
+        """The app whose room ``request`` names (``APPID-ROOMID`` under the rooms' RTMP app), if any;
+        with ``cached``, as looked up in the last ``PLAY_APP_CACHE_SECONDS``."""
         if self.rooms is None or request.app != self.rooms.settings.rtmp_app:
-            return False
+            return None
         parsed = parse_stream(request.name)
-        return parsed is not None and await self.rooms.store.get_app(parsed[0]) is not None
+        if parsed is None:
+            return None
+        if not cached:
+            return await self.rooms.store.get_app(parsed[0])
+        now = time.monotonic()
+        hit = self._play_apps.get(parsed[0])
+        if hit is None or hit[0] < now:
+            if len(self._play_apps) >= PLAY_APP_CACHE_SIZE:
+                self._play_apps.clear()
+            hit = self._play_apps[parsed[0]] = (now + PLAY_APP_CACHE_SECONDS, await self.rooms.store.get_app(parsed[0]))
+        return hit[1]
 
     async def publish(self, request: AccessRequest) -> Decision:
-        if await self._is_room_stream(request):
+        if await self._room_app(request) is not None:
             assert self.rooms is not None
             return await self.rooms.authorize_publish(request)
         if self.allow_anonymous_publish:
@@ -53,17 +65,8 @@ class AccessPolicy:
         )
 
     async def play(self, request: AccessRequest) -> Decision:
-        rooms = self.rooms
-        if rooms is None or request.app != rooms.settings.rtmp_app:
+        app = await self._room_app(request, cached=True)
+        if app is None:
             return Decision.allow()
-        parsed = parse_stream(request.name)
-        if parsed is None:
-            return Decision.allow()
-        now = time.monotonic()
-        cached = self._play_apps.get(parsed[0])
-        if cached is None or cached[0] < now:
-            if len(self._play_apps) >= PLAY_APP_CACHE_SIZE:
-                self._play_apps.clear()
-            cached = self._play_apps[parsed[0]] = (now + PLAY_APP_CACHE_SECONDS, await rooms.store.get_app(parsed[0]))
-        app = cached[1]
-        return Decision.allow() if app is None else rooms.authorize_play(app, request)
+        assert self.rooms is not None
+        return self.rooms.authorize_play(app, request)

@@ -283,7 +283,7 @@ class LivePlaylist:
         self._changed = asyncio.Event()
         self._target = max(1, math.ceil(settings.segment_seconds))
         self._version = 0  # bumped on every change: what the rendered playlist is keyed on
-        self._rendered: tuple[int, str] = (-1, "")
+        self._rendered: tuple[int, str, str] = (-1, "", "")  # (version, query, text)
 
     # ------------------------------------------------------------ input
 
@@ -364,13 +364,19 @@ class LivePlaylist:
 
     # ------------------------------------------------------------ playlist
 
-    def playlist(self) -> str:
-        """The playlist text, rendered once per change (every waiting client gets the same string)."""
-        if self._rendered[0] != self._version:
-            self._rendered = (self._version, self._render())
-        return self._rendered[1]
+    def playlist(self, query: str = "") -> str:
+        """The playlist text, rendered once per change (every waiting client gets the same string).
 
-    def _render(self) -> str:
+        A non-empty ``query`` is added to every URI listed: players resolve relative URIs against the
+        playlist's URL without its query, so a signed play URL's signature is carried on this way (the
+        viewers of one room share one signed query, hence one rendering)."""
+        version, rendered_query, text = self._rendered
+        if version != self._version or rendered_query != query:
+            text = self._render(f"?{query}" if query else "")
+            self._rendered = (self._version, query, text)
+        return text
+
+    def _render(self, suffix: str) -> str:
         s = self.settings
         listed = [seg for seg in self.segments if seg.complete or seg is self.segments[-1]]
         complete = [seg for seg in listed if seg.complete]
@@ -401,23 +407,23 @@ class LivePlaylist:
             if seg.discontinuity:
                 lines.append("#EXT-X-DISCONTINUITY")
             if seg.init is not None and seg.init is not init:
-                lines.append(f'#EXT-X-MAP:URI="{self.init_uri(seg.init)}"')
+                lines.append(f'#EXT-X-MAP:URI="{self.init_uri(seg.init)}{suffix}"')
             init = seg.init
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_date(seg.wall_start)}")
             ext = _extension(seg)
             if low_latency and seg.msn >= parts_from:
                 for part in seg.parts:
-                    attrs = f'DURATION={part.duration:.3f},URI="{self.part_uri(seg.msn, part.index, ext)}"'
+                    attrs = f'DURATION={part.duration:.3f},URI="{self.part_uri(seg.msn, part.index, ext)}{suffix}"'
                     if part.independent:
                         attrs += ",INDEPENDENT=YES"
                     lines.append(f"#EXT-X-PART:{attrs}")
             if seg.complete:
                 lines.append(f"#EXTINF:{_fmt_duration(seg.duration)},")
-                lines.append(self.segment_uri(seg.msn, ext))
+                lines.append(self.segment_uri(seg.msn, ext) + suffix)
         if low_latency and shown and not self.ended:
             current = shown[-1]
             next_msn, next_part = (current.msn + 1, 0) if current.complete else (current.msn, len(current.parts))
-            hint = self.part_uri(next_msn, next_part, _extension(current))
+            hint = self.part_uri(next_msn, next_part, _extension(current)) + suffix
             lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{hint}"')
         if self.ended:
             lines.append("#EXT-X-ENDLIST")

@@ -131,14 +131,10 @@ class HlsPlayback:
                 raise web.HTTPServiceUnavailable(text="the requested part did not appear in time\n", headers=CORS)
         elif not playlist.segments and not await playlist.wait_for(0, 0, timeout):
             raise web.HTTPServiceUnavailable(text="the stream has not produced a segment yet\n", headers=CORS)
-        text = playlist.playlist()
-        # Players resolve the listed URIs against the playlist's URL without its query: a signed play
-        # URL's parameters are carried on to every URI, which are authorized like the playlist.
+        # A signed play URL's parameters go on to every listed URI, authorized like the playlist.
         query = urlencode([(k, v) for k, v in request.query.items() if not k.startswith("_HLS_")])
-        if query:
-            text = _with_query(text, query)
         return web.Response(
-            text=text,
+            text=playlist.playlist(query),
             content_type=PLAYLIST_TYPE,
             headers={"Cache-Control": "no-cache", **CORS},
         )
@@ -173,16 +169,6 @@ class HlsPlayback:
                 raise web.HTTPNotFound(headers=CORS)
             data = segment.parts[part].data
         return _media_response(data, MEDIA_TYPES[match["ext"]])
-
-
-_URI_LINE = re.compile(r"^([^#\n][^\n]*)$", re.MULTILINE)
-_URI_ATTRIBUTE = re.compile(r'URI="([^"]*)"')
-
-
-def _with_query(text: str, query: str) -> str:
-    """The playlist with ``?query`` added to every URI in it (lines and URI attributes)."""
-    text = _URI_LINE.sub(lambda m: f"{m[1]}?{query}", text)
-    return _URI_ATTRIBUTE.sub(lambda m: f'URI="{m[1]}?{query}"', text)
 
 
 def _media_response(data: bytes, content_type: str) -> web.Response:

@@ -231,8 +231,7 @@ class TsMuxer:
         self._n = 0
 
     def _take(self) -> bytes:
-        n, self._n = self._n, 0
-        return self._rows[:n].tobytes() if n else b""
+        return self._rows[: self._n].tobytes() if self._n else b""
 
     def _reserve(self, count: int) -> int:
         """Room for ``count`` more rows; returns the first one's index."""
@@ -301,7 +300,7 @@ class TsMuxer:
                         write_pes(VIDEO_PID, _video_pes_head(dts, cts) + _AUD_START, payload, 9, dts, False)
                         continue
                     data = memoryview(payload)[5:]  # NAL units are sliced from it, copied once into ``es``
-                else:  # Enhanced RTMP avc1
+                else:  # Enhanced RTMP avc1, or a legacy AVC packet that holds no frame
                     frame = coded_frame(payload) if _is_h264(payload) else None
                     if frame is None:
                         continue
@@ -368,10 +367,7 @@ class TsMuxer:
             pos = cut
             count = (end - pos) // PAYLOAD
             last = end - pos - count * PAYLOAD
-        row = self._n
-        self._n = need = row + 1 + count + (1 if last else 0)
-        if need > len(self._rows):
-            self._grow(need)
+        row = self._reserve(1 + count + (1 if last else 0))
         flat = self._flat
         flat[row * TS_SIZE : (row + 1) * TS_SIZE] = first
         row += 1
