@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from itertools import pairwise
 
 import numpy as np
 
@@ -30,6 +31,7 @@ _OWN_AUD = frozenset((9,))  # the publisher's AUDs are dropped: ours leads every
 _START = b"\x00\x00\x00\x01"
 _AUD_START = _AUD + _START
 _LENGTH_FIELD = {4: struct.Struct(">I"), 2: struct.Struct(">H"), 1: struct.Struct(">B")}  # NAL unit lengths
+_U32 = _LENGTH_FIELD[4].unpack_from
 
 
 def _crc32_table() -> list[int]:
@@ -52,17 +54,15 @@ def crc32_mpeg2(data: bytes) -> int:
     return crc
 
 
-def _pts_bytes(marker: int, value: int) -> bytes:
+def _stamp(marker: int, value: int) -> int:
+    """A PTS or DTS field (33 bits with marker bits, 5 bytes) as an integer."""
     value &= (1 << 33) - 1
-    return bytes(
-        (
-            (marker << 4) | ((value >> 29) & 0x0E) | 1,
-            (value >> 22) & 0xFF,
-            ((value >> 14) & 0xFE) | 1,
-            (value >> 7) & 0xFF,
-            ((value << 1) & 0xFE) | 1,
-        )
-    )
+    high, middle, low = value >> 30, value >> 15 & 0x7FFF, value & 0x7FFF
+    return marker << 36 | high << 33 | 1 << 32 | middle << 17 | 1 << 16 | low << 1 | 1
+
+
+def _pts_bytes(marker: int, value: int) -> bytes:
+    return _stamp(marker, value).to_bytes(5, "big")
 
 
 class AvcConfig:
@@ -91,8 +91,25 @@ class AvcConfig:
     ) -> bytes:
         """Length-prefixed NAL units as one Annex-B access unit: ``lead`` first, then SPS/PPS before a
         keyframe, leaving out the NAL unit types in ``drop``."""
+        pieces: list[bytes | memoryview] = []
+        self.annexb_pieces(data, keyframe, lead, drop, pieces)
+        return b"".join(pieces)
+
+    def annexb_pieces(
+        self,
+        data: bytes | memoryview,
+        keyframe: bool,
+        lead: bytes,
+        drop: frozenset[int],
+        out: list[bytes | memoryview],
+    ) -> int:
+        """:meth:`annexb`'s pieces appended to ``out`` (views of ``data``, not copies); returns their length."""
         size = self.length_size
-        parts = [lead, self.parameter_sets] if keyframe else [lead]
+        out.append(lead)
+        total = len(lead)
+        if keyframe:
+            out.append(self.parameter_sets)
+            total += len(self.parameter_sets)
         pos = 0
         end = len(data)
         unpack = _LENGTH_FIELD[size].unpack_from if size in _LENGTH_FIELD else None
@@ -102,9 +119,10 @@ class AvcConfig:
             nal = data[pos : pos + length]
             pos += length
             if nal and nal[0] & 0x1F not in drop:
-                parts.append(_START)
-                parts.append(nal)
-        return b"".join(parts)
+                out.append(_START)
+                out.append(nal)
+                total += 4 + len(nal)
+        return total
 
 
 class AacConfig:
@@ -150,28 +168,41 @@ AUDIO_DELAY_MS = 300
 MAX_AUDIO_PES = 60000
 
 
+# A TS packet as numpy sees it: the 4-byte header, then the body as one opaque item, so that
+# interleaving headers and bodies is a copy of whole items rather than of bytes.
+_HEAD = np.dtype("u4")
+_BODY = np.dtype(f"V{PAYLOAD}")
+_PACKET = np.dtype([("head", _HEAD), ("body", _BODY)])
+
+
 class _Scratch(threading.local):
-    """Where TS packets are written before a call returns them: one per thread, shared by every
-    muxer (each public call is synchronous and starts afresh), so it stays in the CPU's cache."""
+    """Where a call's TS packets are assembled before it returns them: one per thread, shared by
+    every muxer (each public call is synchronous and starts afresh), so it stays in the CPU's cache."""
 
     def __init__(self) -> None:
-        self.rows = np.empty((4096, TS_SIZE), np.uint8)
-        self.flat = memoryview(self.rows.reshape(-1))
+        self.packets = np.empty(4096, _PACKET)
+
+    def take(self, count: int) -> np.ndarray:
+        if count > len(self.packets):
+            self.packets = np.empty(max(2 * len(self.packets), count), _PACKET)
+        return self.packets[:count]
 
 
 _SCRATCH = _Scratch()
 
 
 class TsMuxer:
-    """Writes TS packets as rows of a scratch buffer (``count x 188`` bytes): a video frame's full
-    packets are one copy into it, and each public call returns its rows as one ``bytes``.
-    Continuity counters run on across calls."""
+    """A call lays out its TS packets as two streams: the packets' 4-byte headers, and their 184-byte
+    bodies (adaptation field, then payload), the media as views of the publisher's frames. When the
+    call returns, each stream is joined once and the two are interleaved into ``count x 188`` rows by
+    one strided copy, so the work per frame is a few list appends, whatever its size. Continuity
+    counters run on across calls."""
 
     def __init__(self, has_video: bool = True, has_audio: bool = True, audio_delay_ms: int = AUDIO_DELAY_MS) -> None:
         self.has_video = has_video
         self.has_audio = has_audio
         self.audio_delay = audio_delay_ms * 90
-        self._audio: list[bytes] = []
+        self._audio: list[bytes] = []  # gathered AAC frames: ADTS header, raw frame, ...
         self._audio_pts = 0
         self._audio_size = 0
         self.avc: AvcConfig | None = None
@@ -179,8 +210,9 @@ class TsMuxer:
         self._cc: dict[int, int] = {0: 0, PMT_PID: 0, VIDEO_PID: 0, AUDIO_PID: 0}
         self.pcr_pid = VIDEO_PID if has_video else AUDIO_PID
         self._tables: tuple[bytes, bytes] | None = None  # PAT and PMT sections
-        self._rows, self._flat = _SCRATCH.rows, _SCRATCH.flat  # taken again by every public call
-        self._n = 0  # rows written in this call
+        self._heads: list[bytes] = []  # this call's packet headers, 4 bytes each
+        self._bodies: list[bytes | memoryview] = []  # and their bodies, 184 bytes each once joined
+        self._n = 0  # packets in this call
 
     def continue_from(self, previous: TsMuxer) -> None:
         """Go on with ``previous``'s continuity counters (a new muxer for new codec parameters)."""
@@ -197,65 +229,52 @@ class TsMuxer:
 
     def header(self) -> bytes:
         """PAT and PMT: the start of every segment."""
-        self._start()
         self._write_tables()
         return self._take()
 
     def mux(self, packet: Packet) -> bytes:
         """The TS packets of one FLV audio or video frame (b"" for what TS cannot carry, or for AAC
         gathered into a later PES)."""
-        self._start()
         self._mux([packet])
         return self._take()
 
     def flush(self, end_ts: int) -> bytes:
         """The audio gathered so far (a part or segment ends here; video is written as it comes)."""
-        self._start()
         self._flush_audio()
         return self._take()
 
     def part(self, packets: list[Packet], end_ts: int, independent: bool) -> bytes:
         """One part or segment: PAT and PMT first when ``independent``, the frames, the audio gathered."""
-        self._start()
         if independent:
             self._write_tables()
         self._mux(packets)
         self._flush_audio()
         return self._take()
 
-    # ------------------------------------------------------------ rows
-
-    def _start(self) -> None:
-        scratch = _SCRATCH
-        self._rows, self._flat = scratch.rows, scratch.flat
-        self._n = 0
-
     def _take(self) -> bytes:
-        return self._rows[: self._n].tobytes() if self._n else b""
+        """This call's packets as one ``bytes``; the next call starts empty."""
+        count = self._n
+        if not count:
+            return b""
+        packets = _SCRATCH.take(count)
+        packets["body"] = np.frombuffer(b"".join(self._bodies), _BODY)
+        packets["head"] = np.frombuffer(b"".join(self._heads), _HEAD)
+        self._heads = []
+        self._bodies = []
+        self._n = 0
+        return packets.tobytes()
 
-    def _reserve(self, count: int) -> int:
-        """Room for ``count`` more rows; returns the first one's index."""
-        n = self._n
-        self._n = n + count
-        if n + count > len(self._rows):
-            self._grow(n + count)
-        return n
-
-    def _grow(self, rows_needed: int) -> None:
-        rows = np.empty((max(2 * len(self._rows), rows_needed + 64), TS_SIZE), np.uint8)
-        rows[: len(self._rows)] = self._rows
-        self._rows = _SCRATCH.rows = rows
-        self._flat = _SCRATCH.flat = memoryview(rows.reshape(-1))
+    # ------------------------------------------------------------ program tables
 
     def _write_tables(self) -> None:
         if self._tables is None:
             self._tables = self._build_tables()
-        pat, pmt = self._tables
-        for pid, section in ((0, pat), (PMT_PID, pmt)):
+        for pid, section in zip((0, PMT_PID), self._tables, strict=True):
             cc = self._cc[pid]
             self._cc[pid] = (cc + 1) & 0x0F
-            row = self._reserve(1) * TS_SIZE
-            self._flat[row : row + TS_SIZE] = bytes((0x47, 0x40 | (pid >> 8), pid & 0xFF, 0x10 | cc)) + section
+            self._heads.append(bytes((0x47, 0x40 | (pid >> 8), pid & 0xFF, 0x10 | cc)))
+            self._bodies.append(section)
+        self._n += 2
 
     def _build_tables(self) -> tuple[bytes, bytes]:
         """The PAT and PMT sections, each padded to a packet's payload."""
@@ -277,36 +296,40 @@ class TsMuxer:
     def _mux(self, packets: list[Packet]) -> None:
         avc, aac = self.avc, self.aac
         audio = self._audio
-        write_pes = self._write_pes
+        bodies = self._bodies
+        # The usual H.264 takes the short way (_write_frame): legacy FLV AVC with 4-byte NAL lengths,
+        # video carrying the PCR.
+        short = avc is not None and avc.length_size == 4 and self.pcr_pid == VIDEO_PID
         for packet in packets:
             kind = packet.kind
             payload = packet.payload
             if kind == VIDEO:
                 if avc is None or len(payload) < 5:
                     continue
+                if (
+                    short
+                    and payload[1] == 1
+                    and payload[0] & 0x0F == 7
+                    and self._write_frame(payload, packet.timestamp, packet.keyframe)
+                ):
+                    continue
                 keyframe = packet.keyframe
                 dts = packet.timestamp * 90
                 if payload[0] & 0x0F == 7 and payload[1] == 1:  # legacy FLV AVC NAL units
                     cts = int.from_bytes(payload[2:5], "big", signed=True)
-                    # One NAL unit that is not an AUD (a frame without SEI or in-band parameter
-                    # sets, the usual case): the payload goes to the packets as it is.
-                    if (
-                        avc.length_size == 4
-                        and not keyframe
-                        and len(payload) > 9
-                        and int.from_bytes(payload[5:9], "big") == len(payload) - 9
-                        and payload[9] & 0x1F != 9
-                    ):
-                        write_pes(VIDEO_PID, _video_pes_head(dts, cts) + _AUD_START, payload, 9, dts, False)
-                        continue
-                    data = memoryview(payload)[5:]  # NAL units are sliced from it, copied once into ``es``
+                    data = memoryview(payload)[5:]
                 else:  # Enhanced RTMP avc1, or a legacy AVC packet that holds no frame
                     frame = coded_frame(payload) if _is_h264(payload) else None
                     if frame is None:
                         continue
                     cts, data = frame
-                es = avc.annexb(data, keyframe, _AUD, _OWN_AUD)
-                write_pes(VIDEO_PID, _video_pes_head(dts, cts), es, 0, dts, keyframe)
+                # The PES: its adaptation field (set when its size is known), header, access unit.
+                mark = len(bodies)
+                bodies.append(b"")
+                head = _video_pes_head(dts, cts)
+                bodies.append(head)
+                size = avc.annexb_pieces(data, keyframe, _AUD, _OWN_AUD, bodies)
+                self._write_pes(VIDEO_PID, mark, len(head) + size, dts, keyframe)
             elif kind == AUDIO:
                 if aac is None or len(payload) < 3 or payload[0] >> 4 != 10 or payload[1] != 1:
                     continue
@@ -321,92 +344,175 @@ class TsMuxer:
                     self._flush_audio()
                     audio = self._audio
 
+    def _write_frame(self, payload: bytes, timestamp: int, keyframe: bool) -> bool:
+        """:meth:`_write_pes` for one legacy AVC frame, with what is general there known here: the PES
+        has a PCR and fills more than one packet, and the last packet's stuffing goes into the last NAL
+        unit. Returns False, having written nothing, for a frame that does not fit this (an AUD of the
+        publisher's, an empty or overrunning NAL unit, a tiny frame), which takes the general way."""
+        end = len(payload)
+        starts = []  # where each NAL unit's length field is
+        pos = 5
+        while pos + 4 < end:
+            length = _U32(payload, pos)[0]
+            if not length or payload[pos + 4] & 0x1F == 9:
+                return False
+            starts.append(pos)
+            pos += 4 + length
+        if pos != end or not starts:
+            return False
+        dts = timestamp * 90
+        cts = ((_U32(payload, 1)[0] & 0xFFFFFF) ^ 0x800000) - 0x800000  # SI24 after the packet type
+        head_size = 19 if cts else 14
+        params = self.avc.parameter_sets if keyframe else b""  # type: ignore[union-attr]
+        # Start codes take the place of the 4-byte lengths: the access unit is as long as the frame.
+        total = head_size + len(_AUD) + len(params) + end - 5
+        if total <= _PCR_ROOM:
+            return False
+        full, last = divmod(total - _PCR_ROOM, PAYLOAD)
+        tail_start = starts[-1] + 4
+        if end - tail_start < last:
+            return False
+        view = memoryview(payload)
+        append = self._bodies.append
+        # The adaptation field, the PES header and our AUD, in one go.
+        start = _pcr_field(dts, keyframe) << (8 * head_size + 48) | _pes_head(dts, cts) << 48 | _AUD_VALUE
+        append(
+            start.to_bytes(8 + head_size + 6, "big") + params if keyframe else start.to_bytes(8 + head_size + 6, "big")
+        )
+        for start, stop in pairwise(starts):
+            append(_START)
+            append(view[start + 4 : stop])
+        append(_START)
+        if last:
+            append(view[tail_start : end - last])
+            append(_LAST_ADAPTATION[last])
+            append(view[end - last :])
+        else:
+            append(view[tail_start:])
+        cc = self._cc[VIDEO_PID]
+        heads = self._heads
+        heads.append(_FIRST_WITH_ADAPTATION[VIDEO_PID][cc])
+        count = 1 + full
+        if full:
+            heads.append(
+                _VIDEO_HEADS[4 * cc + 4 : 4 * (cc + count)]
+                if count <= _HEAD_ROWS
+                else _full_heads(VIDEO_PID, cc + 1, full)
+            )
+        if last:
+            heads.append(_LAST_WITH_ADAPTATION[VIDEO_PID][(cc + count) & 0x0F])
+            count += 1
+        self._cc[VIDEO_PID] = (cc + count) & 0x0F
+        self._n += count
+        return True
+
     def _flush_audio(self) -> None:
         if not self._audio:
             return
-        es = b"".join(self._audio)
+        pts = self._audio_pts
+        size = self._audio_size
+        head = b"\x00\x00\x01\xc0" + (8 + size).to_bytes(2, "big") + b"\x80\x80\x05" + _pts_bytes(2, pts)
+        bodies = self._bodies
+        mark = len(bodies)
+        bodies.append(b"")
+        bodies.append(head)
+        bodies += self._audio
         self._audio = []
         self._audio_size = 0
-        pts = self._audio_pts
-        size = 8 + len(es)
-        head = b"\x00\x00\x01\xc0" + size.to_bytes(2, "big") + b"\x80\x80\x05" + _pts_bytes(2, pts)
-        self._write_pes(AUDIO_PID, head, es, 0, pts, not self.has_video)
+        self._write_pes(AUDIO_PID, mark, len(head) + size, pts, not self.has_video)
 
-    def _write_pes(
-        self, pid: int, head: bytes, es: bytes | memoryview, pos: int, dts: int, random_access: bool
-    ) -> None:
-        """Write one PES, ``head`` then ``es`` from ``pos`` on, as TS packets."""
+    def _write_pes(self, pid: int, mark: int, total: int, dts: int, random_access: bool) -> None:
+        """Packetize the PES of ``total`` bytes whose body pieces start at ``self._bodies[mark]``
+        (a placeholder for the first packet's adaptation field, then the PES header, then the data)."""
         cc = self._cc[pid]
         pid_hi, pid_lo = pid >> 8, pid & 0xFF
-        end = len(es)
-        total = len(head) + end - pos
+        heads, bodies = self._heads, self._bodies
         # First packet: PUSI, with an adaptation field carrying the PCR on the PCR stream.
         if pid == self.pcr_pid:
-            pcr = dts - 300 * 90 if dts >= 300 * 90 else 0  # PCR a little before DTS gives decoders slack
-            first = bytes(
-                (
-                    0x47, 0x40 | pid_hi, pid_lo, 0x30 | cc, 7,
-                    0x50 if random_access else 0x10,
-                    (pcr >> 25) & 0xFF, (pcr >> 17) & 0xFF, (pcr >> 9) & 0xFF, (pcr >> 1) & 0xFF,
-                    ((pcr & 1) << 7) | 0x7E, 0x00,
-                )
-            )  # fmt: skip
+            adaptation = _pcr_adaptation(dts, random_access)[1:]
         elif random_access:
-            first = bytes((0x47, 0x40 | pid_hi, pid_lo, 0x30 | cc, 1, 0x40))
+            adaptation = b"\x40"
         else:
-            first = bytes((0x47, 0x40 | pid_hi, pid_lo, 0x10 | cc))
-        room = TS_SIZE - len(first)
+            adaptation = b""
+        room = PAYLOAD - 1 - len(adaptation) if adaptation else PAYLOAD
         if total < room:  # the whole PES fits in one packet: stuff its adaptation field
-            stuffing = _stuffed(first[5:], PAYLOAD - 1 - total)
-            first = bytes((0x47, 0x40 | pid_hi, pid_lo, 0x30 | cc, len(stuffing))) + stuffing + head + es[pos:]
-            count = last = 0
-            pos = end
+            stuffing = _stuffed(adaptation, PAYLOAD - 1 - total)
+            heads.append(bytes((0x47, 0x40 | pid_hi, pid_lo, 0x30 | cc)))
+            bodies[mark] = bytes((len(stuffing),)) + stuffing
+            count = 1
         else:
-            cut = pos + room - len(head)
-            first = first + head + es[pos:cut]
-            pos = cut
-            count = (end - pos) // PAYLOAD
-            last = end - pos - count * PAYLOAD
-        row = self._reserve(1 + count + (1 if last else 0))
-        flat = self._flat
-        flat[row * TS_SIZE : (row + 1) * TS_SIZE] = first
-        row += 1
-        cc = (cc + 1) & 0x0F
-        if count:
-            # The full packets in one go: payload rows copied in, headers from a table cycling the counter.
-            rows = self._rows[row : row + count]
-            rows[:, 4:] = np.frombuffer(es, np.uint8, count * PAYLOAD, pos).reshape(count, PAYLOAD)
-            rows[:, :4] = _HEAD_TABLES[pid][cc : cc + count] if count <= _HEAD_ROWS else _heads(pid, cc, count)
-            row += count
-            pos += count * PAYLOAD
-            cc = (cc + count) & 0x0F
-        if last:
-            stuffing = _STUFFING[PAYLOAD - 1 - last]
-            flat[row * TS_SIZE : (row + 1) * TS_SIZE] = (
-                bytes((0x47, pid_hi, pid_lo, 0x30 | cc, len(stuffing))) + stuffing + es[pos:]
-            )
-            cc = (cc + 1) & 0x0F
-        self._cc[pid] = cc
+            if adaptation:
+                heads.append(bytes((0x47, 0x40 | pid_hi, pid_lo, 0x30 | cc)))
+                bodies[mark] = bytes((len(adaptation),)) + adaptation
+            else:
+                heads.append(bytes((0x47, 0x40 | pid_hi, pid_lo, 0x10 | cc)))
+            full, last = divmod(total - room, PAYLOAD)
+            if full:
+                heads.append(_full_heads(pid, (cc + 1) & 0x0F, full))
+            count = 1 + full
+            if last:
+                # The last packet is stuffed: its adaptation field goes before the PES's last bytes.
+                heads.append(bytes((0x47, pid_hi, pid_lo, 0x30 | ((cc + count) & 0x0F))))
+                _insert_before_end(bodies, last, _LAST_ADAPTATION[last])
+                count += 1
+        self._cc[pid] = (cc + count) & 0x0F
+        self._n += count
 
 
 def _video_pes_head(dts: int, cts: int) -> bytes:
     """A video PES header (unbounded length) with PTS, and DTS when they differ."""
+    return _pes_head(dts, cts).to_bytes(19 if cts else 14, "big")
+
+
+def _pes_head(dts: int, cts: int) -> int:
     if cts:
-        return b"\x00\x00\x01\xe0\x00\x00\x80\xc0\x0a" + _pts_bytes(3, dts + cts * 90) + _pts_bytes(1, dts)
-    return b"\x00\x00\x01\xe0\x00\x00\x80\x80\x05" + _pts_bytes(2, dts)
+        return _PES_PTS_DTS | _stamp(3, dts + cts * 90) << 40 | _stamp(1, dts)
+    return _PES_PTS | _stamp(2, dts)
 
 
-_HEAD_ROWS = 1024  # full packets per PES taken from the cached header table; longer PES build theirs
+_PES_PTS = int.from_bytes(b"\x00\x00\x01\xe0\x00\x00\x80\x80\x05", "big") << 40
+_PES_PTS_DTS = int.from_bytes(b"\x00\x00\x01\xe0\x00\x00\x80\xc0\x0a", "big") << 80
+_AUD_VALUE = int.from_bytes(_AUD, "big")
 
 
-def _heads(pid: int, cc: int, count: int) -> np.ndarray:
-    """The 4-byte headers of ``count`` full packets of ``pid`` (no PUSI, payload only) from counter ``cc``."""
-    heads = np.empty((count, 4), np.uint8)
-    heads[:, 0] = 0x47
-    heads[:, 1] = pid >> 8
-    heads[:, 2] = pid & 0xFF
-    heads[:, 3] = 0x10 | ((cc + np.arange(count)) & 0x0F)
-    return heads
+def _pcr_adaptation(dts: int, random_access: bool) -> bytes:
+    """The adaptation field (length byte included) of a PES's first packet on the PCR stream."""
+    return _pcr_field(dts, random_access).to_bytes(8, "big")
+
+
+def _pcr_field(dts: int, random_access: bool) -> int:
+    pcr = dts - 300 * 90 if dts >= 300 * 90 else 0  # PCR a little before DTS gives decoders slack
+    flags = 0x50 if random_access else 0x10
+    return 7 << 56 | flags << 48 | (pcr >> 1 & 0xFFFFFFFF) << 16 | ((pcr & 1) << 7 | 0x7E) << 8
+
+
+def _insert_before_end(pieces: list[bytes | memoryview], tail: int, insert: bytes) -> None:
+    """Put ``insert`` before the last ``tail`` bytes of ``pieces`` (splitting a piece as a view)."""
+    index = len(pieces) - 1
+    while len(pieces[index]) < tail:
+        tail -= len(pieces[index])
+        index -= 1
+    piece = pieces[index]
+    size = len(piece)
+    if size == tail:
+        pieces.insert(index, insert)
+        return
+    view = memoryview(piece)
+    pieces[index : index + 1] = [view[: size - tail], insert, view[size - tail :]]
+
+
+_HEAD_ROWS = 4096  # full packets per PES whose headers are sliced from a table; longer PES build theirs
+
+
+def _cycle(pid: int, rows: int) -> bytes:
+    """The 4-byte headers of ``rows`` full packets of ``pid`` (no PUSI, payload only) from counter 0."""
+    return b"".join(bytes((0x47, pid >> 8, pid & 0xFF, 0x10 | (cc & 0x0F))) for cc in range(rows))
+
+
+def _full_heads(pid: int, cc: int, count: int) -> bytes:
+    """The headers of ``count`` full packets of ``pid`` from counter ``cc``."""
+    table = _HEAD_TABLES[pid] if cc + count <= _HEAD_ROWS + 16 else _cycle(pid, cc + count)
+    return table[4 * cc : 4 * (cc + count)]
 
 
 def _stuffed(adaptation: bytes, length: int) -> bytes:
@@ -418,8 +524,17 @@ def _stuffed(adaptation: bytes, length: int) -> bytes:
     return adaptation + b"\xff" * (length - len(adaptation))
 
 
-_HEAD_TABLES = {pid: _heads(pid, 0, _HEAD_ROWS + 16) for pid in (VIDEO_PID, AUDIO_PID)}
-_STUFFING = [_stuffed(b"", length) for length in range(PAYLOAD)]  # a PES's last packet's adaptation field
+_HEAD_TABLES = {pid: _cycle(pid, _HEAD_ROWS + 16) for pid in (VIDEO_PID, AUDIO_PID)}
+_VIDEO_HEADS = _HEAD_TABLES[VIDEO_PID]
+_FIRST_WITH_ADAPTATION = {
+    pid: [bytes((0x47, 0x40 | pid >> 8, pid & 0xFF, 0x30 | cc)) for cc in range(16)] for pid in (VIDEO_PID, AUDIO_PID)
+}
+_LAST_WITH_ADAPTATION = {
+    pid: [bytes((0x47, pid >> 8, pid & 0xFF, 0x30 | cc)) for cc in range(16)] for pid in (VIDEO_PID, AUDIO_PID)
+}
+_PCR_ROOM = PAYLOAD - 8  # the payload of a PES's first packet after an adaptation field with a PCR
+# The adaptation field of a PES's last packet, by the payload bytes left for that packet.
+_LAST_ADAPTATION = [bytes((PAYLOAD - 1 - last,)) + _stuffed(b"", PAYLOAD - 1 - last) for last in range(PAYLOAD)]
 
 
 def _is_h264(payload: bytes) -> bool:

@@ -161,9 +161,22 @@ async def test_enhanced_rtmp_avc1_frames_are_muxed_like_legacy_ones(tmp_path) ->
             count += 1
         return count
 
-    # Legacy frames of one NAL unit take the muxer's copy-free path; Enhanced RTMP ones the general one.
-    single = [p for p in packets if p.kind == VIDEO and not p.config and not p.keyframe and nal_units(p.payload) == 1]
-    assert len(single) > 10
+    # Legacy frames take the muxer's short way, Enhanced RTMP ones the general one; the frames added
+    # here are those the short way hands over to the general one.
+    def frame(timestamp: int, *units: bytes, keyframe: bool = False) -> Packet:
+        body = b"".join(len(unit).to_bytes(4, "big") + unit for unit in units)
+        return Packet(VIDEO, timestamp, bytes((0x17 if keyframe else 0x27, 1, 0, 0, 0)) + body, keyframe)
+
+    slice_ = b"\x41" + bytes(range(256)) * 4
+    packets += [
+        frame(2000, b"\x09\xf0", slice_),  # the publisher's own AUD
+        frame(2040, b"\x41\x9a\x02"),  # a frame that fits one packet
+        frame(2080, slice_, b"\x06\x05"),  # the last packet's bytes reach back past the last NAL unit
+        frame(2120, slice_, b""),  # an empty NAL unit
+        frame(2160, b"\x65" + bytes(range(200)) * 9, keyframe=True),
+    ]
+    multi = [p for p in packets if p.kind == VIDEO and not p.config and nal_units(p.payload) > 1]
+    assert multi, "frames of several NAL units"
     outputs = []
     for source in (packets, [enhanced(p) for p in packets]):
         muxer = TsMuxer()
