@@ -43,7 +43,7 @@ class HlsSettings:
 @dataclass(slots=True)
 class Part:
     index: int
-    data: bytes | memoryview  # a slice of its segment's data once the segment is complete
+    data: bytes
     duration: float
     independent: bool
 
@@ -56,6 +56,8 @@ class InitSegment:
 
 @dataclass(slots=True)
 class Segment:
+    """A segment is its parts: served as they are, one after the other, never joined into a copy."""
+
     msn: int
     start_ts: int  # stream milliseconds of its first packet
     wall_start: float  # Unix time of its first packet (EXT-X-PROGRAM-DATE-TIME)
@@ -64,25 +66,20 @@ class Segment:
     duration: float = 0.0
     complete: bool = False
     init: InitSegment | None = None  # fMP4: the init segment its fragments need; None for TS
-    joined: bytes | None = None  # the whole segment, once complete
+
+    @property
+    def pieces(self) -> list[bytes]:
+        """The segment's bytes, in its parts' pieces."""
+        return [p.data for p in self.parts]
 
     @property
     def data(self) -> bytes:
-        """The whole segment: its parts joined (once, when it completes; every viewer gets these bytes)."""
-        return self.joined if self.joined is not None else b"".join([p.data for p in self.parts])
+        """The whole segment in one ``bytes`` (a copy, unless it has one part)."""
+        return b"".join(self.pieces)
 
     def complete_at(self, end_ts: int) -> None:
-        """Close the segment: its duration, and its parts joined into one ``bytes`` that the parts
-        then view (each byte is held once)."""
         self.duration = max(end_ts - self.start_ts, 0) / 1000
         self.complete = True
-        joined = self.joined = b"".join([p.data for p in self.parts])
-        view = memoryview(joined)
-        pos = 0
-        for part in self.parts:
-            size = len(part.data)
-            part.data = view[pos : pos + size]
-            pos += size
 
 
 class Muxer(Protocol):

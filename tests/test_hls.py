@@ -226,16 +226,15 @@ def test_a_part_past_the_end_of_a_finished_segment_waits_for_the_next_segment() 
     assert playlist.has(5, 2)
 
 
-def test_a_complete_segment_is_joined_once_and_its_parts_view_it() -> None:
+def test_a_segment_is_its_parts_bytes_never_a_copy() -> None:
     from relay.hls import Part, Segment
 
-    segment = Segment(0, 0, 0.0, False, parts=[Part(i, bytes([i]) * 188 * (i + 1), 0.5, i == 0) for i in range(3)])
+    parts = [Part(i, bytes([i]) * 188 * (i + 1), 0.5, i == 0) for i in range(3)]
+    segment = Segment(0, 0, 0.0, False, parts=list(parts))
     segment.complete_at(1500)
     assert segment.complete and segment.duration == 1.5
-    data = segment.data
-    assert data is segment.data, "served from one bytes object, not joined per request"
-    assert [bytes(p.data) for p in segment.parts] == [bytes([i]) * 188 * (i + 1) for i in range(3)]
-    assert all(isinstance(p.data, memoryview) and p.data.obj is data for p in segment.parts), "no second copy"
+    assert all(a is b.data for a, b in zip(segment.pieces, parts, strict=True)), "served from the parts themselves"
+    assert segment.data == b"".join(p.data for p in parts)
 
 
 async def test_a_signed_play_url_plays_its_segments_and_parts_too(make_server):
