@@ -50,7 +50,6 @@ class Recording:
         self.stream: LiveStream | None = None
         self.entries: list[Entry] = []
         self.error: OSError | None = None
-        self._publish_count = 0
         self._offset = 0
         self._last_ts = -1
         self._rebase = False
@@ -67,7 +66,6 @@ class Recording:
             self.segmenter.discontinuity()
             self._rebase = True
         self.stream = stream
-        self._publish_count = stream.publish_count
         stream.add_sink(self)
 
     def detach(self) -> None:
@@ -77,12 +75,11 @@ class Recording:
             self.stream = None
         self.segmenter.finish()
 
+    def new_publisher(self) -> None:
+        # Another publisher on the same stream: same timeline, but a new encoder.
+        self.segmenter.discontinuity()
+
     def feed(self, packet: Packet) -> None:
-        stream = self.stream
-        if stream is not None and stream.publish_count != self._publish_count:
-            # Another publisher on the same stream: same timeline, but a new encoder.
-            self._publish_count = stream.publish_count
-            self.segmenter.discontinuity()
         if not packet.config and packet.kind != DATA:
             if self._rebase:
                 self._offset = self._last_ts + STREAM_GAP_MS - packet.timestamp

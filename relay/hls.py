@@ -105,13 +105,16 @@ class Segmenter:
         on_part: Callable[[Segment, Part], None] | None = None,
         on_segment: Callable[[Segment], None] | None = None,
         fmp4: bool = False,
+        on_open: Callable[[Segment], None] | None = None,
     ) -> None:
         self.segment_ms = segment_seconds * 1000
         self.part_ms = part_seconds * 1000 if part_seconds > 0 else math.inf
         self.on_part = on_part
         self.on_segment = on_segment
+        self.on_open = on_open
         self.fmp4 = fmp4
         self.muxer: Muxer | None = None
+        self._video = False  # the muxer's: whether keyframes (or else audio frames) start segments
         self._last_muxer: Muxer | None = None
         self.init: InitSegment | None = None
         self._inits = 0
@@ -133,6 +136,31 @@ class Segmenter:
 
     def feed(self, packet: Packet) -> None:
         kind = packet.kind
+        segment = self.segment
+        if packet.config or kind == DATA or segment is None:
+            self._feed_other(packet)
+            return
+        timestamp = packet.timestamp
+        video = self._video
+        if (packet.keyframe if video else kind == AUDIO) and (
+            timestamp - segment.start_ts >= self.segment_ms or self._pending_discontinuity
+        ):
+            self._close_part(timestamp)
+            self._close_segment(timestamp)
+            self._open_segment(packet)
+        elif timestamp - self._part_start >= self.part_ms and self._part_packets and (kind == VIDEO or not video):
+            # Parts end where the next video frame begins: an fMP4 fragment's last frame lasts until it.
+            self._close_part(timestamp)
+            self._open_part(timestamp, packet.keyframe)
+        # Muxed when the part closes: a part's frames in one go cost much less than one at a time
+        # between other work, and a part is not served before it is complete anyway.
+        self._part_packets.append(packet)
+        if timestamp > self._last_ts:
+            self._last_ts = timestamp
+
+    def _feed_other(self, packet: Packet) -> None:
+        """Codec configurations, script data, and media before the first segment opens."""
+        kind = packet.kind
         if kind == DATA:
             return
         if packet.config:
@@ -146,28 +174,12 @@ class Segmenter:
             if not self._ready():
                 return
             self.muxer = self._new_muxer()
-        video = self.muxer.has_video
-        starts_gop = packet.keyframe if video else kind == AUDIO
-        segment = self.segment
-        if segment is None:
-            if not starts_gop:
-                return  # a segment must start with a keyframe
-            self._open_segment(packet)
-        elif starts_gop and (packet.timestamp - segment.start_ts >= self.segment_ms or self._pending_discontinuity):
-            self._close_part(packet.timestamp)
-            self._close_segment(packet.timestamp)
-            self._open_segment(packet)
-        elif (
-            packet.timestamp - self._part_start >= self.part_ms and self._part_packets and (kind == VIDEO or not video)
-        ):
-            # Parts end where the next video frame begins: an fMP4 fragment's last frame lasts until it.
-            self._close_part(packet.timestamp)
-            self._open_part(packet, starts_gop and video)
-        # Muxed when the part closes: a part's frames in one go cost much less than one at a time
-        # between other work, and a part is not served before it is complete anyway.
+            self._video = self.muxer.has_video
+        if not (packet.keyframe if self._video else kind == AUDIO):
+            return  # a segment must start with a keyframe
+        self._open_segment(packet)
         self._part_packets.append(packet)
-        if packet.timestamp > self._last_ts:
-            self._last_ts = packet.timestamp
+        self._last_ts = max(self._last_ts, packet.timestamp)
 
     def _ready(self) -> bool:
         # Start once the configs of the tracks seen so far are known (audio-only and video-only work).
@@ -210,16 +222,17 @@ class Segmenter:
             self._pending_discontinuity = True
 
     def _open_segment(self, packet: Packet) -> None:
-        self.segment = Segment(
+        segment = self.segment = Segment(
             self.next_msn, packet.timestamp, time.time(), self._pending_discontinuity, init=self.init
         )
         self.next_msn += 1
         self._pending_discontinuity = False
-        self._open_part(packet, True)
+        self._open_part(packet.timestamp, True)
+        if self.on_open is not None:
+            self.on_open(segment)
 
-    def _open_part(self, packet: Packet, independent: bool) -> None:
-        assert self.muxer is not None
-        self._part_start = packet.timestamp
+    def _open_part(self, timestamp: int, independent: bool) -> None:
+        self._part_start = timestamp
         # TS program tables lead every independent part, so a player may start at any of them.
         self._part_independent = independent
 
@@ -274,7 +287,10 @@ class LivePlaylist:
             self._on_part,
             self._on_segment,
             fmp4=settings.format == "fmp4",
+            on_open=self._on_open,
         )
+        # Packets go straight to the segmenter, with no call of ours in between.
+        self.feed: Callable[[Packet], None] = self.segmenter.feed
         self.last_request = time.monotonic()
         self.ended = False
         self._changed = asyncio.Event()
@@ -284,21 +300,17 @@ class LivePlaylist:
 
     # ------------------------------------------------------------ input
 
-    def feed(self, packet: Packet) -> None:
-        segmenter = self.segmenter
-        before = segmenter.segment
-        segmenter.feed(packet)
-        if segmenter.segment is not before and segmenter.segment is not None:
-            self.segments.append(segmenter.segment)
-            self._trim()
-            self._notify()
-
     def new_publisher(self) -> None:
         self.segmenter.discontinuity()
 
     def finish(self) -> None:
         self.segmenter.finish()
         self.ended = True
+        self._notify()
+
+    def _on_open(self, segment: Segment) -> None:
+        self.segments.append(segment)
+        self._trim()
         self._notify()
 
     def _on_part(self, segment: Segment, part: Part) -> None:

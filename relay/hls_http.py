@@ -15,13 +15,13 @@ import secrets
 import time
 from urllib.parse import urlencode
 
-from aiohttp import web
+from aiohttp import payload, web
+from aiohttp.abc import AbstractStreamWriter
 
 from relay.access import AccessRequest, Authorizer, allow_all, decide
 from relay.hls import HlsSettings, LivePlaylist
 from relay.http_flv import CORS
 from relay.hub import Hub
-from relay.packet import Packet
 from relay.stream import LiveStream
 
 log = logging.getLogger("minilive.hls")
@@ -41,13 +41,10 @@ class _Packager:
     def __init__(self, stream: LiveStream, settings: HlsSettings) -> None:
         self.stream = stream
         self.playlist = LivePlaylist(settings, secrets.token_hex(4))
-        self.publish_count = stream.publish_count
+        self.feed = self.playlist.feed
 
-    def feed(self, packet: Packet) -> None:
-        if self.stream.publish_count != self.publish_count:
-            self.publish_count = self.stream.publish_count
-            self.playlist.new_publisher()
-        self.playlist.feed(packet)
+    def new_publisher(self) -> None:
+        self.playlist.new_publisher()
 
     def end(self) -> None:
         self.playlist.finish()
@@ -163,18 +160,38 @@ class HlsPlayback:
         if part is None:
             if not segment.complete:
                 raise web.HTTPNotFound(headers=CORS)
-            data = segment.data
-        else:
-            if part >= len(segment.parts):
-                raise web.HTTPNotFound(headers=CORS)
-            data = segment.parts[part].data
-        return _media_response(data, MEDIA_TYPES[match["ext"]])
+            return _media_response(_Pieces(segment.pieces), MEDIA_TYPES[match["ext"]])
+        if part >= len(segment.parts):
+            raise web.HTTPNotFound(headers=CORS)
+        return _media_response(segment.parts[part].data, MEDIA_TYPES[match["ext"]])
 
 
-def _media_response(data: bytes, content_type: str) -> web.Response:
+def _media_response(data: bytes | payload.Payload, content_type: str) -> web.Response:
     # Media names are never reused (a packager's random prefix, versioned init segments).
     return web.Response(
         body=data,
         content_type=content_type,
         headers={"Cache-Control": "public, max-age=3600, immutable", **CORS},
     )
+
+
+class _Pieces(payload.Payload):
+    """A body sent as the pieces it is made of (a segment's parts), without joining them first."""
+
+    _value: list[bytes]
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        super().__init__(pieces)
+        self._size = sum(len(piece) for piece in pieces)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._value).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
+        # Queued without waiting in between (the transport sends them as one stream); one drain at the end.
+        for piece in self._value[:-1]:
+            await writer.write(piece, drain=False)  # type: ignore[call-arg]
+        await writer.write(self._value[-1])

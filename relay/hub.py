@@ -209,7 +209,7 @@ class Hub:
         session = PublishSession(self, stream, info, on_kick)
         self._sessions[key] = session
         stream.publisher = info
-        stream.publish_count += 1
+        stream.publisher_started()
         for future in self._waiters.pop(key, []):
             if not future.done():
                 future.set_result(stream)

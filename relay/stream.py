@@ -49,6 +49,10 @@ class Sink(Protocol):
 
     def feed(self, packet: Packet) -> None: ...
 
+    def new_publisher(self) -> None:
+        """The packets that follow come from another publisher (another encoder, same timeline)."""
+        ...
+
     def end(self) -> None: ...
 
 
@@ -227,6 +231,13 @@ class LiveStream:
             for packet in batch:
                 sink.feed(packet)
         return resume_at
+
+    def publisher_started(self) -> None:
+        """A publisher (the first, or the next one after a drop or a takeover) starts sending."""
+        self.publish_count += 1
+        if self.publish_count > 1:
+            for sink in self.sinks:
+                sink.new_publisher()
 
     # ------------------------------------------------------------ sinks
 

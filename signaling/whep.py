@@ -111,6 +111,9 @@ class WhepFeed:
         elif packet.kind == AUDIO:
             self._audio(packet)
 
+    def new_publisher(self) -> None:
+        """Nothing to do: a new encoder's configuration comes in the packets that follow."""
+
     def end(self) -> None:
         for session in list(self.sessions):
             session.end("stream ended")
