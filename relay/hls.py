@@ -43,7 +43,7 @@ class HlsSettings:
 @dataclass(slots=True)
 class Part:
     index: int
-    data: bytes
+    data: bytes | memoryview
     duration: float
     independent: bool
 
@@ -68,7 +68,7 @@ class Segment:
     init: InitSegment | None = None  # fMP4: the init segment its fragments need; None for TS
 
     @property
-    def pieces(self) -> list[bytes]:
+    def pieces(self) -> list[bytes | memoryview]:
         """The segment's bytes, in its parts' pieces."""
         return [p.data for p in self.parts]
 
@@ -90,7 +90,7 @@ class Muxer(Protocol):
 
     def configure(self, packet: Packet) -> None: ...
 
-    def part(self, packets: list[Packet], end_ts: int, independent: bool) -> bytes:
+    def part(self, packets: list[Packet], end_ts: int, independent: bool) -> bytes | memoryview:
         """A part's (or a segment's) frames as one piece of media, ending at ``end_ts`` (ms)."""
         ...
 
@@ -293,7 +293,9 @@ class LivePlaylist:
         self.feed: Callable[[Packet], None] = self.segmenter.feed
         self.last_request = time.monotonic()
         self.ended = False
-        self._changed = asyncio.Event()
+        # Blocking reloads and preload-hinted requests: (msn, part, future), each woken only once
+        # what it waits for exists (or the stream ends), not at every change.
+        self._waiters: list[tuple[int, int | None, asyncio.Future[None]]] = []
         self._target = max(1, math.ceil(settings.segment_seconds))
         self._version = 0  # bumped on every change: what the rendered playlist is keyed on
         self._rendered: tuple[int, str, str] = (-1, "", "")  # (version, query, text)
@@ -322,8 +324,16 @@ class LivePlaylist:
 
     def _notify(self) -> None:
         self._version += 1
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._waiters:
+            waiting = []
+            for waiter in self._waiters:
+                msn, part, future = waiter
+                if self.ended or self.has(msn, part):
+                    if not future.done():
+                        future.set_result(None)
+                else:
+                    waiting.append(waiter)
+            self._waiters = waiting
 
     def _trim(self) -> None:
         keep = self.settings.window + self.settings.keep_after_window + 1
@@ -357,15 +367,22 @@ class LivePlaylist:
 
     async def wait_for(self, msn: int, part: int | None, timeout: float) -> bool:
         """Until segment ``msn`` (part ``part``) exists; False on timeout or when the stream ended."""
+        if self.has(msn, part):
+            return True
+        if self.ended:
+            return False
+        future = asyncio.get_running_loop().create_future()
+        waiter = (msn, part, future)
+        self._waiters.append(waiter)
         try:
-            async with asyncio.timeout(timeout):  # one timer for the whole wait
-                while not self.has(msn, part):
-                    if self.ended:
-                        return False
-                    await self._changed.wait()
+            async with asyncio.timeout(timeout):
+                await future
         except TimeoutError:
             return False
-        return True
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return self.has(msn, part)
 
     @property
     def last_msn(self) -> int:

@@ -166,7 +166,7 @@ class HlsPlayback:
         return _media_response(segment.parts[part].data, MEDIA_TYPES[match["ext"]])
 
 
-def _media_response(data: bytes | payload.Payload, content_type: str) -> web.Response:
+def _media_response(data: bytes | memoryview | payload.Payload, content_type: str) -> web.Response:
     # Media names are never reused (a packager's random prefix, versioned init segments).
     return web.Response(
         body=data,
@@ -178,9 +178,9 @@ def _media_response(data: bytes | payload.Payload, content_type: str) -> web.Res
 class _Pieces(payload.Payload):
     """A body sent as the pieces it is made of (a segment's parts), without joining them first."""
 
-    _value: list[bytes]
+    _value: list[bytes | memoryview]
 
-    def __init__(self, pieces: list[bytes]) -> None:
+    def __init__(self, pieces: list[bytes | memoryview]) -> None:
         super().__init__(pieces)
         self._size = sum(len(piece) for piece in pieces)
 

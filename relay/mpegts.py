@@ -243,26 +243,33 @@ class TsMuxer:
         self._flush_audio()
         return self._take()
 
-    def part(self, packets: list[Packet], end_ts: int, independent: bool) -> bytes:
-        """One part or segment: PAT and PMT first when ``independent``, the frames, the audio gathered."""
+    def part(self, packets: list[Packet], end_ts: int, independent: bool) -> memoryview:
+        """One part or segment: PAT and PMT first when ``independent``, the frames, the audio gathered.
+        Returned as a read-only view of memory of its own (not copied once more into a ``bytes``)."""
         if independent:
             self._write_tables()
         self._mux(packets)
         self._flush_audio()
-        return self._take()
+        packets_out = np.empty(self._n, _PACKET)
+        self._interleave(packets_out)
+        return memoryview(packets_out.view(np.uint8)).toreadonly()
 
     def _take(self) -> bytes:
-        """This call's packets as one ``bytes``; the next call starts empty."""
-        count = self._n
-        if not count:
+        """This call's packets as one ``bytes``."""
+        if not self._n:
             return b""
-        packets = _SCRATCH.take(count)
-        packets["body"] = np.frombuffer(b"".join(self._bodies), _BODY)
-        packets["head"] = np.frombuffer(b"".join(self._heads), _HEAD)
+        packets = _SCRATCH.take(self._n)
+        self._interleave(packets)
+        return packets.tobytes()
+
+    def _interleave(self, packets: np.ndarray) -> None:
+        """Fill ``packets`` with this call's packets; the next call starts empty."""
+        if self._n:
+            packets["body"] = np.frombuffer(b"".join(self._bodies), _BODY)
+            packets["head"] = np.frombuffer(b"".join(self._heads), _HEAD)
         self._heads = []
         self._bodies = []
         self._n = 0
-        return packets.tobytes()
 
     # ------------------------------------------------------------ program tables
 

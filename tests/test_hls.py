@@ -267,3 +267,34 @@ async def test_a_signed_play_url_plays_its_segments_and_parts_too(make_server):
         assert sorted(s["codec_name"] for s in streams) == ["aac", "h264"]
     finally:
         await pub.stop()
+
+
+async def test_a_blocking_wait_ends_when_its_segment_exists_or_the_stream_ends() -> None:
+    from relay.hls import HlsSettings, LivePlaylist, Part, Segment
+
+    playlist = LivePlaylist(HlsSettings(), "0123abcd")
+    first = Segment(0, 0, 0.0, False, parts=[Part(0, b"a", 0.5, True)])
+    playlist._on_open(first)
+    for_segment_1 = asyncio.create_task(playlist.wait_for(1, None, 5))
+    for_part_2 = asyncio.create_task(playlist.wait_for(0, 2, 5))
+    for_segment_9 = asyncio.create_task(playlist.wait_for(9, None, 5))
+    await asyncio.sleep(0)
+    first.parts.append(Part(1, b"b", 0.5, False))
+    playlist._on_part(first, first.parts[-1])
+    await asyncio.sleep(0)
+    assert not any(t.done() for t in (for_segment_1, for_part_2, for_segment_9)), "nothing asked for exists yet"
+    first.parts.append(Part(2, b"c", 0.5, False))
+    playlist._on_part(first, first.parts[-1])
+    assert await for_part_2 is True
+    first.complete_at(1500)
+    playlist._on_segment(first)
+    second = Segment(1, 1500, 1.5, False, parts=[Part(0, b"d", 0.5, True)])
+    playlist._on_open(second)
+    await asyncio.sleep(0)
+    assert not for_segment_1.done(), "segment 1 is open, not complete"
+    second.complete_at(3000)
+    playlist._on_segment(second)
+    assert await for_segment_1 is True
+    playlist.finish()
+    assert await for_segment_9 is False, "the stream ended first"
+    assert await playlist.wait_for(1, None, 5) is True
