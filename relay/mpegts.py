@@ -10,7 +10,6 @@ stream's milliseconds on the 90 kHz clock.
 from __future__ import annotations
 
 import struct
-import threading
 from itertools import pairwise
 
 import numpy as np
@@ -29,7 +28,6 @@ STREAM_TYPE_AAC = 0x0F
 _AUD = b"\x00\x00\x00\x01\x09\xf0"
 _OWN_AUD = frozenset((9,))  # the publisher's AUDs are dropped: ours leads every access unit
 _START = b"\x00\x00\x00\x01"
-_AUD_START = _AUD + _START
 _LENGTH_FIELD = {4: struct.Struct(">I"), 2: struct.Struct(">H"), 1: struct.Struct(">B")}  # NAL unit lengths
 _U32 = _LENGTH_FIELD[4].unpack_from
 
@@ -175,22 +173,6 @@ _BODY = np.dtype(f"V{PAYLOAD}")
 _PACKET = np.dtype([("head", _HEAD), ("body", _BODY)])
 
 
-class _Scratch(threading.local):
-    """Where a call's TS packets are assembled before it returns them: one per thread, shared by
-    every muxer (each public call is synchronous and starts afresh), so it stays in the CPU's cache."""
-
-    def __init__(self) -> None:
-        self.packets = np.empty(4096, _PACKET)
-
-    def take(self, count: int) -> np.ndarray:
-        if count > len(self.packets):
-            self.packets = np.empty(max(2 * len(self.packets), count), _PACKET)
-        return self.packets[:count]
-
-
-_SCRATCH = _Scratch()
-
-
 class TsMuxer:
     """A call lays out its TS packets as two streams: the packets' 4-byte headers, and their 184-byte
     bodies (adaptation field, then payload), the media as views of the publisher's frames. When the
@@ -258,7 +240,7 @@ class TsMuxer:
         """This call's packets as one ``bytes``."""
         if not self._n:
             return b""
-        packets = _SCRATCH.take(self._n)
+        packets = np.empty(self._n, _PACKET)
         self._interleave(packets)
         return packets.tobytes()
 
