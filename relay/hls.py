@@ -16,6 +16,7 @@ blocking playlist reload.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -269,6 +270,7 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds:.3f}"
 
 
+@functools.lru_cache(maxsize=1024)  # every rendering lists the same few segments' dates
 def _date(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
 
