@@ -190,3 +190,69 @@ async def test_enhanced_rtmp_avc1_frames_are_muxed_like_legacy_ones(tmp_path) ->
         outputs.append(bytes(out))
     assert len(outputs[1]) > 100 * TS_SIZE
     assert outputs[0] == outputs[1], "the same access units whatever the FLV video header"
+
+
+def test_random_frames_mux_the_same_whichever_way_they_take(monkeypatch) -> None:
+    """Legacy AVC frames take the muxer's short way when they can, Enhanced RTMP ones always the
+    general way: on frames of every shape (several NAL units, empty or overrunning ones, the
+    publisher's own AUDs, tiny and large frames, negative composition offsets) both give the same
+    packets."""
+    import random
+
+    rng = random.Random(7)
+    sps, pps = b"\x67\x42\x00\x1f\xaa\xbb", b"\x68\xce\x3c\x80"
+    record = bytes((1, 0x42, 0, 0x1F, 0xFF, 0xE1)) + len(sps).to_bytes(2, "big") + sps
+    record += b"\x01" + len(pps).to_bytes(2, "big") + pps
+    configs = [
+        Packet(VIDEO, 0, b"\x17\x00\x00\x00\x00" + record, config=True),
+        Packet(AUDIO, 0, b"\xaf\x00\x12\x10", config=True),
+    ]
+    legacy: list[Packet] = []
+    enhanced: list[Packet] = []
+    for i in range(600):
+        timestamp = i * 20
+        if rng.random() < 0.4:
+            audio = Packet(AUDIO, timestamp, b"\xaf\x01" + rng.randbytes(rng.randrange(1, 700)))
+            legacy.append(audio)
+            enhanced.append(audio)
+            continue
+        keyframe = rng.random() < 0.1
+        units = []
+        for _ in range(rng.randrange(1, 5)):
+            kind = rng.choice([1, 1, 1, 5, 6, 9]) if rng.random() < 0.3 else (5 if keyframe else 1)
+            size = rng.choice([0, 1, 2, rng.randrange(3, 40), rng.randrange(40, 400), rng.randrange(400, 30000)])
+            units.append(size.to_bytes(4, "big") + (bytes((kind,)) + rng.randbytes(size))[:size])
+        body = b"".join(units)
+        if rng.random() < 0.05:
+            body = body[: rng.randrange(len(body) + 1)]  # a length that runs past the frame
+        cts = rng.randrange(-300, 300)
+        frame_type = 1 if keyframe else 2
+        legacy.append(
+            Packet(
+                VIDEO, timestamp, bytes((frame_type << 4 | 7, 1)) + cts.to_bytes(3, "big", signed=True) + body, keyframe
+            )
+        )
+        head = bytes((0x80 | frame_type << 4 | 1,)) + b"avc1" + cts.to_bytes(3, "big", signed=True)
+        enhanced.append(Packet(VIDEO, timestamp, head + body, keyframe))
+    ways: list[bool] = []  # per legacy frame: whether it took the short way
+    short_way = TsMuxer._write_frame
+
+    def counted(self, *args):  # type: ignore[no-untyped-def]
+        ways.append(short_way(self, *args))
+        return ways[-1]
+
+    monkeypatch.setattr(TsMuxer, "_write_frame", counted)
+    outputs = []
+    for source in (legacy, enhanced):
+        muxer = TsMuxer()
+        for config in configs:
+            muxer.configure(config)
+        out = []
+        for start in range(0, len(source), 25):
+            out.append(bytes(muxer.part(source[start : start + 25], start * 20, start % 100 == 0)))
+        outputs.append(out)
+    assert sum(ways) > 40 and ways.count(False) > 40, "both ways taken, often"
+    assert outputs[0] == outputs[1]
+    data = b"".join(outputs[0])
+    assert len(data) > 1000 * TS_SIZE and len(data) % TS_SIZE == 0
+    assert all(ts[0] == 0x47 for ts in packets_of(data))
