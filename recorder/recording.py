@@ -31,7 +31,7 @@ log = logging.getLogger("minilive.recorder")
 STREAM_GAP_MS = 100
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes | memoryview) -> None:
     """Replace ``path`` with ``data`` so that a reader (or a crash) sees the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -102,7 +102,7 @@ class Recording:
         playlist = render(self.entries, ended=False).encode()
         self._last_write = self.writer.submit(self._write, name, segment.data, playlist)
 
-    def _write(self, name: str, data: bytes, playlist: bytes) -> None:
+    def _write(self, name: str, data: bytes | memoryview, playlist: bytes) -> None:
         try:
             atomic_write(self.folder / name, data)
             atomic_write(self.folder / PLAYLIST, playlist)

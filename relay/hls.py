@@ -74,9 +74,10 @@ class Segment:
         return [p.data for p in self.parts]
 
     @property
-    def data(self) -> bytes:
-        """The whole segment in one ``bytes`` (a copy, unless it has one part)."""
-        return b"".join(self.pieces)
+    def data(self) -> bytes | memoryview:
+        """The whole segment in one buffer: its only part as it is, or its parts joined (a copy)."""
+        pieces = self.pieces
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def complete_at(self, end_ts: int) -> None:
         self.duration = max(end_ts - self.start_ts, 0) / 1000

@@ -192,6 +192,6 @@ class _Pieces(payload.Payload):
 
     async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
         # Queued without waiting in between (the transport sends them as one stream); one drain at the end.
-        for piece in self._value[:-1]:
+        for piece in self._value:
             await writer.write(piece, drain=False)  # type: ignore[call-arg]
-        await writer.write(self._value[-1])
+        await writer.drain()

@@ -235,6 +235,8 @@ def test_a_segment_is_its_parts_bytes_never_a_copy() -> None:
     assert segment.complete and segment.duration == 1.5
     assert all(a is b.data for a, b in zip(segment.pieces, parts, strict=True)), "served from the parts themselves"
     assert segment.data == b"".join(p.data for p in parts)
+    single = Segment(1, 1500, 1.5, False, parts=[parts[0]])
+    assert single.data is parts[0].data, "a one-part segment (a recording's) is its part, not a copy"
 
 
 async def test_a_signed_play_url_plays_its_segments_and_parts_too(make_server):
