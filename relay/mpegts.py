@@ -365,9 +365,7 @@ class TsMuxer:
         append = self._bodies.append
         # The adaptation field, the PES header and our AUD, in one go.
         start = _pcr_field(dts, keyframe) << (8 * head_size + 48) | _pes_head(dts, cts) << 48 | _AUD_VALUE
-        append(
-            start.to_bytes(8 + head_size + 6, "big") + params if keyframe else start.to_bytes(8 + head_size + 6, "big")
-        )
+        append(start.to_bytes(8 + head_size + 6, "big") + params)
         for start, stop in pairwise(starts):
             append(_START)
             append(view[start + 4 : stop])
@@ -383,11 +381,7 @@ class TsMuxer:
         heads.append(_FIRST_WITH_ADAPTATION[VIDEO_PID][cc])
         count = 1 + full
         if full:
-            heads.append(
-                _VIDEO_HEADS[4 * cc + 4 : 4 * (cc + count)]
-                if count <= _HEAD_ROWS
-                else _full_heads(VIDEO_PID, cc + 1, full)
-            )
+            heads.append(_full_heads(VIDEO_PID, cc + 1, full))
         if last:
             heads.append(_LAST_WITH_ADAPTATION[VIDEO_PID][(cc + count) & 0x0F])
             count += 1
@@ -414,7 +408,6 @@ class TsMuxer:
         """Packetize the PES of ``total`` bytes whose body pieces start at ``self._bodies[mark]``
         (a placeholder for the first packet's adaptation field, then the PES header, then the data)."""
         cc = self._cc[pid]
-        pid_hi, pid_lo = pid >> 8, pid & 0xFF
         heads, bodies = self._heads, self._bodies
         # First packet: PUSI, with an adaptation field carrying the PCR on the PCR stream.
         if pid == self.pcr_pid:
@@ -426,22 +419,22 @@ class TsMuxer:
         room = PAYLOAD - 1 - len(adaptation) if adaptation else PAYLOAD
         if total < room:  # the whole PES fits in one packet: stuff its adaptation field
             stuffing = _stuffed(adaptation, PAYLOAD - 1 - total)
-            heads.append(bytes((0x47, 0x40 | pid_hi, pid_lo, 0x30 | cc)))
+            heads.append(_FIRST_WITH_ADAPTATION[pid][cc])
             bodies[mark] = bytes((len(stuffing),)) + stuffing
             count = 1
         else:
             if adaptation:
-                heads.append(bytes((0x47, 0x40 | pid_hi, pid_lo, 0x30 | cc)))
+                heads.append(_FIRST_WITH_ADAPTATION[pid][cc])
                 bodies[mark] = bytes((len(adaptation),)) + adaptation
             else:
-                heads.append(bytes((0x47, 0x40 | pid_hi, pid_lo, 0x10 | cc)))
+                heads.append(bytes((0x47, 0x40 | pid >> 8, pid & 0xFF, 0x10 | cc)))
             full, last = divmod(total - room, PAYLOAD)
             if full:
-                heads.append(_full_heads(pid, (cc + 1) & 0x0F, full))
+                heads.append(_full_heads(pid, cc + 1, full))
             count = 1 + full
             if last:
                 # The last packet is stuffed: its adaptation field goes before the PES's last bytes.
-                heads.append(bytes((0x47, pid_hi, pid_lo, 0x30 | ((cc + count) & 0x0F))))
+                heads.append(_LAST_WITH_ADAPTATION[pid][(cc + count) & 0x0F])
                 _insert_before_end(bodies, last, _LAST_ADAPTATION[last])
                 count += 1
         self._cc[pid] = (cc + count) & 0x0F
@@ -499,7 +492,8 @@ def _cycle(pid: int, rows: int) -> bytes:
 
 
 def _full_heads(pid: int, cc: int, count: int) -> bytes:
-    """The headers of ``count`` full packets of ``pid`` from counter ``cc``."""
+    """The headers of ``count`` full packets of ``pid`` from counter ``cc`` (taken modulo 16)."""
+    cc &= 0x0F
     table = _HEAD_TABLES[pid] if cc + count <= _HEAD_ROWS + 16 else _cycle(pid, cc + count)
     return table[4 * cc : 4 * (cc + count)]
 
@@ -514,7 +508,6 @@ def _stuffed(adaptation: bytes, length: int) -> bytes:
 
 
 _HEAD_TABLES = {pid: _cycle(pid, _HEAD_ROWS + 16) for pid in (VIDEO_PID, AUDIO_PID)}
-_VIDEO_HEADS = _HEAD_TABLES[VIDEO_PID]
 _FIRST_WITH_ADAPTATION = {
     pid: [bytes((0x47, 0x40 | pid >> 8, pid & 0xFF, 0x30 | cc)) for cc in range(16)] for pid in (VIDEO_PID, AUDIO_PID)
 }
