@@ -5,10 +5,14 @@ segments, as RFC 8216 wants; each segment starts with :meth:`TsMuxer.header` (PA
 keyframe. H.264 access units are rewritten from AVCC to Annex-B with an AUD, and SPS/PPS before
 every IDR; AAC frames get ADTS headers built from the AudioSpecificConfig. Timestamps are the
 stream's milliseconds on the 90 kHz clock.
+
+The hot call, :meth:`TsMuxer.part`, runs in C (``relay/_tsmux.c``) where that is built; the Python here
+is its reference (tests check both give the same bytes) and the fallback where no C compiler is at hand.
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 from itertools import pairwise
 
@@ -16,6 +20,22 @@ import numpy as np
 
 from relay.codecs import coded_frame
 from relay.packet import AUDIO, VIDEO, Packet
+
+log = logging.getLogger("minilive.mpegts")
+
+# The C way of TsMuxer.part() (relay/_tsmux.c), built by `pip install -e .` where a C compiler is at
+# hand; without it (or when its build is older than its source), this module's Python way does the
+# same work, to the byte, with more CPU.
+_TSMUX_VERSION = 1
+try:
+    from relay import _tsmux
+except ImportError:
+    _tsmux = None
+    log.info("relay._tsmux is not built: TS muxing takes the Python way (install a C compiler, then scripts/dev setup)")
+else:
+    if getattr(_tsmux, "VERSION", None) != _TSMUX_VERSION:
+        log.warning("relay._tsmux is an old build: TS muxing takes the Python way (rebuild it: scripts/dev setup)")
+        _tsmux = None
 
 TS_SIZE = 188
 PAYLOAD = 184
@@ -225,9 +245,14 @@ class TsMuxer:
         self._flush_audio()
         return self._take()
 
-    def part(self, packets: list[Packet], end_ts: int, independent: bool) -> memoryview:
+    def part(self, packets: list[Packet], end_ts: int, independent: bool) -> bytes | memoryview:
         """One part or segment: PAT and PMT first when ``independent``, the frames, the audio gathered.
-        Returned as a read-only view of memory of its own (not copied once more into a ``bytes``)."""
+        The C way returns ``bytes``; the Python way a read-only view of memory of its own (not copied
+        once more into a ``bytes``)."""
+        if _tsmux is not None and not self._audio and not self._n:
+            data = self._part_in_c(packets, independent)
+            if data is not None:
+                return data
         if independent:
             self._write_tables()
         self._mux(packets)
@@ -235,6 +260,28 @@ class TsMuxer:
         packets_out = np.empty(self._n, _PACKET)
         self._interleave(packets_out)
         return memoryview(packets_out.view(np.uint8)).toreadonly()
+
+    def _part_in_c(self, packets: list[Packet], independent: bool) -> bytes | None:
+        """:meth:`part` by relay._tsmux; None, having written nothing, for what it leaves to Python."""
+        if self._tables is None:
+            self._tables = self._build_tables()
+        cc = self._cc
+        counters = bytearray((cc[0], cc[PMT_PID], cc[VIDEO_PID], cc[AUDIO_PID]))
+        avc, aac = self.avc, self.aac
+        data = _tsmux.mux_part(  # type: ignore[union-attr]
+            packets if type(packets) is list else list(packets),
+            self._tables[0] + self._tables[1] if independent else None,
+            counters,
+            avc.parameter_sets if avc is not None else None,
+            avc.length_size if avc is not None else 4,
+            bytes((aac.profile, aac.rate_index, aac.channels)) if aac is not None else None,
+            self.pcr_pid,
+            self.audio_delay,
+            not self.has_video,
+        )
+        if data is not None:
+            cc[0], cc[PMT_PID], cc[VIDEO_PID], cc[AUDIO_PID] = counters
+        return data
 
     def _take(self) -> bytes:
         """This call's packets as one ``bytes``."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay import codecs, flv
+from relay import codecs, flv, mpegts
 from relay.mpegts import AUDIO_PID, PMT_PID, TS_SIZE, VIDEO_PID, TsMuxer, crc32_mpeg2
 from relay.packet import AUDIO, VIDEO, Packet
 from tests.conftest import FFMPEG, decode_cleanly, needs_ffmpeg, probe_frames, run
@@ -192,16 +192,18 @@ async def test_enhanced_rtmp_avc1_frames_are_muxed_like_legacy_ones(tmp_path) ->
     assert outputs[0] == outputs[1], "the same access units whatever the FLV video header"
 
 
-def test_random_frames_mux_the_same_whichever_way_they_take(monkeypatch) -> None:
-    """Legacy AVC frames take the muxer's short way when they can, Enhanced RTMP ones always the
-    general way: on frames of every shape (several NAL units, empty or overrunning ones, the
-    publisher's own AUDs, tiny and large frames, negative composition offsets) both give the same
-    packets."""
+Frames = list[Packet]
+
+
+def random_frames(seed: int, length_size: int = 4, frames: int = 600) -> tuple[Frames, Frames, Frames]:
+    """Config packets, then the same random H.264 and AAC frames as legacy FLV AVC and as Enhanced RTMP
+    avc1: frames of every shape (several NAL units, empty or overrunning ones, the publisher's own AUDs,
+    tiny and large frames, negative composition offsets), audio frames of every size."""
     import random
 
-    rng = random.Random(7)
+    rng = random.Random(seed)
     sps, pps = b"\x67\x42\x00\x1f\xaa\xbb", b"\x68\xce\x3c\x80"
-    record = bytes((1, 0x42, 0, 0x1F, 0xFF, 0xE1)) + len(sps).to_bytes(2, "big") + sps
+    record = bytes((1, 0x42, 0, 0x1F, 0xFC | (length_size - 1), 0xE1)) + len(sps).to_bytes(2, "big") + sps
     record += b"\x01" + len(pps).to_bytes(2, "big") + pps
     configs = [
         Packet(VIDEO, 0, b"\x17\x00\x00\x00\x00" + record, config=True),
@@ -209,7 +211,8 @@ def test_random_frames_mux_the_same_whichever_way_they_take(monkeypatch) -> None
     ]
     legacy: list[Packet] = []
     enhanced: list[Packet] = []
-    for i in range(600):
+    largest = (1 << 8 * length_size) - 1
+    for i in range(frames):
         timestamp = i * 20
         if rng.random() < 0.4:
             audio = Packet(AUDIO, timestamp, b"\xaf\x01" + rng.randbytes(rng.randrange(1, 700)))
@@ -221,7 +224,8 @@ def test_random_frames_mux_the_same_whichever_way_they_take(monkeypatch) -> None
         for _ in range(rng.randrange(1, 5)):
             kind = rng.choice([1, 1, 1, 5, 6, 9]) if rng.random() < 0.3 else (5 if keyframe else 1)
             size = rng.choice([0, 1, 2, rng.randrange(3, 40), rng.randrange(40, 400), rng.randrange(400, 30000)])
-            units.append(size.to_bytes(4, "big") + (bytes((kind,)) + rng.randbytes(size))[:size])
+            size = min(size, largest)
+            units.append(size.to_bytes(length_size, "big") + (bytes((kind,)) + rng.randbytes(size))[:size])
         body = b"".join(units)
         if rng.random() < 0.05:
             body = body[: rng.randrange(len(body) + 1)]  # a length that runs past the frame
@@ -232,8 +236,28 @@ def test_random_frames_mux_the_same_whichever_way_they_take(monkeypatch) -> None
                 VIDEO, timestamp, bytes((frame_type << 4 | 7, 1)) + cts.to_bytes(3, "big", signed=True) + body, keyframe
             )
         )
-        head = bytes((0x80 | frame_type << 4 | 1,)) + b"avc1" + cts.to_bytes(3, "big", signed=True)
+        if cts or rng.random() < 0.5:  # CodedFrames, with its SI24 offset
+            head = bytes((0x80 | frame_type << 4 | 1,)) + b"avc1" + cts.to_bytes(3, "big", signed=True)
+        else:  # CodedFramesX: no offset
+            head = bytes((0x80 | frame_type << 4 | 3,)) + b"avc1"
         enhanced.append(Packet(VIDEO, timestamp, head + body, keyframe))
+    return configs, legacy, enhanced
+
+
+def mux_parts(muxer: TsMuxer, configs: list[Packet], source: list[Packet], per_part: int = 25) -> list[bytes]:
+    for config in configs:
+        muxer.configure(config)
+    return [
+        bytes(muxer.part(source[start : start + per_part], start * 20, start % (4 * per_part) == 0))
+        for start in range(0, len(source), per_part)
+    ]
+
+
+def test_random_frames_mux_the_same_whichever_way_they_take(monkeypatch) -> None:
+    """Legacy AVC frames take the Python muxer's short way when they can, Enhanced RTMP ones always its
+    general way: on frames of every shape both give the same packets."""
+    monkeypatch.setattr(mpegts, "_tsmux", None)
+    configs, legacy, enhanced = random_frames(7)
     ways: list[bool] = []  # per legacy frame: whether it took the short way
     short_way = TsMuxer._write_frame
 
@@ -242,17 +266,79 @@ def test_random_frames_mux_the_same_whichever_way_they_take(monkeypatch) -> None
         return ways[-1]
 
     monkeypatch.setattr(TsMuxer, "_write_frame", counted)
-    outputs = []
-    for source in (legacy, enhanced):
-        muxer = TsMuxer()
-        for config in configs:
-            muxer.configure(config)
-        out = []
-        for start in range(0, len(source), 25):
-            out.append(bytes(muxer.part(source[start : start + 25], start * 20, start % 100 == 0)))
-        outputs.append(out)
+    outputs = [mux_parts(TsMuxer(), configs, source) for source in (legacy, enhanced)]
     assert sum(ways) > 40 and ways.count(False) > 40, "both ways taken, often"
     assert outputs[0] == outputs[1]
     data = b"".join(outputs[0])
     assert len(data) > 1000 * TS_SIZE and len(data) % TS_SIZE == 0
     assert all(ts[0] == 0x47 for ts in packets_of(data))
+
+
+def test_the_c_muxer_gives_the_python_muxers_bytes(monkeypatch) -> None:
+    """relay._tsmux (built by the install; scripts/dev installs a C compiler) lays out parts exactly as
+    the Python muxer: the same random frames, with every NAL length size, with and without video, muxed
+    into parts both ways, give the same bytes and leave the same continuity counters."""
+    assert mpegts._tsmux is not None, "relay._tsmux is not built: run scripts/dev setup (needs gcc, python3-dev)"
+    calls: list[bool] = []
+    c_way = TsMuxer._part_in_c
+
+    def counted(self, *args):  # type: ignore[no-untyped-def]
+        data = c_way(self, *args)
+        calls.append(data is not None)
+        return data
+
+    monkeypatch.setattr(TsMuxer, "_part_in_c", counted)
+    cases = []
+    for seed, length_size in ((11, 4), (12, 2), (13, 1), (14, 3)):
+        configs, legacy, enhanced = random_frames(seed, length_size, frames=300)
+        cases += [(configs, legacy, True), (configs, enhanced, True)]
+    cases.append((configs[1:], [p for p in legacy if p.kind == AUDIO], False))  # audio only: PCR on audio
+    for configs, source, has_video in cases:
+        muxers = []
+        outputs = []
+        for way in (mpegts._tsmux, None):
+            monkeypatch.setattr(mpegts, "_tsmux", way)
+            muxers.append(TsMuxer(has_video=has_video))
+            outputs.append(mux_parts(muxers[-1], configs, source, per_part=20))
+        assert outputs[0] == outputs[1]
+        assert muxers[0]._cc == muxers[1]._cc
+        assert len(b"".join(outputs[0])) > 100 * TS_SIZE
+    assert calls and all(calls), "every part took the C way"
+
+
+def test_the_c_muxer_leaves_what_it_cannot_take_to_the_python_muxer() -> None:
+    """A payload that is not ``bytes`` is muxed the Python way, in the same muxer, with the same result."""
+    configs, legacy, _ = random_frames(21, frames=100)
+    viewed = [Packet(p.kind, p.timestamp, memoryview(p.payload), p.keyframe) for p in legacy]  # type: ignore[arg-type]
+    assert mux_parts(TsMuxer(), configs, legacy) == mux_parts(TsMuxer(), configs, viewed)
+
+
+def test_the_c_muxer_takes_garbage_as_the_python_muxer_does(monkeypatch) -> None:
+    """Payloads of random bytes behind every FLV header the muxer looks at, huge and negative
+    timestamps: the C way neither crashes nor differs from the Python way (output, or the error raised)."""
+    import random
+
+    assert mpegts._tsmux is not None, "relay._tsmux is not built: run scripts/dev setup (needs gcc, python3-dev)"
+    rng = random.Random(5)
+    configs, _, _ = random_frames(3, frames=10)
+    leads = [b"", b"\x17\x01", b"\x27\x01", b"\xaf\x01", b"\x91avc1", b"\x93avc1", b"\x17\x00", b"\xaf\x00"]
+    leads.append(b"\x9fhvc1")
+    for _ in range(60):
+        packets = [
+            Packet(
+                rng.choice([AUDIO, VIDEO, 18]),
+                rng.choice([0, 20 * i, rng.randrange(-(10**6), 10**12)]),
+                rng.choice(leads) + rng.randbytes(rng.choice([0, 1, 3, 5, 50, 300, 3000])),
+                rng.random() < 0.2,
+            )
+            for i in range(40)
+        ]
+        has_video = rng.random() < 0.8
+        results = []
+        for way in (mpegts._tsmux, None):
+            monkeypatch.setattr(mpegts, "_tsmux", way)
+            try:
+                results.append(mux_parts(TsMuxer(has_video=has_video), configs, packets, per_part=10))
+            except (ValueError, OverflowError) as error:
+                results.append(repr(error))
+        assert results[0] == results[1]
