@@ -70,10 +70,19 @@ static inline void put(Buffer *b, const void *src, Py_ssize_t n) {
     b->size += n;
 }
 
+/* A run of bytes of a PES: a PES is packetized from its pieces (headers, start codes, NAL units as
+ * they are in the publisher's frame), so that its media is copied once, into the TS packets. */
 typedef struct {
-    PyObject *out;      /* the bytes being written, grown as needed */
+    const uint8_t *data;
+    Py_ssize_t size;
+} Piece;
+
+typedef struct {
+    PyObject *out;      /* the bytes being written: sized for the whole part up front */
     Py_ssize_t out_size;
-    Buffer pes;         /* the video PES being built */
+    Piece *pieces;      /* the video PES being packetized */
+    Py_ssize_t pieces_capacity;
+    uint8_t video_head[19];
     Buffer audio;       /* gathered audio PES: 14 header bytes, then ADTS header + frame, ... */
     int64_t audio_pts;
     int pcr_pid;
@@ -133,8 +142,32 @@ static uint8_t *stuffed(uint8_t *p, const uint8_t *fields, int fields_size, int 
     return p + length;
 }
 
-/* The TS packets of one PES of `total` bytes (TsMuxer._write_pes). */
-static int write_pes(Muxer *m, int pid, const uint8_t *data, Py_ssize_t total, int64_t dts, int random_access) {
+/* Where packetizing a PES has got to in its pieces. */
+typedef struct {
+    const Piece *piece;
+    Py_ssize_t offset;
+} Cursor;
+
+/* Copies the next `n` bytes of the pieces to `dst`; returns the end of the copy. */
+static inline uint8_t *take(Cursor *c, uint8_t *dst, Py_ssize_t n) {
+    while (n > 0) {
+        Py_ssize_t available = c->piece->size - c->offset;
+        if (available > n) {
+            memcpy(dst, c->piece->data + c->offset, n);
+            c->offset += n;
+            return dst + n;
+        }
+        memcpy(dst, c->piece->data + c->offset, available);
+        dst += available;
+        n -= available;
+        c->piece++;
+        c->offset = 0;
+    }
+    return dst;
+}
+
+/* The TS packets of one PES of `total` bytes, made of `pieces` (TsMuxer._write_pes). */
+static int write_pes(Muxer *m, int pid, const Piece *pieces, Py_ssize_t total, int64_t dts, int random_access) {
     uint8_t fields[7];
     int fields_size = 0;
     if (pid == m->pcr_pid) {
@@ -154,17 +187,17 @@ static int write_pes(Muxer *m, int pid, const uint8_t *data, Py_ssize_t total, i
     }
     Py_ssize_t room = fields_size ? PAYLOAD - 1 - fields_size : PAYLOAD;
     Py_ssize_t count = total < room ? 1 : 2 + (total - room) / PAYLOAD;
-    if (out_reserve(m, count * TS_SIZE) < 0)
+    if (out_reserve(m, count * TS_SIZE) < 0) /* only if the part's bound was wrong */
         return -1;
     int ci = cc_index(pid);
     int cc = m->cc[ci];
     uint8_t *p = (uint8_t *)PyBytes_AS_STRING(m->out) + m->out_size;
     uint8_t *start = p;
+    Cursor data = {pieces, 0};
     if (total < room) { /* the whole PES fits in one packet: stuff its adaptation field */
         p = packet_head(p, pid, 1, 1, cc++);
         p = stuffed(p, fields, fields_size, (int)(PAYLOAD - 1 - total));
-        memcpy(p, data, total);
-        p += total;
+        p = take(&data, p, total);
     } else {
         p = packet_head(p, pid, 1, fields_size, cc++);
         if (fields_size) {
@@ -172,20 +205,16 @@ static int write_pes(Muxer *m, int pid, const uint8_t *data, Py_ssize_t total, i
             memcpy(p, fields, fields_size);
             p += fields_size;
         }
-        memcpy(p, data, room);
-        p += room;
-        data += room;
+        p = take(&data, p, room);
         Py_ssize_t rest = total - room;
-        for (; rest >= PAYLOAD; rest -= PAYLOAD, data += PAYLOAD) {
+        for (; rest >= PAYLOAD; rest -= PAYLOAD) {
             p = packet_head(p, pid, 0, 0, cc++);
-            memcpy(p, data, PAYLOAD);
-            p += PAYLOAD;
+            p = take(&data, p, PAYLOAD);
         }
         if (rest) { /* the last packet is stuffed: its adaptation field goes before the PES's last bytes */
             p = packet_head(p, pid, 0, 1, cc++);
             p = stuffed(p, NULL, 0, (int)(PAYLOAD - 1 - rest));
-            memcpy(p, data, rest);
-            p += rest;
+            p = take(&data, p, rest);
         }
     }
     m->cc[ci] = (uint8_t)(cc & 0x0F);
@@ -208,41 +237,54 @@ static int flush_audio(Muxer *m, int random_access) {
     h[7] = 0x80;
     h[8] = 0x05;
     stamp(h + 9, 2, m->audio_pts);
-    int r = write_pes(m, AUDIO_PID, m->audio.data, m->audio.size, m->audio_pts, random_access);
+    Piece pes = {m->audio.data, m->audio.size};
+    int r = write_pes(m, AUDIO_PID, &pes, m->audio.size, m->audio_pts, random_access);
     m->audio.size = 14;
     return r;
 }
 
-/* One FLV H.264 frame's PES (header, our AUD, SPS/PPS before a keyframe, the NAL units but the
- * publisher's AUDs, each after a start code) into m->pes. */
-static int build_video_pes(Muxer *m, const uint8_t *data, Py_ssize_t end, int length_size, int64_t dts,
-                           int32_t cts, const uint8_t *params, Py_ssize_t params_size) {
+static int add_piece(Muxer *m, Py_ssize_t *count, const uint8_t *data, Py_ssize_t size) {
+    if (*count == m->pieces_capacity) {
+        Py_ssize_t capacity = m->pieces_capacity ? 2 * m->pieces_capacity : 64;
+        Piece *pieces = PyMem_Realloc(m->pieces, capacity * sizeof(Piece));
+        if (pieces == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        m->pieces = pieces;
+        m->pieces_capacity = capacity;
+    }
+    m->pieces[(*count)++] = (Piece){data, size};
+    return 0;
+}
+
+/* One FLV H.264 frame's PES as pieces in m->pieces: its header, our AUD, SPS/PPS before a keyframe,
+ * the NAL units but the publisher's AUDs, each after a start code. Returns the PES's size, or -1. */
+static Py_ssize_t video_pes(Muxer *m, const uint8_t *data, Py_ssize_t end, int length_size, int64_t dts,
+                            int32_t cts, const uint8_t *params, Py_ssize_t params_size) {
     static const uint8_t aud[6] = {0, 0, 0, 1, 0x09, 0xF0};
     static const uint8_t start_code[4] = {0, 0, 0, 1};
-    /* Start codes take the place of length fields of at least a byte: the frame, plus headers, bounds it. */
-    if (buffer_reserve(&m->pes, 19 + 6 + params_size + 4 * (end + 1)) < 0)
-        return -1;
-    Buffer *b = &m->pes;
-    b->size = 0;
-    uint8_t *h = b->data;
-    static const uint8_t head[6] = {0, 0, 1, 0xE0, 0, 0};
-    memcpy(h, head, 6);
-    h[6] = 0x80;
+    static const uint8_t lead[7] = {0, 0, 1, 0xE0, 0, 0, 0x80};
+    uint8_t *h = m->video_head;
+    memcpy(h, lead, 7);
+    Py_ssize_t head_size;
     if (cts) {
         h[7] = 0xC0;
         h[8] = 0x0A;
         stamp(h + 9, 3, dts + (int64_t)cts * 90);
         stamp(h + 14, 1, dts);
-        b->size = 19;
+        head_size = 19;
     } else {
         h[7] = 0x80;
         h[8] = 0x05;
         stamp(h + 9, 2, dts);
-        b->size = 14;
+        head_size = 14;
     }
-    put(b, aud, 6);
-    if (params_size)
-        put(b, params, params_size);
+    Py_ssize_t count = 0, total = head_size + 6 + params_size;
+    if (add_piece(m, &count, h, head_size) < 0 || add_piece(m, &count, aud, 6) < 0)
+        return -1;
+    if (params_size && add_piece(m, &count, params, params_size) < 0)
+        return -1;
     Py_ssize_t pos = 0;
     while (pos + length_size <= end) {
         uint64_t length = 0;
@@ -252,14 +294,15 @@ static int build_video_pes(Muxer *m, const uint8_t *data, Py_ssize_t end, int le
         Py_ssize_t available = end - pos;
         Py_ssize_t nal = length < (uint64_t)available ? (Py_ssize_t)length : available;
         if (nal > 0 && (data[pos] & 0x1F) != 9) {
-            put(b, start_code, 4);
-            put(b, data + pos, nal);
+            if (add_piece(m, &count, start_code, 4) < 0 || add_piece(m, &count, data + pos, nal) < 0)
+                return -1;
+            total += 4 + nal;
         }
         if (length >= (uint64_t)available)
             break;
         pos += (Py_ssize_t)length;
     }
-    return 0;
+    return total;
 }
 
 typedef struct {
@@ -320,9 +363,10 @@ static int mux_video(Muxer *m, PyObject *packet, const uint8_t *payload, Py_ssiz
     Py_DECREF(key);
     if (keyframe < 0)
         return -1;
-    if (build_video_pes(m, data, data_size, c->length_size, dts, cts, c->params, keyframe ? c->params_size : 0) < 0)
+    Py_ssize_t total = video_pes(m, data, data_size, c->length_size, dts, cts, c->params, keyframe ? c->params_size : 0);
+    if (total < 0)
         return -1;
-    return write_pes(m, VIDEO_PID, m->pes.data, m->pes.size, dts, keyframe);
+    return write_pes(m, VIDEO_PID, m->pieces, total, dts, keyframe);
 }
 
 static int mux_audio(Muxer *m, const uint8_t *payload, Py_ssize_t size, int64_t pts, const Config *c) {
@@ -381,6 +425,22 @@ static int mux_packet(Muxer *m, PyObject *packet, const Config *c) {
     return r;
 }
 
+/* At most how many bytes the part's packets can give (for every frame, as if it were video with the
+ * most start codes its length fields allow), so that the part is allocated once. */
+static Py_ssize_t part_bound(PyObject *packets, int length_size, Py_ssize_t params_size) {
+    Py_ssize_t count = 2; /* PAT and PMT */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(packets); i++) {
+        PyObject *payload = PyObject_GetAttr(PyList_GET_ITEM(packets, i), str_payload);
+        if (payload == NULL)
+            return -1;
+        Py_ssize_t size = PyBytes_Check(payload) ? PyBytes_GET_SIZE(payload) : 0;
+        Py_DECREF(payload);
+        Py_ssize_t pes = 25 + params_size + size + (length_size < 4 ? 3 * (size / (length_size + 1) + 1) : 0);
+        count += pes / PCR_ROOM + 2;
+    }
+    return count * TS_SIZE;
+}
+
 static PyObject *mux_part(PyObject *Py_UNUSED(module), PyObject *args) {
     PyObject *packets, *tables, *params_obj, *adts_obj;
     Py_buffer cc;
@@ -422,7 +482,10 @@ static PyObject *mux_part(PyObject *Py_UNUSED(module), PyObject *args) {
         goto done;
     }
     memcpy(m.cc, cc.buf, 4);
-    m.out = PyBytes_FromStringAndSize(NULL, 64 * TS_SIZE);
+    Py_ssize_t bound = part_bound(packets, length_size, params_size);
+    if (bound < 0)
+        goto done;
+    m.out = PyBytes_FromStringAndSize(NULL, bound);
     if (m.out == NULL || buffer_reserve(&m.audio, 4096) < 0)
         goto done;
     m.audio.size = 14; /* room for the PES header, written when the PES is */
@@ -456,7 +519,7 @@ static PyObject *mux_part(PyObject *Py_UNUSED(module), PyObject *args) {
     m.out = NULL;
 done:
     Py_XDECREF(m.out);
-    PyMem_Free(m.pes.data);
+    PyMem_Free(m.pieces);
     PyMem_Free(m.audio.data);
     PyBuffer_Release(&cc);
     return result;
