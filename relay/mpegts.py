@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import struct
-from itertools import pairwise
 
 import numpy as np
 
@@ -49,7 +48,6 @@ _AUD = b"\x00\x00\x00\x01\x09\xf0"
 _OWN_AUD = frozenset((9,))  # the publisher's AUDs are dropped: ours leads every access unit
 _START = b"\x00\x00\x00\x01"
 _LENGTH_FIELD = {4: struct.Struct(">I"), 2: struct.Struct(">H"), 1: struct.Struct(">B")}  # NAL unit lengths
-_U32 = _LENGTH_FIELD[4].unpack_from
 
 
 def _crc32_table() -> list[int]:
@@ -269,7 +267,7 @@ class TsMuxer:
         counters = bytearray((cc[0], cc[PMT_PID], cc[VIDEO_PID], cc[AUDIO_PID]))
         avc, aac = self.avc, self.aac
         data = _tsmux.mux_part(  # type: ignore[union-attr]
-            packets if type(packets) is list else list(packets),
+            packets,
             self._tables[0] + self._tables[1] if independent else None,
             counters,
             avc.parameter_sets if avc is not None else None,
@@ -333,21 +331,11 @@ class TsMuxer:
         avc, aac = self.avc, self.aac
         audio = self._audio
         bodies = self._bodies
-        # The usual H.264 takes the short way (_write_frame): legacy FLV AVC with 4-byte NAL lengths,
-        # video carrying the PCR.
-        short = avc is not None and avc.length_size == 4 and self.pcr_pid == VIDEO_PID
         for packet in packets:
             kind = packet.kind
             payload = packet.payload
             if kind == VIDEO:
                 if avc is None or len(payload) < 5:
-                    continue
-                if (
-                    short
-                    and payload[1] == 1
-                    and payload[0] & 0x0F == 7
-                    and self._write_frame(payload, packet.timestamp, packet.keyframe)
-                ):
                     continue
                 keyframe = packet.keyframe
                 dts = packet.timestamp * 90
@@ -379,62 +367,6 @@ class TsMuxer:
                 if pts - self._audio_pts >= self.audio_delay or self._audio_size >= MAX_AUDIO_PES:
                     self._flush_audio()
                     audio = self._audio
-
-    def _write_frame(self, payload: bytes, timestamp: int, keyframe: bool) -> bool:
-        """:meth:`_write_pes` for one legacy AVC frame, with what is general there known here: the PES
-        has a PCR and fills more than one packet, and the last packet's stuffing goes into the last NAL
-        unit. Returns False, having written nothing, for a frame that does not fit this (an AUD of the
-        publisher's, an empty or overrunning NAL unit, a tiny frame), which takes the general way."""
-        end = len(payload)
-        starts = []  # where each NAL unit's length field is
-        pos = 5
-        while pos + 4 < end:
-            length = _U32(payload, pos)[0]
-            if not length or payload[pos + 4] & 0x1F == 9:
-                return False
-            starts.append(pos)
-            pos += 4 + length
-        if pos != end or not starts:
-            return False
-        dts = timestamp * 90
-        cts = ((_U32(payload, 1)[0] & 0xFFFFFF) ^ 0x800000) - 0x800000  # SI24 after the packet type
-        head_size = 19 if cts else 14
-        params = self.avc.parameter_sets if keyframe else b""  # type: ignore[union-attr]
-        # Start codes take the place of the 4-byte lengths: the access unit is as long as the frame.
-        total = head_size + len(_AUD) + len(params) + end - 5
-        if total <= _PCR_ROOM:
-            return False
-        full, last = divmod(total - _PCR_ROOM, PAYLOAD)
-        tail_start = starts[-1] + 4
-        if end - tail_start < last:
-            return False
-        view = memoryview(payload)
-        append = self._bodies.append
-        # The adaptation field, the PES header and our AUD, in one go.
-        start = _pcr_field(dts, keyframe) << (8 * head_size + 48) | _pes_head(dts, cts) << 48 | _AUD_VALUE
-        append(start.to_bytes(8 + head_size + 6, "big") + params)
-        for start, stop in pairwise(starts):
-            append(_START)
-            append(view[start + 4 : stop])
-        append(_START)
-        if last:
-            append(view[tail_start : end - last])
-            append(_LAST_ADAPTATION[last])
-            append(view[end - last :])
-        else:
-            append(view[tail_start:])
-        cc = self._cc[VIDEO_PID]
-        heads = self._heads
-        heads.append(_FIRST_WITH_ADAPTATION[VIDEO_PID][cc])
-        count = 1 + full
-        if full:
-            heads.append(_full_heads(VIDEO_PID, cc + 1, full))
-        if last:
-            heads.append(_LAST_WITH_ADAPTATION[VIDEO_PID][(cc + count) & 0x0F])
-            count += 1
-        self._cc[VIDEO_PID] = (cc + count) & 0x0F
-        self._n += count
-        return True
 
     def _flush_audio(self) -> None:
         if not self._audio:
@@ -490,29 +422,21 @@ class TsMuxer:
 
 def _video_pes_head(dts: int, cts: int) -> bytes:
     """A video PES header (unbounded length) with PTS, and DTS when they differ."""
-    return _pes_head(dts, cts).to_bytes(19 if cts else 14, "big")
-
-
-def _pes_head(dts: int, cts: int) -> int:
     if cts:
-        return _PES_PTS_DTS | _stamp(3, dts + cts * 90) << 40 | _stamp(1, dts)
-    return _PES_PTS | _stamp(2, dts)
+        return (_PES_PTS_DTS | _stamp(3, dts + cts * 90) << 40 | _stamp(1, dts)).to_bytes(19, "big")
+    return (_PES_PTS | _stamp(2, dts)).to_bytes(14, "big")
 
 
 _PES_PTS = int.from_bytes(b"\x00\x00\x01\xe0\x00\x00\x80\x80\x05", "big") << 40
 _PES_PTS_DTS = int.from_bytes(b"\x00\x00\x01\xe0\x00\x00\x80\xc0\x0a", "big") << 80
-_AUD_VALUE = int.from_bytes(_AUD, "big")
 
 
 def _pcr_adaptation(dts: int, random_access: bool) -> bytes:
     """The adaptation field (length byte included) of a PES's first packet on the PCR stream."""
-    return _pcr_field(dts, random_access).to_bytes(8, "big")
-
-
-def _pcr_field(dts: int, random_access: bool) -> int:
     pcr = dts - 300 * 90 if dts >= 300 * 90 else 0  # PCR a little before DTS gives decoders slack
     flags = 0x50 if random_access else 0x10
-    return 7 << 56 | flags << 48 | (pcr >> 1 & 0xFFFFFFFF) << 16 | ((pcr & 1) << 7 | 0x7E) << 8
+    field = 7 << 56 | flags << 48 | (pcr >> 1 & 0xFFFFFFFF) << 16 | ((pcr & 1) << 7 | 0x7E) << 8
+    return field.to_bytes(8, "big")
 
 
 def _insert_before_end(pieces: list[bytes | memoryview], tail: int, insert: bytes) -> None:
@@ -561,7 +485,6 @@ _FIRST_WITH_ADAPTATION = {
 _LAST_WITH_ADAPTATION = {
     pid: [bytes((0x47, pid >> 8, pid & 0xFF, 0x30 | cc)) for cc in range(16)] for pid in (VIDEO_PID, AUDIO_PID)
 }
-_PCR_ROOM = PAYLOAD - 8  # the payload of a PES's first packet after an adaptation field with a PCR
 # The adaptation field of a PES's last packet, by the payload bytes left for that packet.
 _LAST_ADAPTATION = [bytes((PAYLOAD - 1 - last,)) + _stuffed(b"", PAYLOAD - 1 - last) for last in range(PAYLOAD)]
 
