@@ -21,6 +21,7 @@ from api.store import open_store
 from api.webhooks import Webhooks
 from ingest.server import RtmpServer
 from recorder.recorder import Recorder
+from relay.fast_http import FastPathSite
 from relay.hls_http import HlsPlayback
 from relay.http_flv import CORS, FlvPlayback
 from relay.hub import Hub
@@ -105,18 +106,20 @@ class Server:
         )
         self.app = self.build_app()
         self._runner: web.AppRunner | None = None
+        self.http_site: FastPathSite | None = None
         self._stopped = False
         self.rtmp_port = 0
         self.http_port = 0
 
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[cors_preflight], client_max_size=4 * 1024 * 1024)
+        # HLS first: relay.fast_http claims these paths ahead of every other route, and so does aiohttp.
+        app.add_routes(self.hls.routes())
         app.add_routes(streams.routes(self.hub))
         app.add_routes(self.flv.routes())
         app.add_routes(wechat.routes(self.rooms, self.media))
         app.add_routes(self.status.routes())
         app.add_routes(rest.routes(self.rooms, self.hub))
-        app.add_routes(self.hls.routes())
         app.add_routes(self.webrtc.routes())
         app.add_routes(self.replays.routes())
         app.cleanup_ctx.append(self.media.cleanup_ctx)
@@ -133,7 +136,9 @@ class Server:
         self.rtmp_port = rtmp_addrs[0][1]
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.host, s.http_port, backlog=1024, reuse_address=True)
+        site = self.http_site = FastPathSite(
+            self._runner, s.host, s.http_port, self.hls.fast_routes(), backlog=1024, reuse_address=True
+        )
         await site.start()
         self.http_port = self._runner.addresses[0][1]
         host = s.public_host

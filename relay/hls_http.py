@@ -13,12 +13,13 @@ import logging
 import re
 import secrets
 import time
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import payload, web
 from aiohttp.abc import AbstractStreamWriter
 
 from relay.access import AccessRequest, Authorizer, allow_all, decide
+from relay.fast_http import Body, Reply, Route
 from relay.hls import HlsSettings, LivePlaylist
 from relay.http_flv import CORS
 from relay.hub import Hub
@@ -31,6 +32,10 @@ MEDIA_NAME = re.compile(
     r"^(?P<prefix>[0-9a-f]{8})-"
     r"(?:init(?P<init>\d{1,9})\.mp4|(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,4}))?\.(?P<ext>ts|m4s))$"
 )
+# The routes' paths for relay.fast_http (plain characters only; anything else goes through aiohttp).
+_NAME = r"(?!\.\.?/)[A-Za-z0-9_.~-]+"
+PLAYLIST_PATH = re.compile(rf"/(?P<app>{_NAME})/(?P<name>{_NAME})/index\.m3u8")
+MEDIA_PATH = re.compile(rf"/(?P<app>{_NAME})/(?P<name>{_NAME})/(?P<file>[0-9a-f]{{8}}-[0-9a-z.]+\.(?:ts|m4s|mp4))")
 MEDIA_TYPES = {"ts": "video/mp2t", "m4s": "video/iso.segment"}
 INIT_TYPE = "video/mp4"
 
@@ -59,10 +64,30 @@ class HlsPlayback:
         self._sweeper: asyncio.Task[None] | None = None
 
     def routes(self) -> list[web.RouteDef]:
+        """The aiohttp routes (for connections that aiohttp serves; see ``fast_routes``)."""
         return [
-            web.get(r"/{app}/{name}/index.m3u8", self.playlist),
-            web.get(r"/{app}/{name}/{file:[0-9a-f]{8}-[0-9a-z.]+\.(?:ts|m4s|mp4)}", self.media),
+            web.get(r"/{app}/{name}/index.m3u8", self._aiohttp_playlist),
+            web.get(r"/{app}/{name}/{file:[0-9a-f]{8}-[0-9a-z.]+\.(?:ts|m4s|mp4)}", self._aiohttp_media),
         ]
+
+    def fast_routes(self) -> list[Route]:
+        """The same two routes for ``relay.fast_http``, which answers most HLS requests."""
+        return [(PLAYLIST_PATH, self._fast_playlist), (MEDIA_PATH, self._fast_media)]
+
+    async def _aiohttp_playlist(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        reply = await self.playlist(info["app"], info["name"], request.rel_url.raw_query_string, request.remote or "")
+        return _aiohttp_response(reply)
+
+    async def _aiohttp_media(self, request: web.Request) -> web.Response:
+        info, query, remote = request.match_info, request.rel_url.raw_query_string, request.remote or ""
+        return _aiohttp_response(await self.media(info["app"], info["name"], info["file"], query, remote))
+
+    async def _fast_playlist(self, match: re.Match[str], query: str, remote: str) -> Reply:
+        return await self.playlist(match["app"], match["name"], query, remote)
+
+    async def _fast_media(self, match: re.Match[str], query: str, remote: str) -> Reply:
+        return await self.media(match["app"], match["name"], match["file"], query, remote)
 
     async def cleanup_ctx(self, app: web.Application):  # type: ignore[no-untyped-def]
         self._sweeper = asyncio.create_task(self._sweep())
@@ -85,12 +110,11 @@ class HlsPlayback:
                     del self.packagers[key]
                     log.info("hls packaging of %s stopped (%s)", key, "idle" if idle else "stream ended")
 
-    async def _packager(self, request: web.Request) -> _Packager:
-        app, name = request.match_info["app"], request.match_info["name"]
-        access = AccessRequest("play", "hls", app, name, request.query_string, request.remote or "")
-        decision = await decide(self.authorize_play, access, log)
+    async def _packager(self, app: str, name: str, query: str, remote: str) -> _Packager | Reply:
+        """The packager of stream ``app/name``, started if need be; or why not (a Reply)."""
+        decision = await decide(self.authorize_play, AccessRequest("play", "hls", app, name, query, remote), log)
         if not decision.allowed:
-            raise web.HTTPForbidden(text=decision.reason + "\n", headers=CORS)
+            return _text(403, decision.reason)
         key = f"{app}/{name}"
         packager = self.packagers.get(key)
         stream = self.hub.get(app, name)
@@ -100,7 +124,7 @@ class HlsPlayback:
         if stream is None:
             if packager is not None:  # the stream is over; its last playlist still answers
                 return packager
-            raise web.HTTPNotFound(text=f"no live stream named {key}\n", headers=CORS)
+            return _text(404, f"no live stream named {key}")
         if packager is not None:
             packager.stream.remove_sink(packager)
         packager = self.packagers[key] = _Packager(stream, self.settings)
@@ -108,47 +132,53 @@ class HlsPlayback:
         log.info("hls packaging of %s started", key)
         return packager
 
-    async def playlist(self, request: web.Request) -> web.Response:
-        packager = await self._packager(request)
+    async def playlist(self, app: str, name: str, query: str, remote: str) -> Reply:
+        """``GET /{app}/{name}/index.m3u8?{query}``: the live playlist, or after blocking until it lists
+        the segment or part that ``_HLS_msn``/``_HLS_part`` ask for."""
+        packager = await self._packager(app, name, query, remote)
+        if isinstance(packager, Reply):
+            return packager
         playlist = packager.playlist
         timeout = self.settings.blocking_timeout_seconds
-        msn_arg, part_arg = request.query.get("_HLS_msn"), request.query.get("_HLS_part")
+        params = parse_qsl(query, keep_blank_values=True)
+        hls = {k: v for k, v in reversed(params) if k.startswith("_HLS_")}  # the first of each, as aiohttp's
+        msn_arg, part_arg = hls.get("_HLS_msn"), hls.get("_HLS_part")
         if msn_arg is not None or part_arg is not None:
             try:
                 msn = int(msn_arg) if msn_arg is not None else -1
                 part = int(part_arg) if part_arg is not None else None
             except ValueError:
-                raise web.HTTPBadRequest(text="_HLS_msn and _HLS_part must be integers\n", headers=CORS) from None
+                return _text(400, "_HLS_msn and _HLS_part must be integers")
             if msn < 0 or (part is not None and part < 0):
-                raise web.HTTPBadRequest(text="_HLS_part needs _HLS_msn\n", headers=CORS)
+                return _text(400, "_HLS_part needs _HLS_msn")
             # The draft: a request more than two segments ahead of the playlist is an error.
             if msn > playlist.last_msn + 2:
-                raise web.HTTPBadRequest(text=f"_HLS_msn {msn} is too far ahead\n", headers=CORS)
+                return _text(400, f"_HLS_msn {msn} is too far ahead")
             if not await playlist.wait_for(msn, part, timeout):
-                raise web.HTTPServiceUnavailable(text="the requested part did not appear in time\n", headers=CORS)
+                return _text(503, "the requested part did not appear in time")
         elif not playlist.segments and not await playlist.wait_for(0, 0, timeout):
-            raise web.HTTPServiceUnavailable(text="the stream has not produced a segment yet\n", headers=CORS)
+            return _text(503, "the stream has not produced a segment yet")
         # A signed play URL's parameters go on to every listed URI, authorized like the playlist.
-        query = urlencode([(k, v) for k, v in request.query.items() if not k.startswith("_HLS_")])
-        return web.Response(
-            text=playlist.playlist(query),
-            content_type=PLAYLIST_TYPE,
-            headers={"Cache-Control": "no-cache", **CORS},
-        )
+        # (Re-encoded: what the client sent goes into quoted attributes of the playlist.)
+        passed_on = urlencode([(k, v) for k, v in params if not k.startswith("_HLS_")])
+        return Reply(200, playlist.playlist(passed_on).encode(), PLAYLIST_TYPE, "no-cache")
 
-    async def media(self, request: web.Request) -> web.Response:
-        match = MEDIA_NAME.match(request.match_info["file"])
+    async def media(self, app: str, name: str, file: str, query: str, remote: str) -> Reply:
+        """``GET /{app}/{name}/{file}``: an init segment, a segment or a part the playlist lists."""
+        match = MEDIA_NAME.match(file)
         if match is None:
-            raise web.HTTPNotFound(headers=CORS)
-        packager = await self._packager(request)
+            return _text(404, "no such segment")
+        packager = await self._packager(app, name, query, remote)
+        if isinstance(packager, Reply):
+            return packager
         playlist = packager.playlist
         if match["prefix"] != playlist.prefix:
-            raise web.HTTPNotFound(text="segment of an earlier run of this stream\n", headers=CORS)
+            return _text(404, "segment of an earlier run of this stream")
         if match["init"] is not None:
             init = playlist.find_init(int(match["init"]))
             if init is None:
-                raise web.HTTPNotFound(headers=CORS)
-            return _media_response(init.data, INIT_TYPE)
+                return _text(404, "no such init segment")
+            return _media(init.data, INIT_TYPE)
         msn = int(match["msn"])
         part = int(match["part"]) if match["part"] is not None else None
         # A preload-hinted part (or the segment being written) is held until it exists.
@@ -156,23 +186,31 @@ class HlsPlayback:
             await playlist.wait_for(msn, part, self.settings.blocking_timeout_seconds)
         segment = playlist.find(msn)
         if segment is None or (segment.init is not None) != (match["ext"] == "m4s"):
-            raise web.HTTPNotFound(headers=CORS)
+            return _text(404, "no such segment (it left the playlist, or never was)")
         if part is None:
             if not segment.complete:
-                raise web.HTTPNotFound(headers=CORS)
-            return _media_response(_Pieces(segment.pieces), MEDIA_TYPES[match["ext"]])
+                return _text(404, "the segment is not complete yet")
+            return _media(segment.pieces, MEDIA_TYPES[match["ext"]])
         if part >= len(segment.parts):
-            raise web.HTTPNotFound(headers=CORS)
-        return _media_response(segment.parts[part].data, MEDIA_TYPES[match["ext"]])
+            return _text(404, "no such part")
+        return _media(segment.parts[part].data, MEDIA_TYPES[match["ext"]])
 
 
-def _media_response(data: bytes | memoryview | payload.Payload, content_type: str) -> web.Response:
+def _text(status: int, message: str) -> Reply:
+    return Reply(status, f"{message}\n".encode())
+
+
+def _media(data: Body, content_type: str) -> Reply:
     # Media names are never reused (a packager's random prefix, versioned init segments).
-    return web.Response(
-        body=data,
-        content_type=content_type,
-        headers={"Cache-Control": "public, max-age=3600, immutable", **CORS},
-    )
+    return Reply(200, data, content_type, "public, max-age=3600, immutable")
+
+
+def _aiohttp_response(reply: Reply) -> web.Response:
+    headers = {**CORS, "Content-Type": reply.content_type}
+    if reply.cache_control:
+        headers["Cache-Control"] = reply.cache_control
+    body = _Pieces(reply.body) if isinstance(reply.body, list) else reply.body
+    return web.Response(status=reply.status, body=body, headers=headers)
 
 
 class _Pieces(payload.Payload):

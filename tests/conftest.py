@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from api.config import Settings
 from api.models import Media
@@ -24,9 +25,19 @@ FFMPEG = shutil.which("ffmpeg")
 FFPROBE = shutil.which("ffprobe")
 REDIS_SERVER = shutil.which("redis-server")
 
+UVLOOP_TOO = {"test_fast_http"}
+
 needs_ffmpeg = pytest.mark.skipif(
     not (FFMPEG and FFPROBE), reason="ffmpeg/ffprobe not installed: run scripts/dev test, which installs them"
 )
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """The suite runs on asyncio's loop; the modules named here run on uvloop too, the loop that
+    ``minilive serve`` runs on, where transports and their callbacks differ in details."""
+    if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in UVLOOP_TOO:
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture

@@ -1,0 +1,325 @@
+"""A lean HTTP/1.1 path beside aiohttp for the requests that come most often: HLS playlists, segments, parts.
+
+Every connection on the HTTP port starts here. A request in the plain form this module reads (``GET`` or
+``HEAD``, HTTP/1.0 or 1.1, no body, no upgrade, a path of plain characters that a route claims) is
+answered here, with the connection kept alive as HTTP says. At the first request it does not read, the
+connection goes to aiohttp with every byte not answered yet, and aiohttp serves it from then on: its
+parser judges anything unusual, answers the errors, and serves every other route. Requests on one
+connection are answered in order, one at a time.
+
+Why: through aiohttp's request and response machinery an HLS playlist costs about four times the CPU
+that the same answer costs written straight to the transport (bench/RESULTS.md), and every HLS viewer
+asks for a playlist every second or so.
+
+Bounds: a request head is read only up to ``MAX_HEAD`` bytes (past that, aiohttp answers it); reading
+stops while more than ``MAX_BUFFERED`` bytes wait (pipelined requests), and while the transport's send
+buffer is above its high-water mark no further request is answered, so a client that does not read
+holds at most one response. A connection that has nothing in flight for ``keepalive_seconds`` is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+
+from aiohttp import web
+
+from relay.http_flv import CORS
+
+log = logging.getLogger("minilive.http")
+
+MAX_HEAD = 8190  # aiohttp's own limit for a request line or a header field
+MAX_FIELDS = 100
+MAX_BUFFERED = 64 * 1024
+
+Body = bytes | memoryview | list[bytes | memoryview]
+
+
+@dataclass(slots=True)
+class Reply:
+    """An answer, whichever HTTP path sends it. ``body`` may be a list of pieces, sent without a join."""
+
+    status: int
+    body: Body
+    content_type: str = "text/plain; charset=utf-8"
+    cache_control: str | None = None
+
+    @property
+    def length(self) -> int:
+        return sum(map(len, self.body)) if isinstance(self.body, list) else len(self.body)
+
+
+# A route: a pattern for the path (plain characters only: no percent escapes, no dot segments) and
+# the handler, called with the match, the raw query string and the peer's address.
+Handler = Callable[[re.Match[str], str, str], Awaitable[Reply]]
+Route = tuple[re.Pattern[str], Handler]
+
+_REQUEST_LINE = re.compile(rb"(GET|HEAD) (/[!-~]*) HTTP/1\.([01])")
+_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t -~\x80-\xff]*?)[ \t]*")
+# Fields that make a request more than this path reads: a body, an upgrade, an expectation.
+_HAND_OVER_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect"})
+_PLAIN_PATH = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9_.~-]+)+")
+
+
+@dataclass(slots=True)
+class Request:
+    head_only: bool  # HEAD
+    path: str
+    query: str
+    keep_alive: bool
+    http10: bool  # an HTTP/1.0 client, which keeps a connection only if told so
+
+
+def parse_head(head: bytes) -> Request | None:
+    """The request whose head (up to, not including, the blank line) is ``head``; None for anything
+    this path leaves to aiohttp."""
+    lines = head.split(b"\r\n")
+    start = _REQUEST_LINE.fullmatch(lines[0])
+    if start is None or len(lines) > MAX_FIELDS + 1:
+        return None
+    method, target, minor = start.groups()
+    keep_alive = minor == b"1"
+    for line in lines[1:]:
+        field = _FIELD.fullmatch(line)
+        if field is None:
+            return None
+        name = field[1].lower()
+        if name in _HAND_OVER_FIELDS:
+            return None
+        if name == b"connection":
+            tokens = {token.strip().lower() for token in field[2].split(b",")}
+            if b"close" in tokens:
+                keep_alive = False
+            elif b"keep-alive" in tokens:
+                keep_alive = True
+    path, _, query = target.decode("ascii").partition("?")
+    if "#" in query or _PLAIN_PATH.fullmatch(path) is None:
+        return None
+    return Request(method == b"HEAD", path, query, keep_alive, minor == b"0")
+
+
+_CORS = "".join(f"{name}: {value}\r\n" for name, value in CORS.items()).encode()
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _date() -> bytes:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode())
+    return _date_cache[1]
+
+
+@functools.lru_cache(maxsize=64)
+def _fixed_fields(status: int, content_type: str, cache_control: str | None) -> bytes:
+    cache = f"Cache-Control: {cache_control}\r\n" if cache_control else ""
+    return f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: {content_type}\r\n{cache}".encode() + _CORS
+
+
+_CONNECTION = {  # (keep alive, HTTP/1.0 client): the Connection field
+    (True, False): b"",
+    (True, True): b"Connection: keep-alive\r\n",
+    (False, False): b"Connection: close\r\n",
+    (False, True): b"Connection: close\r\n",
+}
+
+
+def response_head(reply: Reply, keep_alive: bool, http10: bool = False) -> bytes:
+    return b"".join(
+        (
+            _fixed_fields(reply.status, reply.content_type, reply.cache_control),
+            b"Content-Length: %d\r\n" % reply.length,
+            b"Date: ",
+            _date(),
+            b"\r\nServer: minilive\r\n",
+            _CONNECTION[keep_alive, http10],
+            b"\r\n",
+        )
+    )
+
+
+class FastHttpProtocol(asyncio.Protocol):
+    """One connection: answers what a route claims; hands the connection to ``fallback`` otherwise."""
+
+    def __init__(self, site: FastPathSite) -> None:
+        self.site = site
+        self.transport: asyncio.Transport | None = None
+        self.remote = ""
+        self.last_active = time.monotonic()
+        self._buffer = bytearray()
+        self._serving: asyncio.Task[None] | None = None
+        self._write_paused = False
+        self._read_paused = False
+
+    @property
+    def busy(self) -> bool:
+        return self._serving is not None
+
+    # -------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # (uvloop's transports do not subclass asyncio's)
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, tuple) else ""
+        self.site.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.site.connections.discard(self)
+        self.transport = None
+        if self._serving is not None:
+            self._serving.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) > MAX_BUFFERED and not self._read_paused and self.transport is not None:
+            self.transport.pause_reading()
+            self._read_paused = True
+        self._next()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self.last_active = time.monotonic()
+        self._next()
+
+    # -------------------------------------------------------------- requests
+
+    def _next(self) -> None:
+        """Start answering the next buffered request, if the connection is free to."""
+        transport = self.transport
+        if self._serving is not None or self._write_paused or transport is None or transport.is_closing():
+            return
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buffer) > MAX_HEAD:
+                self._hand_over()
+            elif self._read_paused:
+                transport.resume_reading()
+                self._read_paused = False
+            return
+        request = parse_head(bytes(self._buffer[:end])) if end <= MAX_HEAD else None
+        found = self._route(request) if request is not None else None
+        if found is None:
+            self._hand_over()
+            return
+        assert request is not None
+        del self._buffer[: end + 4]
+        self.last_active = time.monotonic()
+        self._serving = asyncio.get_running_loop().create_task(self._serve(request, *found))
+
+    def _route(self, request: Request) -> tuple[re.Match[str], Handler] | None:
+        for pattern, handler in self.site.routes:
+            match = pattern.fullmatch(request.path)
+            if match is not None:
+                return match, handler
+        return None
+
+    async def _serve(self, request: Request, match: re.Match[str], handler: Handler) -> None:
+        keep_alive = request.keep_alive
+        try:
+            reply = await handler(match, request.query, self.remote)
+        except Exception:
+            log.exception("error answering %s", request.path)
+            reply, keep_alive = Reply(500, b"internal server error; see the server log\n"), False
+        self._serving = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        head = response_head(reply, keep_alive, request.http10)
+        if request.head_only:
+            transport.write(head)
+        elif isinstance(reply.body, list):
+            transport.writelines([head, *reply.body])
+        else:
+            transport.writelines((head, reply.body))
+        self.last_active = time.monotonic()
+        if keep_alive:
+            self._next()
+        else:
+            transport.close()
+
+    def _hand_over(self) -> None:
+        """aiohttp serves this connection from here, starting with the bytes not answered yet."""
+        transport = self.transport
+        assert transport is not None
+        self.site.connections.discard(self)
+        self.transport = None
+        handler = self.site.fallback()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._read_paused:
+            transport.resume_reading()
+        if self._buffer:
+            handler.data_received(bytes(self._buffer))
+        self._buffer.clear()
+
+
+class FastPathSite(web.TCPSite):
+    """aiohttp's TCP site, with each connection starting on the fast path of ``routes``."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str | None,
+        port: int,
+        routes: Sequence[Route],
+        keepalive_seconds: float = 75.0,  # aiohttp's default
+        **kwargs,  # type: ignore[no-untyped-def]
+    ) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self.routes = list(routes)
+        self.keepalive_seconds = keepalive_seconds
+        self.connections: set[FastHttpProtocol] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def fallback(self) -> Callable[[], asyncio.Protocol]:
+        server = self._runner.server
+        assert server is not None
+        return server  # type: ignore[return-value]
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: FastHttpProtocol(self),
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.close()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(10.0, self.keepalive_seconds / 2))
+            self.close_idle(time.monotonic())
+
+    def close_idle(self, now: float) -> int:
+        """Close the connections that had nothing in flight for the keep-alive time before ``now``."""
+        idle_since = now - self.keepalive_seconds
+        idle = [c for c in self.connections if not c.busy and c.last_active < idle_since and c.transport is not None]
+        for connection in idle:
+            assert connection.transport is not None
+            connection.transport.close()
+        return len(idle)
