@@ -272,10 +272,12 @@ class FastPathSite(web.TCPSite):
         host: str | None,
         port: int,
         routes: Sequence[Route],
+        *,
+        backlog: int = 128,
+        reuse_address: bool | None = None,
         keepalive_seconds: float = 75.0,  # aiohttp's default
-        **kwargs,  # type: ignore[no-untyped-def]
     ) -> None:
-        super().__init__(runner, host, port, **kwargs)
+        super().__init__(runner, host, port, backlog=backlog, reuse_address=reuse_address)
         self.routes = list(routes)
         self.keepalive_seconds = keepalive_seconds
         self.connections: set[FastHttpProtocol] = set()
