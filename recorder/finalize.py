@@ -3,33 +3,30 @@
 Works from what is on disk only, so it serves a normal end and a crash alike: temporary files are
 removed, a segment that is not whole 188-byte packets is dropped, the playlist is rebuilt from
 the segments (the EVENT one may be stale; only its discontinuities are kept), durations come
-from the segments' PES timestamps. The MP4 is a stream copy (FFmpeg's mp4 muxer turns ADTS AAC
-into raw AAC by itself, its aac_adtstoasc bitstream filter), laid out for progressive playback
-(``+faststart``); the cover is the first keyframe, encoded as JPEG. Running it again on a
-finalized folder gives the same result, so a finalization cut short is simply done again.
+from the segments' PES timestamps. The MP4 (``recorder.mp4``) is the one the recording made while
+the live went on, when it holds every segment found, else it is remuxed from the segments here;
+the cover is the first keyframe, encoded as JPEG. Running it again on a finalized folder gives
+the same result, so a finalization cut short is simply done again.
 
 Blocking: run it on a worker thread.
 """
 
 from __future__ import annotations
 
-import bisect
-import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
 
 import av
 
+from recorder.mp4 import MP4, LiveMp4, RemuxError, SegmentReader, remux
 from recorder.playlist import PLAYLIST, Entry, discontinuities, render
 from recorder.recording import atomic_write
 
 log = logging.getLogger("minilive.recorder")
 
-MP4 = "replay.mp4"
 COVER = "cover.jpg"
 TS_PACKET = 188
 CLOCK = 90000  # PES timestamps
@@ -47,6 +44,7 @@ class Finalized:
     duration: float  # seconds
     size: int  # bytes of every file of the replay
     segments: int
+    mp4_during_live: bool = False  # the MP4 was the one made while the live went on
 
 
 @dataclass(slots=True)
@@ -55,7 +53,10 @@ class _Segment:
     start: int  # first PES timestamp (90 kHz)
 
 
-def finalize(folder: Path) -> Finalized:
+def finalize(folder: Path, live_mp4: LiveMp4 | None = None) -> Finalized:
+    """Finalize the replay in ``folder``; ``live_mp4``, if the recording made one, is used when it
+    holds every segment found (it is waited for), else the MP4 is made from the segments."""
+    live_segments = live_mp4.result() if live_mp4 is not None else None  # before its temporary file goes
     for tmp in folder.glob("*.tmp"):
         tmp.unlink()
     segments = _segments(folder)
@@ -75,10 +76,15 @@ def finalize(folder: Path) -> Finalized:
             duration = _span(segment) / CLOCK
         entries.append(Entry(segment.path.name, duration, segment.path.name in marked))
     atomic_write(playlist, render(entries, ended=True).encode())
-    _remux([s.path for s in segments], folder / MP4)
+    mp4_during_live = live_segments == [s.path.name for s in segments]
+    if not mp4_during_live:
+        try:
+            remux(SegmentReader([s.path for s in segments]), folder / MP4)
+        except RemuxError as exc:
+            raise FinalizeError(str(exc)) from exc
     _cover(segments[0].path, folder / COVER)
     size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
-    return Finalized(round(sum(e.duration for e in entries), 3), size, len(entries))
+    return Finalized(round(sum(e.duration for e in entries), 3), size, len(entries), mp4_during_live)
 
 
 # ------------------------------------------------------------ segments
@@ -151,82 +157,6 @@ def _pes_time(b: bytes) -> int:
 
 
 # ------------------------------------------------------------ MP4 and cover
-
-
-class _Concat:
-    """Files read as one (what FFmpeg's concat: protocol does, without its path syntax)."""
-
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = paths
-        self.starts = [0]
-        for path in paths:
-            self.starts.append(self.starts[-1] + path.stat().st_size)
-        self.size = self.starts[-1]
-        self.pos = 0
-        self._open: tuple[int, BinaryIO] | None = None
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.size - self.pos if n < 0 else min(n, self.size - self.pos)
-        out = []
-        while n > 0:
-            index = bisect.bisect_right(self.starts, self.pos) - 1
-            f = self._file(index)
-            f.seek(self.pos - self.starts[index])
-            chunk = f.read(min(n, self.starts[index + 1] - self.pos))
-            if not chunk:
-                break  # the file shrank under us
-            out.append(chunk)
-            self.pos += len(chunk)
-            n -= len(chunk)
-        return b"".join(out)
-
-    def _file(self, index: int) -> BinaryIO:
-        if self._open is None or self._open[0] != index:
-            self.close()
-            self._open = (index, open(self.paths[index], "rb"))  # noqa: SIM115 (kept open across reads)
-        return self._open[1]
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self.pos, 2: self.size}[whence]
-        self.pos = max(0, min(base + offset, self.size))
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def close(self) -> None:
-        if self._open is not None:
-            self._open[1].close()
-            self._open = None
-
-
-def _remux(paths: list[Path], target: Path) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    with (
-        contextlib.closing(_Concat(paths)) as source,
-        av.open(source, format="mpegts") as src,
-        av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as dst,
-    ):
-        tracks = [s for s in src.streams if s.type in ("video", "audio")]
-        if not tracks:
-            raise FinalizeError("the segments hold no audio or video")
-        outputs = {s.index: dst.add_stream_from_template(s) for s in tracks}
-        # The MP4 starts at 0, every track moved by the same amount (keeps them in sync).
-        origin = min(
-            (s.start_time * s.time_base for s in tracks if s.start_time is not None and s.time_base),
-            default=Fraction(0),
-        )
-        shift = {s.index: int(origin / s.time_base) if s.time_base else 0 for s in tracks}
-        for packet in src.demux(tracks):
-            if packet.dts is None:
-                continue
-            index = packet.stream.index
-            packet.dts -= shift[index]
-            if packet.pts is not None:
-                packet.pts -= shift[index]
-            packet.stream = outputs[index]
-            dst.mux(packet)
-    tmp.replace(target)
 
 
 def _cover(path: Path, target: Path) -> None:

@@ -3,7 +3,8 @@
 It knows streams and folders, not rooms: the control plane says which stream to record into
 which folder (relative to the replays root) and when the replay is over. Disk work runs on two
 threads: one writes every recording's segments in order, the other finalizes replays, so that a
-long finalization never holds up the segments of the lives still going on.
+long finalization never holds up the segments of the lives still going on. Each recording also
+has a thread of its own that remuxes its segments into the MP4 as they are written.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from recorder.finalize import Finalized, finalize
+from recorder.mp4 import LiveMp4
 from recorder.recording import Recording
 from relay.hub import Hub, StreamEvent
 
@@ -80,23 +82,26 @@ class Recorder:
         recording = self.recordings.pop(replay_id)
         self._streams = {key: r for key, r in self._streams.items() if r is not recording}
         await recording.close()
-        return await self._finalize(recording.folder)
+        if recording.mp4 is not None:
+            recording.mp4.finish()
+        return await self._finalize(recording.folder, recording.mp4)
 
     async def recover(self, folder: str) -> Finalized:
         """Finalize a replay left unfinished by a crash."""
         return await self._finalize(self.folder(folder))
 
-    async def _finalize(self, path: Path) -> Finalized:
+    async def _finalize(self, path: Path, live_mp4: LiveMp4 | None = None) -> Finalized:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        result = await loop.run_in_executor(self._finalizer, finalize, path)
+        result = await loop.run_in_executor(self._finalizer, finalize, path, live_mp4)
         log.info(
-            "replay %s finalized in %.2f s: %d segments, %.1f s, %.1f MB",
+            "replay %s finalized in %.2f s: %d segments, %.1f s, %.1f MB, %s",
             path.name,
             loop.time() - started,
             result.segments,
             result.duration,
             result.size / 1e6,
+            "MP4 made during the live" if result.mp4_during_live else "MP4 remuxed from the segments",
         )
         return result
 
@@ -122,6 +127,8 @@ class Recorder:
         """Shutting down: put what every recording buffered on disk; the next start finalizes them."""
         for recording in list(self.recordings.values()):
             await recording.close()
+            if recording.mp4 is not None:
+                recording.mp4.abort()  # the next start finalizes the replay from its segments
         self.recordings.clear()
         self._streams.clear()
         self._writer.shutdown()

@@ -4,7 +4,8 @@ A :class:`Recording` is a sink of the hub's stream. Segments are muxed on the ev
 same :class:`~relay.hls.Segmenter` as live HLS) and written by the recorder's writer thread: each
 to a temporary file, synced and renamed to ``segNNNNN.ts``, then the EVENT playlist is replaced
 the same way. So after a crash every segment on disk is whole and at most the segment still in
-memory is lost.
+memory is lost. Each segment on disk then goes on to the replay's MP4, which is remuxed while the
+live goes on (:class:`~recorder.mp4.LiveMp4`).
 
 A live session may outlive its hub stream: the publisher drops, the hub's grace ends the stream,
 and the anchor comes back within the room's grace on a new stream. The recording then attaches
@@ -20,6 +21,7 @@ import os
 from concurrent.futures import Executor, Future
 from pathlib import Path
 
+from recorder.mp4 import LiveMp4
 from recorder.playlist import PLAYLIST, Entry, render, segment_name
 from relay.hls import Segment, Segmenter
 from relay.packet import DATA, Packet
@@ -54,6 +56,8 @@ class Recording:
         self._last_ts = -1
         self._rebase = False
         self._last_write: Future[None] | None = None
+        # The replay's MP4, remuxed while the live goes on (made by the writer at the first segment).
+        self.mp4: LiveMp4 | None = None
 
     # ------------------------------------------------------------ the stream
 
@@ -106,6 +110,9 @@ class Recording:
         try:
             atomic_write(self.folder / name, data)
             atomic_write(self.folder / PLAYLIST, playlist)
+            if self.mp4 is None:
+                self.mp4 = LiveMp4(self.folder)
+            self.mp4.add(self.folder / name)
         except OSError as exc:
             if self.error is None:
                 log.error("replay %s: cannot write %s: %s", self.replay_id, self.folder / name, exc)

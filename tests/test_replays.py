@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import aiohttp
 from api.models import LiveStatus, Media, Replay
 from api.rooms import RoomService, RoomSettings, Urls, iso_time
 from api.store import open_store
+from recorder.mp4 import MP4, SegmentReader, remux
 from recorder.playlist import PLAYLIST
 from tests.conftest import FFPROBE, free_port, make_room, needs_ffmpeg, official_room_body, publish, run
 from tests.test_cli import start_cli, wait_http
@@ -32,6 +35,16 @@ async def wait_replay(store, roomid: int, status: str, timeout: float) -> Replay
             return replays[-1]
         assert time.monotonic() < deadline, f"replays of room {roomid}: {replays}, expected one {status}"
         await asyncio.sleep(0.05)
+
+
+def assert_mp4_made_during_the_live(folder: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """The replay's MP4 is the one the recording made while the live went on, and it is the same,
+    byte for byte, as the MP4 remuxed afterwards from the segments on disk."""
+    assert any("MP4 made during the live" in r.getMessage() for r in caplog.records), caplog.text
+    again = folder / "again.mp4"
+    remux(SegmentReader(sorted(folder.glob("seg*.ts"))), again)
+    assert again.read_bytes() == (folder / MP4).read_bytes()
+    again.unlink()
 
 
 async def probe(url: str) -> dict[str, Any]:
@@ -60,7 +73,8 @@ def top_level_boxes(data: bytes) -> list[str]:
     return boxes
 
 
-async def test_live_session_becomes_a_replay(make_server):
+async def test_live_session_becomes_a_replay(make_server, caplog):
+    caplog.set_level(logging.INFO, "minilive.recorder")
     server = await make_server(allow_anonymous_publish=False, sweep_interval_seconds=0.2)
     receiver = Receiver([])
     await receiver.start()
@@ -76,6 +90,7 @@ async def test_live_session_becomes_a_replay(make_server):
         assert abs(replay.duration - 20) <= 2, replay
         folder = server.settings.data_dir / "replays" / replay.path
         assert replay.size == sum(f.stat().st_size for f in folder.iterdir())
+        assert_mp4_made_during_the_live(folder, caplog)
 
         http = f"http://127.0.0.1:{server.http_port}"
         base = f"{http}/replays/{replay.path}"
@@ -137,7 +152,8 @@ async def wait_stream_gone(server, name: str, timeout: float = 5) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_replay_switched_on_during_the_live_survives_killed_publishers(make_server):
+async def test_replay_switched_on_during_the_live_survives_killed_publishers(make_server, caplog):
+    caplog.set_level(logging.INFO, "minilive.recorder")
     server = await make_server(
         allow_anonymous_publish=False,
         grace_seconds=0.3,
@@ -178,6 +194,7 @@ async def test_replay_switched_on_during_the_live_survives_killed_publishers(mak
     await check_playable(base, replay.duration)
     playlist = (server.settings.data_dir / "replays" / replay.path / PLAYLIST).read_text()
     assert playlist.count("#EXT-X-DISCONTINUITY") == 1, playlist
+    assert_mp4_made_during_the_live(server.settings.data_dir / "replays" / replay.path, caplog)
 
 
 async def test_server_killed_mid_recording_leaves_a_playable_replay(tmp_path):
@@ -303,3 +320,38 @@ async def test_nothing_outside_the_replays_folder_is_served(server):
     ]
     for target in attempts:
         assert await http_status(port, target) == 404, target
+
+
+def test_a_growing_segment_reader_waits_for_segments_and_ends_or_aborts(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.ts", tmp_path / "b.ts"
+    first.write_bytes(b"1" * 300)
+    second.write_bytes(b"2" * 100)
+    reader = SegmentReader([first], growing=True)
+    assert reader.read(200) == b"1" * 200
+    assert reader.read() == b"1" * 100
+    got: list[bytes] = []
+    waiting = threading.Thread(target=lambda: got.append(reader.read(1000)))
+    waiting.start()
+    waiting.join(0.2)
+    assert waiting.is_alive() and not got  # at the end of what exists: it waits
+    reader.add(second)
+    waiting.join(5)
+    assert got == [b"2" * 100]
+    reader.finish()
+    assert reader.read(10) == b""  # the end
+    assert not reader.seekable()
+
+    aborted = SegmentReader([], growing=True)
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            aborted.read(10)
+        except Exception as exc:
+            errors.append(exc)
+
+    waiting = threading.Thread(target=read)
+    waiting.start()
+    aborted.abort()
+    waiting.join(5)
+    assert len(errors) == 1 and aborted.aborted
