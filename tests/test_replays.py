@@ -17,9 +17,9 @@ import aiohttp
 from api.models import LiveStatus, Media, Replay
 from api.rooms import RoomService, RoomSettings, Urls, iso_time
 from api.store import open_store
-from recorder.mp4 import MP4, SegmentReader, remux
+from recorder.mp4 import MP4, LiveMp4, SegmentReader, remux
 from recorder.playlist import PLAYLIST
-from tests.conftest import FFPROBE, free_port, make_room, needs_ffmpeg, official_room_body, publish, run
+from tests.conftest import FFMPEG, FFPROBE, free_port, make_room, needs_ffmpeg, official_room_body, publish, run
 from tests.test_cli import start_cli, wait_http
 from tests.test_rooms_live import wait_status
 from tests.test_webhooks import Receiver
@@ -355,3 +355,29 @@ def test_a_growing_segment_reader_waits_for_segments_and_ends_or_aborts(tmp_path
     aborted.abort()
     waiting.join(5)
     assert len(errors) == 1 and aborted.aborted
+
+
+async def test_a_live_mp4_is_the_remux_of_its_segments_and_an_abort_leaves_nothing(tmp_path: Path) -> None:
+    source = ["-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-f", "lavfi", "-i", "sine=sample_rate=44100"]
+    encode = ["-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-c:a", "aac", "-t", "4"]
+    segments = ["-f", "segment", "-segment_time", "1", "-segment_format", "mpegts", str(tmp_path / "seg%05d.ts")]
+    code, _, err = await run(FFMPEG, "-v", "error", *source, *encode, *segments)
+    assert code == 0, err.decode()
+    paths = sorted(tmp_path.glob("seg*.ts"))
+    assert len(paths) >= 3
+
+    live = LiveMp4(tmp_path)
+    for path in paths:
+        live.add(path)
+    live.finish()
+    assert await asyncio.to_thread(live.result) == [p.name for p in paths]
+    made = (tmp_path / MP4).read_bytes()
+    remux(SegmentReader(paths), tmp_path / MP4)
+    assert (tmp_path / MP4).read_bytes() == made
+
+    (tmp_path / MP4).unlink()
+    live = LiveMp4(tmp_path)  # the server stops during the live: no MP4, no temporary file
+    live.add(paths[0])
+    live.abort()
+    assert await asyncio.to_thread(live.result) is None
+    assert not list(tmp_path.glob("replay.mp4*"))
