@@ -6,7 +6,7 @@ recovery, or a recording whose live remux could not follow), or while the live g
 (:class:`LiveMp4`): the remux then starts with the recording and reads each segment as soon as it
 is written, so the end of a live leaves only the last segment and the MP4's index to write. An
 hour of live costs about 5 s to remux at once (bench/RESULTS.md), past the issue's 5 s for a
-finished replay; the same work spread over the live costs about 0.15 % of a core per recording.
+finished replay; the same work spread over the live costs about 0.13 % of a core per recording.
 Both ways give the same bytes: the reader is never seekable, so FFmpeg reads the segments from
 start to end in either case.
 
