@@ -5,7 +5,9 @@ Every connection on the HTTP port starts here. A request in the plain form this 
 answered here, with the connection kept alive as HTTP says. At the first request it does not read, the
 connection goes to aiohttp with every byte not answered yet, and aiohttp serves it from then on: its
 parser judges anything unusual, answers the errors, and serves every other route. Requests on one
-connection are answered in order, one at a time.
+connection are answered in order, one at a time. A route's handler answers with a :class:`Reply`,
+which this path writes itself and :func:`aiohttp_handler` turns into aiohttp's response, so a route
+registered on both paths answers the same on either.
 
 Why: through aiohttp's request and response machinery an HLS playlist costs about four times the CPU
 that the same answer costs written straight to the transport (bench/RESULTS.md), and every HLS viewer
@@ -24,12 +26,13 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 
-from aiohttp import web
+from aiohttp import payload, web
+from aiohttp.abc import AbstractStreamWriter
 
 from relay.http_flv import CORS
 
@@ -56,9 +59,10 @@ class Reply:
         return sum(map(len, self.body)) if isinstance(self.body, list) else len(self.body)
 
 
-# A route: a pattern for the path (plain characters only: no percent escapes, no dot segments) and
-# the handler, called with the match, the raw query string and the peer's address.
-Handler = Callable[[re.Match[str], str, str], Awaitable[Reply]]
+# A route: a pattern for the path, and the handler, called with the pattern's named groups, the raw
+# query string and the peer's address. Only plain paths reach a pattern (no percent escapes, no dot
+# segments: those go to aiohttp, which normalizes them), so a pattern may be as loose as aiohttp's.
+Handler = Callable[[Mapping[str, str], str, str], Awaitable[Reply]]
 Route = tuple[re.Pattern[str], Handler]
 
 _REQUEST_LINE = re.compile(rb"(GET|HEAD) (/[!-~]*) HTTP/1\.([01])")
@@ -145,6 +149,42 @@ def response_head(reply: Reply, keep_alive: bool, http10: bool = False) -> bytes
     )
 
 
+def aiohttp_handler(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``handler`` as an aiohttp handler, for the connections that aiohttp serves: the same answers."""
+
+    async def handle(request: web.Request) -> web.Response:
+        reply = await handler(request.match_info, request.rel_url.raw_query_string, request.remote or "")
+        headers = {**CORS, "Content-Type": reply.content_type}
+        if reply.cache_control:
+            headers["Cache-Control"] = reply.cache_control
+        body = _Pieces(reply.body) if isinstance(reply.body, list) else reply.body
+        return web.Response(status=reply.status, body=body, headers=headers)
+
+    return handle
+
+
+class _Pieces(payload.Payload):
+    """A body sent as the pieces it is made of (a segment's parts), without joining them first."""
+
+    _value: list[bytes | memoryview]
+
+    def __init__(self, pieces: list[bytes | memoryview]) -> None:
+        super().__init__(pieces)
+        self._size = sum(len(piece) for piece in pieces)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._value).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
+        # Queued without waiting in between (the transport sends them as one stream); one drain at the end.
+        for piece in self._value:
+            await writer.write(piece, drain=False)  # type: ignore[call-arg]
+        await writer.drain()
+
+
 class FastHttpProtocol(asyncio.Protocol):
     """One connection: answers what a route claims; hands the connection to ``fallback`` otherwise."""
 
@@ -216,17 +256,17 @@ class FastHttpProtocol(asyncio.Protocol):
         self.last_active = time.monotonic()
         self._serving = asyncio.get_running_loop().create_task(self._serve(request, *found))
 
-    def _route(self, request: Request) -> tuple[re.Match[str], Handler] | None:
+    def _route(self, request: Request) -> tuple[Mapping[str, str], Handler] | None:
         for pattern, handler in self.site.routes:
             match = pattern.fullmatch(request.path)
             if match is not None:
-                return match, handler
+                return match.groupdict(), handler
         return None
 
-    async def _serve(self, request: Request, match: re.Match[str], handler: Handler) -> None:
+    async def _serve(self, request: Request, path: Mapping[str, str], handler: Handler) -> None:
         keep_alive = request.keep_alive
         try:
-            reply = await handler(match, request.query, self.remote)
+            reply = await handler(path, request.query, self.remote)
         except Exception:
             log.exception("error answering %s", request.path)
             reply, keep_alive = Reply(500, b"internal server error; see the server log\n"), False

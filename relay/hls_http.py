@@ -13,15 +13,14 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlencode
 
-from aiohttp import payload, web
-from aiohttp.abc import AbstractStreamWriter
+from aiohttp import web
 
 from relay.access import AccessRequest, Authorizer, allow_all, decide
-from relay.fast_http import Body, Reply, Route
+from relay.fast_http import Body, Reply, Route, aiohttp_handler
 from relay.hls import HlsSettings, LivePlaylist
-from relay.http_flv import CORS
 from relay.hub import Hub
 from relay.stream import LiveStream
 
@@ -32,10 +31,9 @@ MEDIA_NAME = re.compile(
     r"^(?P<prefix>[0-9a-f]{8})-"
     r"(?:init(?P<init>\d{1,9})\.mp4|(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,4}))?\.(?P<ext>ts|m4s))$"
 )
-# The routes' paths for relay.fast_http (plain characters only; anything else goes through aiohttp).
-_NAME = r"(?!\.\.?/)[A-Za-z0-9_.~-]+"
-PLAYLIST_PATH = re.compile(rf"/(?P<app>{_NAME})/(?P<name>{_NAME})/index\.m3u8")
-MEDIA_PATH = re.compile(rf"/(?P<app>{_NAME})/(?P<name>{_NAME})/(?P<file>[0-9a-f]{{8}}-[0-9a-z.]+\.(?:ts|m4s|mp4))")
+# The same paths as the aiohttp routes, for relay.fast_http (which reads only plain paths).
+PLAYLIST_PATH = re.compile(r"/(?P<app>[^/]+)/(?P<name>[^/]+)/index\.m3u8")
+MEDIA_PATH = re.compile(r"/(?P<app>[^/]+)/(?P<name>[^/]+)/(?P<file>[0-9a-f]{8}-[0-9a-z.]+\.(?:ts|m4s|mp4))")
 MEDIA_TYPES = {"ts": "video/mp2t", "m4s": "video/iso.segment"}
 INIT_TYPE = "video/mp4"
 
@@ -64,30 +62,15 @@ class HlsPlayback:
         self._sweeper: asyncio.Task[None] | None = None
 
     def routes(self) -> list[web.RouteDef]:
-        """The aiohttp routes (for connections that aiohttp serves; see ``fast_routes``)."""
+        """The aiohttp routes, for connections that aiohttp serves (see ``fast_routes``)."""
         return [
-            web.get(r"/{app}/{name}/index.m3u8", self._aiohttp_playlist),
-            web.get(r"/{app}/{name}/{file:[0-9a-f]{8}-[0-9a-z.]+\.(?:ts|m4s|mp4)}", self._aiohttp_media),
+            web.get(r"/{app}/{name}/index.m3u8", aiohttp_handler(self.playlist)),
+            web.get(r"/{app}/{name}/{file:[0-9a-f]{8}-[0-9a-z.]+\.(?:ts|m4s|mp4)}", aiohttp_handler(self.media)),
         ]
 
     def fast_routes(self) -> list[Route]:
         """The same two routes for ``relay.fast_http``, which answers most HLS requests."""
-        return [(PLAYLIST_PATH, self._fast_playlist), (MEDIA_PATH, self._fast_media)]
-
-    async def _aiohttp_playlist(self, request: web.Request) -> web.Response:
-        info = request.match_info
-        reply = await self.playlist(info["app"], info["name"], request.rel_url.raw_query_string, request.remote or "")
-        return _aiohttp_response(reply)
-
-    async def _aiohttp_media(self, request: web.Request) -> web.Response:
-        info, query, remote = request.match_info, request.rel_url.raw_query_string, request.remote or ""
-        return _aiohttp_response(await self.media(info["app"], info["name"], info["file"], query, remote))
-
-    async def _fast_playlist(self, match: re.Match[str], query: str, remote: str) -> Reply:
-        return await self.playlist(match["app"], match["name"], query, remote)
-
-    async def _fast_media(self, match: re.Match[str], query: str, remote: str) -> Reply:
-        return await self.media(match["app"], match["name"], match["file"], query, remote)
+        return [(PLAYLIST_PATH, self.playlist), (MEDIA_PATH, self.media)]
 
     async def cleanup_ctx(self, app: web.Application):  # type: ignore[no-untyped-def]
         self._sweeper = asyncio.create_task(self._sweep())
@@ -132,10 +115,10 @@ class HlsPlayback:
         log.info("hls packaging of %s started", key)
         return packager
 
-    async def playlist(self, app: str, name: str, query: str, remote: str) -> Reply:
+    async def playlist(self, path: Mapping[str, str], query: str, remote: str) -> Reply:
         """``GET /{app}/{name}/index.m3u8?{query}``: the live playlist, or after blocking until it lists
         the segment or part that ``_HLS_msn``/``_HLS_part`` ask for."""
-        packager = await self._packager(app, name, query, remote)
+        packager = await self._packager(path["app"], path["name"], query, remote)
         if isinstance(packager, Reply):
             return packager
         playlist = packager.playlist
@@ -163,12 +146,12 @@ class HlsPlayback:
         passed_on = urlencode([(k, v) for k, v in params if not k.startswith("_HLS_")])
         return Reply(200, playlist.playlist(passed_on).encode(), PLAYLIST_TYPE, "no-cache")
 
-    async def media(self, app: str, name: str, file: str, query: str, remote: str) -> Reply:
+    async def media(self, path: Mapping[str, str], query: str, remote: str) -> Reply:
         """``GET /{app}/{name}/{file}``: an init segment, a segment or a part the playlist lists."""
-        match = MEDIA_NAME.match(file)
+        match = MEDIA_NAME.match(path["file"])
         if match is None:
             return _text(404, "no such segment")
-        packager = await self._packager(app, name, query, remote)
+        packager = await self._packager(path["app"], path["name"], query, remote)
         if isinstance(packager, Reply):
             return packager
         playlist = packager.playlist
@@ -203,33 +186,3 @@ def _text(status: int, message: str) -> Reply:
 def _media(data: Body, content_type: str) -> Reply:
     # Media names are never reused (a packager's random prefix, versioned init segments).
     return Reply(200, data, content_type, "public, max-age=3600, immutable")
-
-
-def _aiohttp_response(reply: Reply) -> web.Response:
-    headers = {**CORS, "Content-Type": reply.content_type}
-    if reply.cache_control:
-        headers["Cache-Control"] = reply.cache_control
-    body = _Pieces(reply.body) if isinstance(reply.body, list) else reply.body
-    return web.Response(status=reply.status, body=body, headers=headers)
-
-
-class _Pieces(payload.Payload):
-    """A body sent as the pieces it is made of (a segment's parts), without joining them first."""
-
-    _value: list[bytes | memoryview]
-
-    def __init__(self, pieces: list[bytes | memoryview]) -> None:
-        super().__init__(pieces)
-        self._size = sum(len(piece) for piece in pieces)
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return b"".join(self._value).decode(encoding, errors)
-
-    async def write(self, writer: AbstractStreamWriter) -> None:
-        await self.write_with_length(writer, None)
-
-    async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
-        # Queued without waiting in between (the transport sends them as one stream); one drain at the end.
-        for piece in self._value:
-            await writer.write(piece, drain=False)  # type: ignore[call-arg]
-        await writer.drain()
