@@ -22,15 +22,21 @@ MAX_BITRATE = 2_600_000
 _AUDIO = "aevalsrc=0.2*sin(2*PI*440*t)+0.05*(random(0)-0.5)|0.2*sin(2*PI*660*t)+0.05*(random(1)-0.5):s=44100"
 
 
-def bitrate(path: Path) -> int:
-    """Whole-file bitrate in bit/s as ffprobe measures it (size over duration)."""
+def probe_format(source: Path | str, field: str) -> str:
+    """A field of ffprobe's ``format`` section for a file or URL (``duration``, ``bit_rate``...)."""
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "format=bit_rate", "-of", "json", str(path)],
+        ["ffprobe", "-v", "error", "-show_entries", f"format={field}", "-of", "json", str(source)],
         check=True,
         capture_output=True,
         text=True,
+        timeout=120,
     ).stdout
-    return int(json.loads(out)["format"]["bit_rate"])
+    return json.loads(out)["format"][field]
+
+
+def bitrate(path: Path) -> int:
+    """Whole-file bitrate in bit/s as ffprobe measures it (size over duration)."""
+    return int(probe_format(path, "bit_rate"))
 
 
 def ensure() -> Path:

@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 
 from bench import fixture, peers
-from bench.run import RESULTS
+from bench.run import save_report
 
 READY_TARGET_S = 5.0  # the issue's: the replay is finalized under 5 s after the live ends
 POLL = 0.02
@@ -39,16 +39,6 @@ def _ffmpeg(*args: str, timeout: float) -> bytes:
     if done.returncode:
         raise RuntimeError(f"ffmpeg {' '.join(args)} failed: {done.stderr.decode(errors='replace')[-1000:]}")
     return done.stdout
-
-
-def _probe_seconds(url: str) -> float:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", url],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    ).stdout
-    return float(json.loads(out)["format"]["duration"])
 
 
 def _app(server: peers.Server) -> dict[str, str]:
@@ -128,8 +118,8 @@ async def run_one(minutes: float, rate: float) -> dict[str, Any]:
         if replay["status"] != "ready":
             raise RuntimeError(f"the replay failed: {replay}; see {server.log}")
         urls = replay["urls"]
-        mp4_s = await asyncio.to_thread(_probe_seconds, urls["mp4"])
-        hls_s = await asyncio.to_thread(_probe_seconds, urls["hls"])
+        mp4_s = float(await asyncio.to_thread(fixture.probe_format, urls["mp4"], "duration"))
+        hls_s = float(await asyncio.to_thread(fixture.probe_format, urls["hls"], "duration"))
         return {
             "minutes": minutes,
             "pushed_s": round(seconds, 1),
@@ -169,13 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     for minutes in lengths:
         print(f"replay: {minutes:g} min of live at {options.rate:g}x ...", file=sys.stderr, flush=True)
         runs.append(asyncio.run(run_one(minutes, options.rate)))
-    print()
-    print(table(runs))
+    print(f"\n{table(runs)}\n")
     report = {"started": started.isoformat(), "host": platform.node(), "rate": options.rate, "runs": runs}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"replay-{started:%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(report, indent=1))
-    print(f"\nresults: {path.relative_to(peers.ROOT)}")
+    save_report(report, "replay-", started)
 
 
 if __name__ == "__main__":

@@ -762,8 +762,13 @@ def main(argv: list[str] | None = None) -> None:
         report["hls_latency"] = runs
         title = f"HLS live-edge latency, 1 stream, {options.hls_latency:g} s measured"
         print(f"\n{title}\n{hls_latency_table(runs)}\n")
+    save_report(report, "", started)
+
+
+def save_report(report: dict[str, Any], prefix: str, started: datetime) -> None:
+    """Write ``report`` to ``bench/results/{prefix}{date}-{time}.json`` and say where."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{started:%Y%m%d-%H%M%S}.json"
+    path = RESULTS / f"{prefix}{started:%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(report, indent=1))
     print(f"results: {path.relative_to(peers.ROOT)}")
 

@@ -17,7 +17,6 @@ See bench/README.md ("WebRTC").
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -27,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from bench import fixture, peers
-from bench.run import DISTURBED_PCT, RESULTS, SATURATED_PCT, Schedule, _fmt, _percentile, measure
+from bench.run import DISTURBED_PCT, SATURATED_PCT, Schedule, _fmt, _percentile, measure, save_report
 
 FPS = 30  # the fixture's
 OPUS_FPS = 50  # 20 ms packets
@@ -341,10 +340,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "runs": runs,
     }  # fmt: skip
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"webrtc-{started:%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(report, indent=1))
-    print(f"results: {path.relative_to(peers.ROOT)}")
+    save_report(report, "webrtc-", started)
 
 
 if __name__ == "__main__":
