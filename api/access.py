@@ -11,7 +11,7 @@ import time
 
 from api.models import App
 from api.rooms import RoomService, parse_stream
-from relay.access import AccessRequest, Decision
+from relay.hub import AccessRequest, Decision
 
 ANONYMOUS_APP = "live"
 

@@ -11,8 +11,8 @@ from typing import Any
 from api.rooms import RoomSettings
 from ingest.server import RtmpSettings
 from recorder.recorder import RecorderSettings
-from relay.hls import HlsSettings
-from relay.stream import RelaySettings
+from relay.formats.hls import HlsSettings
+from relay.hub import RelaySettings
 from signaling.sessions import WebRtcSettings
 
 
@@ -48,12 +48,6 @@ class Settings:
         if self.public_url:
             return self.public_url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
         return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-
-    @property
-    def http_base(self) -> str:
-        if self.public_url:
-            return self.public_url.rstrip("/")
-        return f"http://{self.public_host}:{self.http_port}"
 
 
 def _coerce(target: Any, name: str, value: Any, where: str) -> Any:

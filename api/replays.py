@@ -32,7 +32,7 @@ from api.store.base import RoomStore
 from api.webhooks import Webhooks
 from recorder.finalize import Finalized
 from recorder.recorder import Recorder
-from relay.http_flv import CORS
+from relay.http.cors import CORS
 
 log = logging.getLogger("minilive.replays")
 

@@ -29,8 +29,7 @@ from api.errors import ApiError
 from api.models import ACTIVE_STATUSES, FINAL_STATUSES, App, LiveStatus, Media, Replay, Room, RoomEvent, Token
 from api.signing import sign_query, verify_query
 from api.store.base import RoomStore
-from relay.access import AccessRequest, Decision
-from relay.hub import StreamEvent
+from relay.hub import AccessRequest, Decision, StreamEvent
 
 log = logging.getLogger("minilive.rooms")
 

@@ -21,9 +21,10 @@ from api.store import open_store
 from api.webhooks import Webhooks
 from ingest.server import RtmpServer
 from recorder.recorder import Recorder
-from relay.fast_http import FastPathSite
-from relay.hls_http import HlsPlayback
-from relay.http_flv import CORS, FlvPlayback
+from relay.http.cors import CORS
+from relay.http.fast import FastPathListener
+from relay.http.flv import FlvPlayback
+from relay.http.hls import HlsPlayback
 from relay.hub import Hub
 from signaling.webrtc import WebRtc
 
@@ -106,14 +107,14 @@ class Server:
         )
         self.app = self.build_app()
         self._runner: web.AppRunner | None = None
-        self.http_site: FastPathSite | None = None
+        self.http_site: FastPathListener | None = None
         self._stopped = False
         self.rtmp_port = 0
         self.http_port = 0
 
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[cors_preflight], client_max_size=4 * 1024 * 1024)
-        # HLS first: relay.fast_http claims these paths ahead of every other route, and so does aiohttp.
+        # HLS first: relay.http.fast claims these paths ahead of every other route, and so does aiohttp.
         app.add_routes(self.hls.routes())
         app.add_routes(streams.routes(self.hub))
         app.add_routes(self.flv.routes())
@@ -136,11 +137,11 @@ class Server:
         self.rtmp_port = rtmp_addrs[0][1]
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
-        site = self.http_site = FastPathSite(
+        site = self.http_site = FastPathListener(
             self._runner, s.host, s.http_port, self.hls.fast_routes(), backlog=1024, reuse_address=True
         )
         await site.start()
-        self.http_port = self._runner.addresses[0][1]
+        self.http_port = site.addresses[0][1]
         host = s.public_host
         rtmp_base = f"rtmp://{host}" + ("" if self.rtmp_port == 1935 else f":{self.rtmp_port}")
         http_base = s.public_url.rstrip("/") if s.public_url else f"http://{host}:{self.http_port}"
@@ -178,6 +179,8 @@ class Server:
         await self.replays.stop()
         await self.webhooks.close()
         await self.status.close()
+        if self.http_site is not None:
+            await self.http_site.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.store.close()
@@ -190,8 +193,7 @@ class Server:
         await self.start()
         # Media work allocates short-lived containers for every packet; with the default threshold
         # (700) the collector runs thousands of times a second. What startup built is frozen (never
-        # scanned again) and the youngest generation is collected every 20,000 allocations: about
-        # a tenth less CPU under HLS load (bench/RESULTS.md).
+        # scanned again) and the youngest generation is collected every 20,000 allocations.
         gc.freeze()
         gc.set_threshold(20_000, 10, 10)
         try:

@@ -22,7 +22,7 @@ from api import errors
 from api.errors import ApiError
 from api.models import Room, RoomEvent
 from api.store.base import RoomStore
-from relay.http_flv import CORS
+from relay.http.cors import CORS
 from relay.hub import Hub
 
 Message = dict[str, Any]
@@ -34,8 +34,7 @@ STATUS, VIEWERS = "status", "viewers"
 
 def viewer_count(hub: Hub, rtmp_app: str, stream: str) -> int:
     """Viewers of a stream on this node (0 when it is not here)."""
-    live = hub.get(rtmp_app, stream)
-    return live.viewer_count if live is not None else 0
+    return sum(hub.audience(rtmp_app, stream).values())
 
 
 def json_error(exc: ApiError) -> web.Response:

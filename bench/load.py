@@ -33,9 +33,9 @@ import aiohttp
 import uvloop
 
 from bench.hls_client import HlsClient
-from ingest.rtmp.chunk import Message
 from ingest.rtmp.client import RtmpClient, connect
-from relay.flv import AUDIO, SCRIPT, VIDEO, FlvReader, Tag
+from relay.formats.flv import AUDIO, SCRIPT, VIDEO, FlvReader, Tag
+from relay.formats.rtmp_chunk import Message
 
 FRAME_GAP_MS = 33  # between the fixture's last frame and the first of its next loop
 READ_BUFFER_SIZE = 64 * 1024

@@ -35,13 +35,13 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from yarl import URL
 
 from bench.load import FlvViewer, FrameKey, PublisherResult, Source, Timeline, _sleep_until, frame_key, publish
-from relay.codecs import coded_frame
-from relay.flv import VIDEO
-from relay.mpegts import AvcConfig
+from relay.formats.codecs import coded_frame
+from relay.formats.flv import VIDEO
+from relay.formats.h264 import NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS, split_annexb
+from relay.formats.mpegts import AvcConfig
+from relay.transcode.audio import OPUS_FRAME, OPUS_RATE, audio_encoder
 from signaling import ice
-from signaling.h264 import NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS, split_annexb
 from signaling.passthrough import pass_through
-from signaling.transcode import OPUS_FRAME, OPUS_RATE, audio_encoder
 
 LOOPBACK = ice.IceSettings(addresses=["127.0.0.1"])
 VIDEO_TIME_BASE = Fraction(1, 90000)

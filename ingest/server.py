@@ -9,11 +9,20 @@ import time
 from dataclasses import dataclass, field
 
 from ingest.rtmp import connection as rtmp
-from relay.access import AccessRequest, Authorizer, Decision, allow_all, decide
-from relay.formats import RtmpFormat
-from relay.hub import Hub, PublishSession, StreamBusy
-from relay.stream import PublisherInfo
-from relay.viewer import Viewer
+from relay.formats.output import RtmpFormat
+from relay.hub import (
+    AccessRequest,
+    Authorizer,
+    Decision,
+    Hub,
+    PublisherInfo,
+    PublishSession,
+    StreamBusy,
+    Subscription,
+    Viewer,
+    allow_all,
+    decide,
+)
 
 log = logging.getLogger("minilive.rtmp")
 
@@ -94,6 +103,7 @@ class RtmpProtocol(asyncio.Protocol):
         self.session: PublishSession | None = None
         self.publish_stream_id = 0
         self.viewer: Viewer | None = None
+        self.watching: Subscription | None = None
         self.busy = False  # an authorization is in flight
         self.held: list[rtmp.Event] | None = None
         self.closed = False
@@ -144,9 +154,8 @@ class RtmpProtocol(asyncio.Protocol):
         viewer = self.viewer
         if viewer is not None:
             self.viewer = None
-            stream = self.server.hub.streams.get(f"{self.core.app}/{self._play_name}")
-            if stream is not None:
-                stream.detach(viewer)
+            if self.watching is not None:
+                self.watching.close()
             viewer.done.done() or viewer.done.set_result("disconnected")
             log.info(
                 "rtmp play end %s/%s from %s: %.1f s, %.2f MB, %d skips",
@@ -200,7 +209,7 @@ class RtmpProtocol(asyncio.Protocol):
                 self._hold(event)
         elif isinstance(event, rtmp.DeleteStream):
             if self.session is not None and event.stream_id == self.publish_stream_id:
-                name = self.session.stream.name
+                name = self.session.name
                 self._end_publish("unpublish")
                 self.core.unpublished(event.stream_id, name)
                 self._flush()
@@ -223,7 +232,7 @@ class RtmpProtocol(asyncio.Protocol):
             self._flush()
             self.transport.close()  # type: ignore[union-attr]
             return
-        info = PublisherInfo("rtmp", self.remote, id(self), event.query)
+        info = PublisherInfo("rtmp", self.remote, event.query)
         try:
             self.session = self.server.hub.publish(app, event.name, info, self._kicked)
         except StreamBusy as exc:
@@ -257,11 +266,11 @@ class RtmpProtocol(asyncio.Protocol):
             self._flush()
             self.transport.close()  # type: ignore[union-attr]
             return
-        stream = await server.hub.wait_for(app, event.name, server.play_wait_seconds)
+        found = await server.hub.wait_for(app, event.name, server.play_wait_seconds)
         self.busy = False
         if self.closed:
             return
-        if stream is None:
+        if not found:
             self.core.reject_play(event, "NetStream.Play.StreamNotFound", f"no live stream named {app}/{event.name}")
             self._flush()
             return
@@ -276,7 +285,7 @@ class RtmpProtocol(asyncio.Protocol):
                 self.transport.close()  # type: ignore[union-attr]
 
         self.viewer = Viewer(self.transport, RtmpFormat(sid), remote=self.remote, end=end)  # type: ignore[arg-type]
-        stream.attach(self.viewer)
+        self.watching = server.hub.add_viewer(app, event.name, self.viewer)
         log.info("rtmp play start %s/%s from %s", app, event.name, self.remote)
 
     # ------------------------------------------------------------ helpers
@@ -299,7 +308,7 @@ class RtmpProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def _publish_name(self) -> str:
-        return self.session.stream.name if self.session else ""
+        return self.session.name if self.session else ""
 
     def _end_publish(self, reason: str) -> None:
         session = self.session
@@ -309,8 +318,8 @@ class RtmpProtocol(asyncio.Protocol):
         session.close(reason)
         log.info(
             "rtmp publish end %s/%s from %s (%s): %.1f s, %d packets",
-            session.stream.app,
-            session.stream.name,
+            session.app,
+            session.name,
             self.remote,
             reason,
             time.monotonic() - session.started,

@@ -4,10 +4,8 @@ playback (``+faststart``). FFmpeg's mp4 muxer turns ADTS AAC into raw AAC by its
 The remux reads the segments as one stream. It is done once from the files on disk (crash
 recovery, or a recording whose live remux could not follow), or while the live goes on
 (:class:`LiveMp4`): the remux then starts with the recording and reads each segment as soon as it
-is written, so the end of a live leaves only the last segment and the MP4's index to write. An
-hour of live costs about 5 s to remux at once (bench/RESULTS.md), past the issue's 5 s for a
-finished replay; the same work spread over the live costs about 0.13 % of a core per recording.
-Both ways give the same bytes: the reader is never seekable, so FFmpeg reads the segments from
+is written, so the end of a live leaves only the last segment and the MP4's index to write, however
+long the live was (bench/replay.py measures both ways). Both ways give the same bytes: the reader is never seekable, so FFmpeg reads the segments from
 start to end in either case.
 
 Blocking: every function here runs on a worker thread; :class:`LiveMp4` runs its own.

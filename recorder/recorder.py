@@ -53,18 +53,17 @@ class Recorder:
         return self.root.joinpath(*parts)
 
     def can_record(self, app: str, name: str) -> bool:
-        return self.hub.get(app, name) is not None and (app, name) not in self._streams
+        return self.hub.has(app, name) and (app, name) not in self._streams
 
     def start(self, app: str, name: str, replay_id: str, folder: str) -> bool:
         """Record stream ``app/name`` into ``folder``; False if this node has no such stream."""
-        stream = self.hub.get(app, name)
-        if stream is None or (app, name) in self._streams:
+        if not self.can_record(app, name):
             return False
         path = self.folder(folder)
         path.mkdir(parents=True, exist_ok=True)
         recording = Recording(replay_id, path, self.settings.segment_seconds, self._writer)
         self.recordings[replay_id] = self._streams[(app, name)] = recording
-        recording.attach(stream)
+        recording.attach(self.hub, app, name)
         log.info("replay %s: recording %s/%s into %s", replay_id, app, name, path)
         return True
 
@@ -73,9 +72,8 @@ class Recorder:
         if event.type != "publish":
             return
         recording = self._streams.get((event.app, event.name))
-        stream = self.hub.get(event.app, event.name)
-        if recording is not None and stream is not None:
-            recording.attach(stream)
+        if recording is not None:
+            recording.attach(self.hub, event.app, event.name)
 
     async def finish(self, replay_id: str) -> Finalized:
         """Stop recording, write what is buffered, and finalize (raises FinalizeError or OSError)."""

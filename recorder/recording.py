@@ -1,7 +1,7 @@
 """One replay being written: a live stream's packets cut into MPEG-TS segments on disk as they arrive.
 
 A :class:`Recording` is a sink of the hub's stream. Segments are muxed on the event loop (the
-same :class:`~relay.hls.Segmenter` as live HLS) and written by the recorder's writer thread: each
+same :class:`~relay.formats.hls.Segmenter` as live HLS) and written by the recorder's writer thread: each
 to a temporary file, synced and renamed to ``segNNNNN.ts``, then the EVENT playlist is replaced
 the same way. So after a crash every segment on disk is whole and at most the segment still in
 memory is lost. Each segment on disk then goes on to the replay's MP4, which is remuxed while the
@@ -23,9 +23,9 @@ from pathlib import Path
 
 from recorder.mp4 import LiveMp4
 from recorder.playlist import PLAYLIST, Entry, render, segment_name
-from relay.hls import Segment, Segmenter
-from relay.packet import DATA, Packet
-from relay.stream import LiveStream
+from relay.formats.hls import Segment, Segmenter
+from relay.formats.packet import DATA, Packet
+from relay.hub import Hub, Subscription
 
 log = logging.getLogger("minilive.recorder")
 
@@ -49,9 +49,9 @@ class Recording:
         self.folder = folder
         self.writer = writer
         self.segmenter = Segmenter(segment_seconds, 0, on_segment=self._on_segment)
-        self.stream: LiveStream | None = None
+        self.subscription: Subscription | None = None
         self.entries: list[Entry] = []
-        self.error: OSError | None = None
+        self._write_failed = False  # logged once
         self._offset = 0
         self._last_ts = -1
         self._rebase = False
@@ -61,22 +61,23 @@ class Recording:
 
     # ------------------------------------------------------------ the stream
 
-    def attach(self, stream: LiveStream) -> None:
-        """Record ``stream`` from its GOP cache on; a later stream continues after a discontinuity."""
-        if stream is self.stream:
-            return
+    def attach(self, hub: Hub, app: str, name: str) -> bool:
+        """Record stream ``app/name`` from its GOP cache on, unless this recording is on it already; a
+        later stream continues after a discontinuity. False when the hub has no such stream."""
+        if self.subscription is not None and not self.subscription.ended:
+            return True
         self.detach()
         if self._last_ts >= 0:
             self.segmenter.discontinuity()
             self._rebase = True
-        self.stream = stream
-        stream.add_sink(self)
+        self.subscription = hub.add_sink(app, name, self)
+        return self.subscription is not None
 
     def detach(self) -> None:
         """Stop taking the stream's packets, and queue what is buffered as a last segment."""
-        if self.stream is not None:
-            self.stream.remove_sink(self)
-            self.stream = None
+        if self.subscription is not None:
+            self.subscription.close()
+            self.subscription = None
         self.segmenter.finish()
 
     def new_publisher(self) -> None:
@@ -95,8 +96,13 @@ class Recording:
 
     def end(self) -> None:
         """The hub stream is over (the recording may go on with the next one)."""
-        self.stream = None
+        self.subscription = None
         self.segmenter.finish()
+
+    def failed(self, error: Exception) -> None:
+        """The hub detached this recording: what is buffered is kept, and the next publish goes on."""
+        log.warning("replay %s: recording stopped until the next publish: %s", self.replay_id, error)
+        self.end()
 
     # ------------------------------------------------------------ disk
 
@@ -114,9 +120,9 @@ class Recording:
                 self.mp4 = LiveMp4(self.folder)
             self.mp4.add(self.folder / name)
         except OSError as exc:
-            if self.error is None:
+            if not self._write_failed:
                 log.error("replay %s: cannot write %s: %s", self.replay_id, self.folder / name, exc)
-            self.error = exc
+            self._write_failed = True
 
     async def close(self) -> None:
         """Detach, and wait until every segment is on disk (the writer runs them in order)."""

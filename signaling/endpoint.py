@@ -9,7 +9,7 @@ import logging
 
 from aiohttp import web
 
-from relay.http_flv import CORS
+from relay.http.cors import CORS
 from signaling.sdp import MAX_OFFER_BYTES, OfferError, narrow_offer
 from signaling.sessions import Registry, Session
 

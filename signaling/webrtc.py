@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from relay.access import Authorizer
-from relay.hub import Hub
+from relay.hub import Authorizer, Hub
 from signaling.sessions import Registry, WebRtcSettings
 from signaling.whep import WhepEndpoint
 from signaling.whip import WhipEndpoint

@@ -21,16 +21,14 @@ from aiohttp import web
 from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from relay import codecs
-from relay.access import AccessRequest, Authorizer, decide
-from relay.hub import Hub
-from relay.packet import AUDIO, VIDEO, Packet
-from relay.stream import LiveStream
+from relay.formats import codecs
+from relay.formats.h264 import FlvToAnnexB
+from relay.formats.packet import AUDIO, VIDEO, Packet
+from relay.hub import AccessRequest, Authorizer, Hub, Subscription, decide
+from relay.transcode.audio import OPUS_RATE, AacToOpus
 from signaling import ice
 from signaling.endpoint import Endpoint
-from signaling.h264 import FlvToAnnexB
 from signaling.sessions import Registry, Session
-from signaling.transcode import OPUS_RATE, AacToOpus
 
 log = logging.getLogger("minilive.webrtc")
 
@@ -88,9 +86,12 @@ class PacketTrack(MediaStreamTrack):
 class WhepFeed:
     """A stream's packets for its WHEP viewers (a hub sink)."""
 
-    def __init__(self, endpoint: WhepEndpoint, stream: LiveStream) -> None:
+    def __init__(self, endpoint: WhepEndpoint, app: str, name: str) -> None:
         self.endpoint = endpoint
-        self.stream = stream
+        self.app = app
+        self.name = name
+        self.key = f"{app}/{name}"
+        self.subscription: Subscription | None = None
         self.sessions: set[WhepSession] = set()  # connecting or connected
         self.live: set[WhepSession] = set()  # connected: receiving packets
         self.video = FlvToAnnexB()
@@ -117,6 +118,11 @@ class WhepFeed:
     def end(self) -> None:
         for session in list(self.sessions):
             session.end("stream ended")
+        self.close()
+
+    def failed(self, error: Exception) -> None:
+        for session in list(self.sessions):
+            session.end("the stream could not be converted for WebRTC")
         self.close()
 
     # ------------------------------------------------------------ media
@@ -170,7 +176,7 @@ class WhepFeed:
         try:
             packets = future.result()
         except Exception:
-            log.exception("whep %s: AAC to Opus failed", self.stream.key)
+            log.exception("whep %s: AAC to Opus failed", self.key)
             return
         if len(self.audio_cache) < MAX_CACHED_FRAMES:
             self.audio_cache += packets
@@ -183,6 +189,7 @@ class WhepFeed:
     def join(self, session: WhepSession) -> None:
         """A connected viewer: the cached keyframe and what followed it, then everything live."""
         self.live.add(session)
+        self._report()
         for item in self.video_cache:
             session.video.put(*item)
         for pts, data in self.audio_cache:
@@ -191,24 +198,30 @@ class WhepFeed:
     def leave(self, session: WhepSession) -> None:
         self.sessions.discard(session)
         self.live.discard(session)
+        self._report()
         if not self.sessions:
             self.close()
+
+    def _report(self) -> None:
+        if self.subscription is not None:
+            self.subscription.set_audience("whep", len(self.live))
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        self.stream.remove_sink(self)
+        if self.subscription is not None:
+            self.subscription.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
-        if self.endpoint.feeds.get(self.stream.key) is self:
-            del self.endpoint.feeds[self.stream.key]
+        if self.endpoint.feeds.get(self.key) is self:
+            del self.endpoint.feeds[self.key]
 
 
 class WhepSession(Session):
     protocol = "whep"
 
     def __init__(self, registry: Registry, feed: WhepFeed, remote: str) -> None:
-        super().__init__(registry, feed.stream.app, feed.stream.name, remote)
+        super().__init__(registry, feed.app, feed.name, remote)
         self.feed = feed
         limit = registry.settings.viewer_queue_frames
         self.video = PacketTrack("video", limit)
@@ -266,19 +279,21 @@ class WhepEndpoint(Endpoint):
         decision = await decide(self.authorize_play, access, log)
         if not decision.allowed:
             raise web.HTTPForbidden(text=decision.reason)
-        stream = await self.hub.wait_for(self.app, name, self.wait_seconds)
-        if stream is None or stream.ended:
+        if not await self.hub.wait_for(self.app, name, self.wait_seconds):
             raise web.HTTPNotFound(text=f"no live stream named {self.app}/{name}")
-        feed = self.feeds.get(stream.key)
-        if feed is None or feed.stream is not stream:
-            feed = self.feeds[stream.key] = WhepFeed(self, stream)
-            stream.add_sink(feed)
+        key = f"{self.app}/{name}"
+        feed = self.feeds.get(key)
+        if feed is None or feed.closed or feed.subscription is None or feed.subscription.ended:
+            feed = self.feeds[key] = WhepFeed(self, self.app, name)
+            feed.subscription = self.hub.add_sink(self.app, name, feed)
+            if feed.closed:
+                raise web.HTTPServiceUnavailable(text=f"stream {key} cannot be played over WebRTC")
         limit = self.registry.settings.max_whep_viewers
         if len(feed.sessions) >= limit:
             if not feed.sessions:
                 feed.close()
             raise web.HTTPServiceUnavailable(
-                text=f"stream {stream.key} has {limit} WHEP viewers, the limit; play it over HTTP-FLV or HLS",
+                text=f"stream {key} has {limit} WHEP viewers, the limit; play it over HTTP-FLV or HLS",
                 headers={"Retry-After": "10"},
             )
         return WhepSession(self.registry, feed, remote)

@@ -16,16 +16,14 @@ from aiohttp import web
 from aiortc import RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from relay.access import AccessRequest, Authorizer, decide
-from relay.hub import Hub, PublishSession, StreamBusy
-from relay.packet import AUDIO, VIDEO
-from relay.stream import PublisherInfo
+from relay.formats.h264 import AnnexBToFlv
+from relay.formats.packet import AUDIO, VIDEO
+from relay.hub import AccessRequest, Authorizer, Hub, PublisherInfo, PublishSession, StreamBusy, decide
+from relay.transcode.audio import OpusToAac
 from signaling import ice
 from signaling.endpoint import Endpoint, bearer_query
-from signaling.h264 import AnnexBToFlv
 from signaling.passthrough import pass_through
 from signaling.sessions import Registry, Session
-from signaling.transcode import OpusToAac
 
 log = logging.getLogger("minilive.webrtc")
 
@@ -67,7 +65,7 @@ class WhipSession(Session):
         self.tasks.append(asyncio.ensure_future(read(track)))
 
     def on_connected(self) -> None:
-        info = PublisherInfo("whip", self.remote, id(self), self.query)
+        info = PublisherInfo("whip", self.remote, self.query)
         try:
             self.publish = self.hub.publish(self.app, self.name, info, self._kicked)
         except StreamBusy as exc:
@@ -155,8 +153,7 @@ class WhipSession(Session):
             publish = self.publish
             if publish is None:
                 return
-            stream = publish.stream
-            if self.video.needs_keyframe or ((stream.viewer_count or stream.sinks) and not stream.gop.packets):
+            if self.video.needs_keyframe or publish.wants_keyframe:
                 self._request_keyframe()
             if time.monotonic() - self.last_media > idle:
                 self.end(f"publisher sent no media for {idle:.0f} s")
@@ -203,7 +200,6 @@ class WhipEndpoint(Endpoint):
             status = web.HTTPForbidden if query else web.HTTPUnauthorized
             headers = {} if query else {"WWW-Authenticate": "Bearer"}
             raise status(text=decision.reason, headers=headers)
-        stream = self.hub.get(self.app, name)
-        if stream is not None and stream.publisher is not None and not self.hub.settings.publisher_takeover:
+        if self.hub.busy(self.app, name):
             raise web.HTTPConflict(text=f"stream {self.app}/{name} is already being published")
         return WhipSession(self.registry, self.hub, self.app, name, remote, query)

@@ -19,6 +19,7 @@ import uvloop
 from api.config import Settings
 from api.models import Media
 from api.server import Server
+from relay.hub.stream import LiveStream
 from tests.browser import CHROMIUM, MEDIA_FLAGS, WEB_ROOT, Browser, serve_web
 
 FFMPEG = shutil.which("ffmpeg")
@@ -132,12 +133,18 @@ async def publish(
     return Publisher(process)
 
 
+def hub_stream(server: Server, app: str, name: str) -> LiveStream | None:
+    """The hub's own object for stream ``app/name``, for tests that look inside the fan-out (outside
+    relay.hub, code uses only the hub's public interface)."""
+    return server.hub._streams.get(f"{app}/{name}")
+
+
 async def wait_live(server: Server, name: str, app: str = "live", timeout: float = 10) -> None:
     """Wait until the hub has a keyframe of the stream cached (so players start at once)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
-        stream = server.hub.get(app, name)
+        stream = hub_stream(server, app, name)
         if stream is not None and stream.publisher is not None and stream.gop.packets:
             return
         await asyncio.sleep(0.05)

@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 from signaling.ice import IceSettings
 from signaling.sessions import WebRtcSettings
-from tests.conftest import flv_url, needs_ffmpeg, probe_streams, wait_live
+from tests.conftest import flv_url, hub_stream, needs_ffmpeg, probe_streams, wait_live
 
 pytestmark = needs_ffmpeg
 
@@ -36,7 +36,7 @@ async def test_chromium_publishes_with_whip_and_plays_with_whep(media_browser, w
     sent = await rising(publisher, "outbound-rtp video", "framesEncoded", 15)
     assert sent["mimeType"] == "video/H264", sent
     await wait_live(server, "cam", timeout=10)
-    assert server.hub.get("live", "cam").publisher.protocol == "whip"
+    assert hub_stream(server, "live", "cam").publisher.protocol == "whip"
 
     codecs = {s["codec_type"]: s["codec_name"] for s in await probe_streams(flv_url(server, "cam"))}
     assert codecs == {"video": "h264", "audio": "aac"}
@@ -56,4 +56,4 @@ async def test_chromium_publishes_with_whip_and_plays_with_whep(media_browser, w
     for tab in (viewer, publisher):
         assert await tab.evaluate("window.rtc.stop()") == 200
     assert not server.webrtc.registry.sessions
-    assert server.hub.get("live", "cam").publisher is None
+    assert hub_stream(server, "live", "cam").publisher is None

@@ -1,4 +1,4 @@
-"""The lean HTTP path for HLS (relay.fast_http): what it answers itself, what it hands to aiohttp, and
+"""The lean HTTP path for HLS (relay.http.fast): what it answers itself, what it hands to aiohttp, and
 its bounds. Raw sockets, so that every byte on the wire is the test's choice. These tests run on both
 asyncio's loop and uvloop (the server's loop in production); see conftest."""
 
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from relay import fast_http
-from relay.fast_http import MAX_BUFFERED, parse_head
+from relay.http import fast as fast_http
+from relay.http.fast import MAX_BUFFERED, parse_head
 from tests.conftest import needs_ffmpeg, publish, rtmp_url, wait_live
 from tests.test_hls import hls_url, parse
 

@@ -1,4 +1,4 @@
-"""FlvReader and relay.codecs, on hand-built tags and on FLV made by Debian's ffmpeg."""
+"""FlvReader and relay.formats.codecs, on hand-built tags and on FLV made by Debian's ffmpeg."""
 
 import struct
 import subprocess
@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from relay import codecs
-from relay.flv import AUDIO, SCRIPT, VIDEO, FlvError, FlvReader, Tag, encode_tag, header
+from relay.formats import codecs, h264
+from relay.formats.aac import AacConfig
+from relay.formats.flv import AUDIO, SCRIPT, VIDEO, FlvError, FlvReader, Tag, encode_tag, header
 from tests.conftest import FFMPEG, needs_ffmpeg
 
 
@@ -184,6 +185,11 @@ def test_audio_info(payload: bytes, config: bool, codec: str) -> None:
     assert codecs.audio_info(payload) == codecs.AudioInfo(config, codec)
 
 
+def _aac(payload: bytes) -> tuple[int, int] | None:
+    config = AacConfig.parse(payload)
+    return None if config is None else (config.sample_rate, config.channels)
+
+
 @pytest.mark.parametrize(
     ("asc", "expected"),
     [
@@ -197,11 +203,11 @@ def test_audio_info(payload: bytes, config: bool, codec: str) -> None:
     ids=hex_id,
 )
 def test_aac_config(asc: bytes, expected: tuple[int, int]) -> None:
-    assert codecs.aac_config(b"\xaf\x00" + asc) == expected
+    assert _aac(b"\xaf\x00" + asc) == expected
 
 
 def test_aac_config_too_short() -> None:
-    assert codecs.aac_config(b"\xaf\x00\x12") is None
+    assert AacConfig.parse(b"\xaf\x00\x12") is None
 
 
 # ---------------------------------------------------------------- real SPS from ffmpeg
@@ -247,22 +253,22 @@ def test_avc_dimensions_from_ffmpeg(
     audio = [t for t in tags if t.kind == AUDIO]
     config = video[0].payload
     assert codecs.video_info(config) == codecs.VideoInfo(False, True, "h264")
-    assert codecs.avc_dimensions(config) == expected
+    assert h264.dimensions(config) == expected
     assert codecs.video_info(video[1].payload) == codecs.VideoInfo(True, False, "h264")
     assert codecs.audio_info(audio[0].payload) == codecs.AudioInfo(True, "aac")
-    assert codecs.aac_config(audio[0].payload) == (48000, 1)
+    assert _aac(audio[0].payload) == (48000, 1)
     assert not codecs.audio_info(audio[1].payload).config
     assert [t.timestamp for t in video] == sorted(t.timestamp for t in video)
 
 
 def test_avc_dimensions_on_garbage() -> None:
-    assert codecs.avc_dimensions(b"") is None
-    assert codecs.avc_dimensions(b"\x17\x00\x00\x00\x00") is None
+    assert h264.dimensions(b"") is None
+    assert h264.dimensions(b"\x17\x00\x00\x00\x00") is None
     # numOfSequenceParameterSets 0
-    assert codecs.avc_dimensions(b"\x17\x00\x00\x00\x00\x01\x64\x00\x1f\xff\xe0\x00\x00") is None
+    assert h264.dimensions(b"\x17\x00\x00\x00\x00\x01\x64\x00\x1f\xff\xe0\x00\x00") is None
     # An SPS that ends in the middle of its fields.
-    assert codecs.avc_dimensions(b"\x17\x00\x00\x00\x00\x01\x64\x00\x1f\xff\xe1\x00\x04\x67\x64\x00\x1f") is None
+    assert h264.dimensions(b"\x17\x00\x00\x00\x00\x01\x64\x00\x1f\xff\xe1\x00\x04\x67\x64\x00\x1f") is None
     # All-zero bits: an exp-Golomb code that never ends.
     sps = b"\x67\x64\x00\x1f" + bytes(64)
     record = b"\x01\x64\x00\x1f\xff\xe1" + struct.pack(">H", len(sps)) + sps
-    assert codecs.avc_dimensions(b"\x17\x00\x00\x00\x00" + record) is None
+    assert h264.dimensions(b"\x17\x00\x00\x00\x00" + record) is None

@@ -19,14 +19,15 @@ import pytest
 
 from api.config import ConfigError, load
 from ingest.rtmp.client import connect
-from relay import codecs
-from relay.fmp4 import NON_SYNC_SAMPLE, SYNC_SAMPLE, Fmp4Muxer
-from relay.hls import HlsSettings, LivePlaylist, Segment, Segmenter
-from relay.packet import AUDIO, VIDEO, Packet
+from relay.formats import hevc
+from relay.formats.fmp4 import NON_SYNC_SAMPLE, SYNC_SAMPLE, Fmp4Muxer
+from relay.formats.hls import HlsSettings, LivePlaylist, Segment, Segmenter
+from relay.formats.packet import AUDIO, VIDEO, Packet
 from tests.conftest import (
     FFMPEG,
     FFPROBE,
     decode_cleanly,
+    hub_stream,
     needs_ffmpeg,
     probe_frames,
     probe_streams,
@@ -174,7 +175,7 @@ def test_hevc_sample_entry_from_either_sequence_header(config: bytes) -> None:
     (stsd,) = find(muxer.init_segment(), "moov/trak/mdia/minf/stbl/stsd")
     ((kind, hvc1),) = walk(stsd[8:])
     assert kind == b"hvc1" and walk(hvc1[78:]) == [(b"hvcC", HEVC_RECORD)]
-    assert codecs.hevc_dimensions(config) is None, "no SPS: no picture size, and no exception"
+    assert hevc.dimensions(config) is None, "no SPS: no picture size, and no exception"
 
 
 def test_fragments_read_back_with_sequence_numbers_decode_times_and_sync_flags() -> None:
@@ -380,7 +381,7 @@ def hevc_media(tmp_path_factory) -> tuple[list[Packet], Path]:
 
 def test_hevc_picture_size_from_x265s_sps(hevc_media) -> None:
     packets, _ = hevc_media
-    assert codecs.hevc_dimensions(packets[0].payload) == (320, 240)
+    assert hevc.dimensions(packets[0].payload) == (320, 240)
 
 
 @needs_ffmpeg
@@ -394,13 +395,18 @@ async def test_hevc_published_as_codec_id_12_plays_as_fmp4_hls(server, hevc_medi
         for packet in packets[:gop]:
             publisher.send_media(packet.kind, packet.timestamp, packet.payload)
         await wait_live(server, "hevc")
-        stream = server.hub.get("live", "hevc")
-        assert (stream.video_codec, stream.width, stream.height) == ("hevc", 320, 240), "size from the HEVC SPS"
+        stream = hub_stream(server, "live", "hevc")
+        assert (stream.tracks.video_codec, stream.tracks.width, stream.tracks.height) == ("hevc", 320, 240), (
+            "size from the HEVC SPS"
+        )
         async with aiohttp.ClientSession() as session:
-            assert (await fetch(session, url))[0] == 200, "packaging starts from the GOP cache"
+            # Packaging starts from the GOP cache; the first playlist waits for its first whole segment.
+            first = asyncio.create_task(fetch(session, url))
             for packet in packets[gop:]:
                 publisher.send_media(packet.kind, packet.timestamp, packet.payload)
                 await asyncio.sleep(0)
+            status, text, _ = await first
+            assert status == 200 and b"#EXTINF:" in text, "the first playlist lists a complete segment"
             info = await wait_segments(session, url, 2)
             assert '#EXT-X-MAP:URI="' in info["text"] and info["segments"][0][0].endswith(".m4s")
             init_uri = re.search(r'#EXT-X-MAP:URI="([^"]+)"', info["text"])[1]

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import (
     decode_cleanly,
+    hub_stream,
     make_room,
     needs_ffmpeg,
     probe_streams,
@@ -73,7 +74,7 @@ async def test_live_hls_plays_in_ffmpeg_with_rfc_8216_playlists(server):
     pub = await publish(rtmp_url(server, "hls"), size="320x240", rate=25, gop=25)
     try:
         await wait_live(server, "hls")
-        stream = server.hub.get("live", "hls")
+        stream = hub_stream(server, "live", "hls")
         assert stream.sinks == [], "no packaging until someone asks for HLS"
         async with aiohttp.ClientSession() as session:
             status, _, headers = await fetch(session, hls_url(server, "hls"))
@@ -202,7 +203,7 @@ async def test_audio_only_hls(server):
     pub = await publish(rtmp_url(server, "radio"), video=False)
     try:
         for _ in range(100):
-            stream = server.hub.get("live", "radio")
+            stream = hub_stream(server, "live", "radio")
             if stream is not None and stream.audio_frames > 10:
                 break
             await asyncio.sleep(0.1)
@@ -215,7 +216,7 @@ async def test_audio_only_hls(server):
 
 
 def test_a_part_past_the_end_of_a_finished_segment_waits_for_the_next_segment() -> None:
-    from relay.hls import HlsSettings, LivePlaylist, Part, Segment
+    from relay.formats.hls import HlsSettings, LivePlaylist, Part, Segment
 
     playlist = LivePlaylist(HlsSettings(), "abcd0123")
     done = Segment(5, 0, 0.0, False, parts=[Part(0, b"x", 0.5, True), Part(1, b"y", 0.5, False)], complete=True)
@@ -227,7 +228,7 @@ def test_a_part_past_the_end_of_a_finished_segment_waits_for_the_next_segment() 
 
 
 def test_a_segment_is_its_parts_bytes_never_a_copy() -> None:
-    from relay.hls import Part, Segment
+    from relay.formats.hls import Part, Segment
 
     parts = [Part(i, bytes([i]) * 188 * (i + 1), 0.5, i == 0) for i in range(3)]
     segment = Segment(0, 0, 0.0, False, parts=list(parts))
@@ -272,7 +273,7 @@ async def test_a_signed_play_url_plays_its_segments_and_parts_too(make_server):
 
 
 async def test_a_blocking_wait_ends_when_its_segment_exists_or_the_stream_ends() -> None:
-    from relay.hls import HlsSettings, LivePlaylist, Part, Segment
+    from relay.formats.hls import HlsSettings, LivePlaylist, Part, Segment
 
     playlist = LivePlaylist(HlsSettings(), "0123abcd")
     first = Segment(0, 0, 0.0, False, parts=[Part(0, b"a", 0.5, True)])

@@ -22,10 +22,9 @@ import pytest
 
 from api.server import Server
 from ingest.rtmp import amf, messages
-from ingest.rtmp.chunk import ChunkReader, Message
 from ingest.rtmp.handshake import ClientHandshake
-from relay.rtmp_chunks import basic_header, encode_message
-from tests.conftest import Publisher, flv_url, needs_ffmpeg, probe_streams, publish, rtmp_url, wait_live
+from relay.formats.rtmp_chunk import ChunkReader, Message, basic_header, encode_message
+from tests.conftest import Publisher, flv_url, hub_stream, needs_ffmpeg, probe_streams, publish, rtmp_url, wait_live
 
 pytestmark = needs_ffmpeg
 
@@ -438,7 +437,7 @@ async def test_hostile_metadata_does_not_break_stream_list(
 ) -> None:
     server = await make_server()
     await publish_raw(server, "evil", {"width": "wide", "height": float("inf")})
-    await until(lambda: bool(server.hub.streams["live/evil"].meta_values), 5, "metadata received")
+    await until(lambda: bool(hub_stream(server, "live", "evil").meta_values), 5, "metadata received")
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"http://127.0.0.1:{server.http_port}/api/v1/streams") as response,
@@ -453,7 +452,7 @@ async def test_hostile_metadata_does_not_strand_viewers(
 ) -> None:
     server = await make_server(grace_seconds=0.0)
     raw = await publish_raw(server, "evil", {"width": "wide"})
-    await until(lambda: bool(server.hub.streams["live/evil"].meta_values), 5, "metadata received")
+    await until(lambda: bool(hub_stream(server, "live", "evil").meta_values), 5, "metadata received")
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"http://127.0.0.1:{server.http_port}/live/evil.flv") as response,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from relay import codecs, flv, mpegts
-from relay.mpegts import AUDIO_PID, PMT_PID, TS_SIZE, VIDEO_PID, TsMuxer, crc32_mpeg2
-from relay.packet import AUDIO, VIDEO, Packet
+from relay.formats import codecs, flv, mpegts
+from relay.formats.mpegts import AUDIO_PID, PMT_PID, TS_SIZE, VIDEO_PID, TsMuxer, crc32_mpeg2
+from relay.formats.packet import AUDIO, VIDEO, Packet
 from tests.conftest import FFMPEG, decode_cleanly, needs_ffmpeg, probe_frames, run
 
 
@@ -59,9 +59,15 @@ async def make_flv(path, seconds: int = 3) -> list[Packet]:
     return to_packets(flv.FlvReader().feed(path.read_bytes()))
 
 
+def _pts(pes: bytes) -> int:
+    """The PTS of a PES header."""
+    field = pes[9:14]
+    return (field[0] >> 1 & 7) << 30 | field[1] << 22 | (field[2] >> 1) << 15 | field[3] << 7 | field[4] >> 1
+
+
 def test_psi_sections_carry_valid_crcs() -> None:
     muxer = TsMuxer()
-    pat, pmt = packets_of(muxer.header())
+    pat, pmt = packets_of(bytes(muxer.part([], 0, True)))
     assert pid(pat) == 0 and pid(pmt) == PMT_PID
     for ts in (pat, pmt):
         section_length = ((ts[6] & 0x0F) << 8) | ts[7]
@@ -73,7 +79,7 @@ def test_every_pes_size_packs_into_whole_packets() -> None:
     muxer = TsMuxer(has_video=False, has_audio=True, audio_delay_ms=0)
     muxer.configure(Packet(AUDIO, 0, b"\xaf\x00\x12\x10", config=True))
     for size in range(1, 700):
-        data = muxer.mux(Packet(AUDIO, size, b"\xaf\x01" + b"\x11" * size))
+        data = bytes(muxer.part([Packet(AUDIO, size, b"\xaf\x01" + b"\x11" * size)], size, False))
         assert data and len(data) % TS_SIZE == 0, size
         assert all(ts[0] == 0x47 for ts in packets_of(data))
 
@@ -83,17 +89,16 @@ async def test_continuity_counters_run_on_across_segments_and_ffmpeg_decodes(tmp
     packets = await make_flv(tmp_path / "in.flv")
     muxer = TsMuxer()
     segments: list[bytes] = []
-    current = bytearray()
-    for packet in packets:
-        if packet.config:
+    frames: list[Packet] = []
+    for packet in [*packets, None]:
+        if packet is not None and packet.config:
             muxer.configure(packet)
             continue
-        if packet.keyframe:
-            if current:
-                segments.append(bytes(current))
-            current = bytearray(muxer.header())
-        current += muxer.mux(packet)
-    segments.append(bytes(current))
+        if (packet is None or packet.keyframe) and frames:
+            segments.append(bytes(muxer.part(frames, frames[-1].timestamp, True)))
+            frames = []
+        if packet is not None:
+            frames.append(packet)
     assert len(segments) == 3
     last_cc: dict[int, int] = {}
     for ts in packets_of(b"".join(segments)):
@@ -114,30 +119,31 @@ async def test_continuity_counters_run_on_across_segments_and_ffmpeg_decodes(tmp
 def test_a_new_muxer_after_a_codec_change_keeps_counting() -> None:
     first = TsMuxer(has_video=False, has_audio=True, audio_delay_ms=0)
     first.configure(Packet(AUDIO, 0, b"\xaf\x00\x12\x10", config=True))
-    first.header()
-    last = packets_of(first.mux(Packet(AUDIO, 0, b"\xaf\x01" + b"\x11" * 500)))[-1]
+    last = packets_of(bytes(first.part([Packet(AUDIO, 0, b"\xaf\x01" + b"\x11" * 500)], 0, True)))[-1]
     second = TsMuxer(has_video=False, has_audio=True, audio_delay_ms=0)
     second.continue_from(first)
     second.configure(Packet(AUDIO, 0, b"\xaf\x00\x11\x90", config=True))
-    pat = packets_of(second.header())[0]
-    following = packets_of(second.mux(Packet(AUDIO, 23, b"\xaf\x01" + b"\x22" * 10)))[0]
+    pat, _, following = packets_of(bytes(second.part([Packet(AUDIO, 23, b"\xaf\x01" + b"\x22" * 10)], 23, True)))
     assert pat[3] & 0x0F == 1, "PAT counter goes on"
     assert following[3] & 0x0F == ((last[3] & 0x0F) + 1) % 16, "audio PID counter goes on"
 
 
-def test_aac_frames_are_gathered_into_one_pes_until_the_delay_or_a_flush() -> None:
+def test_aac_frames_are_gathered_into_one_pes_until_the_delay_or_the_part_ends() -> None:
     muxer = TsMuxer(has_video=True, has_audio=True, audio_delay_ms=300)
     muxer.configure(Packet(AUDIO, 0, b"\xaf\x00\x12\x10", config=True))
-    frames = [Packet(AUDIO, 23 * i, b"\xaf\x01" + bytes([i]) * 200) for i in range(20)]
-    out = [muxer.mux(frame) for frame in frames]
-    first = next(i for i, data in enumerate(out) if data)
-    assert first == 14, "frames are held until one is 300 ms after the first (14 x 23 ms = 322 ms)"
-    pes_starts = [ts for ts in packets_of(out[first]) if ts[1] & 0x40]
-    assert len(pes_starts) == 1, "one PES for the 15 frames"
-    assert out[first].count(b"\xff\xf1") >= 15, "each frame keeps its ADTS header"
-    rest = muxer.flush(23 * 20)
-    assert rest and len([ts for ts in packets_of(rest) if ts[1] & 0x40]) == 1, "flush writes what is held"
-    assert muxer.flush(23 * 20) == b""
+    frames = [Packet(AUDIO, 23 * i, b"\xaf\x01" + bytes([i]) * 200) for i in range(40)]
+
+    def pes_starts(data: bytes) -> list[int]:
+        """The PTS (90 kHz) of every PES that starts in ``data``."""
+        starts = [ts for ts in packets_of(data) if ts[1] & 0x40]
+        return [_pts(ts[4 + 1 + ts[4] :] if ts[3] & 0x20 else ts[4:]) for ts in starts]
+
+    held = bytes(muxer.part(frames[:14], 23 * 14, False))
+    assert pes_starts(held) == [0], "frames under 300 ms apart make one PES, written when the part ends"
+    assert held.count(b"\xff\xf1") >= 14, "each frame keeps its ADTS header"
+    gathered = bytes(muxer.part(frames[14:40], 23 * 40, False))
+    # The frame 300 ms or more after the first of a PES is its last: 14 x 23 ms = 322 ms, 15 frames.
+    assert pes_starts(gathered) == [14 * 23 * 90, 29 * 23 * 90]
 
 
 @needs_ffmpeg
@@ -179,14 +185,10 @@ async def test_enhanced_rtmp_avc1_frames_are_muxed_like_legacy_ones(tmp_path) ->
     outputs = []
     for source in (packets, [enhanced(p) for p in packets]):
         muxer = TsMuxer()
-        out = bytearray(muxer.header())
         for packet in source:
             if packet.config:
                 muxer.configure(packet)
-            else:
-                out += muxer.mux(packet)
-        out += muxer.flush(0)
-        outputs.append(bytes(out))
+        outputs.append(bytes(muxer.part([p for p in source if not p.config], 0, True)))
     assert len(outputs[1]) > 100 * TS_SIZE
     assert outputs[0] == outputs[1], "the same access units whatever the FLV video header"
 
@@ -264,10 +266,10 @@ def test_random_frames_mux_the_same_whichever_video_header_they_come_with(monkey
 
 
 def test_the_c_muxer_gives_the_python_muxers_bytes(monkeypatch) -> None:
-    """relay._tsmux (built by the install; scripts/dev installs a C compiler) lays out parts exactly as
+    """relay.formats._tsmux (built by the install; scripts/dev installs a C compiler) lays out parts exactly as
     the Python muxer: the same random frames, with every NAL length size, with and without video, muxed
     into parts both ways, give the same bytes and leave the same continuity counters."""
-    assert mpegts._tsmux is not None, "relay._tsmux is not built: run scripts/dev setup (needs gcc, python3-dev)"
+    assert mpegts._tsmux is not None, "relay.formats._tsmux is not built: run scripts/dev setup (gcc, python3-dev)"
     calls: list[bool] = []
     c_way = TsMuxer._part_in_c
 
@@ -307,7 +309,7 @@ def test_the_c_muxer_takes_garbage_as_the_python_muxer_does(monkeypatch) -> None
     timestamps: the C way neither crashes nor differs from the Python way (output, or the error raised)."""
     import random
 
-    assert mpegts._tsmux is not None, "relay._tsmux is not built: run scripts/dev setup (needs gcc, python3-dev)"
+    assert mpegts._tsmux is not None, "relay.formats._tsmux is not built: run scripts/dev setup (gcc, python3-dev)"
     rng = random.Random(5)
     configs, _, _ = random_frames(3, frames=10)
     leads = [b"", b"\x17\x01", b"\x27\x01", b"\xaf\x01", b"\x91avc1", b"\x93avc1", b"\x17\x00", b"\xaf\x00"]
@@ -331,3 +333,36 @@ def test_the_c_muxer_takes_garbage_as_the_python_muxer_does(monkeypatch) -> None
             except (ValueError, OverflowError) as error:
                 results.append(repr(error))
         assert results[0] == results[1]
+
+
+def test_the_c_muxer_holds_the_packets_while_python_code_runs() -> None:
+    """Reading a packet's attributes can run Python code: a part is muxed from the packets the list held
+    when the call began, even if that code changes the list (frees items, or adds more than the part's
+    buffer was sized for)."""
+    assert mpegts._tsmux is not None, "relay.formats._tsmux is not built: run scripts/dev setup (gcc, python3-dev)"
+    configs, legacy, _ = random_frames(7, frames=40)
+    big = Packet(VIDEO, 0, b"\x27\x01\x00\x00\x00" + (60000).to_bytes(4, "big") + b"\x41" * 60000)
+
+    class Meddling:
+        """A frame whose payload, when read, floods the list it is in and drops its neighbours."""
+
+        def __init__(self, packet: Packet, packets: list) -> None:
+            self.kind, self.timestamp, self.keyframe = packet.kind, packet.timestamp, packet.keyframe
+            self._payload, self._packets = packet.payload, packets
+
+        @property
+        def payload(self) -> bytes:
+            del self._packets[1:]
+            self._packets += [big] * 200
+            return self._payload
+
+    def muxer() -> TsMuxer:
+        m = TsMuxer()
+        for packet in configs:
+            m.configure(packet)
+        return m
+
+    expected = bytes(muxer().part(legacy, 2000, True))
+    meddled: list = []
+    meddled += [Meddling(p, meddled) for p in legacy]
+    assert bytes(muxer().part(meddled, 2000, True)) == expected

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 
 from ingest.rtmp.client import RtmpClientError, connect
-from relay import flv
-from tests.conftest import flv_url, rtmp_url
+from relay.formats import flv
+from tests.conftest import flv_url, hub_stream, rtmp_url
 from tests.test_playback import FlvClient, play_http
 
 AUDIO, VIDEO = flv.AUDIO, flv.VIDEO
@@ -82,7 +82,7 @@ async def test_codecs_pass_through_unchanged(server, codec):
     publisher = await connect(f"rtmp://127.0.0.1:{server.rtmp_port}/live")
     await publisher.publish(codec)
     await publish_frames(publisher, codec, 25)
-    stream = server.hub.get("live", codec)
+    stream = hub_stream(server, "live", codec)
     async with aiohttp.ClientSession() as session:
         viewer = FlvClient()
         task = asyncio.create_task(play_http(session, flv_url(server, codec), viewer))
@@ -103,7 +103,7 @@ async def test_codecs_pass_through_unchanged(server, codec):
     assert audio[0] == OPUS_HEADER and OPUS_FRAME in audio
     rtmp_video = [p for t, p in received if t == VIDEO]
     assert rtmp_video[:2] == [config, key]
-    assert stream.video_codec == name and stream.audio_codec == "opus"
+    assert stream.tracks.video_codec == name and stream.tracks.audio_codec == "opus"
     publisher.close()
     rtmp_viewer.close()
 
@@ -124,8 +124,8 @@ async def test_silent_publisher_is_dropped_but_a_trickle_is_not(make_server):
         trickle.send_media(VIDEO, ts, CODECS["hevc12"][2])
         ts += 800
         await asyncio.sleep(0.8)
-    assert server.hub.get("live", "silent") is None, "a publisher that sends nothing is gone within seconds"
-    assert server.hub.get("live", "trickle").publisher is not None
+    assert hub_stream(server, "live", "silent") is None, "a publisher that sends nothing is gone within seconds"
+    assert hub_stream(server, "live", "trickle").publisher is not None
     trickle.close()
     silent.close()
 
@@ -139,7 +139,7 @@ async def test_republish_takes_over_a_half_dead_connection(make_server):
     new = await connect(f"rtmp://127.0.0.1:{server.rtmp_port}/live")
     await new.publish("anchor")
     await publish_frames(new, "hvc1", 5)
-    stream = server.hub.get("live", "anchor")
+    stream = hub_stream(server, "live", "anchor")
     assert stream.publish_count == 2 and stream.publisher is not None
     await asyncio.sleep(0.2)
     assert old.closed.done(), "the old connection is closed by the takeover"

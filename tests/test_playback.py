@@ -9,10 +9,11 @@ import time
 import aiohttp
 import pytest
 
-from relay import codecs, flv
+from relay.formats import codecs, flv
 from tests.conftest import (
     FFMPEG,
     flv_url,
+    hub_stream,
     needs_ffmpeg,
     probe_packets,
     probe_streams,
@@ -172,7 +173,7 @@ async def test_websocket_flv_starts_with_headers_then_keyframe(server):
             client = FlvClient()
             task = asyncio.create_task(play_ws(session, flv_url(server, "ws"), client))
             await client.wait_for(lambda c: len(c.video()) > 30 and len(c.audio()) > 30)
-            assert server.hub.get("live", "ws").viewers_by_protocol() == {"ws-flv": 1}
+            assert hub_stream(server, "live", "ws").audience() == {"ws-flv": 1}
             task.cancel()
         tags = [t for _, t in client.tags]
         assert tags[0].kind == flv.SCRIPT and b"onMetaData" in tags[0].payload
@@ -242,7 +243,7 @@ async def test_viewers_survive_publisher_reconnect_with_monotonic_timestamps(mak
             pub = await publish(rtmp_url(server, "re"))
             for client, count in zip(clients, before, strict=True):
                 await client.wait_for(lambda c, n=count: len(c.video()) > n + 40)
-            stream = server.hub.get("live", "re")
+            stream = hub_stream(server, "live", "re")
             assert stream.publish_count == 2
         finally:
             await pub.stop()
@@ -275,7 +276,7 @@ async def test_viewers_get_a_clean_end_after_the_grace_period(make_server):
         await asyncio.gather(*tasks)
     assert http.end_reason == "eof", http.end_reason
     assert ws.end_reason == "closed"
-    assert server.hub.get("live", "bye") is None
+    assert hub_stream(server, "live", "bye") is None
 
 
 async def test_player_may_connect_before_the_anchor(make_server):
@@ -302,7 +303,7 @@ async def test_second_publisher_takes_over(server):
             code = await asyncio.wait_for(first.process.wait(), 10)
             assert code != 0, "the old publisher is disconnected"
             await asyncio.sleep(1.5)
-            stream = server.hub.get("live", "two")
+            stream = hub_stream(server, "live", "two")
             assert stream.publisher is not None and stream.publish_count == 2
             streams = await probe_streams(flv_url(server, "two"))
             video = next(s for s in streams if s["codec_type"] == "video")
@@ -324,7 +325,7 @@ async def test_second_publisher_is_refused_when_takeover_is_off(make_server):
         assert code != 0
         assert "already being published" in err or "BadName" in err, err
         assert first.process.returncode is None, "the first publisher keeps going"
-        assert server.hub.get("live", "two").publish_count == 1
+        assert hub_stream(server, "live", "two").publish_count == 1
     finally:
         await first.stop()
 
@@ -335,7 +336,7 @@ async def test_single_track_streams(server, kind):
     try:
         stream = None
         for _ in range(100):
-            stream = server.hub.get("live", kind)
+            stream = hub_stream(server, "live", kind)
             if stream is not None and (stream.gop.packets or (kind == "audio" and stream.audio_frames > 5)):
                 break
             await asyncio.sleep(0.1)
@@ -355,4 +356,4 @@ async def test_publish_is_refused_without_anonymous_mode(make_server):
     err = (await pub.process.stderr.read()).decode()
     assert code != 0
     assert "--allow-anonymous-publish" in err, err
-    assert server.hub.get("live", "nope") is None
+    assert hub_stream(server, "live", "nope") is None

@@ -19,7 +19,17 @@ from api.rooms import RoomService, RoomSettings, Urls, iso_time
 from api.store import open_store
 from recorder.mp4 import MP4, LiveMp4, SegmentReader, remux
 from recorder.playlist import PLAYLIST
-from tests.conftest import FFMPEG, FFPROBE, free_port, make_room, needs_ffmpeg, official_room_body, publish, run
+from tests.conftest import (
+    FFMPEG,
+    FFPROBE,
+    free_port,
+    hub_stream,
+    make_room,
+    needs_ffmpeg,
+    official_room_body,
+    publish,
+    run,
+)
 from tests.test_cli import start_cli, wait_http
 from tests.test_rooms_live import wait_status
 from tests.test_webhooks import Receiver
@@ -147,7 +157,7 @@ async def test_live_session_becomes_a_replay(make_server, caplog):
 
 async def wait_stream_gone(server, name: str, timeout: float = 5) -> None:
     deadline = time.monotonic() + timeout
-    while server.hub.get("live", name) is not None:
+    while hub_stream(server, "live", name) is not None:
         assert time.monotonic() < deadline, f"stream {name} is still in the hub"
         await asyncio.sleep(0.05)
 

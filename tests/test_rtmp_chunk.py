@@ -1,6 +1,6 @@
 """ChunkReader driven with chunk bytes written out by hand, and round trips with encode_message.
 
-Headers are built here with struct rather than with relay.rtmp_chunks, so that the reader is
+Headers are built here with struct rather than with relay.formats.rtmp_chunk, so that the reader is
 checked against an independent reading of the chunk format (RTMP spec section 5.3).
 """
 
@@ -9,8 +9,7 @@ import struct
 
 import pytest
 
-from ingest.rtmp.chunk import ChunkError, ChunkReader, Message
-from relay.rtmp_chunks import basic_header, encode_message
+from relay.formats.rtmp_chunk import ChunkError, ChunkReader, Message, basic_header, encode_message
 
 AUDIO, VIDEO, COMMAND = 8, 9, 20
 EXT = 0xFFFFFF

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from ingest.rtmp import amf, messages
-from ingest.rtmp.chunk import ChunkReader, Message
 from ingest.rtmp.connection import (
     WINDOW_ACK_SIZE,
     Connect,
@@ -20,9 +19,9 @@ from ingest.rtmp.connection import (
     ServerConnection,
 )
 from ingest.rtmp.handshake import ClientHandshake
-from relay.flv import encode_tag
-from relay.packet import OUT_CHUNK_SIZE
-from relay.rtmp_chunks import encode_message
+from relay.formats.flv import encode_tag
+from relay.formats.packet import OUT_CHUNK_SIZE
+from relay.formats.rtmp_chunk import ChunkReader, Message, encode_message
 
 TC_URL = "rtmp://127.0.0.1:1935/live"
 

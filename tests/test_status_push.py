@@ -11,7 +11,7 @@ import pytest
 
 from api.models import LiveStatus
 from api.status import Listener
-from relay.stream import PublisherInfo
+from relay.hub import PublisherInfo
 from tests.conftest import make_room
 
 
@@ -28,7 +28,15 @@ def base(server) -> str:
 
 def start_publishing(server, room):
     """The anchor's stream arriving at the hub, as ingest would open it: the room goes live."""
-    return server.hub.publish("live", room.stream_name, PublisherInfo("test", "127.0.0.1", 1), lambda reason: None)
+    return server.hub.publish("live", room.stream_name, PublisherInfo("test", "127.0.0.1"), lambda reason: None)
+
+
+async def watch(session: aiohttp.ClientSession, server, room, count: int) -> list[aiohttp.ClientResponse]:
+    """``count`` HTTP-FLV players of the room's stream, connected (their response headers in)."""
+    url = f"{base(server)}/live/{room.stream_name}.flv"
+    players = [await session.get(url) for _ in range(count)]
+    assert all(player.status == 200 for player in players)
+    return players
 
 
 async def wait_for(predicate, timeout: float = 5) -> None:
@@ -66,13 +74,14 @@ async def test_status_poll_is_cacheable(push_server):
             assert response.status == 200
 
         stream = start_publishing(server, room)
-        await wait_for(lambda: server.hub.get("live", room.stream_name) is not None)
-        server.hub.get("live", room.stream_name).viewer_count = 3  # as if three players were attached
+        players = await watch(session, server, room, 3)
         await wait_until_status(server, room.roomid, LiveStatus.LIVE)
         async with session.get(url, headers={"If-None-Match": etag}) as response:
             assert response.status == 200 and response.headers["ETag"] != etag
             assert await response.json() == {"roomid": room.roomid, "live_status": 101, "viewers": 3}
         stream.close()
+        for player in players:
+            player.close()
 
         async with session.get(f"{base(server)}/api/v1/rooms/999999/status") as response:
             assert response.status == 404
@@ -105,12 +114,18 @@ async def test_server_sent_events(push_server):
         assert (kind, live["live_status"], live["previous_status"]) == ("status", 101, 102)
         assert live["reason"] == "anchor started"
 
-        server.hub.get("live", room.stream_name).viewer_count = 2
-        assert await next_event(response) == ("viewers", {"type": "viewers", "roomid": room.roomid, "viewers": 2})
+        async with aiohttp.ClientSession() as players:
+            await watch(players, server, room, 2)
+            counts = []
+            while not counts or counts[-1] < 2:  # the count as it changes: 1 may show before 2
+                kind, message = await next_event(response)
+                assert (kind, message["type"], message["roomid"]) == ("viewers", "viewers", room.roomid)
+                counts.append(message["viewers"])
+            assert counts in ([2], [1, 2])
 
-        await server.rooms.admin_action(app, room.roomid, "pause")  # kicks the publisher too
-        kind, paused = await next_event(response)
-        assert (kind, paused["live_status"], paused["previous_status"]) == ("status", 105, 101)
+            await server.rooms.admin_action(app, room.roomid, "pause")  # kicks the publisher too
+            kind, paused = await next_event(response)
+            assert (kind, paused["live_status"], paused["previous_status"]) == ("status", 105, 101)
         publisher.close()
     await wait_for(lambda: feed.subscribers == 0)
 

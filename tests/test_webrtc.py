@@ -14,12 +14,12 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from api.models import LiveStatus
+from relay.formats.h264 import AnnexBToFlv, FlvToAnnexB, split_annexb
 from signaling import ice
-from signaling.h264 import AnnexBToFlv, FlvToAnnexB, split_annexb
 from signaling.ice import IceSettings
 from signaling.sdp import OfferError, narrow_offer
 from signaling.sessions import WebRtcSettings
-from tests.conftest import flv_url, make_room, needs_ffmpeg, probe_streams, publish, rtmp_url, wait_live
+from tests.conftest import flv_url, hub_stream, make_room, needs_ffmpeg, probe_streams, publish, rtmp_url, wait_live
 
 LOOPBACK = IceSettings(addresses=["127.0.0.1"])
 
@@ -152,7 +152,7 @@ async def test_whip_publish_plays_over_http_flv(make_server) -> None:  # type: i
     pc, resource = await whip_publish(server, "cam")
     try:
         await wait_live(server, "cam", timeout=15)
-        stream = server.hub.get("live", "cam")
+        stream = hub_stream(server, "live", "cam")
         assert stream.publisher.protocol == "whip"
         streams = await probe_streams(flv_url(server, "cam"))
         codecs = {s["codec_type"]: s["codec_name"] for s in streams}
@@ -162,7 +162,7 @@ async def test_whip_publish_plays_over_http_flv(make_server) -> None:  # type: i
     finally:
         assert await delete(resource) == 200
         await pc.close()
-    assert server.hub.get("live", "cam").publisher is None
+    assert hub_stream(server, "live", "cam").publisher is None
     assert await delete(resource) == 404
     assert not server.webrtc.registry.sessions
 
@@ -258,7 +258,7 @@ async def test_abandoned_sessions_are_reclaimed(make_server) -> None:  # type: i
     await asyncio.sleep(0.2)
     assert threading.active_count() <= threads
     assert open_fds() <= fds + 2
-    assert not any(s.publisher for s in server.hub.streams.values())
+    assert not any(s["live"] for s in server.hub.all_stats())
 
 
 # ------------------------------------------------------------------ WHEP
@@ -314,7 +314,7 @@ async def test_rtmp_publish_plays_over_whep(make_server) -> None:  # type: ignor
         for task in tasks:
             task.cancel()
         await pc.close()
-        assert not server.webrtc.whep.feeds and feed not in server.hub.get("live", "show").sinks
+        assert not server.webrtc.whep.feeds and feed not in hub_stream(server, "live", "show").sinks
     finally:
         await publisher.stop()
     assert not server.webrtc.registry.sessions
@@ -336,7 +336,7 @@ async def test_whip_frames_arrive_in_the_hub_as_sent(make_server) -> None:  # ty
     pc, resource = await whip_publish(server, "count", video=pattern)
     try:
         await wait_live(server, "count", timeout=15)
-        stream = server.hub.get("live", "count")
+        stream = hub_stream(server, "live", "count")
         await asyncio.sleep(3)
     finally:
         assert await delete(resource) == 200

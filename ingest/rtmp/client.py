@@ -23,7 +23,6 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from ingest.rtmp import amf
-from ingest.rtmp.chunk import ChunkReader, Message
 from ingest.rtmp.handshake import ClientHandshake
 from ingest.rtmp.messages import (
     ACKNOWLEDGEMENT,
@@ -41,7 +40,7 @@ from ingest.rtmp.messages import (
     VIDEO,
     WINDOW_ACK_SIZE,
 )
-from relay.rtmp_chunks import encode_message
+from relay.formats.rtmp_chunk import ChunkReader, Message, encode_message
 
 DEFAULT_PORT = 1935
 OUT_CHUNK_SIZE = 4096

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingest.rtmp import amf, messages
-from ingest.rtmp.chunk import ChunkReader, Message
 from ingest.rtmp.handshake import ServerHandshake
-from relay.packet import OUT_CHUNK_SIZE
-from relay.rtmp_chunks import encode_message
+from relay.formats.packet import OUT_CHUNK_SIZE
+from relay.formats.rtmp_chunk import ChunkReader, Message, encode_message
 
 WINDOW_ACK_SIZE = 2_500_000
 

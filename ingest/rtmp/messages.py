@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from relay.rtmp_chunks import encode_message
+from relay.formats.rtmp_chunk import encode_message
 
 SET_CHUNK_SIZE = 1
 ABORT = 2

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from relay import flv
-from relay.packet import CSID_BY_KIND, MEDIA_STREAM_ID, OUT_CHUNK_SIZE, Packet
-from relay.rtmp_chunks import encode_message
+from relay.formats import flv
+from relay.formats.packet import CSID_BY_KIND, MEDIA_STREAM_ID, OUT_CHUNK_SIZE, Packet
+from relay.formats.rtmp_chunk import encode_message
 
 
 class OutputFormat(Protocol):

@@ -18,11 +18,9 @@ from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
 
-from relay.access import AccessRequest, Authorizer, allow_all, decide
-from relay.fast_http import Body, Reply, Route, aiohttp_handler
-from relay.hls import HlsSettings, LivePlaylist
-from relay.hub import Hub
-from relay.stream import LiveStream
+from relay.formats.hls import HlsSettings, LivePlaylist
+from relay.http.fast import Body, Client, Reply, Route, aiohttp_handler
+from relay.hub import AccessRequest, Authorizer, Hub, Subscription, allow_all, decide
 
 log = logging.getLogger("minilive.hls")
 
@@ -31,26 +29,70 @@ MEDIA_NAME = re.compile(
     r"^(?P<prefix>[0-9a-f]{8})-"
     r"(?:init(?P<init>\d{1,9})\.mp4|(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,4}))?\.(?P<ext>ts|m4s))$"
 )
-# The same paths as the aiohttp routes, for relay.fast_http (which reads only plain paths).
+# The same paths as the aiohttp routes, for relay.http.fast (which reads only plain paths).
 PLAYLIST_PATH = re.compile(r"/(?P<app>[^/]+)/(?P<name>[^/]+)/index\.m3u8")
 MEDIA_PATH = re.compile(r"/(?P<app>[^/]+)/(?P<name>[^/]+)/(?P<file>[0-9a-f]{8}-[0-9a-z.]+\.(?:ts|m4s|mp4))")
 MEDIA_TYPES = {"ts": "video/mp2t", "m4s": "video/iso.segment"}
 INIT_TYPE = "video/mp4"
 
 
-class _Packager:
-    """Connects one live stream to its LivePlaylist (a sink of the stream)."""
+# Distinct players an HLS packager remembers for its audience count; past this, new ones are not counted.
+MAX_TRACKED_CLIENTS = 100_000
 
-    def __init__(self, stream: LiveStream, settings: HlsSettings) -> None:
-        self.stream = stream
+
+class _Packager:
+    """Connects one live stream to its LivePlaylist (a sink of the stream), and counts its players: an
+    HLS viewer is a client (address and User-Agent) that asked for the playlist or media lately."""
+
+    def __init__(self, settings: HlsSettings) -> None:
+        self.settings = settings
         self.playlist = LivePlaylist(settings, secrets.token_hex(4))
         self.feed = self.playlist.feed
+        self.subscription: Subscription | None = None
+        self.failure = ""  # why the hub detached this packager, if it did
+        self.clients: dict[Client, float] = {}  # last request, monotonic
 
     def new_publisher(self) -> None:
         self.playlist.new_publisher()
 
     def end(self) -> None:
         self.playlist.finish()
+
+    def failed(self, error: Exception) -> None:
+        self.failure = f"{type(error).__name__}: {error}"
+        self.playlist.finish()
+
+    @property
+    def live(self) -> bool:
+        """Still fed by a stream that is here."""
+        return self.subscription is not None and not self.subscription.ended and not self.failure
+
+    def seen(self, client: Client, now: float) -> None:
+        clients = self.clients
+        if client not in clients:
+            if len(clients) >= MAX_TRACKED_CLIENTS:
+                return
+            clients[client] = now
+            self._report()
+        else:
+            clients[client] = now
+        self.playlist.last_request = now
+
+    def expire_clients(self, now: float) -> None:
+        since = now - self.settings.audience_seconds
+        gone = [client for client, last in self.clients.items() if last < since]
+        for client in gone:
+            del self.clients[client]
+        if gone:
+            self._report()
+
+    def _report(self) -> None:
+        if self.subscription is not None:
+            self.subscription.set_audience("hls", len(self.clients))
+
+    def stop(self) -> None:
+        if self.subscription is not None:
+            self.subscription.close()
 
 
 class HlsPlayback:
@@ -69,7 +111,7 @@ class HlsPlayback:
         ]
 
     def fast_routes(self) -> list[Route]:
-        """The same two routes for ``relay.fast_http``, which answers most HLS requests."""
+        """The same two routes for ``relay.http.fast``, which answers most HLS requests."""
         return [(PLAYLIST_PATH, self.playlist), (MEDIA_PATH, self.media)]
 
     async def cleanup_ctx(self, app: web.Application):  # type: ignore[no-untyped-def]
@@ -79,46 +121,56 @@ class HlsPlayback:
         with contextlib.suppress(asyncio.CancelledError):
             await self._sweeper
         for packager in self.packagers.values():
-            packager.stream.remove_sink(packager)
+            packager.stop()
         self.packagers.clear()
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(5)
-            now = time.monotonic()
-            for key, packager in list(self.packagers.items()):
-                idle = now - packager.playlist.last_request > self.settings.idle_seconds
-                if idle or packager.stream.ended:
-                    packager.stream.remove_sink(packager)
-                    del self.packagers[key]
-                    log.info("hls packaging of %s stopped (%s)", key, "idle" if idle else "stream ended")
+            await asyncio.sleep(min(5.0, self.settings.audience_seconds / 2))
+            self.sweep(time.monotonic())
 
-    async def _packager(self, app: str, name: str, query: str, remote: str) -> _Packager | Reply:
+    def sweep(self, now: float) -> None:
+        """Forget players gone quiet; stop packaging what nobody asked for lately or what ended."""
+        for key, packager in list(self.packagers.items()):
+            packager.expire_clients(now)
+            idle = now - packager.playlist.last_request > self.settings.idle_seconds
+            if idle or not packager.live:
+                packager.stop()
+                del self.packagers[key]
+                reason = "idle" if idle else packager.failure or "stream ended"
+                log.info("hls packaging of %s stopped (%s)", key, reason)
+
+    async def _packager(self, app: str, name: str, query: str, client: Client) -> _Packager | Reply:
         """The packager of stream ``app/name``, started if need be; or why not (a Reply)."""
-        decision = await decide(self.authorize_play, AccessRequest("play", "hls", app, name, query, remote), log)
+        request = AccessRequest("play", "hls", app, name, query, client.remote)
+        decision = await decide(self.authorize_play, request, log)
         if not decision.allowed:
             return _text(403, decision.reason)
         key = f"{app}/{name}"
         packager = self.packagers.get(key)
-        stream = self.hub.get(app, name)
-        if packager is not None and packager.stream is stream:
-            packager.playlist.last_request = time.monotonic()
-            return packager
-        if stream is None:
-            if packager is not None:  # the stream is over; its last playlist still answers
-                return packager
-            return _text(404, f"no live stream named {key}")
-        if packager is not None:
-            packager.stream.remove_sink(packager)
-        packager = self.packagers[key] = _Packager(stream, self.settings)
-        stream.add_sink(packager)
-        log.info("hls packaging of %s started", key)
+        now = time.monotonic()
+        if packager is None or not packager.live:
+            if not self.hub.has(app, name):
+                if packager is not None and not packager.failure:  # the stream is over; its last playlist answers
+                    packager.seen(client, now)
+                    return packager
+                return _text(404, f"no live stream named {key}")
+            if packager is not None:
+                packager.stop()
+            packager = self.packagers[key] = _Packager(self.settings)
+            packager.subscription = self.hub.add_sink(app, name, packager)
+            if packager.failure:
+                del self.packagers[key]
+                log.info("hls packaging of %s failed: %s", key, packager.failure)
+                return _text(503, f"stream {key} cannot be packaged as HLS: {packager.failure}")
+            log.info("hls packaging of %s started", key)
+        packager.seen(client, now)
         return packager
 
-    async def playlist(self, path: Mapping[str, str], query: str, remote: str) -> Reply:
+    async def playlist(self, path: Mapping[str, str], query: str, client: Client) -> Reply:
         """``GET /{app}/{name}/index.m3u8?{query}``: the live playlist, or after blocking until it lists
         the segment or part that ``_HLS_msn``/``_HLS_part`` ask for."""
-        packager = await self._packager(path["app"], path["name"], query, remote)
+        packager = await self._packager(path["app"], path["name"], query, client)
         if isinstance(packager, Reply):
             return packager
         playlist = packager.playlist
@@ -139,19 +191,22 @@ class HlsPlayback:
                 return _text(400, f"_HLS_msn {msn} is too far ahead")
             if not await playlist.wait_for(msn, part, timeout):
                 return _text(503, "the requested part did not appear in time")
-        elif not playlist.segments and not await playlist.wait_for(0, 0, timeout):
-            return _text(503, "the stream has not produced a segment yet")
+        # Never a playlist without a complete segment: a client that does not speak LL-HLS (ffprobe, an
+        # older `video` component) would find nothing to play in it and give up. The first segment
+        # began at the GOP cache's keyframe, so it completes at the publisher's next keyframe.
+        if not await playlist.wait_for_segment(self.settings.first_segment_wait_seconds):
+            return _text(503, "the stream has not completed a segment yet (is its keyframe interval very long?)")
         # A signed play URL's parameters go on to every listed URI, authorized like the playlist.
         # (Re-encoded: what the client sent goes into quoted attributes of the playlist.)
         passed_on = urlencode([(k, v) for k, v in params if not k.startswith("_HLS_")])
         return Reply(200, playlist.playlist(passed_on).encode(), PLAYLIST_TYPE, "no-cache")
 
-    async def media(self, path: Mapping[str, str], query: str, remote: str) -> Reply:
+    async def media(self, path: Mapping[str, str], query: str, client: Client) -> Reply:
         """``GET /{app}/{name}/{file}``: an init segment, a segment or a part the playlist lists."""
         match = MEDIA_NAME.match(path["file"])
         if match is None:
             return _text(404, "no such segment")
-        packager = await self._packager(path["app"], path["name"], query, remote)
+        packager = await self._packager(path["app"], path["name"], query, client)
         if isinstance(packager, Reply):
             return packager
         playlist = packager.playlist

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.packet import VIDEO, Packet
+from relay.formats.packet import VIDEO, Packet
 
 # With no video there are no keyframes; every audio frame is a starting point, so keep a
 # short tail (about a second of AAC) instead.

@@ -1,59 +1,22 @@
-"""A live stream: its headers, GOP cache, timestamps, viewers and the merged-write fan-out."""
+"""A live stream: its headers, GOP cache, timeline, viewers, sinks and the merged-write fan-out."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from relay import codecs
-from relay.formats import OutputFormat
-from relay.gop_cache import GopCache
-from relay.packet import AUDIO, DATA, VIDEO, Packet
-from relay.viewer import Viewer
+from relay.formats.output import OutputFormat
+from relay.formats.packet import AUDIO, DATA, VIDEO, Packet
+from relay.hub.gop_cache import GopCache
+from relay.hub.settings import RelaySettings
+from relay.hub.sink import Sink
+from relay.hub.timeline import Timeline
+from relay.hub.tracks import Tracks
+from relay.hub.viewer import Viewer
 
 log = logging.getLogger("minilive.relay")
-
-# A timestamp that moves backwards by more than this, or forwards by this much more than the
-# wall clock did, is an encoder reset rather than jitter: the stream's timeline is re-anchored.
-BACKWARD_RESET_MS = 1000
-FORWARD_RESET_MS = 10000
-
-
-@dataclass(slots=True)
-class RelaySettings:
-    flush_window_ms: float = 20.0
-    # Streams with at most this many viewers are written packet by packet, without the window.
-    merge_min_viewers: int = 16
-    gop_max_bytes: int = 16 * 1024 * 1024
-    viewer_high_water: int = 1024 * 1024
-    viewer_low_water: int = 256 * 1024
-    max_behind_seconds: float = 10.0
-    grace_seconds: float = 30.0
-    publisher_takeover: bool = True
-
-
-@dataclass(slots=True)
-class PublisherInfo:
-    protocol: str
-    remote: str
-    session_id: int
-    query: str = ""
-    started_at: float = field(default_factory=time.time)
-
-
-class Sink(Protocol):
-    """Something that consumes a stream's packets in order (HLS packaging, recording)."""
-
-    def feed(self, packet: Packet) -> None: ...
-
-    def new_publisher(self) -> None:
-        """The packets that follow come from another publisher (another encoder, same timeline)."""
-        ...
-
-    def end(self) -> None: ...
 
 
 class _Group:
@@ -67,12 +30,16 @@ class _Group:
 
 
 class LiveStream:
-    def __init__(self, app: str, name: str, settings: RelaySettings, on_idle: Any = None) -> None:
+    """One stream's state inside the hub. Outside ``relay.hub`` it is reached only through
+    :class:`Subscription` and the hub's snapshots."""
+
+    def __init__(self, app: str, name: str, settings: RelaySettings) -> None:
         self.app = app
         self.name = name
+        self.key = f"{app}/{name}"
         self.settings = settings
         self.created_at = time.time()
-        self.publisher: PublisherInfo | None = None
+        self.publisher: Any = None  # the PublisherInfo of the connected publisher, if any
         self.publish_count = 0
         self.ended = False
         # headers and cache
@@ -81,23 +48,14 @@ class LiveStream:
         self.video_config: Packet | None = None
         self.audio_config: Packet | None = None
         self.gop = GopCache(settings.gop_max_bytes)
-        self.has_video = False
-        self.has_audio = False
-        self.video_codec = ""
-        self.audio_codec = ""
-        self.width = 0
-        self.height = 0
-        self.sample_rate = 0
-        self.channels = 0
-        # timeline
-        self.last_ts = {AUDIO: -1, VIDEO: -1}
-        self.last_wall = 0.0
+        self.tracks = Tracks()
+        self.timeline = Timeline()
         # fan-out
         self.groups: dict[OutputFormat, _Group] = {}
         self.viewer_count = 0
         self.sinks: list[Sink] = []
+        self.sink_audience: dict[Sink, tuple[str, int]] = {}  # (protocol, count) that a sink serves
         self._pending: list[Packet] = []
-        self._flush_handle: asyncio.Handle | None = None
         self._join_cache: dict[OutputFormat, tuple[tuple[int, int, int], bytes]] = {}
         self._config_version = 0
         # counters (rates are computed by the hub's ticker)
@@ -106,57 +64,112 @@ class LiveStream:
         self.video_frames = 0
         self.audio_frames = 0
         self.skipped = 0
-        self.kicked_viewers = 0
+        self.dropped_slow = 0
+        self.sink_failures = 0
         self.rates = {"bitrate_in": 0.0, "bitrate_out": 0.0, "fps": 0.0}
         self._rate_mark = (time.monotonic(), 0, 0, 0)
-
-    @property
-    def key(self) -> str:
-        return f"{self.app}/{self.name}"
-
-    def viewers_by_protocol(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for group in self.groups.values():
-            if group.viewers:
-                counts[group.format.name] = counts.get(group.format.name, 0) + len(group.viewers)
-        return counts
-
-    def viewers(self) -> list[Viewer]:
-        return [v for g in self.groups.values() for v in g.viewers.values()]
 
     # ------------------------------------------------------------ ingest side
 
     def push(self, packet: Packet) -> None:
-        """Queue one packet (already on the stream's timeline) for the next merged write."""
+        """One packet (already on the stream's timeline): headers and GOP cache take it now, so do the
+        sinks; viewers get it with the next merged write."""
         self.bytes_in += len(packet.payload)
-        pending = self._pending
-        if not self.viewer_count and not pending:
-            # Nobody to write to: keep the headers and GOP cache current, and feed the sinks.
-            self._absorb([packet])
+        self._absorb(packet)
+        if self.sinks:
+            self._feed_sinks(packet)
+        if not self.viewer_count:
             return
+        pending = self._pending
         pending.append(packet)
         if len(pending) == 1:
             loop = asyncio.get_running_loop()
             # Merging writes saves a syscall per viewer per packet; with a handful of viewers
             # that is not worth the added latency, so they are written at once.
             if self.viewer_count > self.settings.merge_min_viewers:
-                self._flush_handle = loop.call_later(self.settings.flush_window_ms / 1000.0, self.flush)
+                loop.call_later(self.settings.flush_window_ms / 1000.0, self.flush)
             else:
-                self._flush_handle = loop.call_soon(self.flush)
+                loop.call_soon(self.flush)
 
     def set_metadata(self, payload: bytes, values: dict[str, Any]) -> None:
         self.meta_values = dict(values)
-        self.push(Packet(DATA, max(0, *self.last_ts.values()), payload, config=True))
+        self.push(Packet(DATA, self.timeline.now_ms, payload, config=True))
+
+    def _absorb(self, packet: Packet) -> None:
+        """Headers, GOP cache and counters."""
+        kind = packet.kind
+        if packet.config:
+            self._config_version += 1
+            if kind == VIDEO:
+                self.video_config = packet
+            elif kind == AUDIO:
+                self.audio_config = packet
+            else:
+                self.metadata = packet
+            return
+        if kind == VIDEO:
+            self.video_frames += 1
+        else:
+            self.audio_frames += 1
+        self.gop.add(packet, self.tracks.has_video)
+
+    # ------------------------------------------------------------ sinks
+
+    def _feed_sinks(self, packet: Packet) -> None:
+        failed: list[tuple[Sink, Exception]] = []
+        for sink in self.sinks:
+            try:
+                sink.feed(packet)
+            except Exception as exc:  # a sink's fault never reaches the viewers
+                failed.append((sink, exc))
+        for sink, exc in failed:
+            self._sink_failed(sink, exc)
+
+    def _sink_failed(self, sink: Sink, exc: Exception) -> None:
+        self.sink_failures += 1
+        log.warning("stream %s: %s detached, it failed: %s: %s", self.key, type(sink).__name__, type(exc).__name__, exc)
+        self.remove_sink(sink)
+        try:
+            sink.failed(exc)
+        except Exception:
+            log.exception("stream %s: %s failed while handling its own failure", self.key, type(sink).__name__)
+
+    def add_sink(self, sink: Sink) -> None:
+        """Feed ``sink`` every packet from now on, starting with the headers and the GOP cache, so
+        that it starts on a keyframe at once."""
+        self.sinks.append(sink)
+        for packet in (self.metadata, self.video_config, self.audio_config, *self.gop.packets):
+            if packet is None:
+                continue
+            try:
+                sink.feed(packet)
+            except Exception as exc:
+                self._sink_failed(sink, exc)
+                return
+
+    def remove_sink(self, sink: Sink) -> None:
+        if sink in self.sinks:
+            self.sinks.remove(sink)
+        self.sink_audience.pop(sink, None)
+
+    def publisher_started(self) -> None:
+        """A publisher (the first, or the next one after a drop or a takeover) starts sending."""
+        self.publish_count += 1
+        if self.publish_count > 1:
+            for sink in list(self.sinks):
+                try:
+                    sink.new_publisher()
+                except Exception as exc:
+                    self._sink_failed(sink, exc)
 
     # ------------------------------------------------------------ fan-out
 
     def flush(self) -> None:
-        self._flush_handle = None
         batch = self._pending
         if not batch:
             return
         self._pending = []
-        resume_at = self._absorb(batch)
+        resume_at: int | None = None  # where a waiting viewer may resume; found when one is waiting
         now = time.monotonic()
         dead: list[Viewer] = []
         high = self.settings.viewer_high_water
@@ -176,6 +189,8 @@ class LiveStream:
                     dead.append(viewer)
                     continue
                 if viewer.waiting:
+                    if resume_at is None:
+                        resume_at = _resume_point(batch, self.tracks.has_video)
                     if resume_at < 0 or transport.get_write_buffer_size() > low:
                         continue
                     if resume_data is None:
@@ -203,74 +218,24 @@ class LiveStream:
             self.detach(viewer)
             viewer.finish("closed")
 
-    def _absorb(self, batch: list[Packet]) -> int:
-        """Update headers and GOP cache; return where a waiting viewer may resume (-1: nowhere)."""
-        resume_at = -1
-        gop = self.gop
-        for i, packet in enumerate(batch):
-            kind = packet.kind
-            if packet.config:
-                self._config_version += 1
-                if kind == VIDEO:
-                    self.video_config = packet
-                elif kind == AUDIO:
-                    self.audio_config = packet
-                else:
-                    self.metadata = packet
-                continue
-            if kind == VIDEO:
-                self.video_frames += 1
-                if packet.keyframe and resume_at < 0:
-                    resume_at = i
-            elif kind == AUDIO:
-                self.audio_frames += 1
-                if not self.has_video and resume_at < 0:
-                    resume_at = i
-            gop.add(packet, self.has_video)
-        for sink in self.sinks:
-            for packet in batch:
-                sink.feed(packet)
-        return resume_at
-
-    def publisher_started(self) -> None:
-        """A publisher (the first, or the next one after a drop or a takeover) starts sending."""
-        self.publish_count += 1
-        if self.publish_count > 1:
-            for sink in self.sinks:
-                sink.new_publisher()
-
-    # ------------------------------------------------------------ sinks
-
-    def add_sink(self, sink: Sink) -> None:
-        """Feed ``sink`` every packet from now on, starting with the headers and the GOP cache, so
-        that it starts on a keyframe at once."""
-        for packet in (self.metadata, self.video_config, self.audio_config):
-            if packet is not None:
-                sink.feed(packet)
-        for packet in self.gop.packets:
-            sink.feed(packet)
-        self.sinks.append(sink)
-
-    def remove_sink(self, sink: Sink) -> None:
-        if sink in self.sinks:
-            self.sinks.remove(sink)
-
     # ------------------------------------------------------------ viewers
 
     def attach(self, viewer: Viewer) -> None:
         """Start a viewer: preamble, metadata, sequence headers and GOP cache in one write."""
+        self.flush()  # what is queued goes to the viewers already here; the GOP cache holds it for this one
         fmt = viewer.format
         group = self.groups.get(fmt)
         if group is None:
             group = self.groups[fmt] = _Group(fmt)
-        start = fmt.preamble(self.has_audio or not self.has_video, self.has_video or not self.has_audio)
+        tracks = self.tracks
+        start = fmt.preamble(tracks.has_audio or not tracks.has_video, tracks.has_video or not tracks.has_audio)
         start += self._join_bytes(fmt)
         if start:
             data = fmt.frame(start)
             viewer.write(data)
             self.bytes_out += len(data)
         # A video stream with no keyframe cached yet: skip ahead to the first one.
-        viewer.waiting = self.has_video and not self.gop.packets
+        viewer.waiting = tracks.has_video and not self.gop.packets
         group.viewers[viewer.id] = viewer
         self.viewer_count += 1
 
@@ -278,6 +243,9 @@ class LiveStream:
         group = self.groups.get(viewer.format)
         if group is not None and group.viewers.pop(viewer.id, None) is not None:
             self.viewer_count -= 1
+
+    def viewers(self) -> list[Viewer]:
+        return [v for g in self.groups.values() for v in g.viewers.values()]
 
     def _join_bytes(self, fmt: OutputFormat) -> bytes:
         gop = self.gop
@@ -288,7 +256,7 @@ class LiveStream:
         # Sequence headers go out stamped with the first cached frame's time, so a player's
         # clock does not start with a jump from the stream's start to the live edge. Metadata
         # stays at 0: FFmpeg treats an onMetaData tag with another timestamp as a data track.
-        start_ts = gop.packets[0].timestamp if gop.packets else max(0, *self.last_ts.values())
+        start_ts = gop.packets[0].timestamp if gop.packets else self.timeline.now_ms
         packets = [self.metadata.retimed(0)] if self.metadata else []
         packets += [p.retimed(start_ts) for p in (self.video_config, self.audio_config) if p]
         packets.extend(gop.packets)
@@ -311,9 +279,24 @@ class LiveStream:
                     viewer.remote,
                     now - viewer.behind_since,
                 )
-                self.kicked_viewers += 1
+                self.dropped_slow += 1
                 self.detach(viewer)
                 viewer.finish("too slow")
+
+    # ------------------------------------------------------------ stats
+
+    def audience(self) -> dict[str, int]:
+        """Who is watching, by protocol: connected viewers, and the people the sinks serve (HLS
+        players, WebRTC sessions)."""
+        counts: dict[str, int] = {}
+        for group in self.groups.values():
+            if group.viewers:
+                name = group.format.name
+                counts[name] = counts.get(name, 0) + len(group.viewers)
+        for protocol, count in self.sink_audience.values():
+            if count:
+                counts[protocol] = counts.get(protocol, 0) + count
+        return counts
 
     def update_rates(self, now: float) -> None:
         then, bytes_in, bytes_out, frames = self._rate_mark
@@ -327,46 +310,12 @@ class LiveStream:
         }
         self._rate_mark = (now, self.bytes_in, self.bytes_out, self.video_frames)
 
-    def end(self, reason: str) -> None:
-        """The stream is over: flush what is queued, then give every viewer a clean end."""
-        if self.ended:
-            return
-        self.flush()
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-        self.ended = True
-        for sink in self.sinks:
-            sink.end()
-        self.sinks = []
-        for viewer in self.viewers():
-            self.detach(viewer)
-            viewer.finish(reason)
-        self.gop.clear()
-        self._join_cache.clear()
-
-    # ------------------------------------------------------------ codec info
-
-    def note_video_config(self, payload: bytes, codec: str) -> None:
-        self.has_video = True
-        self.video_codec = codec or self.video_codec
-        parse = {"h264": codecs.avc_dimensions, "hevc": codecs.hevc_dimensions}.get(codec)
-        size = parse(payload) if parse else None
-        if size:
-            self.width, self.height = size
-
-    def note_audio_config(self, payload: bytes, codec: str) -> None:
-        self.has_audio = True
-        self.audio_codec = codec or self.audio_codec
-        if codec == "aac":
-            cfg = codecs.aac_config(payload)
-            if cfg:
-                self.sample_rate, self.channels = cfg
-
-    def info(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the stream for the API: a fresh dict, nothing in it refers back here."""
         now = time.time()
-        width = self.width or _dimension(self.meta_values.get("width"))
-        height = self.height or _dimension(self.meta_values.get("height"))
         publisher = self.publisher
+        video, audio = self.tracks.describe(self.meta_values, self.rates["fps"])
+        audience = self.audience()
         return {
             "app": self.app,
             "name": self.name,
@@ -379,35 +328,88 @@ class LiveStream:
                 "since": publisher.started_at,
                 "uptime": round(now - publisher.started_at, 3),
             },
-            "video": {
-                "codec": self.video_codec,
-                "width": width,
-                "height": height,
-                "fps": round(self.rates["fps"], 2),
-            }
-            if self.has_video
-            else None,
-            "audio": {"codec": self.audio_codec, "sample_rate": self.sample_rate, "channels": self.channels}
-            if self.has_audio
-            else None,
+            "video": video,
+            "audio": audio,
             "bitrate_in": round(self.rates["bitrate_in"]),
             "bitrate_out": round(self.rates["bitrate_out"]),
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
-            "viewers": self.viewer_count,
-            "viewers_by_protocol": self.viewers_by_protocol(),
+            "viewers": sum(audience.values()),
+            "viewers_by_protocol": audience,
             "viewers_skipped_to_keyframe": self.skipped,
-            "viewers_disconnected_slow": self.kicked_viewers,
+            "viewers_dropped_slow": self.dropped_slow,
+            "sink_failures": self.sink_failures,
             "publish_count": self.publish_count,
             "uptime": round(now - self.created_at, 3),
         }
 
+    # ------------------------------------------------------------ end
 
-def _dimension(value: Any) -> int:
-    """A picture dimension from the publisher's onMetaData, which may hold anything."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1 << 16:
-        return int(value)
-    return 0
+    def end(self, reason: str) -> None:
+        """The stream is over: flush what is queued, then give every viewer and sink a clean end."""
+        if self.ended:
+            return
+        self.flush()
+        self.ended = True
+        sinks, self.sinks = self.sinks, []
+        self.sink_audience.clear()
+        for sink in sinks:
+            try:
+                sink.end()
+            except Exception:
+                log.exception("stream %s: %s failed to end", self.key, type(sink).__name__)
+        for viewer in self.viewers():
+            self.detach(viewer)
+            viewer.finish(reason)
+        self.gop.clear()
+        self._join_cache.clear()
+
+
+class Subscription:
+    """A viewer's or a sink's place on one live stream: what the hub hands out instead of the stream."""
+
+    __slots__ = ("_member", "_stream")
+
+    def __init__(self, stream: LiveStream, member: Viewer | Sink) -> None:
+        self._stream = stream
+        self._member = member
+
+    @property
+    def key(self) -> str:
+        return self._stream.key
+
+    @property
+    def ended(self) -> bool:
+        """The stream ended (a stream of the same name published later is another stream)."""
+        return self._stream.ended
+
+    def set_audience(self, protocol: str, count: int) -> None:
+        """For a sink that serves people (HLS players, WebRTC sessions): how many it serves now."""
+        stream = self._stream
+        if not stream.ended and self._member in stream.sinks:
+            stream.sink_audience[self._member] = (protocol, count)  # type: ignore[index]
+
+    def close(self) -> None:
+        """Leave the stream (idempotent)."""
+        member = self._member
+        if isinstance(member, Viewer):
+            self._stream.detach(member)
+        else:
+            self._stream.remove_sink(member)
+
+
+def _resume_point(batch: list[Packet], has_video: bool) -> int:
+    """Where in ``batch`` a waiting viewer may start: its first keyframe (first audio frame of an
+    audio-only stream); -1 for nowhere."""
+    for i, packet in enumerate(batch):
+        if packet.config:
+            continue
+        if packet.kind == VIDEO:
+            if packet.keyframe:
+                return i
+        elif packet.kind == AUDIO and not has_video:
+            return i
+    return -1
 
 
 def _resume_packets(batch: list[Packet], start: int) -> list[Packet]:

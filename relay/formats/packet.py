@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from relay import flv
-from relay.rtmp_chunks import encode_message
+from relay.formats import flv
+from relay.formats.rtmp_chunk import encode_message
 
 AUDIO = flv.AUDIO
 VIDEO = flv.VIDEO

@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from relay.codecs import video_info
-from relay.fmp4 import Fmp4Muxer
-from relay.mpegts import TsMuxer
-from relay.packet import AUDIO, DATA, VIDEO, Packet
+from relay.formats.codecs import video_info
+from relay.formats.fmp4 import Fmp4Muxer
+from relay.formats.mpegts import TsMuxer
+from relay.formats.packet import AUDIO, DATA, VIDEO, Packet
 
 
 @dataclass(slots=True)
@@ -38,6 +38,10 @@ class HlsSettings:
     keep_after_window: int = 4
     idle_seconds: float = 60.0  # a packager nobody asked for this long is dropped
     blocking_timeout_seconds: float = 6.0
+    # The first playlist request of a stream waits this long for its first complete segment.
+    first_segment_wait_seconds: float = 12.0
+    # A player that asked for nothing this long is no longer counted in the stream's HLS audience.
+    audience_seconds: float = 10.0
     format: str = "ts"  # "ts" or "fmp4"; HEVC streams use fmp4 whatever this says
 
 
@@ -85,7 +89,7 @@ class Segment:
 
 
 class Muxer(Protocol):
-    """What the Segmenter asks of :class:`~relay.mpegts.TsMuxer` and :class:`~relay.fmp4.Fmp4Muxer`."""
+    """What the Segmenter asks of :class:`~relay.formats.mpegts.TsMuxer` and :class:`~relay.formats.fmp4.Fmp4Muxer`."""
 
     @property
     def has_video(self) -> bool: ...
@@ -302,6 +306,8 @@ class LivePlaylist:
         self._target = max(1, math.ceil(settings.segment_seconds))
         self._version = 0  # bumped on every change: what the rendered playlist is keyed on
         self._rendered: tuple[int, str, str] = (-1, "", "")  # (version, query, text)
+        # EXT-X-DISCONTINUITY-SEQUENCE never goes down (RFC 8216 6.2.2): it counts the segments trimmed too.
+        self._discontinuities_dropped = 0
 
     # ------------------------------------------------------------ input
 
@@ -341,6 +347,8 @@ class LivePlaylist:
     def _trim(self) -> None:
         keep = self.settings.window + self.settings.keep_after_window + 1
         if len(self.segments) > keep:
+            dropped = self.segments[: len(self.segments) - keep]
+            self._discontinuities_dropped += sum(segment.discontinuity for segment in dropped)
             del self.segments[: len(self.segments) - keep]
 
     # ------------------------------------------------------------ lookups
@@ -387,6 +395,13 @@ class LivePlaylist:
                 self._waiters.remove(waiter)
         return self.has(msn, part)
 
+    async def wait_for_segment(self, timeout: float) -> bool:
+        """Until at least one segment is complete; False on timeout or when the stream ended without one."""
+        if any(segment.complete for segment in self.segments):
+            return True
+        msn = self.segments[0].msn if self.segments else self.segmenter.next_msn
+        return await self.wait_for(msn, None, timeout)
+
     @property
     def last_msn(self) -> int:
         return self.segments[-1].msn if self.segments else -1
@@ -425,7 +440,9 @@ class LivePlaylist:
             )
             lines.append(f"#EXT-X-PART-INF:PART-TARGET={part_target:.3f}")
         lines.append(f"#EXT-X-MEDIA-SEQUENCE:{first_msn}")
-        discontinuities = sum(1 for seg in self.segments if seg.discontinuity and seg.msn < first_msn)
+        discontinuities = self._discontinuities_dropped + sum(
+            1 for seg in self.segments if seg.discontinuity and seg.msn < first_msn
+        )
         if discontinuities:
             lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuities}")
         # Parts are listed for the last few segments only (the spec asks for at least the last three

@@ -13,26 +13,12 @@ import time
 
 from aiohttp import WSMsgType, web
 
-from relay.access import AccessRequest, Authorizer, allow_all, decide
-from relay.formats import CHUNKED_FLV, FLV, WS_FLV, OutputFormat
-from relay.hub import Hub
-from relay.stream import LiveStream
-from relay.viewer import Viewer
+from relay.formats.output import CHUNKED_FLV, FLV, WS_FLV, OutputFormat
+from relay.http.cors import CORS
+from relay.http.raw import CloseDelimitedResponse, take_transport
+from relay.hub import AccessRequest, Authorizer, Hub, Viewer, allow_all, decide
 
 log = logging.getLogger("minilive.flv")
-
-CORS = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
-    "Access-Control-Allow-Headers": "*",
-    "Access-Control-Expose-Headers": "*",
-}
-
-
-class _CloseDelimitedResponse(web.StreamResponse):
-    """A response whose body ends when the connection closes (no length, no chunking)."""
-
-    _length_check = False
 
 
 class FlvPlayback:
@@ -61,14 +47,13 @@ class FlvPlayback:
         decision = await decide(self.authorize_play, access, log)
         if not decision.allowed:
             raise web.HTTPForbidden(text=decision.reason + "\n", headers=CORS)
-        stream = await self.hub.wait_for(app, name, self.play_wait_seconds)
-        if stream is None:
+        if not await self.hub.wait_for(app, name, self.play_wait_seconds):
             raise web.HTTPNotFound(text=f"no live stream named {app}/{name}\n", headers=CORS)
         if websocket:
-            return await self._websocket(request, stream)
-        return await self._http(request, stream)
+            return await self._websocket(request, app, name)
+        return await self._http(request, app, name)
 
-    async def _http(self, request: web.Request, stream: LiveStream) -> web.StreamResponse:
+    async def _http(self, request: web.Request, app: str, name: str) -> web.StreamResponse:
         headers = {"Content-Type": "video/x-flv", "Cache-Control": "no-cache, no-store", **CORS}
         chunked = self.chunked and request.version >= (1, 1)
         if chunked:
@@ -76,12 +61,11 @@ class FlvPlayback:
             response.enable_chunked_encoding()
             fmt: OutputFormat = CHUNKED_FLV
         else:
-            response = _CloseDelimitedResponse(headers=headers)
+            response = CloseDelimitedResponse(headers=headers)
             response.force_close()
             fmt = FLV
-        await response.prepare(request)
-        transport = request.transport
-        if transport is None or transport.is_closing():
+        transport = await take_transport(request, response)
+        if transport is None:
             return response
 
         def end(reason: str) -> None:
@@ -89,18 +73,17 @@ class FlvPlayback:
                 transport.abort()
 
         viewer = Viewer(transport, fmt, remote=request.remote or "", end=end)
-        await self._serve(stream, viewer, "http-flv")
+        await self._serve(app, name, viewer)
         if not transport.is_closing():
             await response.write_eof()
         response.force_close()
         return response
 
-    async def _websocket(self, request: web.Request, stream: LiveStream) -> web.StreamResponse:
+    async def _websocket(self, request: web.Request, app: str, name: str) -> web.StreamResponse:
         ws = web.WebSocketResponse(compress=False, max_msg_size=64 * 1024, autoping=True)
         ws.headers.update({"Access-Control-Allow-Origin": "*"})
-        await ws.prepare(request)
-        transport = request.transport
-        if transport is None or transport.is_closing():
+        transport = await take_transport(request, ws)
+        if transport is None:
             return ws
         viewer = Viewer(transport, WS_FLV, remote=request.remote or "", end=lambda reason: None)
 
@@ -112,23 +95,27 @@ class FlvPlayback:
 
         reader = asyncio.ensure_future(read())
         reader.add_done_callback(lambda _: viewer.finish("closed"))
-        await self._serve(stream, viewer, "ws-flv")
+        await self._serve(app, name, viewer)
         reader.cancel()
         if not transport.is_closing():
             await ws.close()
         return ws
 
-    async def _serve(self, stream: LiveStream, viewer: Viewer, protocol: str) -> None:
-        stream.attach(viewer)
-        log.info("%s play start %s from %s", protocol, stream.key, viewer.remote)
+    async def _serve(self, app: str, name: str, viewer: Viewer) -> None:
+        protocol = viewer.format.name
+        subscription = self.hub.add_viewer(app, name, viewer)
+        if subscription is None:  # the stream ended while the response headers went out
+            return
+        log.info("%s play start %s/%s from %s", protocol, app, name, viewer.remote)
         try:
             reason = await viewer.done
         finally:
-            stream.detach(viewer)
+            subscription.close()
         log.info(
-            "%s play end %s from %s (%s): %.1f s, %.2f MB, %d skips",
+            "%s play end %s/%s from %s (%s): %.1f s, %.2f MB, %d skips",
             protocol,
-            stream.key,
+            app,
+            name,
             viewer.remote,
             reason,
             time.monotonic() - viewer.joined_at,

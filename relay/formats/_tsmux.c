@@ -29,7 +29,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define TSMUX_VERSION 1 /* relay/mpegts.py checks it: a stale build is not used */
+#define TSMUX_VERSION 2 /* relay/formats/mpegts.py checks it: a stale build is not used */
 
 #define TS_SIZE 188
 #define PAYLOAD 184
@@ -429,8 +429,8 @@ static int mux_packet(Muxer *m, PyObject *packet, const Config *c) {
  * most start codes its length fields allow), so that the part is allocated once. */
 static Py_ssize_t part_bound(PyObject *packets, int length_size, Py_ssize_t params_size) {
     Py_ssize_t count = 2; /* PAT and PMT */
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(packets); i++) {
-        PyObject *payload = PyObject_GetAttr(PyList_GET_ITEM(packets, i), str_payload);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(packets); i++) {
+        PyObject *payload = PyObject_GetAttr(PyTuple_GET_ITEM(packets, i), str_payload);
         if (payload == NULL)
             return -1;
         Py_ssize_t size = PyBytes_Check(payload) ? PyBytes_GET_SIZE(payload) : 0;
@@ -442,13 +442,20 @@ static Py_ssize_t part_bound(PyObject *packets, int length_size, Py_ssize_t para
 }
 
 static PyObject *mux_part(PyObject *Py_UNUSED(module), PyObject *args) {
-    PyObject *packets, *tables, *params_obj, *adts_obj;
+    PyObject *packet_list, *tables, *params_obj, *adts_obj;
     Py_buffer cc;
     int length_size, pcr_pid, audio_random_access;
     long long audio_delay;
-    if (!PyArg_ParseTuple(args, "O!Ow*OiOiLp", &PyList_Type, &packets, &tables, &cc, &params_obj, &length_size,
+    if (!PyArg_ParseTuple(args, "O!Ow*OiOiLp", &PyList_Type, &packet_list, &tables, &cc, &params_obj, &length_size,
                           &adts_obj, &pcr_pid, &audio_delay, &audio_random_access))
         return NULL;
+    /* A tuple of the packets, holding a reference to each: attribute lookups run Python code, which could
+     * change the list (and free its items, or outgrow the bound) while the part is muxed. */
+    PyObject *packets = PyList_AsTuple(packet_list);
+    if (packets == NULL) {
+        PyBuffer_Release(&cc);
+        return NULL;
+    }
     PyObject *result = NULL;
     Muxer m = {0};
     m.pcr_pid = pcr_pid;
@@ -502,8 +509,8 @@ static PyObject *mux_part(PyObject *Py_UNUSED(module), PyObject *args) {
     }
     Config config = {params, params_size, length_size, adts, audio_delay, audio_random_access};
     int r = 0;
-    for (Py_ssize_t i = 0; r == 0 && i < PyList_GET_SIZE(packets); i++)
-        r = mux_packet(&m, PyList_GET_ITEM(packets, i), &config);
+    for (Py_ssize_t i = 0; r == 0 && i < PyTuple_GET_SIZE(packets); i++)
+        r = mux_packet(&m, PyTuple_GET_ITEM(packets, i), &config);
     if (r == 0)
         r = flush_audio(&m, audio_random_access);
     if (r < 0)
@@ -518,6 +525,7 @@ static PyObject *mux_part(PyObject *Py_UNUSED(module), PyObject *args) {
     result = m.out;
     m.out = NULL;
 done:
+    Py_DECREF(packets);
     Py_XDECREF(m.out);
     PyMem_Free(m.pieces);
     PyMem_Free(m.audio.data);
@@ -526,12 +534,12 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"mux_part", mux_part, METH_VARARGS, "One part's TS packets (see relay/_tsmux.c); None: use the Python muxer."},
+    {"mux_part", mux_part, METH_VARARGS, "One part's TS packets (see relay/formats/_tsmux.c); None: use the Python muxer."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, .m_name = "relay._tsmux", .m_size = -1, .m_methods = methods,
+    PyModuleDef_HEAD_INIT, .m_name = "relay.formats._tsmux", .m_size = -1, .m_methods = methods,
 };
 
 PyMODINIT_FUNC PyInit__tsmux(void) {

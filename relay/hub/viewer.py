@@ -7,7 +7,7 @@ import itertools
 import time
 from collections.abc import Callable
 
-from relay.formats import OutputFormat
+from relay.formats.output import OutputFormat
 
 _ids = itertools.count(1)
 

@@ -9,9 +9,9 @@ connection are answered in order, one at a time. A route's handler answers with 
 which this path writes itself and :func:`aiohttp_handler` turns into aiohttp's response, so a route
 registered on both paths answers the same on either.
 
-Why: through aiohttp's request and response machinery an HLS playlist costs about four times the CPU
-that the same answer costs written straight to the transport (bench/RESULTS.md), and every HLS viewer
-asks for a playlist every second or so.
+Why: every HLS viewer asks for a playlist every second or so, and through aiohttp's request and
+response machinery an answer costs several times the CPU of the same bytes written straight to the
+transport (bench/ measures it).
 
 Bounds: a request head is read only up to ``MAX_HEAD`` bytes (past that, aiohttp answers it); reading
 stops while more than ``MAX_BUFFERED`` bytes wait (pipelined requests), and while the transport's send
@@ -34,7 +34,7 @@ from http import HTTPStatus
 from aiohttp import payload, web
 from aiohttp.abc import AbstractStreamWriter
 
-from relay.http_flv import CORS
+from relay.http.cors import CORS
 
 log = logging.getLogger("minilive.http")
 
@@ -59,10 +59,18 @@ class Reply:
         return sum(map(len, self.body)) if isinstance(self.body, list) else len(self.body)
 
 
+@dataclass(slots=True, frozen=True)
+class Client:
+    """Who asks: the peer's address and its User-Agent (together, how HLS players are told apart)."""
+
+    remote: str
+    agent: str = ""
+
+
 # A route: a pattern for the path, and the handler, called with the pattern's named groups, the raw
-# query string and the peer's address. Only plain paths reach a pattern (no percent escapes, no dot
-# segments: those go to aiohttp, which normalizes them), so a pattern may be as loose as aiohttp's.
-Handler = Callable[[Mapping[str, str], str, str], Awaitable[Reply]]
+# query string and the client. Only plain paths reach a pattern (no percent escapes, no dot segments:
+# those go to aiohttp, which normalizes them), so a pattern may be as loose as aiohttp's.
+Handler = Callable[[Mapping[str, str], str, Client], Awaitable[Reply]]
 Route = tuple[re.Pattern[str], Handler]
 
 _REQUEST_LINE = re.compile(rb"(GET|HEAD) (/[!-~]*) HTTP/1\.([01])")
@@ -79,6 +87,7 @@ class Request:
     query: str
     keep_alive: bool
     http10: bool  # an HTTP/1.0 client, which keeps a connection only if told so
+    agent: str = ""  # User-Agent
 
 
 def parse_head(head: bytes) -> Request | None:
@@ -90,6 +99,7 @@ def parse_head(head: bytes) -> Request | None:
         return None
     method, target, minor = start.groups()
     keep_alive = minor == b"1"
+    agent = b""
     for line in lines[1:]:
         field = _FIELD.fullmatch(line)
         if field is None:
@@ -103,10 +113,12 @@ def parse_head(head: bytes) -> Request | None:
                 keep_alive = False
             elif b"keep-alive" in tokens:
                 keep_alive = True
+        elif name == b"user-agent":
+            agent = field[2]
     path, _, query = target.decode("ascii").partition("?")
     if "#" in query or _PLAIN_PATH.fullmatch(path) is None:
         return None
-    return Request(method == b"HEAD", path, query, keep_alive, minor == b"0")
+    return Request(method == b"HEAD", path, query, keep_alive, minor == b"0", agent.decode("latin-1"))
 
 
 _CORS = "".join(f"{name}: {value}\r\n" for name, value in CORS.items()).encode()
@@ -153,7 +165,8 @@ def aiohttp_handler(handler: Handler) -> Callable[[web.Request], Awaitable[web.R
     """``handler`` as an aiohttp handler, for the connections that aiohttp serves: the same answers."""
 
     async def handle(request: web.Request) -> web.Response:
-        reply = await handler(request.match_info, request.rel_url.raw_query_string, request.remote or "")
+        client = Client(request.remote or "", request.headers.get("User-Agent", ""))
+        reply = await handler(request.match_info, request.rel_url.raw_query_string, client)
         headers = {**CORS, "Content-Type": reply.content_type}
         if reply.cache_control:
             headers["Cache-Control"] = reply.cache_control
@@ -188,7 +201,7 @@ class _Pieces(payload.Payload):
 class FastHttpProtocol(asyncio.Protocol):
     """One connection: answers what a route claims; hands the connection to ``fallback`` otherwise."""
 
-    def __init__(self, site: FastPathSite) -> None:
+    def __init__(self, site: FastPathListener) -> None:
         self.site = site
         self.transport: asyncio.Transport | None = None
         self.remote = ""
@@ -266,7 +279,7 @@ class FastHttpProtocol(asyncio.Protocol):
     async def _serve(self, request: Request, path: Mapping[str, str], handler: Handler) -> None:
         keep_alive = request.keep_alive
         try:
-            reply = await handler(path, request.query, self.remote)
+            reply = await handler(path, request.query, Client(self.remote, request.agent))
         except Exception:
             log.exception("error answering %s", request.path)
             reply, keep_alive = Reply(500, b"internal server error; see the server log\n"), False
@@ -303,8 +316,10 @@ class FastHttpProtocol(asyncio.Protocol):
         self._buffer.clear()
 
 
-class FastPathSite(web.TCPSite):
-    """aiohttp's TCP site, with each connection starting on the fast path of ``routes``."""
+class FastPathListener:
+    """The HTTP port: each connection starts on the fast path of ``routes`` and goes to ``runner``'s
+    aiohttp server (its public ``server`` protocol factory) at the first request the path leaves. Only
+    aiohttp's public interface is used: the runner's server is an ``asyncio.Protocol`` factory."""
 
     def __init__(
         self,
@@ -317,35 +332,43 @@ class FastPathSite(web.TCPSite):
         reuse_address: bool | None = None,
         keepalive_seconds: float = 75.0,  # aiohttp's default
     ) -> None:
-        super().__init__(runner, host, port, backlog=backlog, reuse_address=reuse_address)
+        self.runner = runner
+        self.host = host
+        self.port = port
+        self.backlog = backlog
+        self.reuse_address = reuse_address
         self.routes = list(routes)
         self.keepalive_seconds = keepalive_seconds
         self.connections: set[FastHttpProtocol] = set()
+        self.server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
+    def fallback(self) -> asyncio.Protocol:
+        """A new aiohttp connection handler."""
+        server = self.runner.server
+        if server is None:
+            raise RuntimeError("the aiohttp runner is not set up")
+        return server()
+
     @property
-    def fallback(self) -> Callable[[], asyncio.Protocol]:
-        server = self._runner.server
-        assert server is not None
-        return server  # type: ignore[return-value]
+    def addresses(self) -> list[tuple[str, int]]:
+        return [sock.getsockname()[:2] for sock in self.server.sockets] if self.server else []
 
     async def start(self) -> None:
-        await web.BaseSite.start(self)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
+        self.server = await loop.create_server(
             lambda: FastHttpProtocol(self),
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
+            self.host,
+            self.port,
+            backlog=self.backlog,
+            reuse_address=self.reuse_address,
         )
-        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def stop(self) -> None:
-        await super().stop()
+        """Stop accepting and close the connections still on the fast path (aiohttp's runner closes its own)."""
+        if self.server is not None:
+            self.server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for connection in list(self.connections):

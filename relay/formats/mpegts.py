@@ -1,39 +1,40 @@
 """MPEG-TS muxer (sans-I/O): FLV H.264/AAC packets in, 188-byte transport stream packets out.
 
 One muxer per output (a live HLS rendition, a recording) keeps its continuity counters across
-segments, as RFC 8216 wants; each segment starts with :meth:`TsMuxer.header` (PAT + PMT) and a
-keyframe. H.264 access units are rewritten from AVCC to Annex-B with an AUD, and SPS/PPS before
-every IDR; AAC frames get ADTS headers built from the AudioSpecificConfig. Timestamps are the
-stream's milliseconds on the 90 kHz clock.
+segments, as RFC 8216 wants; :meth:`TsMuxer.part` muxes one part or segment, and an independent one
+(every segment's first) starts with PAT + PMT and a keyframe. H.264 access units are rewritten from
+AVCC to Annex-B with an AUD, and SPS/PPS before every IDR; AAC frames get ADTS headers built from the
+AudioSpecificConfig. Timestamps are the stream's milliseconds on the 90 kHz clock.
 
-The hot call, :meth:`TsMuxer.part`, runs in C (``relay/_tsmux.c``) where that is built; the Python here
-is its reference (tests check both give the same bytes) and the fallback where no C compiler is at hand.
+:meth:`TsMuxer.part` runs in C (``relay/formats/_tsmux.c``) where that is built; the Python here is its
+reference (tests check both give the same bytes) and the fallback where no C compiler is at hand.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 
 import numpy as np
 
-from relay.codecs import coded_frame
-from relay.packet import AUDIO, VIDEO, Packet
+from relay.formats.aac import AacConfig
+from relay.formats.codecs import coded_frame
+from relay.formats.h264 import AvcConfig
+from relay.formats.packet import AUDIO, VIDEO, Packet
 
 log = logging.getLogger("minilive.mpegts")
 
-# The C way of TsMuxer.part() (relay/_tsmux.c), built by `pip install -e .` where a C compiler is at
+# The C way of TsMuxer.part() (relay/formats/_tsmux.c), built by `pip install -e .` where a C compiler is at
 # hand; without it (or when its build is older than its source), this module's Python way does the
 # same work, to the byte, with more CPU.
-_TSMUX_VERSION = 1
+_TSMUX_VERSION = 2
 try:
-    from relay import _tsmux
+    from relay.formats import _tsmux
 except ImportError:
     _tsmux = None
-    log.info("relay._tsmux is not built: TS muxing takes the Python way (install a C compiler, then scripts/dev setup)")
+    log.info("relay.formats._tsmux is not built: TS muxing takes the Python way (a C compiler: scripts/dev setup)")
 else:
     if getattr(_tsmux, "VERSION", None) != _TSMUX_VERSION:
-        log.warning("relay._tsmux is an old build: TS muxing takes the Python way (rebuild it: scripts/dev setup)")
+        log.warning("relay.formats._tsmux is an old build: TS muxing takes the Python way (rebuild: scripts/dev setup)")
         _tsmux = None
 
 TS_SIZE = 188
@@ -46,8 +47,6 @@ STREAM_TYPE_AAC = 0x0F
 
 _AUD = b"\x00\x00\x00\x01\x09\xf0"
 _OWN_AUD = frozenset((9,))  # the publisher's AUDs are dropped: ours leads every access unit
-_START = b"\x00\x00\x00\x01"
-_LENGTH_FIELD = {4: struct.Struct(">I"), 2: struct.Struct(">H"), 1: struct.Struct(">B")}  # NAL unit lengths
 
 
 def _crc32_table() -> list[int]:
@@ -79,103 +78,6 @@ def _stamp(marker: int, value: int) -> int:
 
 def _pts_bytes(marker: int, value: int) -> bytes:
     return _stamp(marker, value).to_bytes(5, "big")
-
-
-class AvcConfig:
-    """SPS/PPS and the NAL length size from an FLV AVC sequence header."""
-
-    __slots__ = ("length_size", "parameter_sets")
-
-    def __init__(self, payload: bytes) -> None:
-        record = payload[5:]
-        if len(record) < 7:
-            raise ValueError("AVC sequence header too short")
-        self.length_size = (record[4] & 0x03) + 1
-        sets: list[bytes] = []
-        pos = 5
-        for count_mask in (0x1F, 0xFF):
-            count = record[pos] & count_mask
-            pos += 1
-            for _ in range(count):
-                size = int.from_bytes(record[pos : pos + 2], "big")
-                sets.append(record[pos + 2 : pos + 2 + size])
-                pos += 2 + size
-        self.parameter_sets = b"".join(_START + ps for ps in sets)
-
-    def annexb(
-        self, data: bytes | memoryview, keyframe: bool, lead: bytes = b"", drop: frozenset[int] = frozenset()
-    ) -> bytes:
-        """Length-prefixed NAL units as one Annex-B access unit: ``lead`` first, then SPS/PPS before a
-        keyframe, leaving out the NAL unit types in ``drop``."""
-        pieces: list[bytes | memoryview] = []
-        self.annexb_pieces(data, keyframe, lead, drop, pieces)
-        return b"".join(pieces)
-
-    def annexb_pieces(
-        self,
-        data: bytes | memoryview,
-        keyframe: bool,
-        lead: bytes,
-        drop: frozenset[int],
-        out: list[bytes | memoryview],
-    ) -> int:
-        """:meth:`annexb`'s pieces appended to ``out`` (views of ``data``, not copies); returns their length."""
-        size = self.length_size
-        out.append(lead)
-        total = len(lead)
-        if keyframe:
-            out.append(self.parameter_sets)
-            total += len(self.parameter_sets)
-        pos = 0
-        end = len(data)
-        unpack = _LENGTH_FIELD[size].unpack_from if size in _LENGTH_FIELD else None
-        while pos + size <= end:
-            length = unpack(data, pos)[0] if unpack else int.from_bytes(data[pos : pos + size], "big")
-            pos += size
-            nal = data[pos : pos + length]
-            pos += length
-            if nal and nal[0] & 0x1F not in drop:
-                out.append(_START)
-                out.append(nal)
-                total += 4 + len(nal)
-        return total
-
-
-class AacConfig:
-    """The fixed part of an ADTS header from an FLV AAC sequence header."""
-
-    __slots__ = ("_headers", "channels", "profile", "rate_index")
-
-    def __init__(self, payload: bytes) -> None:
-        asc = payload[2:]
-        if len(asc) < 2:
-            raise ValueError("AAC sequence header too short")
-        object_type = asc[0] >> 3
-        self.profile = max(0, min(object_type - 1, 3))
-        self.rate_index = ((asc[0] & 0x07) << 1) | (asc[1] >> 7)
-        self.channels = (asc[1] >> 3) & 0x0F
-        # ADTS headers by frame size: an ADTS length has 13 bits, so this holds at most 8192.
-        self._headers: dict[int, bytes] = {}
-
-    def adts(self, size: int) -> bytes:
-        header = self._headers.get(size)
-        if header is None:
-            header = self._headers[size] = self._adts(size)
-        return header
-
-    def _adts(self, size: int) -> bytes:
-        length = size + 7
-        return bytes(
-            (
-                0xFF,
-                0xF1,
-                (self.profile << 6) | (self.rate_index << 2) | (self.channels >> 2),
-                ((self.channels & 3) << 6) | (length >> 11),
-                (length >> 3) & 0xFF,
-                ((length & 7) << 5) | 0x1F,
-                0xFC,
-            )
-        )
 
 
 # AAC frames are gathered into one PES for up to this long (nginx-rtmp's hls_max_audio_delay is
@@ -221,27 +123,9 @@ class TsMuxer:
     def configure(self, packet: Packet) -> None:
         """Take a sequence header (FLV AVC or AAC config packet)."""
         if packet.kind == VIDEO:
-            self.avc = AvcConfig(packet.payload)
+            self.avc = AvcConfig.parse(packet.payload)
         elif packet.kind == AUDIO:
-            self.aac = AacConfig(packet.payload)
-
-    # ------------------------------------------------------------ public calls
-
-    def header(self) -> bytes:
-        """PAT and PMT: the start of every segment."""
-        self._write_tables()
-        return self._take()
-
-    def mux(self, packet: Packet) -> bytes:
-        """The TS packets of one FLV audio or video frame (b"" for what TS cannot carry, or for AAC
-        gathered into a later PES)."""
-        self._mux([packet])
-        return self._take()
-
-    def flush(self, end_ts: int) -> bytes:
-        """The audio gathered so far (a part or segment ends here; video is written as it comes)."""
-        self._flush_audio()
-        return self._take()
+            self.aac = AacConfig.parse(packet.payload)
 
     def part(self, packets: list[Packet], end_ts: int, independent: bool) -> bytes | memoryview:
         """One part or segment: PAT and PMT first when ``independent``, the frames, the audio gathered.
@@ -260,7 +144,7 @@ class TsMuxer:
         return memoryview(packets_out.view(np.uint8)).toreadonly()
 
     def _part_in_c(self, packets: list[Packet], independent: bool) -> bytes | None:
-        """:meth:`part` by relay._tsmux; None, having written nothing, for what it leaves to Python."""
+        """:meth:`part` by relay.formats._tsmux; None, having written nothing, for what it leaves to Python."""
         if self._tables is None:
             self._tables = self._build_tables()
         cc = self._cc
@@ -280,14 +164,6 @@ class TsMuxer:
         if data is not None:
             cc[0], cc[PMT_PID], cc[VIDEO_PID], cc[AUDIO_PID] = counters
         return data
-
-    def _take(self) -> bytes:
-        """This call's packets as one ``bytes``."""
-        if not self._n:
-            return b""
-        packets = np.empty(self._n, _PACKET)
-        self._interleave(packets)
-        return packets.tobytes()
 
     def _interleave(self, packets: np.ndarray) -> None:
         """Fill ``packets`` with this call's packets; the next call starts empty."""

@@ -16,8 +16,10 @@ import struct
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from relay.codecs import aac_config, avc_dimensions, coded_frame, hevc_dimensions, video_info
-from relay.packet import AUDIO, VIDEO, Packet
+from relay.formats import h264, hevc
+from relay.formats.aac import AacConfig
+from relay.formats.codecs import coded_frame, video_info
+from relay.formats.packet import AUDIO, VIDEO, Packet
 
 VIDEO_TIMESCALE = 90000
 VIDEO_TRACK = 1
@@ -119,9 +121,9 @@ def _video_track(payload: bytes) -> _Track | None:
     codec = video_info(payload).codec
     record = payload[5:]  # legacy and Enhanced RTMP sequence headers alike
     if codec == "h264" and len(record) >= 7 and record[0] == 1:
-        kind, config, size = b"avc1", box(b"avcC", record), avc_dimensions(payload)
+        kind, config, size = b"avc1", box(b"avcC", record), h264.dimensions(payload)
     elif codec == "hevc" and len(record) >= 23 and record[0] == 1:
-        kind, config, size = b"hvc1", box(b"hvcC", record), hevc_dimensions(payload)
+        kind, config, size = b"hvc1", box(b"hvcC", record), hevc.dimensions(payload)
     else:
         return None
     width, height = size or (0, 0)
@@ -140,10 +142,10 @@ def _video_track(payload: bytes) -> _Track | None:
 
 
 def _audio_track(payload: bytes) -> _Track | None:
-    config = aac_config(payload) if payload and payload[0] >> 4 == 10 else None
-    if config is None or config[0] == 0:
+    config = AacConfig.parse(payload) if payload and payload[0] >> 4 == 10 else None
+    if config is None or config.sample_rate == 0:
         return None
-    rate, channels = config
+    rate, channels = config.sample_rate, config.channels
     esds = full_box(
         b"esds",
         0,
@@ -174,7 +176,7 @@ def _audio_track(payload: bytes) -> _Track | None:
 
 
 class Fmp4Muxer:
-    """One rendition's init segment and fragments. Same calls as :class:`relay.mpegts.TsMuxer`."""
+    """One rendition's init segment and fragments. Same calls as :class:`relay.formats.mpegts.TsMuxer`."""
 
     def __init__(self) -> None:
         self.video: _Track | None = None
