@@ -103,6 +103,47 @@ async def test_live_hls_plays_in_ffmpeg_with_rfc_8216_playlists(server):
         await pub.stop()
 
 
+async def test_ffprobe_as_the_first_client_of_a_stream_finds_a_whole_segment(server):
+    """A client that does not speak LL-HLS (ffprobe, an older `video` component) reads only whole segments:
+    the playlist that starts a stream's packaging is held until it lists one (a 3 s GOP here)."""
+    pub = await publish(rtmp_url(server, "first"), size="320x240", rate=25, gop=75)
+    try:
+        await wait_live(server, "first")
+        assert hub_stream(server, "live", "first").sinks == [], "nobody asked for HLS yet"
+        streams = await probe_streams(hls_url(server, "first"))
+        assert sorted(s["codec_name"] for s in streams) == ["aac", "h264"]
+        async with aiohttp.ClientSession() as session:
+            status, body, _ = await fetch(session, hls_url(server, "first"))
+            assert status == 200 and parse(body.decode())["segments"]
+    finally:
+        await pub.stop()
+
+
+async def test_hls_players_count_in_the_audience_until_they_go_quiet(make_server):
+    """An HLS viewer is a client (address and User-Agent) that asked lately: counted per protocol and in
+    the total, in /api/v1/streams and /metrics, and no longer once it stops asking."""
+    server = await make_server(audience_seconds=2)
+    pub = await publish(rtmp_url(server, "aud"))
+    try:
+        await wait_live(server, "aud")
+        streams_url = f"http://127.0.0.1:{server.http_port}/api/v1/streams"
+        async with aiohttp.ClientSession() as session:
+            for agent in ("Safari", "hls.js", "hls.js"):  # two players: the third request is the second's again
+                async with session.get(hls_url(server, "aud"), headers={"User-Agent": agent}) as response:
+                    assert response.status == 200
+            async with session.get(streams_url) as response:
+                (stream,) = (await response.json())["streams"]
+            assert stream["viewers_by_protocol"] == {"hls": 2} and stream["viewers"] == 2
+            async with session.get(f"http://127.0.0.1:{server.http_port}/metrics") as response:
+                assert 'minilive_viewers{protocol="hls"} 2' in await response.text()
+            deadline = time.monotonic() + 10
+            while server.hub.audience("live", "aud"):
+                assert time.monotonic() < deadline, "players that went quiet are still counted"
+                await asyncio.sleep(0.2)
+    finally:
+        await pub.stop()
+
+
 async def test_media_sequence_advances_and_parts_make_up_segments(server):
     pub = await publish(rtmp_url(server, "parts"), gop=25)
     try:
@@ -301,3 +342,28 @@ async def test_a_blocking_wait_ends_when_its_segment_exists_or_the_stream_ends()
     playlist.finish()
     assert await for_segment_9 is False, "the stream ended first"
     assert await playlist.wait_for(1, None, 5) is True
+
+
+def test_discontinuity_sequence_counts_what_left_the_playlist_and_never_goes_down() -> None:
+    """RFC 8216 6.2.2: EXT-X-DISCONTINUITY-SEQUENCE is the number of discontinuities before the first
+    segment listed, however many the server still keeps: it must not drop when one leaves its window."""
+    from relay.formats.hls import HlsSettings, LivePlaylist
+    from relay.formats.packet import AUDIO, Packet
+
+    playlist = LivePlaylist(HlsSettings(segment_seconds=1, part_seconds=0, window=3, keep_after_window=1), "abcd0123")
+    playlist.feed(Packet(AUDIO, 0, b"\xaf\x00\x12\x10", config=True))
+    marked: list[int] = []  # media sequence numbers that start with a discontinuity
+    last_sequence = 0
+    for i in range(400):  # 40 s of audio, a discontinuity every 3.5 s
+        if i and i % 35 == 0:
+            playlist.new_publisher()
+            marked.append(playlist.segmenter.next_msn)
+        playlist.feed(Packet(AUDIO, i * 100, b"\xaf\x01" + bytes(20)))
+        if not any(segment.complete for segment in playlist.segments):
+            continue
+        facts = parse(playlist.playlist())
+        sequence = int(facts["tags"].get("#EXT-X-DISCONTINUITY-SEQUENCE", 0))
+        assert sequence >= last_sequence, f"went down from {last_sequence} to {sequence} at {i / 10} s"
+        assert sequence == len([msn for msn in marked if msn < facts["sequence"]])
+        last_sequence = sequence
+    assert last_sequence >= 8, "discontinuities left the window and were counted"

@@ -310,11 +310,13 @@ async def test_rtmp_publish_plays_over_whep(make_server) -> None:  # type: ignor
         assert len(audio) >= 10 and isinstance(audio[0], av.AudioFrame) and audio[0].sample_rate == 48000
         feed = server.webrtc.whep.feeds["live/show"]
         assert len(feed.sessions) == 1
+        assert server.hub.audience("live", "show") == {"whep": 1}, "a WebRTC viewer counts in the audience"
         assert await delete(resource) == 200
         for task in tasks:
             task.cancel()
         await pc.close()
         assert not server.webrtc.whep.feeds and feed not in hub_stream(server, "live", "show").sinks
+        assert server.hub.audience("live", "show") == {}
     finally:
         await publisher.stop()
     assert not server.webrtc.registry.sessions
