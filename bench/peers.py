@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -236,7 +237,7 @@ def _wait_listening(server: Server) -> None:
                 time.sleep(0.1)
 
 
-def _launch(argv: list[str], workdir: Path) -> tuple[subprocess.Popen, Path]:
+def _launch(argv: list[str], workdir: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
     """Start ``argv`` in ``workdir`` in its own session; the process and its log."""
     log = workdir / "server.log"
     with log.open("wb") as out:
@@ -247,6 +248,7 @@ def _launch(argv: list[str], workdir: Path) -> tuple[subprocess.Popen, Path]:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env=env,
         )
     return process, log
 
@@ -340,18 +342,45 @@ def start_nms(rtmp_port: int, http_port: int, hls: bool) -> Server:
     return server
 
 
+def checkout(revision: str) -> Path:
+    """A work tree of minilive at ``revision`` under bench/.cache, its C muxer compiled in place: so that
+    one run can compare the code as it is with the code as it was (``--servers minilive@REV,minilive``)."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{revision}^{{commit}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    tree = CACHE / f"minilive-{commit[:12]}"
+    if not tree.is_dir():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True)
+    suffix, include = sysconfig.get_config_var("EXT_SUFFIX"), sysconfig.get_path("include")
+    for source in tree.glob("relay/**/_tsmux.c"):
+        built = source.with_name("_tsmux" + suffix)
+        if not built.exists():
+            subprocess.run(
+                ["gcc", "-O2", "-shared", "-fPIC", f"-I{include}", str(source), "-o", str(built)], check=True
+            )
+    return tree
+
+
 def start_minilive(
     rtmp_port: int, http_port: int, hls: bool = False, config: str = "", name: str = "minilive"
 ) -> Server:
     """minilive with its defaults (plus the TOML ``config``, if any); it packages HLS / LL-HLS for a
-    stream on the first request, so ``hls`` changes nothing."""
+    stream on the first request, so ``hls`` changes nothing. ``name`` ``minilive@REV`` runs the code of
+    git revision REV (see :func:`checkout`) instead of the work tree's."""
     workdir = _fresh_dir(name)
     settings = []
     if config:
         (workdir / "minilive.toml").write_text(config)
         settings = ["--config", str(workdir / "minilive.toml")]
+    command = [str(MINILIVE)]
+    env = None
+    if "@" in name:
+        tree = checkout(name.split("@", 1)[1])
+        command = [str(ROOT / ".venv" / "bin" / "python"), "-m", "api.cli"]
+        env = {**os.environ, "PYTHONPATH": str(tree)}
     argv = [
-        str(MINILIVE), "serve", *settings,
+        *command, "serve", *settings,
         "--host", "127.0.0.1",
         "--rtmp-port", str(rtmp_port),
         "--http-port", str(http_port),
@@ -359,9 +388,9 @@ def start_minilive(
         "--data-dir", str(workdir / "data"),
         "--log-level", "warning",
     ]  # fmt: skip
-    process, log = _launch(argv, workdir)
+    process, log = _launch(argv, workdir, env)
     server = Server(
-        "minilive",
+        name,
         process,
         rtmp_port,
         http_port,
@@ -381,8 +410,15 @@ STARTERS: dict[str, Callable[[int, int, bool], Server]] = {
 }
 
 
+def kind(name: str) -> str:
+    """The server a name runs: ``minilive@REV`` is minilive."""
+    return name.split("@", 1)[0]
+
+
 def start(name: str, hls: bool = False) -> Server:
     """Start server ``name`` on free ports; with ``hls``, configured to serve HLS if it needs to be."""
+    if kind(name) == "minilive":
+        return start_minilive(free_port(), free_port(), hls, name=name)
     return STARTERS[name](free_port(), free_port(), hls)
 
 

@@ -694,7 +694,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
     args = parser.parse_args(argv)
     servers = [name for name in args.servers.split(",") if name]
-    unknown = set(servers) - set(peers.STARTERS)
+    unknown = {name for name in servers if peers.kind(name) not in peers.STARTERS}
     if unknown:
         parser.error(f"unknown servers: {', '.join(sorted(unknown))}; choose from {', '.join(peers.STARTERS)}")
     return Options(
@@ -742,8 +742,8 @@ def main(argv: list[str] | None = None) -> None:
         report["rounds"].extend(raw)
         runs = report["ingest"] = collapse(raw, "cpu_pct_per_publisher")
         print(f"\nIngest, N publishers, {options.duration:g} s measured{rounds}\n{ingest_table(runs)}\n")
-    hls_servers = [name for name in options.servers if name in peers.HLS_SERVERS]
-    skipped = ", ".join(name for name in options.servers if name not in peers.HLS_SERVERS)
+    hls_servers = [name for name in options.servers if peers.kind(name) in peers.HLS_SERVERS]
+    skipped = ", ".join(name for name in options.servers if peers.kind(name) not in peers.HLS_SERVERS)
     if skipped and (options.hls_streams or options.hls_latency):
         print(f"HLS scenarios: skipping {skipped} (no HLS)", file=sys.stderr)
     if options.hls_streams and hls_servers:
