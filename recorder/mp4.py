@@ -5,8 +5,8 @@ The remux reads the segments as one stream. It is done once from the files on di
 recovery, or a recording whose live remux could not follow), or while the live goes on
 (:class:`LiveMp4`): the remux then starts with the recording and reads each segment as soon as it
 is written, so the end of a live leaves only the last segment and the MP4's index to write, however
-long the live was (bench/replay.py measures both ways). Both ways give the same bytes: the reader is never seekable, so FFmpeg reads the segments from
-start to end in either case.
+long the live was (bench/replay.py measures both ways). Both ways give the same bytes: the reader is
+never seekable, so FFmpeg reads the segments from start to end in either case.
 
 Blocking: every function here runs on a worker thread; :class:`LiveMp4` runs its own.
 """
