@@ -1,6 +1,6 @@
 """The hub: every live stream by name, who publishes it, who watches it, and stream events.
 
-The hub knows no protocol. Ingest code :meth:`~Hub.publish`\\es and sends FLV-style payloads into the
+The hub knows no protocol. Ingest code calls :meth:`Hub.publish` and sends FLV-style payloads into the
 session it gets; output code adds a :class:`~relay.hub.viewer.Viewer` (bytes written to a transport)
 or a :class:`~relay.hub.sink.Sink` (packets handed over) and gets a
 :class:`~relay.hub.stream.Subscription`; the API reads snapshots.

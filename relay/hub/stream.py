@@ -10,6 +10,7 @@ from typing import Any
 from relay.formats.output import OutputFormat
 from relay.formats.packet import AUDIO, DATA, VIDEO, Packet
 from relay.hub.gop_cache import GopCache
+from relay.hub.publisher import PublisherInfo
 from relay.hub.settings import RelaySettings
 from relay.hub.sink import Sink
 from relay.hub.timeline import Timeline
@@ -39,7 +40,7 @@ class LiveStream:
         self.key = f"{app}/{name}"
         self.settings = settings
         self.created_at = time.time()
-        self.publisher: Any = None  # the PublisherInfo of the connected publisher, if any
+        self.publisher: PublisherInfo | None = None  # the connected publisher, if any
         self.publish_count = 0
         self.ended = False
         # headers and cache
