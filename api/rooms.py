@@ -1,15 +1,8 @@
 """The room service: every business rule of apps, tokens, rooms and their live status.
 
 The WeChat-compatible routes and the REST routes both call this; neither holds a rule of its own.
-Status changes are made with the store's atomic ``transition`` and published as RoomEvents, so
-every node (and every SSE/WebSocket client) sees them.
-
-Status machine (official codes, see ../shared/reference/wechat-live-semantics.md §3):
-
-    102 --publish--> 101 --publisher drops--> 106 --returns within the grace--> 101
-    106 --grace passes--> 103        101/105/106 --max live duration--> 103
-    101/106 --pause--> 105 --resume--> 106 (waiting for the anchor)
-    any live or 102 --end--> 103     any but final --ban--> 104     102 --endTime passes--> 107
+Status changes follow the table of ``api.transitions``; they are made with the store's atomic
+``transition`` and published as RoomEvents, so every node (and every SSE/WebSocket client) sees them.
 """
 
 from __future__ import annotations
@@ -29,6 +22,7 @@ from api.errors import ApiError
 from api.models import ACTIVE_STATUSES, FINAL_STATUSES, App, LiveStatus, Media, Replay, Room, RoomEvent, Token
 from api.signing import sign_query, verify_query
 from api.store.base import RoomStore
+from api.transitions import Event, legal_from, next_status, sources
 from relay.access import AccessRequest, Decision
 from relay.hub import StreamEvent
 
@@ -100,6 +94,28 @@ class MediaControl(Protocol):
     def end(self, stream: str, reason: str) -> bool: ...
 
 
+# The admin actions of the REST API and the events they report.
+ADMIN_ACTIONS = {"pause": Event.PAUSE, "resume": Event.RESUME, "ban": Event.BAN, "end": Event.END}
+
+
+def _records(room: Room, to: int, now: float) -> dict[str, Any]:
+    """What a room records about entering status ``to``, besides the status and its reason."""
+    if to == LiveStatus.LIVE:
+        if room.live_status == LiveStatus.NOT_STARTED:  # a new live session
+            return {
+                "live_started_at": room.live_started_at or now,
+                "session_started_at": now,
+                "live_sessions": room.live_sessions + 1,
+                "interrupted_at": 0.0,
+            }
+        return {"interrupted_at": 0.0}
+    if to == LiveStatus.INTERRUPTED:
+        return {"interrupted_at": now}
+    if to in FINAL_STATUSES:
+        return {"ended_at": now}
+    return {}
+
+
 def parse_stream(name: str) -> tuple[str, int] | None:
     match = STREAM_NAME.match(name)
     if match is None:
@@ -137,14 +153,8 @@ class RoomService:
         if not self.store.shared:
             # After a crash, rooms that were live have no publisher: they wait for the anchor (106)
             # like any other interruption, and the usual grace applies.
-            for room in await self.store.rooms_in_status([LiveStatus.LIVE]):
-                await self._transition(
-                    room,
-                    {LiveStatus.LIVE},
-                    LiveStatus.INTERRUPTED,
-                    {"interrupted_at": self.clock()},
-                    "the server restarted while the room was live",
-                )
+            for room in await self.store.rooms_in_status(legal_from(Event.SERVER_RESTARTED)):
+                await self.apply(room, Event.SERVER_RESTARTED)
         self.store.subscribe(self._on_room_event)
         self._tasks = [
             asyncio.create_task(self._consume_stream_events()),
@@ -518,9 +528,10 @@ class RoomService:
             return Decision.deny(problem)
         now = self.clock()
         status = room.live_status
-        if status == LiveStatus.NOT_STARTED and now >= room.end_time:
-            await self._transition(room, {LiveStatus.NOT_STARTED}, LiveStatus.EXPIRED, {}, "endTime passed")
-            status = LiveStatus.EXPIRED
+        expiry = next_status(status, Event.END_TIME_PASSED)
+        if expiry is not None and now >= room.end_time:
+            await self.apply(room, Event.END_TIME_PASSED)
+            status = expiry.to
         refusal = {
             LiveStatus.ENDED: f"room {roomid} has ended (103): create a new room to go live again",
             LiveStatus.BANNED: f"room {roomid} is banned (104)",
@@ -569,43 +580,27 @@ class RoomService:
         room = await self.store.get_room(parsed[1])
         if room is None or room.appid != parsed[0]:
             return
-        now = self.clock()
         if event.type == "publish":
-            if room.live_status == LiveStatus.NOT_STARTED:
-                changes = {
-                    "live_started_at": room.live_started_at or now,
-                    "session_started_at": now,
-                    "live_sessions": room.live_sessions + 1,
-                    "interrupted_at": 0.0,
-                }
-                await self._transition(room, {LiveStatus.NOT_STARTED}, LiveStatus.LIVE, changes, "anchor started")
-            elif room.live_status == LiveStatus.INTERRUPTED:
-                await self._transition(
-                    room, {LiveStatus.INTERRUPTED}, LiveStatus.LIVE, {"interrupted_at": 0.0}, "anchor came back"
-                )
+            if next_status(room.live_status, Event.PUBLISHED) is not None:
+                await self.apply(room, Event.PUBLISHED)
             elif room.live_status != LiveStatus.LIVE and self.media is not None:
                 # Raced with a pause, ban or end: the stream must not go on.
                 self.media.kick(room.stream_name, f"room is {room.live_status}")
         elif event.type == "unpublish":
-            await self._transition(
-                room,
-                {LiveStatus.LIVE},
-                LiveStatus.INTERRUPTED,
-                {"interrupted_at": now},
-                f"publisher gone ({event.info.get('reason', '')})",
-            )
+            await self.apply(room, Event.PUBLISHER_GONE, event.info.get("reason", ""))
 
-    async def _transition(
-        self, room: Room, from_statuses: set[int], to: int, changes: dict[str, Any], reason: str
-    ) -> Room | None:
-        now = self.clock()
-        changes = {**changes, "updated_at": now, "status_reason": reason}
-        if to in FINAL_STATUSES:
-            changes.setdefault("ended_at", now)
-        updated = await self.store.transition(room.roomid, from_statuses, to, changes)
+    async def apply(self, room: Room, event: Event, detail: str = "") -> Room | None:
+        """Make ``event`` happen to ``room`` as the transition table says, atomically in the store, and
+        announce the change; None if the table refuses the event in the room's (current) status."""
+        transition = next_status(room.live_status, event)
+        if transition is None:
+            return None
+        to, reason, now = transition.to, transition.because(detail), self.clock()
+        changes = {**_records(room, to, now), "updated_at": now, "status_reason": reason}
+        updated = await self.store.transition(room.roomid, sources(event, transition), to, changes)
         if updated is None:
             return None
-        if to in FINAL_STATUSES or to == LiveStatus.NOT_STARTED:
+        if to in FINAL_STATUSES:
             await self.store.release_live_slot(room.appid, room.roomid)
         log.info("room %d (%s): %d -> %d, %s", room.roomid, room.appid, room.live_status, to, reason)
         event = RoomEvent("status", room.appid, room.roomid, to, room.live_status, reason)
@@ -628,28 +623,11 @@ class RoomService:
             self.media.end(stream, f"the room is over ({event.live_status}: {event.reason})")
 
     async def admin_action(self, app: App, roomid: int, action: str) -> Room:
+        event = ADMIN_ACTIONS.get(action)
+        if event is None:
+            raise ApiError(errors.INVALID_ARGS, f"unknown action {action!r}: {', '.join(ADMIN_ACTIONS)}")
         room = await self.room(app, roomid)
-        live = {LiveStatus.LIVE, LiveStatus.INTERRUPTED}
-        if action == "pause":
-            updated = await self._transition(room, live, LiveStatus.PAUSED, {}, "paused by an admin")
-        elif action == "resume":
-            updated = await self._transition(
-                room,
-                {LiveStatus.PAUSED},
-                LiveStatus.INTERRUPTED,
-                {"interrupted_at": self.clock()},
-                "resumed by an admin; waiting for the anchor",
-            )
-        elif action == "ban":
-            updated = await self._transition(
-                room, {LiveStatus.NOT_STARTED, *ACTIVE_STATUSES}, LiveStatus.BANNED, {}, "banned by an admin"
-            )
-        elif action == "end":
-            updated = await self._transition(
-                room, {LiveStatus.NOT_STARTED, *ACTIVE_STATUSES}, LiveStatus.ENDED, {}, "ended by an admin"
-            )
-        else:
-            raise ApiError(errors.INVALID_ARGS, f"unknown action {action!r}: pause, resume, ban or end")
+        updated = await self.apply(room, event)
         if updated is None:
             raise ApiError(errors.ROOM_STATUS_FORBIDS, f"room {roomid} is {room.live_status}; it cannot be {action}d")
         return updated
@@ -658,28 +636,17 @@ class RoomService:
         """Time-driven transitions: expiry (107), the end of the 106 grace and of the max duration (103)."""
         now = self.clock()
         s = self.settings
-        for room in await self.store.rooms_in_status([LiveStatus.NOT_STARTED]):
+        for room in await self.store.rooms_in_status(legal_from(Event.END_TIME_PASSED)):
             if now >= room.end_time:
-                await self._transition(
-                    room, {LiveStatus.NOT_STARTED}, LiveStatus.EXPIRED, {}, "endTime passed before the room went live"
-                )
-        for room in await self.store.rooms_in_status(list(ACTIVE_STATUSES)):
+                await self.apply(room, Event.END_TIME_PASSED)
+        for room in await self.store.rooms_in_status(legal_from(Event.MAX_DURATION_REACHED)):
             if room.session_started_at and now - room.session_started_at >= s.max_live_seconds:
-                await self._transition(
-                    room,
-                    set(ACTIVE_STATUSES),
-                    LiveStatus.ENDED,
-                    {},
-                    f"reached the maximum live duration of {s.max_live_seconds / 3600:g} h",
-                )
-            elif room.live_status == LiveStatus.INTERRUPTED and now - room.interrupted_at >= s.interrupt_grace_seconds:
-                await self._transition(
-                    room,
-                    {LiveStatus.INTERRUPTED},
-                    LiveStatus.ENDED,
-                    {},
-                    f"anchor did not come back within {s.interrupt_grace_seconds / 60:g} min",
-                )
+                await self.apply(room, Event.MAX_DURATION_REACHED, f"{s.max_live_seconds / 3600:g} h")
+            elif (
+                next_status(room.live_status, Event.INTERRUPTION_TIMED_OUT) is not None
+                and now - room.interrupted_at >= s.interrupt_grace_seconds
+            ):
+                await self.apply(room, Event.INTERRUPTION_TIMED_OUT, f"{s.interrupt_grace_seconds / 60:g} min")
 
     async def _sweeper(self) -> None:
         while True:
