@@ -1,4 +1,4 @@
-"""The official live API's error codes, raised by the room service and shaped by each surface."""
+"""The official live API's error codes, raised by the services and shaped by each surface."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -28,6 +29,8 @@ class LiveStatus(enum.IntEnum):
 ACTIVE_STATUSES = frozenset((LiveStatus.LIVE, LiveStatus.PAUSED, LiveStatus.INTERRUPTED))
 # Statuses that never change again.
 FINAL_STATUSES = frozenset((LiveStatus.ENDED, LiveStatus.BANNED, LiveStatus.EXPIRED))
+
+STREAM_NAME = re.compile(r"^(?P<appid>[A-Za-z0-9_]+)-(?P<roomid>[0-9]{1,12})$")
 
 
 class _Record:
@@ -126,6 +129,14 @@ class Room(_Record):
     def stream_name(self) -> str:
         """The stream name of the official push address: ``{appid}-{roomId}``."""
         return f"{self.appid}-{self.roomid}"
+
+
+def parse_stream(name: str) -> tuple[str, int] | None:
+    """The appid and room id a stream name stands for (``Room.stream_name`` read back), if any."""
+    match = STREAM_NAME.match(name)
+    if match is None:
+        return None
+    return match["appid"], int(match["roomid"])
 
 
 @dataclass(slots=True)

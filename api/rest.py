@@ -17,11 +17,14 @@ from urllib.parse import parse_qs, urlsplit
 from aiohttp import web
 
 from api import errors
+from api.apps import Apps
 from api.errors import ApiError
-from api.models import App, LiveStatus, Replay, Room
+from api.models import App, Replay, Room
 from api.openapi import DOCUMENT
-from api.rooms import RoomService
+from api.room_status import RoomStatus
+from api.rooms import Rooms
 from api.status import json_error, viewer_count
+from api.urls import Urls
 from relay.hub import Hub
 
 log = logging.getLogger("minilive.rest")
@@ -56,7 +59,7 @@ AppHandler = Callable[[web.Request, App], Awaitable[web.StreamResponse]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def routes(rooms: RoomService, hub: Hub) -> list[web.RouteDef]:
+def routes(apps: Apps, rooms: Rooms, status: RoomStatus, urls: Urls, hub: Hub) -> list[web.RouteDef]:
     def shaped(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def wrapper(request: web.Request) -> web.StreamResponse:
@@ -79,7 +82,7 @@ def routes(rooms: RoomService, hub: Hub) -> list[web.RouteDef]:
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer":
                 token = ""
-            return await handler(request, await rooms.app_for_token(token.strip()))
+            return await handler(request, await apps.app_for_token(token.strip()))
 
         return wrapper
 
@@ -87,7 +90,7 @@ def routes(rooms: RoomService, hub: Hub) -> list[web.RouteDef]:
         data = room.to_dict()
         data["type"] = data.pop("live_type")
         for key in ("cover_img", "share_img", "feeds_img"):
-            data[f"{key}_url"] = rooms.media_url(getattr(room, key))
+            data[f"{key}_url"] = urls.media_url(getattr(room, key))
         data["viewers"] = viewer_count(hub, rooms.settings.rtmp_app, room.stream_name)
         return data
 
@@ -97,8 +100,8 @@ def routes(rooms: RoomService, hub: Hub) -> list[web.RouteDef]:
     @shaped
     async def token(request: web.Request) -> web.Response:
         body = await json_body(request)
-        issued = await rooms.issue_token(str(body.get("appid") or ""), str(body.get("secret") or ""))
-        return web.json_response({"access_token": issued.token, "expires_in": rooms.settings.token_ttl_seconds})
+        issued = await apps.issue_token(str(body.get("appid") or ""), str(body.get("secret") or ""))
+        return web.json_response({"access_token": issued.token, "expires_in": apps.settings.token_ttl_seconds})
 
     @authenticated
     async def get_app(request: web.Request, app: App) -> web.Response:
@@ -106,14 +109,12 @@ def routes(rooms: RoomService, hub: Hub) -> list[web.RouteDef]:
 
     @authenticated
     async def patch_app(request: web.Request, app: App) -> web.Response:
-        return web.json_response(app_json(await rooms.update_app(app, await json_body(request))))
+        return web.json_response(app_json(await apps.update_app(app, await json_body(request))))
 
     @authenticated
     async def deliveries(request: web.Request, app: App) -> web.Response:
-        limit = query_int(request, "limit", 100)
-        if not 1 <= limit <= 1000:
-            raise ApiError(errors.INVALID_ARGS, "limit must be 1-1000")
-        return web.json_response({"deliveries": await rooms.store.deliveries(app.appid, limit)})
+        deliveries = await apps.webhook_deliveries(app, query_int(request, "limit", 100))
+        return web.json_response({"deliveries": deliveries})
 
     @authenticated
     async def list_rooms(request: web.Request, app: App) -> web.Response:
@@ -148,38 +149,25 @@ def routes(rooms: RoomService, hub: Hub) -> list[web.RouteDef]:
     def action_route(action: str) -> web.RouteDef:
         @authenticated
         async def act(request: web.Request, app: App) -> web.Response:
-            roomid = int(request.match_info["id"])
-            if action == "start":
-                room = await rooms.room(app, roomid)
-                if room.live_status == LiveStatus.PAUSED:
-                    room = await rooms.admin_action(app, roomid, "resume")
-                elif room.live_status != LiveStatus.LIVE:
-                    raise ApiError(
-                        errors.ROOM_STATUS_FORBIDS,
-                        f"room {roomid} is {room.live_status}: a room goes live when its anchor pushes to "
-                        f"its push URL (GET /api/v1/rooms/{roomid}/push_url)",
-                    )
-            else:
-                room = await rooms.admin_action(app, roomid, action)
+            room = await status.admin_action(app, int(request.match_info["id"]), action)
             return web.json_response(room_json(room))
 
         return web.post(f"/api/v1/rooms/{{id:[0-9]+}}/{action}", act)
 
     @authenticated
     async def push_url(request: web.Request, app: App) -> web.Response:
-        url = rooms.push_url(app, await room_of(request, app))
+        url = urls.push_url(app, await room_of(request, app))
         tx_time = parse_qs(urlsplit(url).query)["txTime"][0]
         return web.json_response({"push_url": url, "expires_at": int(tx_time, 16)})
 
     @authenticated
     async def play_urls(request: web.Request, app: App) -> web.Response:
-        return web.json_response(rooms.play_urls(app, await room_of(request, app)))
+        return web.json_response(urls.play_urls(app, await room_of(request, app)))
 
     @authenticated
     async def replays(request: web.Request, app: App) -> web.Response:
-        room = await room_of(request, app)
-        found = await rooms.store.list_replays(room.roomid)
-        return web.json_response({"replays": [replay_json(rooms, r) for r in found]})
+        found = await rooms.replays(app, int(request.match_info["id"]))
+        return web.json_response({"replays": [replay_json(urls, r) for r in found]})
 
     async def openapi(request: web.Request) -> web.Response:
         return web.json_response(DOCUMENT, headers={"Access-Control-Allow-Origin": "*"})
@@ -241,7 +229,7 @@ def app_json(app: App) -> dict[str, Any]:
     return data
 
 
-def replay_json(rooms: RoomService, replay: Replay) -> dict[str, Any]:
+def replay_json(urls: Urls, replay: Replay) -> dict[str, Any]:
     return {
         "replay_id": replay.replay_id,
         "session": replay.session,
@@ -250,5 +238,5 @@ def replay_json(rooms: RoomService, replay: Replay) -> dict[str, Any]:
         "expire_at": replay.expire_at,
         "duration": replay.duration,
         "size": replay.size,
-        "urls": rooms.replay_urls(replay),
+        "urls": urls.replay_urls(replay),
     }

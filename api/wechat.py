@@ -18,10 +18,12 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from api import errors, qr
+from api.apps import Apps
 from api.errors import ApiError
 from api.media import MAX_BYTES, MediaLibrary
 from api.models import App, Replay, Room
-from api.rooms import RoomService, iso_time
+from api.rooms import Rooms, iso_time
+from api.urls import Urls, page_path
 from api.validation import Fields
 
 log = logging.getLogger("minilive.wechat")
@@ -72,13 +74,13 @@ def _list(f: Fields, name: str, kind: type) -> list[Any]:
     return value
 
 
-def room_info(rooms: RoomService, room: Room) -> Reply:
+def room_info(urls: Urls, room: Room) -> Reply:
     """A room as getliveinfo lists it: exactly the 18 official fields."""
     return {
         "name": room.name,
         "roomid": room.roomid,
-        "cover_img": rooms.media_url(room.cover_img),
-        "share_img": rooms.media_url(room.share_img),
+        "cover_img": urls.media_url(room.cover_img),
+        "share_img": urls.media_url(room.share_img),
         "live_status": room.live_status,
         "start_time": room.start_time,
         "end_time": room.end_time,
@@ -92,25 +94,25 @@ def room_info(rooms: RoomService, room: Room) -> Reply:
         "close_replay": room.close_replay,
         "is_feeds_public": room.is_feeds_public,
         "creater_openid": room.creater_openid,
-        "feeds_img": rooms.media_url(room.feeds_img),
+        "feeds_img": urls.media_url(room.feeds_img),
     }
 
 
-def live_replay(rooms: RoomService, replay: Replay) -> Reply:
+def live_replay(urls: Urls, replay: Replay) -> Reply:
     return {
         "create_time": iso_time(replay.created_at),
         "expire_time": iso_time(replay.expire_at),
-        "media_url": f"{rooms.urls.http_base}/replays/{replay.path}/index.m3u8",
+        "media_url": f"{urls.http_base}/replays/{replay.path}/index.m3u8",
     }
 
 
-def routes(rooms: RoomService, media: MediaLibrary) -> list[web.RouteDef]:
+def routes(apps: Apps, rooms: Rooms, urls: Urls, media: MediaLibrary) -> list[web.RouteDef]:
     """The official endpoints, plus the media and share-code images their replies point at."""
 
     async def authorize(request: web.Request, method: str, api: str) -> App:
         _require(request, method)
-        app = await rooms.app_for_token(request.query.get("access_token", ""))
-        await rooms.quota(app, api)
+        app = await apps.app_for_token(request.query.get("access_token", ""))
+        await apps.quota(app, api)
         return app
 
     def endpoint(method: str, path: str, handler: Handler) -> web.RouteDef:
@@ -135,8 +137,8 @@ def routes(rooms: RoomService, media: MediaLibrary) -> list[web.RouteDef]:
             query = request.query
             if query.get("grant_type") != "client_credential":
                 raise ApiError(errors.INVALID_GRANT_TYPE, "grant_type must be client_credential")
-            issued = await rooms.issue_token(query.get("appid", ""), query.get("secret", ""))
-            return {"access_token": issued.token, "expires_in": rooms.settings.token_ttl_seconds}
+            issued = await apps.issue_token(query.get("appid", ""), query.get("secret", ""))
+            return {"access_token": issued.token, "expires_in": apps.settings.token_ttl_seconds}
 
         return await _reply(request, work)
 
@@ -165,13 +167,13 @@ def routes(rooms: RoomService, media: MediaLibrary) -> list[web.RouteDef]:
 
     async def push_url(app: App, f: Fields) -> Reply:
         room = await rooms.room(app, f.room_id("roomId"))
-        return {"pushAddr": rooms.push_url(app, room)}
+        return {"pushAddr": urls.push_url(app, room)}
 
     async def shared_code(app: App, f: Fields) -> Reply:
         room = await rooms.room(app, f.room_id("roomId"))
         params = f.string("params", required=False)
-        image = qr.image_url(rooms.urls.http_base, room.roomid, params)
-        return {"cdnUrl": image, "pagePath": rooms.page_path(room.roomid, params), "posterUrl": image}
+        image = qr.image_url(urls.http_base, room.roomid, params)
+        return {"cdnUrl": image, "pagePath": page_path(room.roomid, params), "posterUrl": image}
 
     def switch(key: str, field: str, *room_keys: str) -> Handler:
         """updatereplay / updatecomment / updatefeedpublic / updatekf: one 0/1 switch of a room."""
@@ -192,11 +194,11 @@ def routes(rooms: RoomService, media: MediaLibrary) -> list[web.RouteDef]:
             if f.string("action") != "get_replay":
                 raise ApiError(errors.INVALID_ARGS, 'action may only be "get_replay"')
             replays, total = await rooms.list_replays(app, f.room_id("room_id"), start, limit)
-            return {"room_info": [], "live_replay": [live_replay(rooms, r) for r in replays], "total": total}
+            return {"room_info": [], "live_replay": [live_replay(urls, r) for r in replays], "total": total}
         page, total = await rooms.list_rooms(app, start, limit)
         if not page:
             raise ApiError(errors.EMPTY_ROOM_LIST, room_info=[], live_replay=[], total=total)
-        return {"room_info": [room_info(rooms, r) for r in page], "live_replay": [], "total": total}
+        return {"room_info": [room_info(urls, r) for r in page], "live_replay": [], "total": total}
 
     # ------------------------------------------------------------ assistants and the sub-anchor
 
@@ -257,7 +259,7 @@ def routes(rooms: RoomService, media: MediaLibrary) -> list[web.RouteDef]:
         endpoint("POST", r + "deletesubanchor", delete_sub_anchor),
         endpoint("GET", r + "getsubanchor", sub_anchor),
         *media.routes(),
-        *qr.routes(rooms),
+        *qr.routes(rooms.store),
     ]
 
 

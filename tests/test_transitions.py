@@ -1,7 +1,8 @@
 """The live_status table, checked exhaustively: every status with every event.
 
-The expectation is written here on its own, from the official semantics (wechat-live-semantics.md §3)
-and the behaviour the room service had before the table existed, not read from the table.
+The expectation is written here on its own, not read from the table: from the official semantics
+(wechat-live-semantics.md §3) and minilive's own rules (docs/decisions.md: pause and resume, the
+maximum live duration, a restart).
 """
 
 from __future__ import annotations
