@@ -26,10 +26,9 @@ from pathlib import Path
 from aiohttp import web
 
 from api.models import ACTIVE_STATUSES, FINAL_STATUSES, LiveStatus, Replay, Room, RoomEvent
-from api.rest import replay_json
-from api.rooms import iso_time
 from api.store.base import RoomStore
 from api.urls import Urls
+from api.views import replay_ready
 from api.webhooks import Webhooks
 from recorder.finalize import Finalized
 from recorder.recorder import Recorder
@@ -191,9 +190,7 @@ class ReplayService:
 
     async def _announce(self, replay: Replay) -> None:
         room = await self.store.get_room(replay.roomid)
-        data = replay_json(self.urls, replay)
-        data["media_url"] = data["urls"].get("hls", "")
-        data["create_time"], data["expire_time"] = iso_time(replay.created_at), iso_time(replay.expire_at)
+        data = replay_ready(replay, self.urls)
         status = room.live_status if room is not None else LiveStatus.ENDED
         event = RoomEvent("replay_ready", replay.appid, replay.roomid, status, reason="replay finalized", data=data)
         await self.store.publish_event(event)

@@ -18,13 +18,14 @@ from aiohttp import web
 
 from api import errors
 from api.apps import Apps
-from api.errors import ApiError
-from api.models import App, Replay, Room
+from api.errors import ApiError, json_error
+from api.models import App, Room
 from api.openapi import DOCUMENT
 from api.room_status import RoomStatus
 from api.rooms import Rooms
-from api.status import json_error, viewer_count
+from api.status import viewer_count
 from api.urls import Urls
+from api.views import app_json, replay_json, room_json
 from relay.hub import Hub
 
 log = logging.getLogger("minilive.rest")
@@ -86,13 +87,8 @@ def routes(apps: Apps, rooms: Rooms, status: RoomStatus, urls: Urls, hub: Hub) -
 
         return wrapper
 
-    def room_json(room: Room) -> dict[str, Any]:
-        data = room.to_dict()
-        data["type"] = data.pop("live_type")
-        for key in ("cover_img", "share_img", "feeds_img"):
-            data[f"{key}_url"] = urls.media_url(getattr(room, key))
-        data["viewers"] = viewer_count(hub, rooms.settings.rtmp_app, room.stream_name)
-        return data
+    def room_view(room: Room) -> dict[str, Any]:
+        return room_json(room, urls, viewer_count(hub, rooms.settings.rtmp_app, room.stream_name))
 
     async def room_of(request: web.Request, app: App) -> Room:
         return await rooms.room(app, int(request.match_info["id"]))
@@ -120,17 +116,17 @@ def routes(apps: Apps, rooms: Rooms, status: RoomStatus, urls: Urls, hub: Hub) -
     async def list_rooms(request: web.Request, app: App) -> web.Response:
         start, limit = query_int(request, "start", 0), query_int(request, "limit", 20)
         page, total = await rooms.list_rooms(app, start, limit)
-        return web.json_response({"rooms": [room_json(r) for r in page], "total": total, "start": start})
+        return web.json_response({"rooms": [room_view(r) for r in page], "total": total, "start": start})
 
     @authenticated
     async def create_room(request: web.Request, app: App) -> web.Response:
         body = translate(await json_body(request), CREATE_FIELDS)
         room = await rooms.create_room(app, {**CREATE_DEFAULTS, **body})
-        return web.json_response(room_json(room), status=201, headers={"Location": f"/api/v1/rooms/{room.roomid}"})
+        return web.json_response(room_view(room), status=201, headers={"Location": f"/api/v1/rooms/{room.roomid}"})
 
     @authenticated
     async def get_room(request: web.Request, app: App) -> web.Response:
-        return web.json_response(room_json(await room_of(request, app)))
+        return web.json_response(room_view(await room_of(request, app)))
 
     @authenticated
     async def patch_room(request: web.Request, app: App) -> web.Response:
@@ -139,7 +135,7 @@ def routes(apps: Apps, rooms: Rooms, status: RoomStatus, urls: Urls, hub: Hub) -
         # editRoom takes every field: the room's current values, then the changes.
         attrs = {camel: getattr(room, snake) for snake, camel in EDIT_FIELDS.items()}
         room = await rooms.edit_room(app, {**attrs, **changes, "id": room.roomid})
-        return web.json_response(room_json(room))
+        return web.json_response(room_view(room))
 
     @authenticated
     async def delete_room(request: web.Request, app: App) -> web.Response:
@@ -150,7 +146,7 @@ def routes(apps: Apps, rooms: Rooms, status: RoomStatus, urls: Urls, hub: Hub) -
         @authenticated
         async def act(request: web.Request, app: App) -> web.Response:
             room = await status.admin_action(app, int(request.match_info["id"]), action)
-            return web.json_response(room_json(room))
+            return web.json_response(room_view(room))
 
         return web.post(f"/api/v1/rooms/{{id:[0-9]+}}/{action}", act)
 
@@ -167,7 +163,7 @@ def routes(apps: Apps, rooms: Rooms, status: RoomStatus, urls: Urls, hub: Hub) -
     @authenticated
     async def replays(request: web.Request, app: App) -> web.Response:
         found = await rooms.replays(app, int(request.match_info["id"]))
-        return web.json_response({"replays": [replay_json(urls, r) for r in found]})
+        return web.json_response({"replays": [replay_json(r, urls) for r in found]})
 
     async def openapi(request: web.Request) -> web.Response:
         return web.json_response(DOCUMENT, headers={"Access-Control-Allow-Origin": "*"})
@@ -220,23 +216,3 @@ def translate(body: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
             f"unknown field(s) {', '.join(sorted(unknown))}; accepted: {', '.join(fields)}",
         )
     return {fields[key]: value for key, value in body.items()}
-
-
-def app_json(app: App) -> dict[str, Any]:
-    """The app as its owner sees it: everything but the secret."""
-    data = app.to_dict()
-    del data["secret"]
-    return data
-
-
-def replay_json(urls: Urls, replay: Replay) -> dict[str, Any]:
-    return {
-        "replay_id": replay.replay_id,
-        "session": replay.session,
-        "status": replay.status,
-        "created_at": replay.created_at,
-        "expire_at": replay.expire_at,
-        "duration": replay.duration,
-        "size": replay.size,
-        "urls": urls.replay_urls(replay),
-    }

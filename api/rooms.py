@@ -68,11 +68,6 @@ EDITABLE_FIELDS = [
 ]
 
 
-def iso_time(ts: float) -> str:
-    """Zone-less ISO-8601 as the official get_replay returns it."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ts))
-
-
 class Rooms:
     def __init__(self, store: RoomStore, settings: RoomSettings, clock: Callable[[], float] = time.time) -> None:
         self.store = store

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from api import errors
-from api.errors import ApiError
+from api.errors import ApiError, json_error
 from api.models import Room, RoomEvent
 from api.store.base import RoomStore
 from relay.http_flv import CORS
@@ -36,13 +36,6 @@ def viewer_count(hub: Hub, rtmp_app: str, stream: str) -> int:
     """Viewers of a stream on this node (0 when it is not here)."""
     live = hub.get(rtmp_app, stream)
     return live.viewer_count if live is not None else 0
-
-
-def json_error(exc: ApiError) -> web.Response:
-    """The error shape of every ``/api/v1`` route."""
-    return web.json_response(
-        {"error": {"code": exc.errcode, "message": exc.errmsg}}, status=exc.http_status, headers=CORS
-    )
 
 
 def status_message(room: Room, viewers: int) -> Message:

@@ -21,10 +21,11 @@ from api import errors, qr
 from api.apps import Apps
 from api.errors import ApiError
 from api.media import MAX_BYTES, MediaLibrary
-from api.models import App, Replay, Room
-from api.rooms import Rooms, iso_time
+from api.models import App
+from api.rooms import Rooms
 from api.urls import Urls, page_path
 from api.validation import Fields
+from api.views import live_replay, room_info
 
 log = logging.getLogger("minilive.wechat")
 
@@ -72,38 +73,6 @@ def _list(f: Fields, name: str, kind: type) -> list[Any]:
     if not isinstance(value, list) or not value or any(isinstance(v, bool) or not isinstance(v, kind) for v in value):
         raise ApiError(errors.INVALID_ARGS, f"{name} must be a non-empty array of {kind.__name__}")
     return value
-
-
-def room_info(urls: Urls, room: Room) -> Reply:
-    """A room as getliveinfo lists it: exactly the 18 official fields."""
-    return {
-        "name": room.name,
-        "roomid": room.roomid,
-        "cover_img": urls.media_url(room.cover_img),
-        "share_img": urls.media_url(room.share_img),
-        "live_status": room.live_status,
-        "start_time": room.start_time,
-        "end_time": room.end_time,
-        "anchor_name": room.anchor_name,
-        "goods": room.goods,
-        "live_type": room.live_type,
-        "close_like": room.close_like,
-        "close_goods": room.close_goods,
-        "close_comment": room.close_comment,
-        "close_kf": room.close_kf,
-        "close_replay": room.close_replay,
-        "is_feeds_public": room.is_feeds_public,
-        "creater_openid": room.creater_openid,
-        "feeds_img": urls.media_url(room.feeds_img),
-    }
-
-
-def live_replay(urls: Urls, replay: Replay) -> Reply:
-    return {
-        "create_time": iso_time(replay.created_at),
-        "expire_time": iso_time(replay.expire_at),
-        "media_url": f"{urls.http_base}/replays/{replay.path}/index.m3u8",
-    }
 
 
 def routes(apps: Apps, rooms: Rooms, urls: Urls, media: MediaLibrary) -> list[web.RouteDef]:
@@ -194,11 +163,11 @@ def routes(apps: Apps, rooms: Rooms, urls: Urls, media: MediaLibrary) -> list[we
             if f.string("action") != "get_replay":
                 raise ApiError(errors.INVALID_ARGS, 'action may only be "get_replay"')
             replays, total = await rooms.list_replays(app, f.room_id("room_id"), start, limit)
-            return {"room_info": [], "live_replay": [live_replay(urls, r) for r in replays], "total": total}
+            return {"room_info": [], "live_replay": [live_replay(r, urls) for r in replays], "total": total}
         page, total = await rooms.list_rooms(app, start, limit)
         if not page:
             raise ApiError(errors.EMPTY_ROOM_LIST, room_info=[], live_replay=[], total=total)
-        return {"room_info": [room_info(urls, r) for r in page], "live_replay": [], "total": total}
+        return {"room_info": [room_info(r, urls) for r in page], "live_replay": [], "total": total}
 
     # ------------------------------------------------------------ assistants and the sub-anchor
 

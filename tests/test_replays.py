@@ -16,9 +16,10 @@ import aiohttp
 
 from api.apps import Apps
 from api.models import LiveStatus, Media, Replay
-from api.rooms import Rooms, RoomSettings, iso_time
+from api.rooms import Rooms, RoomSettings
 from api.store import open_store
 from api.urls import Urls
+from api.views import iso_time
 from recorder.mp4 import MP4, LiveMp4, SegmentReader, remux
 from recorder.playlist import PLAYLIST
 from tests.conftest import FFMPEG, FFPROBE, free_port, make_room, needs_ffmpeg, official_room_body, publish, run

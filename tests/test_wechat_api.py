@@ -19,10 +19,10 @@ import qrcode
 
 from api.media import ImageInfo, image_info
 from api.models import App, LiveStatus, Replay
-from api.rooms import iso_time
 from api.server import Server
 from api.signing import verify_query
 from api.urls import PLUGIN_APPID
+from api.views import iso_time
 from tests.conftest import FFMPEG, needs_ffmpeg, run
 
 ROOM = "/wxaapi/broadcast/room/"

@@ -1,0 +1,89 @@
+"""How apps, rooms and replays look in JSON: the WeChat-compatible shapes, the REST shapes, and the
+replay announced in webhooks and room events. Every surface shapes them here."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from api.models import App, Replay, Room
+from api.urls import Urls
+
+View = dict[str, Any]
+
+
+def iso_time(ts: float) -> str:
+    """Zone-less ISO-8601 as the official get_replay returns it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ts))
+
+
+def app_json(app: App) -> View:
+    """The app as its owner sees it: everything but the secret."""
+    data = app.to_dict()
+    del data["secret"]
+    return data
+
+
+def room_info(room: Room, urls: Urls) -> View:
+    """A room as getliveinfo lists it: exactly the 18 official fields."""
+    return {
+        "name": room.name,
+        "roomid": room.roomid,
+        "cover_img": urls.media_url(room.cover_img),
+        "share_img": urls.media_url(room.share_img),
+        "live_status": room.live_status,
+        "start_time": room.start_time,
+        "end_time": room.end_time,
+        "anchor_name": room.anchor_name,
+        "goods": room.goods,
+        "live_type": room.live_type,
+        "close_like": room.close_like,
+        "close_goods": room.close_goods,
+        "close_comment": room.close_comment,
+        "close_kf": room.close_kf,
+        "close_replay": room.close_replay,
+        "is_feeds_public": room.is_feeds_public,
+        "creater_openid": room.creater_openid,
+        "feeds_img": urls.media_url(room.feeds_img),
+    }
+
+
+def room_json(room: Room, urls: Urls, viewers: int) -> View:
+    """A room as the REST API shows it: every field, image URLs, and its viewers on this node."""
+    data = room.to_dict()
+    data["type"] = data.pop("live_type")
+    for key in ("cover_img", "share_img", "feeds_img"):
+        data[f"{key}_url"] = urls.media_url(getattr(room, key))
+    data["viewers"] = viewers
+    return data
+
+
+def live_replay(replay: Replay, urls: Urls) -> View:
+    """A replay as getliveinfo's get_replay lists it."""
+    return {
+        "create_time": iso_time(replay.created_at),
+        "expire_time": iso_time(replay.expire_at),
+        "media_url": f"{urls.http_base}/replays/{replay.path}/index.m3u8",
+    }
+
+
+def replay_json(replay: Replay, urls: Urls) -> View:
+    """A replay as the REST API shows it."""
+    return {
+        "replay_id": replay.replay_id,
+        "session": replay.session,
+        "status": replay.status,
+        "created_at": replay.created_at,
+        "expire_at": replay.expire_at,
+        "duration": replay.duration,
+        "size": replay.size,
+        "urls": urls.replay_urls(replay),
+    }
+
+
+def replay_ready(replay: Replay, urls: Urls) -> View:
+    """The data of a ``replay_ready`` event: the REST view plus the get_replay fields."""
+    data = replay_json(replay, urls)
+    data["media_url"] = data["urls"].get("hls", "")
+    data["create_time"], data["expire_time"] = iso_time(replay.created_at), iso_time(replay.expire_at)
+    return data
