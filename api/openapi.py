@@ -102,6 +102,11 @@ _ROOM = {
     "ended_at": NUM,
     "live_sessions": INT,
     "viewers": {**INT, "description": "viewers on the node that answered"},
+    "viewers_by_protocol": {
+        "type": "object",
+        "description": "the same viewers by protocol (rtmp, http-flv, ws-flv...); a protocol without any may be absent",
+        "additionalProperties": INT,
+    },
 }
 _STATUS_MESSAGE = {
     "type": "object",

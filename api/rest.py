@@ -18,15 +18,14 @@ from aiohttp import web
 
 from api import errors
 from api.apps import Apps
+from api.audience import AudienceOf
 from api.errors import ApiError, json_error
 from api.models import App, Room
 from api.openapi import DOCUMENT
 from api.room_status import RoomStatus
 from api.rooms import Rooms
-from api.status import viewer_count
 from api.urls import Urls
 from api.views import app_json, replay_json, room_json
-from relay.hub import Hub
 
 log = logging.getLogger("minilive.rest")
 
@@ -60,7 +59,7 @@ AppHandler = Callable[[web.Request, App], Awaitable[web.StreamResponse]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def routes(apps: Apps, rooms: Rooms, status: RoomStatus, urls: Urls, hub: Hub) -> list[web.RouteDef]:
+def routes(apps: Apps, rooms: Rooms, status: RoomStatus, urls: Urls, audience: AudienceOf) -> list[web.RouteDef]:
     def shaped(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def wrapper(request: web.Request) -> web.StreamResponse:
@@ -88,7 +87,7 @@ def routes(apps: Apps, rooms: Rooms, status: RoomStatus, urls: Urls, hub: Hub) -
         return wrapper
 
     def room_view(room: Room) -> dict[str, Any]:
-        return room_json(room, urls, viewer_count(hub, rooms.settings.rtmp_app, room.stream_name))
+        return room_json(room, urls, audience(room.stream_name))
 
     async def room_of(request: web.Request, app: App) -> Room:
         return await rooms.room(app, int(request.match_info["id"]))

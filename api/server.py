@@ -13,6 +13,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from api import rest, streams, wechat
 from api.access import AccessPolicy
 from api.apps import Apps
+from api.audience import Audience
 from api.config import Settings
 from api.media import MediaLibrary
 from api.replays import ReplayService
@@ -94,7 +95,7 @@ class Server:
         self.room_status.on_change.append(self.webhooks.send)
         self.recorder = Recorder(self.hub, settings.data_dir / "replays", settings.recorder)
         self.replays = ReplayService(self.store, self.urls, settings.rooms.rtmp_app, self.recorder, self.webhooks)
-        self.status = StatusRoutes(self.store, self.hub, settings.rooms.rtmp_app)
+        self.status = StatusRoutes(self.store, self.audience)
         self.policy = AccessPolicy(settings.allow_anonymous_publish, self.store, settings.rooms, self.room_status)
         self.media = MediaLibrary(self.store, settings.data_dir, settings.rooms.media_ttl_seconds)
         self.rtmp = RtmpServer(
@@ -117,6 +118,13 @@ class Server:
         self.rtmp_port = 0
         self.http_port = 0
 
+    def audience(self, stream: str) -> Audience:
+        """The viewers of a room's stream on this node."""
+        live = self.hub.get(self.settings.rooms.rtmp_app, stream)
+        if live is None:
+            return {"total": 0, "by_protocol": {}}
+        return {"total": live.viewer_count, "by_protocol": live.viewers_by_protocol()}
+
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[cors_preflight], client_max_size=4 * 1024 * 1024)
         # HLS first: relay.fast_http claims these paths ahead of every other route, and so does aiohttp.
@@ -125,7 +133,7 @@ class Server:
         app.add_routes(self.flv.routes())
         app.add_routes(wechat.routes(self.apps, self.rooms, self.urls, self.media))
         app.add_routes(self.status.routes())
-        app.add_routes(rest.routes(self.apps, self.rooms, self.room_status, self.urls, self.hub))
+        app.add_routes(rest.routes(self.apps, self.rooms, self.room_status, self.urls, self.audience))
         app.add_routes(self.webrtc.routes())
         app.add_routes(self.replays.routes())
         app.cleanup_ctx.append(self.media.cleanup_ctx)

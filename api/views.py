@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from api.audience import Audience
 from api.models import App, Replay, Room
 from api.urls import Urls
 
@@ -48,13 +49,14 @@ def room_info(room: Room, urls: Urls) -> View:
     }
 
 
-def room_json(room: Room, urls: Urls, viewers: int) -> View:
-    """A room as the REST API shows it: every field, image URLs, and its viewers on this node."""
+def room_json(room: Room, urls: Urls, audience: Audience) -> View:
+    """A room as the REST API shows it: every field, image URLs, and who watches it."""
     data = room.to_dict()
     data["type"] = data.pop("live_type")
     for key in ("cover_img", "share_img", "feeds_img"):
         data[f"{key}_url"] = urls.media_url(getattr(room, key))
-    data["viewers"] = viewers
+    data["viewers"] = audience["total"]
+    data["viewers_by_protocol"] = audience["by_protocol"]
     return data
 
 
