@@ -23,6 +23,7 @@ from aiohttp import web
 
 from api import errors
 from api.errors import ApiError
+from api.keys import MEDIA
 from api.models import App, Media
 from api.store.base import RoomStore
 
@@ -177,16 +178,24 @@ class MediaLibrary:
                 log.exception("media cleanup failed")
             await asyncio.sleep(CLEANUP_INTERVAL_SECONDS)
 
-    def routes(self) -> list[web.RouteDef]:
-        async def serve(request: web.Request) -> web.StreamResponse:
-            media = await self.store.get_media(request.match_info["media_id"])
-            if media is None or (not media.pinned and media.expires_at <= self.clock()):
-                raise web.HTTPNotFound(text="no such media")
-            path = self.data_dir / media.path
-            if not path.is_file():
-                raise web.HTTPNotFound(text="no such media")
-            headers = {"Content-Type": media.content_type, "Cache-Control": "public, max-age=86400"}
-            return web.FileResponse(path, headers=headers)
+    async def file(self, media_id: str) -> tuple[Path, Media] | None:
+        """The file of a media_id that may be served (not expired, or used by a room), if any."""
+        media = await self.store.get_media(media_id)
+        if media is None or (not media.pinned and media.expires_at <= self.clock()):
+            return None
+        path = self.data_dir / media.path
+        return (path, media) if path.is_file() else None
 
-        # The id pattern leaves no room for path tricks; the file path comes from our own record.
-        return [web.get(f"/media/{{media_id:{MEDIA_ID_PATTERN}}}", serve)]
+
+async def serve(request: web.Request) -> web.StreamResponse:
+    found = await request.app[MEDIA].file(request.match_info["media_id"])
+    if found is None:
+        raise web.HTTPNotFound(text="no such media")
+    path, media = found
+    headers = {"Content-Type": media.content_type, "Cache-Control": "public, max-age=86400"}
+    return web.FileResponse(path, headers=headers)
+
+
+def routes() -> list[web.RouteDef]:
+    # The id pattern leaves no room for path tricks; the file path comes from our own record.
+    return [web.get(f"/media/{{media_id:{MEDIA_ID_PATTERN}}}", serve)]

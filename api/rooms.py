@@ -74,6 +74,10 @@ class Rooms:
         self.settings = settings
         self.clock = clock
 
+    async def find(self, roomid: int) -> Room | None:
+        """Any app's room: for the URLs that viewers load without a token."""
+        return await self.store.get_room(roomid)
+
     async def room(self, app: App, roomid: int) -> Room:
         room = await self.store.get_room(roomid)
         if room is None or room.appid != app.appid:

@@ -10,7 +10,7 @@ import signal
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from api import rest, streams, wechat
+from api import keys, rest, streams, wechat
 from api.access import AccessPolicy
 from api.apps import Apps
 from api.audience import Audience
@@ -131,9 +131,11 @@ class Server:
         app.add_routes(self.hls.routes())
         app.add_routes(streams.routes(self.hub))
         app.add_routes(self.flv.routes())
-        app.add_routes(wechat.routes(self.apps, self.rooms, self.urls, self.media))
+        app[keys.APPS], app[keys.ROOMS], app[keys.ROOM_STATUS] = self.apps, self.rooms, self.room_status
+        app[keys.URLS], app[keys.MEDIA], app[keys.AUDIENCE] = self.urls, self.media, self.audience
+        app.add_routes(wechat.routes())
         app.add_routes(self.status.routes())
-        app.add_routes(rest.routes(self.apps, self.rooms, self.room_status, self.urls, self.audience))
+        app.add_routes(rest.routes())
         app.add_routes(self.webrtc.routes())
         app.add_routes(self.replays.routes())
         app.cleanup_ctx.append(self.media.cleanup_ctx)
