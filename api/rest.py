@@ -21,36 +21,17 @@ from aiohttp.typedefs import Handler
 from api import errors
 from api.errors import ApiError, json_error
 from api.keys import APPS, AUDIENCE, ROOM_STATUS, ROOMS, URLS
-from api.models import App, Room
+from api.models import ROOM_EDITABLE, ROOM_INPUTS, App, Room
 from api.openapi import DOCUMENT
 from api.views import app_json, replay_json, room_json
 
 log = logging.getLogger("minilive.rest")
 
 # REST field -> the official camelCase field that create_room/edit_room read.
-CREATE_FIELDS = {
-    "name": "name",
-    "cover_img": "coverImg",
-    "share_img": "shareImg",
-    "feeds_img": "feedsImg",
-    "start_time": "startTime",
-    "end_time": "endTime",
-    "anchor_name": "anchorName",
-    "anchor_wechat": "anchorWechat",
-    "sub_anchor_wechat": "subAnchorWechat",
-    "creater_wechat": "createrWechat",
-    "type": "type",
-    "is_feeds_public": "isFeedsPublic",
-    "close_like": "closeLike",
-    "close_goods": "closeGoods",
-    "close_comment": "closeComment",
-    "close_replay": "closeReplay",
-    "close_share": "closeShare",
-    "close_kf": "closeKf",
-}
-EDIT_FIELDS = {k: v for k, v in CREATE_FIELDS.items() if k not in ("type", "sub_anchor_wechat", "creater_wechat")}
-# Switches the official create requires; REST leaves them open unless asked.
-CREATE_DEFAULTS = {"closeLike": 0, "closeGoods": 0, "closeComment": 0}
+CREATE_FIELDS = {field.rest_name: field.wire.wechat for field in ROOM_INPUTS}
+EDIT_FIELDS = {field.rest_name: field.wire.wechat for field in ROOM_EDITABLE}
+# Switches the official create requires; REST leaves them as a new room has them unless asked.
+CREATE_DEFAULTS = {field.wire.wechat: field.default for field in ROOM_INPUTS if field.wire.rest_default}
 ACTIONS = ("start", "pause", "resume", "ban", "end")
 
 AppHandler = Callable[[web.Request, App], Awaitable[web.StreamResponse]]
@@ -153,8 +134,8 @@ async def patch_room(request: web.Request, app: App) -> web.Response:
     rooms = request.app[ROOMS]
     room = await rooms.room(app, _room_id(request))
     # editRoom takes every field: the room's current values, then the changes.
-    attrs = {camel: getattr(room, snake) for snake, camel in EDIT_FIELDS.items()}
-    room = await rooms.edit_room(app, {**attrs, **changes, "id": room.roomid})
+    current = {field.wire.wechat: getattr(room, field.name) for field in ROOM_EDITABLE}
+    room = await rooms.edit_room(app, {**current, **changes, "id": room.roomid})
     return web.json_response(_room_view(request, room))
 
 

@@ -14,7 +14,18 @@ from typing import Any
 
 from api import errors, validation
 from api.errors import ApiError
-from api.models import ACTIVE_STATUSES, FINAL_STATUSES, App, Replay, Room
+from api.models import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    ROOM_EDITABLE,
+    ROOM_INPUTS,
+    ROOM_MEDIA,
+    App,
+    Assistant,
+    Goods,
+    Replay,
+    Room,
+)
 from api.store.base import RoomStore
 
 log = logging.getLogger("minilive.rooms")
@@ -48,26 +59,6 @@ class RoomSettings:
     webhook_timeout_seconds: float = 10.0
 
 
-# What editroom may change (the status machine's fields only change through transitions).
-EDITABLE_FIELDS = [
-    "name",
-    "anchor_name",
-    "anchor_wechat",
-    "start_time",
-    "end_time",
-    "cover_img",
-    "share_img",
-    "feeds_img",
-    "close_like",
-    "close_goods",
-    "close_comment",
-    "close_share",
-    "close_replay",
-    "close_kf",
-    "is_feeds_public",
-]
-
-
 class Rooms:
     def __init__(self, store: RoomStore, settings: RoomSettings, clock: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -85,86 +76,43 @@ class Rooms:
         return room
 
     async def create_room(self, app: App, body: dict[str, Any]) -> Room:
-        f = validation.Fields(body)
-        name = f.string("name")
-        validation.check_name(name)
-        anchor_name = f.string("anchorName")
-        validation.check_anchor_name(anchor_name)
-        start, end = f.integer("startTime"), f.integer("endTime")
-        validation.check_times(start, end, self.clock(), self.settings.times)
-        live_type = f.integer("type")
-        if live_type not in (0, 1):
-            raise ApiError(errors.INVALID_ARGS, "type must be 1 (push) or 0 (phone)")
-        room = Room(
-            roomid=0,
-            appid=app.appid,
-            name=name,
-            cover_img=await self._adopt_media(app, f.string("coverImg"), errors.COVER_INVALID),
-            share_img=await self._adopt_media(app, f.string("shareImg"), errors.SHARE_IMG_INVALID),
-            feeds_img=await self._adopt_media(app, f.string("feedsImg"), errors.FEEDS_IMG_INVALID),
-            start_time=start,
-            end_time=end,
-            anchor_name=anchor_name,
-            anchor_wechat=f.string("anchorWechat"),
-            live_type=live_type,
-            sub_anchor_wechat=f.string("subAnchorWechat", required=False),
-            creater_wechat=f.string("createrWechat", required=False),
-            is_feeds_public=f.flag("isFeedsPublic", required=False, default=1),
-            close_like=f.flag("closeLike"),
-            close_goods=f.flag("closeGoods"),
-            close_comment=f.flag("closeComment"),
-            close_replay=f.flag("closeReplay", required=False, default=1),
-            close_share=f.flag("closeShare", required=False, default=0),
-            close_kf=f.flag("closeKf", required=False, default=1),
-        )
-        if not room.anchor_wechat:
+        """createRoom: a new room of ``app`` from the official (camelCase) fields."""
+        values = validation.read_room(body, ROOM_INPUTS)
+        validation.check_times(values["start_time"], values["end_time"], self.clock(), self.settings.times)
+        for image in ROOM_MEDIA:
+            values[image.name] = await self._adopt_media(app, values[image.name], image.wire.errcode)
+        if not values["anchor_wechat"]:
             raise ApiError(errors.INVALID_ARGS, "anchorWechat is required")
-        room = await self.store.create_room(room)
+        room = await self.store.create_room(Room(roomid=0, appid=app.appid, **values))
         log.info("room %d created for app %s: %r", room.roomid, app.appid, room.name)
         return room
 
     async def edit_room(self, app: App, body: dict[str, Any]) -> Room:
-        f = validation.Fields(body)
-        room = await self.room(app, f.room_id("id", "roomId"))
+        """editRoom: every editable field (official names) of a room that is not over."""
+        room = await self.room(app, validation.Fields(body).room_id("id", "roomId"))
         status = room.live_status
         if status in FINAL_STATUSES:
             raise ApiError(errors.ROOM_STATUS_FORBIDS, f"room {room.roomid} has ended ({status}); it cannot be edited")
+        values = validation.read_room(body, ROOM_EDITABLE, current=room)
         live = status in ACTIVE_STATUSES
-        name = f.string("name")
-        validation.check_name(name)
-        anchor_name = f.string("anchorName")
-        validation.check_anchor_name(anchor_name)
-        start, end = f.integer("startTime"), f.integer("endTime")
+        start, end = values["start_time"], values["end_time"]
         if live and start != room.start_time:
             raise ApiError(errors.ROOM_STATUS_FORBIDS, "startTime cannot change once the room has gone live")
         validation.check_times(start, end, self.clock(), self.settings.times, check_lead=start != room.start_time)
-        flags = {
-            "close_like": f.flag("closeLike"),
-            "close_goods": f.flag("closeGoods"),
-            "close_comment": f.flag("closeComment"),
-            "close_share": f.flag("closeShare", required=False, default=room.close_share),
-            "close_replay": f.flag("closeReplay", required=False, default=room.close_replay),
-            "close_kf": f.flag("closeKf", required=False, default=room.close_kf),
-            "is_feeds_public": f.flag("isFeedsPublic", required=False, default=room.is_feeds_public),
-        }
         if live:
             # Official rule: likes, goods and comments closed at creation cannot be opened once live,
             # and sharing cannot change at all.
             for key in ("close_like", "close_goods", "close_comment"):
-                if getattr(room, key) == 1 and flags[key] == 0:
+                if getattr(room, key) == 1 and values[key] == 0:
                     raise ApiError(errors.ROOM_STATUS_FORBIDS, f"{key} cannot be re-enabled once the room is live")
-            if flags["close_share"] != room.close_share:
+            if values["close_share"] != room.close_share:
                 raise ApiError(errors.ROOM_STATUS_FORBIDS, "closeShare cannot change once the room is live")
-        room.name = name
-        room.anchor_name = anchor_name
-        room.anchor_wechat = f.string("anchorWechat")
-        room.start_time, room.end_time = start, end
-        room.cover_img = await self._adopt_media(app, f.string("coverImg"), errors.COVER_INVALID, room.cover_img)
-        room.share_img = await self._adopt_media(app, f.string("shareImg"), errors.SHARE_IMG_INVALID, room.share_img)
-        room.feeds_img = await self._adopt_media(app, f.string("feedsImg"), errors.FEEDS_IMG_INVALID, room.feeds_img)
-        for key, value in flags.items():
-            setattr(room, key, value)
-        return await self._save(room, EDITABLE_FIELDS)
+        for image in ROOM_MEDIA:
+            current = getattr(room, image.name)
+            values[image.name] = await self._adopt_media(app, values[image.name], image.wire.errcode, current)
+        for name, value in values.items():
+            setattr(room, name, value)
+        return await self._save(room, list(values))
 
     async def _save(self, room: Room, fields: list[str]) -> Room:
         """Write the edited ``fields`` of ``room`` only if its status is still the one it was read with,
@@ -220,18 +168,7 @@ class Rooms:
         known = {g["goods_id"] for g in room.goods}
         for goods_id in goods_ids:
             if goods_id not in known:
-                room.goods.append(
-                    {
-                        "goods_id": goods_id,
-                        "name": "",
-                        "cover_img": "",
-                        "url": "",
-                        "price": 0,
-                        "price2": 0,
-                        "price_type": 1,
-                        "third_party_appid": "",
-                    }
-                )
+                room.goods.append(Goods(goods_id).to_dict())
                 known.add(goods_id)
         return await self._save(room, ["goods"])
 
@@ -248,16 +185,8 @@ class Rooms:
                 continue
             if len(room.assistants) >= self.settings.max_assistants:
                 raise ApiError(errors.INVALID_ARGS, f"a room has at most {self.settings.max_assistants} assistants")
-            room.assistants.append(
-                {
-                    "username": username,
-                    "nickname": str(user.get("nickname") or ""),
-                    "timestamp": int(self.clock()),
-                    "headimg": "",
-                    "alias": username,
-                    "openid": "",
-                }
-            )
+            nickname = str(user.get("nickname") or "")
+            room.assistants.append(Assistant(username, nickname, int(self.clock()), alias=username).to_dict())
             names.add(username)
         return await self._save(room, ["assistants"])
 

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from api.audience import Audience
-from api.models import App, Replay, Room
+from api.models import ROOM_FIELDS, ROOM_LISTED, ROOM_MEDIA, App, Replay, Room, RoomField
 from api.urls import Urls
 
 View = dict[str, Any]
@@ -25,36 +25,21 @@ def app_json(app: App) -> View:
     return data
 
 
+def _value(room: Room, field: RoomField, urls: Urls) -> Any:
+    value = getattr(room, field.name)
+    return urls.media_url(value) if field.wire.media else value
+
+
 def room_info(room: Room, urls: Urls) -> View:
-    """A room as getliveinfo lists it: exactly the 18 official fields."""
-    return {
-        "name": room.name,
-        "roomid": room.roomid,
-        "cover_img": urls.media_url(room.cover_img),
-        "share_img": urls.media_url(room.share_img),
-        "live_status": room.live_status,
-        "start_time": room.start_time,
-        "end_time": room.end_time,
-        "anchor_name": room.anchor_name,
-        "goods": room.goods,
-        "live_type": room.live_type,
-        "close_like": room.close_like,
-        "close_goods": room.close_goods,
-        "close_comment": room.close_comment,
-        "close_kf": room.close_kf,
-        "close_replay": room.close_replay,
-        "is_feeds_public": room.is_feeds_public,
-        "creater_openid": room.creater_openid,
-        "feeds_img": urls.media_url(room.feeds_img),
-    }
+    """A room as getliveinfo lists it: exactly the 18 official fields, images as URLs."""
+    return {field.name: _value(room, field, urls) for field in ROOM_LISTED}
 
 
 def room_json(room: Room, urls: Urls, audience: Audience) -> View:
-    """A room as the REST API shows it: every field, image URLs, and who watches it."""
-    data = room.to_dict()
-    data["type"] = data.pop("live_type")
-    for key in ("cover_img", "share_img", "feeds_img"):
-        data[f"{key}_url"] = urls.media_url(getattr(room, key))
+    """A room as the REST API shows it: every field (media_ids as given, their URLs beside them), and
+    who watches it."""
+    data = {field.rest_name: getattr(room, field.name) for field in ROOM_FIELDS}
+    data.update((f"{field.name}_url", _value(room, field, urls)) for field in ROOM_MEDIA)
     data["viewers"] = audience["total"]
     data["viewers_by_protocol"] = audience["by_protocol"]
     return data
