@@ -23,6 +23,7 @@ from api.errors import ApiError, json_error
 from api.keys import APPS, AUDIENCE, ROOM_STATUS, ROOMS, URLS
 from api.models import ROOM_EDITABLE, ROOM_INPUTS, App, Room
 from api.openapi import DOCUMENT
+from api.room_status import ACTIONS
 from api.views import app_json, replay_json, room_json
 
 log = logging.getLogger("minilive.rest")
@@ -32,7 +33,6 @@ CREATE_FIELDS = {field.rest_name: field.wire.wechat for field in ROOM_INPUTS}
 EDIT_FIELDS = {field.rest_name: field.wire.wechat for field in ROOM_EDITABLE}
 # Switches the official create requires; REST leaves them as a new room has them unless asked.
 CREATE_DEFAULTS = {field.wire.wechat: field.default for field in ROOM_INPUTS if field.wire.rest_default}
-ACTIONS = ("start", "pause", "resume", "ban", "end")
 
 AppHandler = Callable[[web.Request, App], Awaitable[web.StreamResponse]]
 

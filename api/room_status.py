@@ -24,8 +24,9 @@ from relay.hub import StreamEvent
 
 log = logging.getLogger("minilive.rooms")
 
-# The admin actions of the REST API and the events they report.
+# The admin actions and the events they report; and all actions, "start" included (see admin_action).
 ADMIN_ACTIONS = {"pause": Event.PAUSE, "resume": Event.RESUME, "ban": Event.BAN, "end": Event.END}
+ACTIONS = ("start", *ADMIN_ACTIONS)
 
 
 class MediaControl(Protocol):
@@ -118,8 +119,8 @@ class RoomStatus:
     async def admin_action(self, app: App, roomid: int, action: str) -> Room:
         """``pause``, ``resume``, ``ban`` or ``end`` a room; or ``start`` it: a paused room resumes, a live
         one stays live, and any other goes live only when its anchor pushes (refused here)."""
-        if action != "start" and action not in ADMIN_ACTIONS:
-            raise ApiError(errors.INVALID_ARGS, f"unknown action {action!r}: start, pause, resume, ban or end")
+        if action not in ACTIONS:
+            raise ApiError(errors.INVALID_ARGS, f"unknown action {action!r}: {', '.join(ACTIONS)}")
         room = await self.rooms.room(app, roomid)
         if action == "start":
             if room.live_status == LiveStatus.LIVE:
