@@ -1,16 +1,23 @@
 """Who may publish and play: the policy that ``api`` injects into every ingest and output.
 
-A stream named like a room (``APPID-ROOMID`` of an existing app) is decided by the room service:
-signature, room status, limits. Any other stream may publish only in development mode
-(``--allow-anonymous-publish``), under app ``live``, as nginx-rtmp and node-media-server allow.
+A stream named like a room (``APPID-ROOMID`` of an existing app, under the rooms' RTMP app) is
+decided by its room: the signature, the room's status, the app's limits. Any other stream may
+publish only in development mode (``--allow-anonymous-publish``), under app ``live``, as nginx-rtmp
+and node-media-server allow, and may always be played.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from api.models import App
-from api.rooms import RoomService, parse_stream
+from api.apps import count_daily
+from api.models import App, LiveStatus, parse_stream
+from api.room_status import RoomStatus
+from api.rooms import RoomSettings
+from api.signing import verify_query
+from api.store.base import RoomStore
+from api.transitions import Event, next_status
 from relay.hub import AccessRequest, Decision
 
 ANONYMOUS_APP = "live"
@@ -22,35 +29,53 @@ ANONYMOUS_APP = "live"
 PLAY_APP_CACHE_SECONDS = 5.0
 PLAY_APP_CACHE_SIZE = 10_000
 
+# Why a room in these statuses may not be pushed to.
+REFUSED = {
+    LiveStatus.ENDED: "has ended (103): create a new room to go live again",
+    LiveStatus.BANNED: "is banned (104)",
+    LiveStatus.PAUSED: "is paused (105): resume it before pushing",
+    LiveStatus.EXPIRED: "expired (107): its endTime passed before it went live",
+}
+
 
 class AccessPolicy:
-    def __init__(self, allow_anonymous_publish: bool, rooms: RoomService | None = None) -> None:
+    def __init__(
+        self,
+        allow_anonymous_publish: bool,
+        store: RoomStore,
+        settings: RoomSettings,
+        status: RoomStatus,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.allow_anonymous_publish = allow_anonymous_publish
-        self.rooms = rooms
+        self.store = store
+        self.settings = settings
+        self.status = status
+        self.clock = clock
         self._play_apps: dict[str, tuple[float, App | None]] = {}  # appid -> (until, app)
 
     async def _room_app(self, request: AccessRequest, cached: bool = False) -> App | None:
         """The app whose room ``request`` names (``APPID-ROOMID`` under the rooms' RTMP app), if any;
         with ``cached``, as looked up in the last ``PLAY_APP_CACHE_SECONDS``."""
-        if self.rooms is None or request.app != self.rooms.settings.rtmp_app:
+        if request.app != self.settings.rtmp_app:
             return None
         parsed = parse_stream(request.name)
         if parsed is None:
             return None
         if not cached:
-            return await self.rooms.store.get_app(parsed[0])
+            return await self.store.get_app(parsed[0])
         now = time.monotonic()
         hit = self._play_apps.get(parsed[0])
         if hit is None or hit[0] < now:
             if len(self._play_apps) >= PLAY_APP_CACHE_SIZE:
                 self._play_apps.clear()
-            hit = self._play_apps[parsed[0]] = (now + PLAY_APP_CACHE_SECONDS, await self.rooms.store.get_app(parsed[0]))
+            hit = self._play_apps[parsed[0]] = (now + PLAY_APP_CACHE_SECONDS, await self.store.get_app(parsed[0]))
         return hit[1]
 
     async def publish(self, request: AccessRequest) -> Decision:
-        if await self._room_app(request) is not None:
-            assert self.rooms is not None
-            return await self.rooms.authorize_publish(request)
+        app = await self._room_app(request)
+        if app is not None:
+            return await self._publish_room(app, request)
         if self.allow_anonymous_publish:
             if request.app == ANONYMOUS_APP:
                 return Decision.allow()
@@ -64,9 +89,41 @@ class AccessPolicy:
             "--allow-anonymous-publish"
         )
 
+    async def _publish_room(self, app: App, request: AccessRequest) -> Decision:
+        parsed = parse_stream(request.name)
+        assert parsed is not None
+        roomid = parsed[1]
+        room = await self.store.get_room(roomid)
+        if room is None or room.appid != app.appid:
+            return Decision.deny(f"room {roomid} of app {app.appid} does not exist")
+        problem = verify_query(app.push_key, request.name, request.query, self.clock())
+        if problem:
+            return Decision.deny(problem)
+        now = self.clock()
+        status = room.live_status
+        expiry = next_status(status, Event.END_TIME_PASSED)
+        if expiry is not None and now >= room.end_time:
+            await self.status.apply(room, Event.END_TIME_PASSED)
+            status = expiry.to
+        if status in REFUSED:
+            return Decision.deny(f"room {roomid} {REFUSED[status]}")
+        early = self.settings.publish_early_minutes
+        if status == LiveStatus.NOT_STARTED and early is not None and now < room.start_time - early * 60:
+            return Decision.deny(f"room {roomid} may go live from {early:g} minutes before its startTime")
+        limit = self.settings.max_live_rooms
+        if not await self.store.claim_live_slot(app.appid, roomid, limit):
+            return Decision.deny(f"app {app.appid} already has {limit} rooms live")
+        if status == LiveStatus.NOT_STARTED:
+            per_day = self.settings.max_lives_per_day
+            if not await count_daily(self.store, f"lives:{app.appid}", per_day, now):
+                await self.store.release_live_slot(app.appid, roomid)
+                return Decision.deny(f"app {app.appid} started {per_day} lives today")
+        return Decision.allow()
+
     async def play(self, request: AccessRequest) -> Decision:
+        """A room's stream plays openly, or with a signed URL when its app has a play key."""
         app = await self._room_app(request, cached=True)
-        if app is None:
+        if app is None or not app.play_key:
             return Decision.allow()
-        assert self.rooms is not None
-        return self.rooms.authorize_play(app, request)
+        problem = verify_query(app.play_key, request.name, request.query, self.clock())
+        return Decision.deny(problem) if problem else Decision.allow()

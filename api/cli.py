@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from api import config
+from api.apps import Apps
 from api.errors import ApiError
 from api.models import App
-from api.rooms import RoomService, Urls
 from api.store import open_store
 
 
@@ -88,14 +88,14 @@ async def _manage_apps(settings: config.Settings, args: argparse.Namespace) -> N
     store = open_store(settings.data_dir, settings.redis)
     await store.open()
     try:
-        rooms = RoomService(store, settings.rooms, Urls("", ""))
+        apps = Apps(store, settings.rooms)
         if args.action == "list":
             _print_apps(await store.list_apps(), args.json)
             return
         if args.action == "create":
-            app = await rooms.create_app(args.name)
+            app = await apps.create_app(args.name)
         else:
-            app = await rooms.rotate_secret(args.appid)
+            app = await apps.rotate_secret(args.appid)
         if args.json:
             print(json.dumps({"appid": app.appid, "secret": app.secret}))
         else:

@@ -1,8 +1,12 @@
-"""The official live API's error codes, raised by the room service and shaped by each surface."""
+"""The official live API's error codes, raised by the services and shaped by each surface."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from aiohttp import web
+
+from relay.http.cors import CORS
 
 SYSTEM_ERROR = -1
 INVALID_CREDENTIAL = 40001  # bad or expired access_token
@@ -97,4 +101,13 @@ class ApiError(Exception):
         return HTTP_STATUS.get(self.errcode, 400)
 
     def body(self) -> dict[str, Any]:
+        """The WeChat-compatible shape: HTTP 200 with this body."""
         return {"errcode": self.errcode, "errmsg": self.errmsg, **self.extra}
+
+
+def json_error(exc: ApiError) -> web.Response:
+    """The error shape of every ``/api/v1`` route: ``{"error": {"code", "message"}}`` with the HTTP
+    status the errcode maps to."""
+    return web.json_response(
+        {"error": {"code": exc.errcode, "message": exc.errmsg}}, status=exc.http_status, headers=CORS
+    )

@@ -14,7 +14,8 @@ import contextlib
 import logging
 import secrets
 import struct
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from aiohttp import web
 
 from api import errors
 from api.errors import ApiError
+from api.keys import MEDIA
 from api.models import App, Media
-from api.rooms import RoomService
+from api.store.base import RoomStore
 
 log = logging.getLogger("minilive.media")
 
@@ -101,9 +103,13 @@ def _jpeg(data: bytes) -> ImageInfo | None:
 
 
 class MediaLibrary:
-    def __init__(self, rooms: RoomService, data_dir: Path) -> None:
-        self.rooms = rooms
+    def __init__(
+        self, store: RoomStore, data_dir: Path, ttl_seconds: float, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
         self.data_dir = data_dir
+        self.ttl_seconds = ttl_seconds  # how long an upload may be used in create/edit
+        self.clock = clock
 
     async def upload(self, app: App, media_type: str, data: bytes) -> Media:
         """Check an upload, keep its file and record it (40004/40005/40006/40009 otherwise)."""
@@ -122,7 +128,7 @@ class MediaLibrary:
         media_id = secrets.token_urlsafe(48)
         path = Path("media", app.appid, f"{media_id}.{info.ext}")
         await asyncio.to_thread(self._write, self.data_dir / path, data)
-        now = self.rooms.clock()
+        now = self.clock()
         media = Media(
             media_id=media_id,
             appid=app.appid,
@@ -133,9 +139,9 @@ class MediaLibrary:
             height=info.height,
             path=str(path),
             created_at=now,
-            expires_at=now + self.rooms.settings.media_ttl_seconds,
+            expires_at=now + self.ttl_seconds,
         )
-        await self.rooms.add_media(app, media)
+        await self.store.put_media(media)
         return media
 
     @staticmethod
@@ -146,11 +152,11 @@ class MediaLibrary:
     async def cleanup(self) -> int:
         """Delete expired media that no room uses (file and record); the number deleted."""
         deleted = 0
-        for media in await self.rooms.store.expired_media(self.rooms.clock()):
+        for media in await self.store.expired_media(self.clock()):
             if media.pinned:
                 continue
             (self.data_dir / media.path).unlink(missing_ok=True)
-            await self.rooms.store.delete_media(media.media_id)
+            await self.store.delete_media(media.media_id)
             deleted += 1
         if deleted:
             log.info("deleted %d expired media", deleted)
@@ -172,16 +178,24 @@ class MediaLibrary:
                 log.exception("media cleanup failed")
             await asyncio.sleep(CLEANUP_INTERVAL_SECONDS)
 
-    def routes(self) -> list[web.RouteDef]:
-        async def serve(request: web.Request) -> web.StreamResponse:
-            media = await self.rooms.store.get_media(request.match_info["media_id"])
-            if media is None or (not media.pinned and media.expires_at <= self.rooms.clock()):
-                raise web.HTTPNotFound(text="no such media")
-            path = self.data_dir / media.path
-            if not path.is_file():
-                raise web.HTTPNotFound(text="no such media")
-            headers = {"Content-Type": media.content_type, "Cache-Control": "public, max-age=86400"}
-            return web.FileResponse(path, headers=headers)
+    async def file(self, media_id: str) -> tuple[Path, Media] | None:
+        """The file of a media_id that may be served (not expired, or used by a room), if any."""
+        media = await self.store.get_media(media_id)
+        if media is None or (not media.pinned and media.expires_at <= self.clock()):
+            return None
+        path = self.data_dir / media.path
+        return (path, media) if path.is_file() else None
 
-        # The id pattern leaves no room for path tricks; the file path comes from our own record.
-        return [web.get(f"/media/{{media_id:{MEDIA_ID_PATTERN}}}", serve)]
+
+async def serve(request: web.Request) -> web.StreamResponse:
+    found = await request.app[MEDIA].file(request.match_info["media_id"])
+    if found is None:
+        raise web.HTTPNotFound(text="no such media")
+    path, media = found
+    headers = {"Content-Type": media.content_type, "Cache-Control": "public, max-age=86400"}
+    return web.FileResponse(path, headers=headers)
+
+
+def routes() -> list[web.RouteDef]:
+    # The id pattern leaves no room for path tricks; the file path comes from our own record.
+    return [web.get(f"/media/{{media_id:{MEDIA_ID_PATTERN}}}", serve)]

@@ -3,15 +3,23 @@
 Field names follow the official live plugin where there is one (snake_case as its list output
 spells them). Records are plain dataclasses that stores persist as JSON, so adding a field with
 a default never breaks stored data.
+
+``Room`` is the one definition of a room's fields: a field's ``Wire`` (its metadata) says how it
+travels through the APIs, and ``ROOM_FIELDS`` lists them for what is built from that: the
+createRoom/editRoom reader, the REST names, the WeChat and REST views and the OpenAPI schemas.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import time
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Self
+
+from api import errors
 
 
 class LiveStatus(enum.IntEnum):
@@ -28,6 +36,8 @@ class LiveStatus(enum.IntEnum):
 ACTIVE_STATUSES = frozenset((LiveStatus.LIVE, LiveStatus.PAUSED, LiveStatus.INTERRUPTED))
 # Statuses that never change again.
 FINAL_STATUSES = frozenset((LiveStatus.ENDED, LiveStatus.BANNED, LiveStatus.EXPIRED))
+
+STREAM_NAME = re.compile(r"^(?P<appid>[A-Za-z0-9_]+)-(?P<roomid>[0-9]{1,12})$")
 
 
 class _Record:
@@ -85,47 +95,141 @@ class Assistant(_Record):
     openid: str = ""
 
 
+@dataclass(slots=True, frozen=True)
+class Wire:
+    """How one room field travels through the APIs (the field's metadata)."""
+
+    wechat: str = ""  # its name in createRoom/editRoom bodies; "" if it is no input
+    rest: str = ""  # its REST name (input and output), where that is not the field's own
+    required: bool = False  # createRoom and editRoom require it
+    rest_default: bool = False  # createRoom requires it, REST create falls back to the room's default
+    editable: bool = False  # editRoom (and REST PATCH) may change it
+    listed: bool = False  # one of the 18 fields of getliveinfo's room_info
+    media: bool = False  # a media_id of the app's uploads: getliveinfo and REST show its URL
+    width: tuple[int, int] | None = None  # the display width allowed (a CJK character counts 2)
+    errcode: int = 0  # for a media_id that cannot be used, or a width outside the range
+    flag: bool = False  # 0 or 1
+    doc: str = ""
+
+
+def _wire(**facts: Any) -> dict[str, Wire]:
+    """A room field's metadata (a field without any is an output of the REST API only)."""
+    return {"wire": Wire(**facts)}
+
+
+STATUS_CODES = "101 live, 102 not started, 103 ended, 104 banned, 105 paused, 106 interrupted, 107 expired"
+# Most createRoom fields: required by createRoom and editRoom, listed by getliveinfo.
+_OFFICIAL: dict[str, Any] = {"required": True, "editable": True, "listed": True}
+_SWITCH: dict[str, Any] = {"editable": True, "flag": True}
+
+
 @dataclass(slots=True)
 class Room(_Record):
-    roomid: int
+    roomid: int = field(metadata=_wire(listed=True))
     appid: str
-    name: str
-    cover_img: str  # media_id as given at create/edit; the list shows its URL
-    share_img: str
-    feeds_img: str
-    start_time: int
-    end_time: int
-    anchor_name: str
-    anchor_wechat: str
-    live_type: int = 0  # create's `type`: 1 push (OBS, ffmpeg), 0 phone
-    sub_anchor_wechat: str = ""
-    creater_wechat: str = ""
-    creater_openid: str = ""
-    is_feeds_public: int = 1
-    close_like: int = 0
-    close_goods: int = 0
-    close_comment: int = 0
-    close_replay: int = 1
-    close_share: int = 0
-    close_kf: int = 1
-    ban_comment: int = 0  # updatecomment's 禁言 switch
-    live_status: int = LiveStatus.NOT_STARTED
-    goods: list[dict[str, Any]] = field(default_factory=list)
+    name: str = field(metadata=_wire(wechat="name", width=(6, 34), errcode=errors.NAME_LENGTH, **_OFFICIAL))
+    # media_ids as given at create/edit; the APIs show their URLs
+    cover_img: str = field(
+        metadata=_wire(
+            wechat="coverImg",
+            media=True,
+            errcode=errors.COVER_INVALID,
+            doc="media_id from /cgi-bin/media/upload",
+            **_OFFICIAL,
+        )
+    )
+    share_img: str = field(
+        metadata=_wire(wechat="shareImg", media=True, errcode=errors.SHARE_IMG_INVALID, doc="media_id", **_OFFICIAL)
+    )
+    feeds_img: str = field(
+        metadata=_wire(wechat="feedsImg", media=True, errcode=errors.FEEDS_IMG_INVALID, doc="media_id", **_OFFICIAL)
+    )
+    start_time: int = field(
+        metadata=_wire(wechat="startTime", doc="Unix seconds, 10 minutes to 6 months ahead", **_OFFICIAL)
+    )
+    end_time: int = field(
+        metadata=_wire(wechat="endTime", doc="Unix seconds, 30 minutes to 12 hours after start_time", **_OFFICIAL)
+    )
+    anchor_name: str = field(
+        metadata=_wire(wechat="anchorName", width=(4, 30), errcode=errors.ANCHOR_NAME_LENGTH, **_OFFICIAL)
+    )
+    anchor_wechat: str = field(metadata=_wire(wechat="anchorWechat", required=True, editable=True))
+    live_type: int = field(
+        default=0,
+        metadata=_wire(
+            wechat="type", rest="type", required=True, listed=True, flag=True, doc="1: pushed (OBS, ffmpeg), 0: phone"
+        ),
+    )
+    sub_anchor_wechat: str = field(default="", metadata=_wire(wechat="subAnchorWechat"))
+    creater_wechat: str = field(default="", metadata=_wire(wechat="createrWechat"))
+    creater_openid: str = field(default="", metadata=_wire(listed=True))
+    is_feeds_public: int = field(default=1, metadata=_wire(wechat="isFeedsPublic", listed=True, **_SWITCH))
+    # Required by createRoom; REST creates rooms with them open.
+    close_like: int = field(default=0, metadata=_wire(wechat="closeLike", rest_default=True, **_OFFICIAL, flag=True))
+    close_goods: int = field(default=0, metadata=_wire(wechat="closeGoods", rest_default=True, **_OFFICIAL, flag=True))
+    close_comment: int = field(
+        default=0, metadata=_wire(wechat="closeComment", rest_default=True, **_OFFICIAL, flag=True)
+    )
+    close_replay: int = field(default=1, metadata=_wire(wechat="closeReplay", listed=True, **_SWITCH))
+    close_share: int = field(default=0, metadata=_wire(wechat="closeShare", **_SWITCH))
+    close_kf: int = field(default=1, metadata=_wire(wechat="closeKf", listed=True, **_SWITCH))
+    ban_comment: int = field(default=0, metadata=_wire(flag=True, doc="updatecomment's switch (禁言)"))
+    live_status: int = field(default=LiveStatus.NOT_STARTED, metadata=_wire(listed=True, doc=STATUS_CODES))
+    goods: list[dict[str, Any]] = field(default_factory=list, metadata=_wire(listed=True))
     assistants: list[dict[str, Any]] = field(default_factory=list)
     # life cycle
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
-    live_started_at: float = 0.0  # first publish ever
-    session_started_at: float = 0.0  # start of the current live session (a 106 -> 101 return keeps it)
-    interrupted_at: float = 0.0  # when it entered 106
+    live_started_at: float = field(default=0.0, metadata=_wire(doc="first publish ever (0: never)"))
+    session_started_at: float = field(
+        default=0.0, metadata=_wire(doc="start of the current live session (a 106 -> 101 return keeps it)")
+    )
+    interrupted_at: float = field(default=0.0, metadata=_wire(doc="when it entered 106"))
     ended_at: float = 0.0
     live_sessions: int = 0
-    status_reason: str = ""
+    status_reason: str = field(default="", metadata=_wire(doc="why the status last changed"))
 
     @property
     def stream_name(self) -> str:
         """The stream name of the official push address: ``{appid}-{roomId}``."""
         return f"{self.appid}-{self.roomid}"
+
+
+@dataclass(slots=True, frozen=True)
+class RoomField:
+    name: str
+    kind: type  # int, str, float or list
+    default: Any  # dataclasses.MISSING for the fields every room is created with
+    wire: Wire
+
+    @property
+    def rest_name(self) -> str:
+        return self.wire.rest or self.name
+
+
+def _room_fields() -> tuple[RoomField, ...]:
+    hints = typing.get_type_hints(Room)
+    return tuple(
+        RoomField(f.name, typing.get_origin(hints[f.name]) or hints[f.name], f.default, f.metadata.get("wire", Wire()))
+        for f in dataclasses.fields(Room)
+    )
+
+
+ROOM_FIELDS = _room_fields()
+# What createRoom reads, and of that what editRoom may change; the fields holding media_ids; what
+# getliveinfo lists.
+ROOM_INPUTS = tuple(f for f in ROOM_FIELDS if f.wire.wechat)
+ROOM_EDITABLE = tuple(f for f in ROOM_INPUTS if f.wire.editable)
+ROOM_MEDIA = tuple(f for f in ROOM_FIELDS if f.wire.media)
+ROOM_LISTED = tuple(f for f in ROOM_FIELDS if f.wire.listed)
+
+
+def parse_stream(name: str) -> tuple[str, int] | None:
+    """The appid and room id a stream name stands for (``Room.stream_name`` read back), if any."""
+    match = STREAM_NAME.match(name)
+    if match is None:
+        return None
+    return match["appid"], int(match["roomid"])
 
 
 @dataclass(slots=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-STATUS_CODES = "101 live, 102 not started, 103 ended, 104 banned, 105 paused, 106 interrupted, 107 expired"
+from api.models import ROOM_EDITABLE, ROOM_FIELDS, ROOM_INPUTS, ROOM_MEDIA, STATUS_CODES, RoomField
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -52,56 +52,49 @@ def _query(name: str, description: str, default: int) -> dict[str, Any]:
     return {"name": name, "in": "query", "description": description, "schema": {"type": "integer", "default": default}}
 
 
+def _object(properties: dict[str, Any], *optional: str) -> dict[str, Any]:
+    """A response object: every property is in it, but the ``optional`` ones."""
+    return {"type": "object", "properties": properties, "required": [p for p in properties if p not in optional]}
+
+
 ROOM_ID = {"name": "id", "in": "path", "required": True, "description": "room id", "schema": {"type": "integer"}}
 INT = {"type": "integer"}
 STR = {"type": "string"}
 NUM = {"type": "number"}
-FLAG = {"type": "integer", "enum": [0, 1]}
 
-_EDITABLE: dict[str, Any] = {
-    "name": {**STR, "description": "6-34 wide (a CJK character counts 2)"},
-    "cover_img": {**STR, "description": "media_id from /cgi-bin/media/upload"},
-    "share_img": {**STR, "description": "media_id"},
-    "feeds_img": {**STR, "description": "media_id"},
-    "start_time": {**INT, "description": "Unix seconds, 10 minutes to 6 months ahead"},
-    "end_time": {**INT, "description": "Unix seconds, 30 minutes to 12 hours after start_time"},
-    "anchor_name": {**STR, "description": "4-30 wide"},
-    "anchor_wechat": STR,
-    "is_feeds_public": {**FLAG, "default": 1},
-    "close_like": {**FLAG, "default": 0},
-    "close_goods": {**FLAG, "default": 0},
-    "close_comment": {**FLAG, "default": 0},
-    "close_replay": {**FLAG, "default": 1},
-    "close_share": {**FLAG, "default": 0},
-    "close_kf": {**FLAG, "default": 1},
-}
-_ROOM_CREATE = {
-    **_EDITABLE,
-    "type": {**INT, "enum": [0, 1], "description": "1: pushed (OBS, ffmpeg), 0: phone"},
-    "sub_anchor_wechat": STR,
-    "creater_wechat": STR,
-}
+_JSON_TYPES = {int: "integer", str: "string", float: "number", list: "array"}
+
+
+def _room_field(field: RoomField) -> dict[str, Any]:
+    """The schema of a room field's value, from ``Room``'s definition."""
+    schema: dict[str, Any] = {"type": _JSON_TYPES[field.kind]}
+    if field.wire.flag:
+        schema["enum"] = [0, 1]
+    if field.kind is list:
+        schema["items"] = {"type": "object"}
+    if field.wire.width is not None:
+        low, high = field.wire.width
+        schema["description"] = f"{low}-{high} wide (a CJK character counts 2)"
+    if field.wire.doc:
+        schema["description"] = field.wire.doc
+    if field.wire.wechat and (field.wire.rest_default or not field.wire.required):
+        schema["default"] = field.default  # what REST create takes when the field is left out
+    return schema
+
+
+def _room_properties(fields: tuple[RoomField, ...]) -> dict[str, Any]:
+    return {field.rest_name: _room_field(field) for field in fields}
+
+
 _ROOM = {
-    "roomid": INT,
-    "appid": STR,
-    **_ROOM_CREATE,
-    "cover_img_url": STR,
-    "share_img_url": STR,
-    "feeds_img_url": STR,
-    "creater_openid": STR,
-    "ban_comment": FLAG,
-    "live_status": {**INT, "description": STATUS_CODES},
-    "status_reason": {**STR, "description": "why the status last changed"},
-    "goods": {"type": "array", "items": {"type": "object"}},
-    "assistants": {"type": "array", "items": {"type": "object"}},
-    "created_at": NUM,
-    "updated_at": NUM,
-    "live_started_at": {**NUM, "description": "first publish ever (0: never)"},
-    "session_started_at": NUM,
-    "interrupted_at": NUM,
-    "ended_at": NUM,
-    "live_sessions": INT,
+    **_room_properties(ROOM_FIELDS),
+    **{f"{field.name}_url": {**STR, "description": f"where {field.name} is served"} for field in ROOM_MEDIA},
     "viewers": {**INT, "description": "viewers on the node that answered"},
+    "viewers_by_protocol": {
+        "type": "object",
+        "description": "the same viewers by protocol (rtmp, http-flv, ws-flv...); a protocol without any may be absent",
+        "additionalProperties": INT,
+    },
 }
 _STATUS_MESSAGE = {
     "type": "object",
@@ -132,10 +125,9 @@ SCHEMAS: dict[str, Any] = {
         "required": ["error"],
     },
     "TokenRequest": {"type": "object", "properties": {"appid": STR, "secret": STR}, "required": ["appid", "secret"]},
-    "Token": {"type": "object", "properties": {"access_token": STR, "expires_in": INT}},
-    "App": {
-        "type": "object",
-        "properties": {
+    "Token": _object({"access_token": STR, "expires_in": INT}),
+    "App": _object(
+        {
             "appid": STR,
             "name": STR,
             "push_key": {**STR, "description": "signs push URLs and webhooks: sign = MD5(push_key + t)"},
@@ -143,8 +135,8 @@ SCHEMAS: dict[str, Any] = {
             "webhook_url": STR,
             "replay_retention_days": INT,
             "created_at": NUM,
-        },
-    },
+        }
+    ),
     "AppPatch": {
         "type": "object",
         "properties": {
@@ -154,9 +146,8 @@ SCHEMAS: dict[str, Any] = {
         },
         "additionalProperties": False,
     },
-    "Delivery": {
-        "type": "object",
-        "properties": {
+    "Delivery": _object(
+        {
             "delivery_id": {**STR, "description": "the same for every attempt of one event (X-Minilive-Delivery)"},
             "event": {**STR, "enum": ["status", "replay_ready"]},
             "roomid": INT,
@@ -164,47 +155,32 @@ SCHEMAS: dict[str, Any] = {
             "url": STR,
             "attempt": INT,
             "status": {**STR, "enum": ["delivered", "retrying", "failed"]},
-            "http_status": INT,
-            "error": STR,
+            "http_status": {**INT, "description": "the receiver's answer, if one came"},
+            "error": {**STR, "description": "why no answer came"},
             "duration_ms": NUM,
             "time": NUM,
         },
-    },
-    "Room": {"type": "object", "properties": _ROOM},
+        "http_status",
+        "error",
+    ),
+    "Room": _object(_ROOM),
     "RoomCreate": {
         "type": "object",
-        "properties": _ROOM_CREATE,
-        "required": [
-            "name",
-            "cover_img",
-            "share_img",
-            "feeds_img",
-            "start_time",
-            "end_time",
-            "anchor_name",
-            "anchor_wechat",
-            "type",
-        ],
+        "properties": _room_properties(ROOM_INPUTS),
+        "required": [f.rest_name for f in ROOM_INPUTS if f.wire.required and not f.wire.rest_default],
         "additionalProperties": False,
     },
     "RoomPatch": {
         "type": "object",
         "description": "any editable field; the others keep their values (official editRoom rules apply)",
-        "properties": _EDITABLE,
+        "properties": _room_properties(ROOM_EDITABLE),
         "additionalProperties": False,
     },
-    "RoomList": {
-        "type": "object",
-        "properties": {"rooms": {"type": "array", "items": _ref("Room")}, "total": INT, "start": INT},
-    },
-    "PushUrl": {
-        "type": "object",
-        "properties": {"push_url": STR, "expires_at": {**INT, "description": "Unix seconds (txTime)"}},
-    },
-    "PlayUrls": {"type": "object", "properties": {"rtmp": STR, "flv": STR, "hls": STR}},
-    "Replay": {
-        "type": "object",
-        "properties": {
+    "RoomList": _object({"rooms": {"type": "array", "items": _ref("Room")}, "total": INT, "start": INT}),
+    "PushUrl": _object({"push_url": STR, "expires_at": {**INT, "description": "Unix seconds (txTime)"}}),
+    "PlayUrls": _object({"rtmp": STR, "flv": STR, "hls": STR}),
+    "Replay": _object(
+        {
             "replay_id": STR,
             "session": INT,
             "status": {**STR, "enum": ["recording", "ready", "failed"]},
@@ -217,12 +193,9 @@ SCHEMAS: dict[str, Any] = {
                 "description": "hls, mp4 and cover URLs once ready",
                 "additionalProperties": STR,
             },
-        },
-    },
-    "Status": {
-        "type": "object",
-        "properties": {"roomid": INT, "live_status": {**INT, "description": STATUS_CODES}, "viewers": INT},
-    },
+        }
+    ),
+    "Status": _object({"roomid": INT, "live_status": {**INT, "description": STATUS_CODES}, "viewers": INT}),
     "StatusMessage": _STATUS_MESSAGE,
 }
 
@@ -256,7 +229,7 @@ PATHS: dict[str, Any] = {
         "get": _operation(
             "Recent webhook delivery attempts, newest first",
             _json(
-                {"type": "object", "properties": {"deliveries": {"type": "array", "items": _ref("Delivery")}}},
+                _object({"deliveries": {"type": "array", "items": _ref("Delivery")}}),
                 "delivery attempts",
             ),
             errors=(400, 401),
@@ -323,7 +296,7 @@ PATHS: dict[str, Any] = {
         "get": _operation(
             "The room's replays, oldest first",
             _json(
-                {"type": "object", "properties": {"replays": {"type": "array", "items": _ref("Replay")}}},
+                _object({"replays": {"type": "array", "items": _ref("Replay")}}),
                 "replays",
             ),
             errors=(401, 404),
@@ -371,7 +344,7 @@ PATHS: dict[str, Any] = {
         "get": _operation(
             "Streams on this node with their publisher, codecs, rates and viewers",
             _json(
-                {"type": "object", "properties": {"streams": {"type": "array", "items": {"type": "object"}}}},
+                _object({"streams": {"type": "array", "items": {"type": "object"}}}),
                 "streams",
             ),
             errors=(),

@@ -15,7 +15,8 @@ from urllib.parse import quote
 import qrcode
 from aiohttp import web
 
-from api.rooms import RoomService
+from api.keys import ROOMS
+from api.urls import page_path
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SCALE = 8  # pixels per module: a version-10 code is 520 px wide
@@ -60,14 +61,15 @@ def image_url(http_base: str, roomid: int, params: str = "") -> str:
     return f"{http_base}/qrcode/{roomid}.png{query}"
 
 
-def routes(rooms: RoomService) -> list[web.RouteDef]:
-    async def code(request: web.Request) -> web.Response:
-        # No token: this is an image URL that the mini-program and share posters load.
-        room = await rooms.store.get_room(int(request.match_info["roomid"]))
-        if room is None:
-            raise web.HTTPNotFound(text="no such room")
-        page = rooms.page_path(room.roomid, request.query.get("params", ""))
-        body = await asyncio.to_thread(png, page)
-        return web.Response(body=body, content_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
+async def share_code(request: web.Request) -> web.Response:
+    # No token: this is an image URL that the mini-program and share posters load.
+    room = await request.app[ROOMS].find(int(request.match_info["roomid"]))
+    if room is None:
+        raise web.HTTPNotFound(text="no such room")
+    page = page_path(room.roomid, request.query.get("params", ""))
+    body = await asyncio.to_thread(png, page)
+    return web.Response(body=body, content_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
 
-    return [web.get(r"/qrcode/{roomid:\d{1,12}}.png", code)]
+
+def routes() -> list[web.RouteDef]:
+    return [web.get(r"/qrcode/{roomid:\d{1,12}}.png", share_code)]

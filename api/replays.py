@@ -26,9 +26,9 @@ from pathlib import Path
 from aiohttp import web
 
 from api.models import ACTIVE_STATUSES, FINAL_STATUSES, LiveStatus, Replay, Room, RoomEvent
-from api.rest import replay_json
-from api.rooms import RoomService, iso_time
 from api.store.base import RoomStore
+from api.urls import Urls
+from api.views import replay_ready
 from api.webhooks import Webhooks
 from recorder.finalize import Finalized
 from recorder.recorder import Recorder
@@ -49,13 +49,15 @@ class ReplayService:
     def __init__(
         self,
         store: RoomStore,
-        rooms: RoomService,
+        urls: Urls,
+        rtmp_app: str,
         recorder: Recorder,
         webhooks: Webhooks,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.rooms = rooms
+        self.urls = urls
+        self.rtmp_app = rtmp_app  # the app of the rooms' streams in the hub
         self.recorder = recorder
         self.webhooks = webhooks
         self.clock = clock
@@ -148,7 +150,7 @@ class ReplayService:
             await self._begin(room)
 
     async def _begin(self, room: Room) -> None:
-        stream_app = self.rooms.settings.rtmp_app
+        stream_app = self.rtmp_app
         if not self.recorder.can_record(stream_app, room.stream_name):
             return  # the stream is on another node (or gone already)
         app = await self.store.get_app(room.appid)
@@ -188,9 +190,7 @@ class ReplayService:
 
     async def _announce(self, replay: Replay) -> None:
         room = await self.store.get_room(replay.roomid)
-        data = replay_json(self.rooms, replay)
-        data["media_url"] = data["urls"].get("hls", "")
-        data["create_time"], data["expire_time"] = iso_time(replay.created_at), iso_time(replay.expire_at)
+        data = replay_ready(replay, self.urls)
         status = room.live_status if room is not None else LiveStatus.ENDED
         event = RoomEvent("replay_ready", replay.appid, replay.roomid, status, reason="replay finalized", data=data)
         await self.store.publish_event(event)

@@ -1,9 +1,10 @@
 """The REST API under ``/api/v1``: the calling app, its rooms, their actions, URLs and replays.
 
-Handlers are thin: they read snake_case JSON, call the room service (the same one the WeChat-
-compatible routes call) and shape the reply. A request is authenticated by ``Authorization: Bearer
-<access_token>``, the token from ``/cgi-bin/token`` or ``POST /api/v1/token``. Errors are
-``{"error": {"code": errcode, "message": errmsg}}`` with the HTTP status the errcode maps to.
+Handlers are thin: they read snake_case JSON, call one service function (the services the WeChat-
+compatible routes call) and shape the reply. Services come from ``request.app`` (``api.keys``). A
+request is authenticated by ``Authorization: Bearer <access_token>``, the token from
+``/cgi-bin/token`` or ``POST /api/v1/token``. Errors are ``{"error": {"code": errcode, "message":
+errmsg}}`` with the HTTP status the errcode maps to.
 """
 
 from __future__ import annotations
@@ -15,176 +16,173 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from api import errors
-from api.errors import ApiError
-from api.models import App, LiveStatus, Replay, Room
+from api.errors import ApiError, json_error
+from api.keys import APPS, AUDIENCE, ROOM_STATUS, ROOMS, URLS
+from api.models import ROOM_EDITABLE, ROOM_INPUTS, App, Room
 from api.openapi import DOCUMENT
-from api.rooms import RoomService
-from api.status import json_error, viewer_count
-from relay.hub import Hub
+from api.room_status import ACTIONS
+from api.views import app_json, replay_json, room_json
 
 log = logging.getLogger("minilive.rest")
 
 # REST field -> the official camelCase field that create_room/edit_room read.
-CREATE_FIELDS = {
-    "name": "name",
-    "cover_img": "coverImg",
-    "share_img": "shareImg",
-    "feeds_img": "feedsImg",
-    "start_time": "startTime",
-    "end_time": "endTime",
-    "anchor_name": "anchorName",
-    "anchor_wechat": "anchorWechat",
-    "sub_anchor_wechat": "subAnchorWechat",
-    "creater_wechat": "createrWechat",
-    "type": "type",
-    "is_feeds_public": "isFeedsPublic",
-    "close_like": "closeLike",
-    "close_goods": "closeGoods",
-    "close_comment": "closeComment",
-    "close_replay": "closeReplay",
-    "close_share": "closeShare",
-    "close_kf": "closeKf",
-}
-EDIT_FIELDS = {k: v for k, v in CREATE_FIELDS.items() if k not in ("type", "sub_anchor_wechat", "creater_wechat")}
-# Switches the official create requires; REST leaves them open unless asked.
-CREATE_DEFAULTS = {"closeLike": 0, "closeGoods": 0, "closeComment": 0}
-ACTIONS = ("start", "pause", "resume", "ban", "end")
+CREATE_FIELDS = {field.rest_name: field.wire.wechat for field in ROOM_INPUTS}
+EDIT_FIELDS = {field.rest_name: field.wire.wechat for field in ROOM_EDITABLE}
+# Switches the official create requires; REST leaves them as a new room has them unless asked.
+CREATE_DEFAULTS = {field.wire.wechat: field.default for field in ROOM_INPUTS if field.wire.rest_default}
 
 AppHandler = Callable[[web.Request, App], Awaitable[web.StreamResponse]]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def routes(rooms: RoomService, hub: Hub) -> list[web.RouteDef]:
-    def shaped(handler: Handler) -> Handler:
-        @functools.wraps(handler)
-        async def wrapper(request: web.Request) -> web.StreamResponse:
-            try:
-                return await handler(request)
-            except ApiError as exc:
-                return json_error(exc)
-            except web.HTTPException:
-                raise
-            except Exception:
-                log.exception("%s %s failed", request.method, request.path)
-                return json_error(ApiError(errors.SYSTEM_ERROR))
+def shaped(handler: Handler) -> Handler:
+    """Refusals become the REST error shape; anything unexpected is logged and answered as a 500."""
 
-        return wrapper
+    @functools.wraps(handler)
+    async def view(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return json_error(exc)
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return json_error(ApiError(errors.SYSTEM_ERROR))
 
-    def authenticated(handler: AppHandler) -> Handler:
-        @shaped
-        @functools.wraps(handler)
-        async def wrapper(request: web.Request) -> web.StreamResponse:
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer":
-                token = ""
-            return await handler(request, await rooms.app_for_token(token.strip()))
+    return view
 
-        return wrapper
 
-    def room_json(room: Room) -> dict[str, Any]:
-        data = room.to_dict()
-        data["type"] = data.pop("live_type")
-        for key in ("cover_img", "share_img", "feeds_img"):
-            data[f"{key}_url"] = rooms.media_url(getattr(room, key))
-        data["viewers"] = viewer_count(hub, rooms.settings.rtmp_app, room.stream_name)
-        return data
-
-    async def room_of(request: web.Request, app: App) -> Room:
-        return await rooms.room(app, int(request.match_info["id"]))
+def authenticated(handler: AppHandler) -> Handler:
+    """A handler for the app whose access token the request carries (``Authorization: Bearer``)."""
 
     @shaped
-    async def token(request: web.Request) -> web.Response:
-        body = await json_body(request)
-        issued = await rooms.issue_token(str(body.get("appid") or ""), str(body.get("secret") or ""))
-        return web.json_response({"access_token": issued.token, "expires_in": rooms.settings.token_ttl_seconds})
+    @functools.wraps(handler)
+    async def view(request: web.Request) -> web.StreamResponse:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            token = ""
+        return await handler(request, await request.app[APPS].app_for_token(token.strip()))
+
+    return view
+
+
+def _room_id(request: web.Request) -> int:
+    return int(request.match_info["id"])
+
+
+def _room_view(request: web.Request, room: Room) -> dict[str, Any]:
+    return room_json(room, request.app[URLS], request.app[AUDIENCE](room.stream_name))
+
+
+# ---------------------------------------------------------------- the app
+
+
+@shaped
+async def token(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    apps = request.app[APPS]
+    issued = await apps.issue_token(str(body.get("appid") or ""), str(body.get("secret") or ""))
+    return web.json_response({"access_token": issued.token, "expires_in": apps.settings.token_ttl_seconds})
+
+
+@authenticated
+async def get_app(request: web.Request, app: App) -> web.Response:
+    return web.json_response(app_json(app))
+
+
+@authenticated
+async def patch_app(request: web.Request, app: App) -> web.Response:
+    return web.json_response(app_json(await request.app[APPS].update_app(app, await json_body(request))))
+
+
+@authenticated
+async def deliveries(request: web.Request, app: App) -> web.Response:
+    found = await request.app[APPS].webhook_deliveries(app, query_int(request, "limit", 100))
+    return web.json_response({"deliveries": found})
+
+
+# ---------------------------------------------------------------- rooms
+
+
+@authenticated
+async def list_rooms(request: web.Request, app: App) -> web.Response:
+    start, limit = query_int(request, "start", 0), query_int(request, "limit", 20)
+    page, total = await request.app[ROOMS].list_rooms(app, start, limit)
+    listed = [_room_view(request, room) for room in page]
+    return web.json_response({"rooms": listed, "total": total, "start": start})
+
+
+@authenticated
+async def create_room(request: web.Request, app: App) -> web.Response:
+    body = translate(await json_body(request), CREATE_FIELDS)
+    room = await request.app[ROOMS].create_room(app, {**CREATE_DEFAULTS, **body})
+    headers = {"Location": f"/api/v1/rooms/{room.roomid}"}
+    return web.json_response(_room_view(request, room), status=201, headers=headers)
+
+
+@authenticated
+async def get_room(request: web.Request, app: App) -> web.Response:
+    return web.json_response(_room_view(request, await request.app[ROOMS].room(app, _room_id(request))))
+
+
+@authenticated
+async def patch_room(request: web.Request, app: App) -> web.Response:
+    changes = translate(await json_body(request), EDIT_FIELDS)
+    rooms = request.app[ROOMS]
+    room = await rooms.room(app, _room_id(request))
+    # editRoom takes every field: the room's current values, then the changes.
+    current = {field.wire.wechat: getattr(room, field.name) for field in ROOM_EDITABLE}
+    room = await rooms.edit_room(app, {**current, **changes, "id": room.roomid})
+    return web.json_response(_room_view(request, room))
+
+
+@authenticated
+async def delete_room(request: web.Request, app: App) -> web.Response:
+    await request.app[ROOMS].delete_room(app, _room_id(request))
+    return web.Response(status=204)
+
+
+def _room_action(action: str) -> Handler:
+    """``POST /api/v1/rooms/{id}/ACTION``: start, pause, resume, ban or end the room."""
 
     @authenticated
-    async def get_app(request: web.Request, app: App) -> web.Response:
-        return web.json_response(app_json(app))
+    async def act(request: web.Request, app: App) -> web.Response:
+        room = await request.app[ROOM_STATUS].admin_action(app, _room_id(request), action)
+        return web.json_response(_room_view(request, room))
 
-    @authenticated
-    async def patch_app(request: web.Request, app: App) -> web.Response:
-        return web.json_response(app_json(await rooms.update_app(app, await json_body(request))))
+    return act
 
-    @authenticated
-    async def deliveries(request: web.Request, app: App) -> web.Response:
-        limit = query_int(request, "limit", 100)
-        if not 1 <= limit <= 1000:
-            raise ApiError(errors.INVALID_ARGS, "limit must be 1-1000")
-        return web.json_response({"deliveries": await rooms.store.deliveries(app.appid, limit)})
 
-    @authenticated
-    async def list_rooms(request: web.Request, app: App) -> web.Response:
-        start, limit = query_int(request, "start", 0), query_int(request, "limit", 20)
-        page, total = await rooms.list_rooms(app, start, limit)
-        return web.json_response({"rooms": [room_json(r) for r in page], "total": total, "start": start})
+@authenticated
+async def push_url(request: web.Request, app: App) -> web.Response:
+    room = await request.app[ROOMS].room(app, _room_id(request))
+    url = request.app[URLS].push_url(app, room)
+    tx_time = parse_qs(urlsplit(url).query)["txTime"][0]
+    return web.json_response({"push_url": url, "expires_at": int(tx_time, 16)})
 
-    @authenticated
-    async def create_room(request: web.Request, app: App) -> web.Response:
-        body = translate(await json_body(request), CREATE_FIELDS)
-        room = await rooms.create_room(app, {**CREATE_DEFAULTS, **body})
-        return web.json_response(room_json(room), status=201, headers={"Location": f"/api/v1/rooms/{room.roomid}"})
 
-    @authenticated
-    async def get_room(request: web.Request, app: App) -> web.Response:
-        return web.json_response(room_json(await room_of(request, app)))
+@authenticated
+async def play_urls(request: web.Request, app: App) -> web.Response:
+    room = await request.app[ROOMS].room(app, _room_id(request))
+    return web.json_response(request.app[URLS].play_urls(app, room))
 
-    @authenticated
-    async def patch_room(request: web.Request, app: App) -> web.Response:
-        changes = translate(await json_body(request), EDIT_FIELDS)
-        room = await room_of(request, app)
-        # editRoom takes every field: the room's current values, then the changes.
-        attrs = {camel: getattr(room, snake) for snake, camel in EDIT_FIELDS.items()}
-        room = await rooms.edit_room(app, {**attrs, **changes, "id": room.roomid})
-        return web.json_response(room_json(room))
 
-    @authenticated
-    async def delete_room(request: web.Request, app: App) -> web.Response:
-        await rooms.delete_room(app, int(request.match_info["id"]))
-        return web.Response(status=204)
+@authenticated
+async def replays(request: web.Request, app: App) -> web.Response:
+    found = await request.app[ROOMS].replays(app, _room_id(request))
+    urls = request.app[URLS]
+    return web.json_response({"replays": [replay_json(replay, urls) for replay in found]})
 
-    def action_route(action: str) -> web.RouteDef:
-        @authenticated
-        async def act(request: web.Request, app: App) -> web.Response:
-            roomid = int(request.match_info["id"])
-            if action == "start":
-                room = await rooms.room(app, roomid)
-                if room.live_status == LiveStatus.PAUSED:
-                    room = await rooms.admin_action(app, roomid, "resume")
-                elif room.live_status != LiveStatus.LIVE:
-                    raise ApiError(
-                        errors.ROOM_STATUS_FORBIDS,
-                        f"room {roomid} is {room.live_status}: a room goes live when its anchor pushes to "
-                        f"its push URL (GET /api/v1/rooms/{roomid}/push_url)",
-                    )
-            else:
-                room = await rooms.admin_action(app, roomid, action)
-            return web.json_response(room_json(room))
 
-        return web.post(f"/api/v1/rooms/{{id:[0-9]+}}/{action}", act)
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(DOCUMENT, headers={"Access-Control-Allow-Origin": "*"})
 
-    @authenticated
-    async def push_url(request: web.Request, app: App) -> web.Response:
-        url = rooms.push_url(app, await room_of(request, app))
-        tx_time = parse_qs(urlsplit(url).query)["txTime"][0]
-        return web.json_response({"push_url": url, "expires_at": int(tx_time, 16)})
 
-    @authenticated
-    async def play_urls(request: web.Request, app: App) -> web.Response:
-        return web.json_response(rooms.play_urls(app, await room_of(request, app)))
-
-    @authenticated
-    async def replays(request: web.Request, app: App) -> web.Response:
-        room = await room_of(request, app)
-        found = await rooms.store.list_replays(room.roomid)
-        return web.json_response({"replays": [replay_json(rooms, r) for r in found]})
-
-    async def openapi(request: web.Request) -> web.Response:
-        return web.json_response(DOCUMENT, headers={"Access-Control-Allow-Origin": "*"})
-
-    room_path = "/api/v1/rooms/{id:[0-9]+}"
+def routes() -> list[web.RouteDef]:
+    room = "/api/v1/rooms/{id:[0-9]+}"
     return [
         web.post("/api/v1/token", token),
         web.get("/api/v1/app", get_app),
@@ -192,13 +190,13 @@ def routes(rooms: RoomService, hub: Hub) -> list[web.RouteDef]:
         web.get("/api/v1/app/webhook_deliveries", deliveries),
         web.get("/api/v1/rooms", list_rooms),
         web.post("/api/v1/rooms", create_room),
-        web.get(room_path, get_room),
-        web.patch(room_path, patch_room),
-        web.delete(room_path, delete_room),
-        *(action_route(action) for action in ACTIONS),
-        web.get(f"{room_path}/push_url", push_url),
-        web.get(f"{room_path}/play_urls", play_urls),
-        web.get(f"{room_path}/replays", replays),
+        web.get(room, get_room),
+        web.patch(room, patch_room),
+        web.delete(room, delete_room),
+        *(web.post(f"{room}/{action}", _room_action(action)) for action in ACTIONS),
+        web.get(f"{room}/push_url", push_url),
+        web.get(f"{room}/play_urls", play_urls),
+        web.get(f"{room}/replays", replays),
         web.get("/api/v1/openapi.json", openapi),
     ]
 
@@ -232,23 +230,3 @@ def translate(body: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
             f"unknown field(s) {', '.join(sorted(unknown))}; accepted: {', '.join(fields)}",
         )
     return {fields[key]: value for key, value in body.items()}
-
-
-def app_json(app: App) -> dict[str, Any]:
-    """The app as its owner sees it: everything but the secret."""
-    data = app.to_dict()
-    del data["secret"]
-    return data
-
-
-def replay_json(rooms: RoomService, replay: Replay) -> dict[str, Any]:
-    return {
-        "replay_id": replay.replay_id,
-        "session": replay.session,
-        "status": replay.status,
-        "created_at": replay.created_at,
-        "expire_at": replay.expire_at,
-        "duration": replay.duration,
-        "size": replay.size,
-        "urls": rooms.replay_urls(replay),
-    }

@@ -1,41 +1,35 @@
-"""The room service: every business rule of apps, tokens, rooms and their live status.
+"""Rooms: create, edit, delete and list them; their switches, goods, assistants and sub-anchor.
 
 The WeChat-compatible routes and the REST routes both call this; neither holds a rule of its own.
-Status changes are made with the store's atomic ``transition`` and published as RoomEvents, so
-every node (and every SSE/WebSocket client) sees them.
-
-Status machine (official codes, see ../shared/reference/wechat-live-semantics.md §3):
-
-    102 --publish--> 101 --publisher drops--> 106 --returns within the grace--> 101
-    106 --grace passes--> 103        101/105/106 --max live duration--> 103
-    101/106 --pause--> 105 --resume--> 106 (waiting for the anchor)
-    any live or 102 --end--> 103     any but final --ban--> 104     102 --endTime passes--> 107
+Status changes are not made here but by ``api.room_status``; edits never undo one (see ``_save``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import re
-import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-from urllib.parse import quote, urlsplit
+from typing import Any
 
 from api import errors, validation
 from api.errors import ApiError
-from api.models import ACTIVE_STATUSES, FINAL_STATUSES, App, LiveStatus, Media, Replay, Room, RoomEvent, Token
-from api.signing import sign_query, verify_query
+from api.models import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    ROOM_EDITABLE,
+    ROOM_INPUTS,
+    ROOM_MEDIA,
+    App,
+    Assistant,
+    Goods,
+    Replay,
+    Room,
+)
 from api.store.base import RoomStore
-from relay.hub import AccessRequest, Decision, StreamEvent
 
 log = logging.getLogger("minilive.rooms")
 
-STREAM_NAME = re.compile(r"^(?P<appid>[A-Za-z0-9_]+)-(?P<roomid>[0-9]{1,12})$")
-PLUGIN_APPID = "wx2b03c6e691cd7370"
-CUSTOM_PARAMS_MAX = 600
 DAY = 86400
 
 
@@ -65,196 +59,15 @@ class RoomSettings:
     webhook_timeout_seconds: float = 10.0
 
 
-# What editroom may change (the status machine's fields only change through transitions).
-EDITABLE_FIELDS = [
-    "name",
-    "anchor_name",
-    "anchor_wechat",
-    "start_time",
-    "end_time",
-    "cover_img",
-    "share_img",
-    "feeds_img",
-    "close_like",
-    "close_goods",
-    "close_comment",
-    "close_share",
-    "close_replay",
-    "close_kf",
-    "is_feeds_public",
-]
-
-
-@dataclass(slots=True)
-class Urls:
-    rtmp_base: str  # rtmp://host[:port]
-    http_base: str  # http(s)://host[:port], no trailing slash
-
-
-class MediaControl(Protocol):
-    """What the service may do to a room's stream on this node (injected by the composition root)."""
-
-    def kick(self, stream: str, reason: str) -> bool: ...
-
-    def end(self, stream: str, reason: str) -> bool: ...
-
-
-def parse_stream(name: str) -> tuple[str, int] | None:
-    match = STREAM_NAME.match(name)
-    if match is None:
-        return None
-    return match["appid"], int(match["roomid"])
-
-
-def iso_time(ts: float) -> str:
-    """Zone-less ISO-8601 as the official get_replay returns it."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ts))
-
-
-class RoomService:
-    def __init__(
-        self,
-        store: RoomStore,
-        settings: RoomSettings,
-        urls: Urls,
-        media: MediaControl | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+class Rooms:
+    def __init__(self, store: RoomStore, settings: RoomSettings, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.settings = settings
-        self.urls = urls
-        self.media = media
         self.clock = clock
-        # Called with each status change this node made (webhooks are sent once, by that node).
-        self.on_change: list[Callable[[RoomEvent], Awaitable[None]]] = []
-        self._stream_events: asyncio.Queue[StreamEvent] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
 
-    # ------------------------------------------------------------ lifecycle
-
-    async def start(self) -> None:
-        if not self.store.shared:
-            # After a crash, rooms that were live have no publisher: they wait for the anchor (106)
-            # like any other interruption, and the usual grace applies.
-            for room in await self.store.rooms_in_status([LiveStatus.LIVE]):
-                await self._transition(
-                    room,
-                    {LiveStatus.LIVE},
-                    LiveStatus.INTERRUPTED,
-                    {"interrupted_at": self.clock()},
-                    "the server restarted while the room was live",
-                )
-        self.store.subscribe(self._on_room_event)
-        self._tasks = [
-            asyncio.create_task(self._consume_stream_events()),
-            asyncio.create_task(self._sweeper()),
-        ]
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    # ------------------------------------------------------------ apps and tokens
-
-    async def create_app(self, name: str) -> App:
-        app = App(
-            appid="wx" + secrets.token_hex(8),
-            secret=secrets.token_hex(16),
-            name=name,
-            push_key=secrets.token_hex(16),
-        )
-        await self.store.put_app(app)
-        return app
-
-    async def rotate_secret(self, appid: str) -> App:
-        app = await self.store.get_app(appid)
-        if app is None:
-            raise ApiError(errors.INVALID_APPID, f"no app {appid}")
-        app.secret = secrets.token_hex(16)
-        await self.store.put_app(app)
-        return app
-
-    async def update_app(self, app: App, changes: dict[str, Any]) -> App:
-        """Set an app's ``webhook_url`` ("" turns webhooks off), ``play_key`` ("" turns play URL
-        signing off) or ``replay_retention_days``."""
-        unknown = changes.keys() - {"webhook_url", "play_key", "replay_retention_days"}
-        if unknown:
-            raise ApiError(errors.INVALID_ARGS, f"{', '.join(sorted(unknown))}: not a setting an app may change")
-        f = validation.Fields(changes)
-        current = await self.store.get_app(app.appid) or app
-        if f.has("webhook_url"):
-            url = f.string("webhook_url")
-            parts = urlsplit(url)
-            if url and (parts.scheme not in ("http", "https") or not parts.netloc):
-                raise ApiError(errors.INVALID_ARGS, f"webhook_url {url!r} is not an http(s) URL")
-            current.webhook_url = url
-        if f.has("play_key"):
-            current.play_key = f.string("play_key")
-        if f.has("replay_retention_days"):
-            days = f.integer("replay_retention_days")
-            if days < 1:
-                raise ApiError(errors.INVALID_ARGS, "replay_retention_days must be at least 1")
-            current.replay_retention_days = days
-        await self.store.put_app(current)
-        return current
-
-    async def issue_token(self, appid: str, secret: str) -> Token:
-        if not appid:
-            raise ApiError(errors.APPID_MISSING)
-        if not secret:
-            raise ApiError(errors.SECRET_MISSING)
-        app = await self.store.get_app(appid)
-        if app is None:
-            raise ApiError(errors.INVALID_APPID, f"no app {appid}")
-        if not secrets.compare_digest(app.secret, secret):
-            raise ApiError(errors.INVALID_SECRET)
-        token = Token(secrets.token_urlsafe(48), appid, self.clock() + self.settings.token_ttl_seconds)
-        await self.store.put_token(token)
-        return token
-
-    async def app_for_token(self, token: str) -> App:
-        if not token:
-            raise ApiError(errors.ACCESS_TOKEN_MISSING)
-        record = await self.store.get_token(token)
-        if record is None or record.expires_at <= self.clock():
-            raise ApiError(errors.INVALID_CREDENTIAL)
-        app = await self.store.get_app(record.appid)
-        if app is None:
-            raise ApiError(errors.INVALID_CREDENTIAL)
-        return app
-
-    async def quota(self, app: App, api: str) -> None:
-        """Count one call of ``api`` against the app's daily quota (45009 when it is used up)."""
-        quotas = self.settings.quotas
-        limit = quotas.get(api, quotas.get("default", 10000))
-        day = time.strftime("%Y%m%d", time.localtime(self.clock()))
-        if not await self.store.incr_counter(f"quota:{app.appid}:{api}:{day}", limit, 2 * DAY):
-            raise ApiError(errors.QUOTA_EXCEEDED, f"{api} may be called {limit} times a day")
-
-    # ------------------------------------------------------------ media
-
-    async def add_media(self, app: App, media: Media) -> None:
-        await self.store.put_media(media)
-
-    async def _adopt_media(self, app: App, media_id: str, errcode: int, current: str = "") -> str:
-        """Check a media_id for create/edit and keep its file for the room; an unchanged one passes."""
-        if media_id and media_id == current:
-            return media_id
-        media = await self.store.get_media(media_id) if media_id else None
-        if media is None or media.appid != app.appid:
-            raise ApiError(errcode, f"{media_id!r} is not a media_id of this app: upload with /cgi-bin/media/upload")
-        if media.expires_at <= self.clock():
-            raise ApiError(errcode, f"media_id {media_id} expired (valid 3 days): upload the image again")
-        if not media.pinned:
-            media.pinned = True
-            await self.store.put_media(media)
-        return media_id
-
-    def media_url(self, media_id: str) -> str:
-        return f"{self.urls.http_base}/media/{media_id}" if media_id else ""
-
-    # ------------------------------------------------------------ rooms
+    async def find(self, roomid: int) -> Room | None:
+        """Any app's room: for the URLs that viewers load without a token."""
+        return await self.store.get_room(roomid)
 
     async def room(self, app: App, roomid: int) -> Room:
         room = await self.store.get_room(roomid)
@@ -263,86 +76,43 @@ class RoomService:
         return room
 
     async def create_room(self, app: App, body: dict[str, Any]) -> Room:
-        f = validation.Fields(body)
-        name = f.string("name")
-        validation.check_name(name)
-        anchor_name = f.string("anchorName")
-        validation.check_anchor_name(anchor_name)
-        start, end = f.integer("startTime"), f.integer("endTime")
-        validation.check_times(start, end, self.clock(), self.settings.times)
-        live_type = f.integer("type")
-        if live_type not in (0, 1):
-            raise ApiError(errors.INVALID_ARGS, "type must be 1 (push) or 0 (phone)")
-        room = Room(
-            roomid=0,
-            appid=app.appid,
-            name=name,
-            cover_img=await self._adopt_media(app, f.string("coverImg"), errors.COVER_INVALID),
-            share_img=await self._adopt_media(app, f.string("shareImg"), errors.SHARE_IMG_INVALID),
-            feeds_img=await self._adopt_media(app, f.string("feedsImg"), errors.FEEDS_IMG_INVALID),
-            start_time=start,
-            end_time=end,
-            anchor_name=anchor_name,
-            anchor_wechat=f.string("anchorWechat"),
-            live_type=live_type,
-            sub_anchor_wechat=f.string("subAnchorWechat", required=False),
-            creater_wechat=f.string("createrWechat", required=False),
-            is_feeds_public=f.flag("isFeedsPublic", required=False, default=1),
-            close_like=f.flag("closeLike"),
-            close_goods=f.flag("closeGoods"),
-            close_comment=f.flag("closeComment"),
-            close_replay=f.flag("closeReplay", required=False, default=1),
-            close_share=f.flag("closeShare", required=False, default=0),
-            close_kf=f.flag("closeKf", required=False, default=1),
-        )
-        if not room.anchor_wechat:
+        """createRoom: a new room of ``app`` from the official (camelCase) fields."""
+        values = validation.read_room(body, ROOM_INPUTS)
+        validation.check_times(values["start_time"], values["end_time"], self.clock(), self.settings.times)
+        for image in ROOM_MEDIA:
+            values[image.name] = await self._adopt_media(app, values[image.name], image.wire.errcode)
+        if not values["anchor_wechat"]:
             raise ApiError(errors.INVALID_ARGS, "anchorWechat is required")
-        room = await self.store.create_room(room)
+        room = await self.store.create_room(Room(roomid=0, appid=app.appid, **values))
         log.info("room %d created for app %s: %r", room.roomid, app.appid, room.name)
         return room
 
     async def edit_room(self, app: App, body: dict[str, Any]) -> Room:
-        f = validation.Fields(body)
-        room = await self.room(app, f.room_id("id", "roomId"))
+        """editRoom: every editable field (official names) of a room that is not over."""
+        room = await self.room(app, validation.Fields(body).room_id("id", "roomId"))
         status = room.live_status
         if status in FINAL_STATUSES:
             raise ApiError(errors.ROOM_STATUS_FORBIDS, f"room {room.roomid} has ended ({status}); it cannot be edited")
+        values = validation.read_room(body, ROOM_EDITABLE, current=room)
         live = status in ACTIVE_STATUSES
-        name = f.string("name")
-        validation.check_name(name)
-        anchor_name = f.string("anchorName")
-        validation.check_anchor_name(anchor_name)
-        start, end = f.integer("startTime"), f.integer("endTime")
+        start, end = values["start_time"], values["end_time"]
         if live and start != room.start_time:
             raise ApiError(errors.ROOM_STATUS_FORBIDS, "startTime cannot change once the room has gone live")
         validation.check_times(start, end, self.clock(), self.settings.times, check_lead=start != room.start_time)
-        flags = {
-            "close_like": f.flag("closeLike"),
-            "close_goods": f.flag("closeGoods"),
-            "close_comment": f.flag("closeComment"),
-            "close_share": f.flag("closeShare", required=False, default=room.close_share),
-            "close_replay": f.flag("closeReplay", required=False, default=room.close_replay),
-            "close_kf": f.flag("closeKf", required=False, default=room.close_kf),
-            "is_feeds_public": f.flag("isFeedsPublic", required=False, default=room.is_feeds_public),
-        }
         if live:
             # Official rule: likes, goods and comments closed at creation cannot be opened once live,
             # and sharing cannot change at all.
             for key in ("close_like", "close_goods", "close_comment"):
-                if getattr(room, key) == 1 and flags[key] == 0:
+                if getattr(room, key) == 1 and values[key] == 0:
                     raise ApiError(errors.ROOM_STATUS_FORBIDS, f"{key} cannot be re-enabled once the room is live")
-            if flags["close_share"] != room.close_share:
+            if values["close_share"] != room.close_share:
                 raise ApiError(errors.ROOM_STATUS_FORBIDS, "closeShare cannot change once the room is live")
-        room.name = name
-        room.anchor_name = anchor_name
-        room.anchor_wechat = f.string("anchorWechat")
-        room.start_time, room.end_time = start, end
-        room.cover_img = await self._adopt_media(app, f.string("coverImg"), errors.COVER_INVALID, room.cover_img)
-        room.share_img = await self._adopt_media(app, f.string("shareImg"), errors.SHARE_IMG_INVALID, room.share_img)
-        room.feeds_img = await self._adopt_media(app, f.string("feedsImg"), errors.FEEDS_IMG_INVALID, room.feeds_img)
-        for key, value in flags.items():
-            setattr(room, key, value)
-        return await self._save(room, EDITABLE_FIELDS)
+        for image in ROOM_MEDIA:
+            current = getattr(room, image.name)
+            values[image.name] = await self._adopt_media(app, values[image.name], image.wire.errcode, current)
+        for name, value in values.items():
+            setattr(room, name, value)
+        return await self._save(room, list(values))
 
     async def _save(self, room: Room, fields: list[str]) -> Room:
         """Write the edited ``fields`` of ``room`` only if its status is still the one it was read with,
@@ -375,6 +145,11 @@ class RoomService:
         ready = [r for r in await self.store.list_replays(roomid) if r.status == "ready"]
         return ready[start : start + min(limit, self.settings.list_limit)], len(ready)
 
+    async def replays(self, app: App, roomid: int) -> list[Replay]:
+        """Every replay of a room, oldest first, whatever its status."""
+        await self.room(app, roomid)
+        return await self.store.list_replays(roomid)
+
     async def set_flag(self, app: App, roomid: int, key: str, value: int) -> Room:
         """updatereplay / updatekf / updatefeedpublic / updatecomment: switches allowed at any time
         before the room is over (replay and customer service may be opened during the live)."""
@@ -393,18 +168,7 @@ class RoomService:
         known = {g["goods_id"] for g in room.goods}
         for goods_id in goods_ids:
             if goods_id not in known:
-                room.goods.append(
-                    {
-                        "goods_id": goods_id,
-                        "name": "",
-                        "cover_img": "",
-                        "url": "",
-                        "price": 0,
-                        "price2": 0,
-                        "price_type": 1,
-                        "third_party_appid": "",
-                    }
-                )
+                room.goods.append(Goods(goods_id).to_dict())
                 known.add(goods_id)
         return await self._save(room, ["goods"])
 
@@ -421,16 +185,8 @@ class RoomService:
                 continue
             if len(room.assistants) >= self.settings.max_assistants:
                 raise ApiError(errors.INVALID_ARGS, f"a room has at most {self.settings.max_assistants} assistants")
-            room.assistants.append(
-                {
-                    "username": username,
-                    "nickname": str(user.get("nickname") or ""),
-                    "timestamp": int(self.clock()),
-                    "headimg": "",
-                    "alias": username,
-                    "openid": "",
-                }
-            )
+            nickname = str(user.get("nickname") or "")
+            room.assistants.append(Assistant(username, nickname, int(self.clock()), alias=username).to_dict())
             names.add(username)
         return await self._save(room, ["assistants"])
 
@@ -457,233 +213,16 @@ class RoomService:
         room.sub_anchor_wechat = username
         return await self._save(room, ["sub_anchor_wechat"])
 
-    # ------------------------------------------------------------ URLs
-
-    def push_url(self, app: App, room: Room) -> str:
-        if room.live_status in FINAL_STATUSES:
-            raise ApiError(
-                errors.ROOM_STATUS_FORBIDS, f"room {room.roomid} is over ({room.live_status}): it cannot go live again"
-            )
-        expires = max(room.end_time, int(self.clock())) + self.settings.push_url_margin_seconds
-        name = room.stream_name
-        return f"{self.urls.rtmp_base}/{self.settings.rtmp_app}/{name}?{sign_query(app.push_key, name, expires)}"
-
-    def play_urls(self, app: App, room: Room) -> dict[str, str]:
-        name = room.stream_name
-        query = ""
-        if app.play_key:
-            expires = max(room.end_time, int(self.clock())) + self.settings.push_url_margin_seconds
-            query = "?" + sign_query(app.play_key, name, expires)
-        base = f"{self.urls.http_base}/{self.settings.rtmp_app}/{name}"
-        return {
-            "rtmp": f"{self.urls.rtmp_base}/{self.settings.rtmp_app}/{name}{query}",
-            "flv": f"{base}.flv{query}",
-            "hls": f"{base}/index.m3u8{query}",
-        }
-
-    def replay_urls(self, replay: Replay) -> dict[str, str]:
-        """Where a ready replay's files are served (``/replays/`` + its ``path``)."""
-        if replay.status != "ready" or not replay.path:
-            return {}
-        base = f"{self.urls.http_base}/replays/{replay.path.strip('/')}"
-        return {"hls": f"{base}/index.m3u8", "mp4": f"{base}/replay.mp4", "cover": f"{base}/cover.jpg"}
-
-    @staticmethod
-    def page_path(roomid: int, custom_params: str = "") -> str:
-        """The plugin page of a room; ``custom_params`` as given (JSON text), URL-encoded here."""
-        path = f"plugin-private://{PLUGIN_APPID}/pages/live-player-plugin?room_id={roomid}"
-        if custom_params:
-            # The plugin keeps at most 600 characters of custom_params and drops the rest.
-            path += f"&custom_params={quote(custom_params[:CUSTOM_PARAMS_MAX], safe='')}"
-        return path
-
-    # ------------------------------------------------------------ access decisions
-
-    async def authorize_publish(self, request: AccessRequest) -> Decision:
-        if request.app != self.settings.rtmp_app:
-            return Decision.deny(f"rooms publish under app '{self.settings.rtmp_app}'")
-        parsed = parse_stream(request.name)
-        if parsed is None:
-            return Decision.deny(
-                f"stream name {request.name!r} is not APPID-ROOMID: push to the URL that getpushurl returns"
-            )
-        appid, roomid = parsed
-        app = await self.store.get_app(appid)
-        room = await self.store.get_room(roomid)
-        if app is None or room is None or room.appid != appid:
-            return Decision.deny(f"room {roomid} of app {appid} does not exist")
-        problem = verify_query(app.push_key, request.name, request.query, self.clock())
-        if problem:
-            return Decision.deny(problem)
-        now = self.clock()
-        status = room.live_status
-        if status == LiveStatus.NOT_STARTED and now >= room.end_time:
-            await self._transition(room, {LiveStatus.NOT_STARTED}, LiveStatus.EXPIRED, {}, "endTime passed")
-            status = LiveStatus.EXPIRED
-        refusal = {
-            LiveStatus.ENDED: f"room {roomid} has ended (103): create a new room to go live again",
-            LiveStatus.BANNED: f"room {roomid} is banned (104)",
-            LiveStatus.PAUSED: f"room {roomid} is paused (105): resume it before pushing",
-            LiveStatus.EXPIRED: f"room {roomid} expired (107): its endTime passed before it went live",
-        }.get(status)
-        if refusal:
-            return Decision.deny(refusal)
-        early = self.settings.publish_early_minutes
-        if status == LiveStatus.NOT_STARTED and early is not None and now < room.start_time - early * 60:
-            return Decision.deny(f"room {roomid} may go live from {early:g} minutes before its startTime")
-        if not await self.store.claim_live_slot(appid, roomid, self.settings.max_live_rooms):
-            return Decision.deny(f"app {appid} already has {self.settings.max_live_rooms} rooms live")
-        if status == LiveStatus.NOT_STARTED:
-            day = time.strftime("%Y%m%d", time.localtime(now))
-            if not await self.store.incr_counter(f"lives:{appid}:{day}", self.settings.max_lives_per_day, 2 * DAY):
-                await self.store.release_live_slot(appid, roomid)
-                return Decision.deny(f"app {appid} started {self.settings.max_lives_per_day} lives today")
-        return Decision.allow()
-
-    def authorize_play(self, app: App, request: AccessRequest) -> Decision:
-        """Playing a stream of ``app``: open, or a signed URL when the app has a play key."""
-        if not app.play_key:
-            return Decision.allow()
-        problem = verify_query(app.play_key, request.name, request.query, self.clock())
-        return Decision.deny(problem) if problem else Decision.allow()
-
-    # ------------------------------------------------------------ status machine
-
-    def stream_event(self, event: StreamEvent) -> None:
-        """Hub listener: queue the event so that a room's events are handled in order."""
-        if event.app == self.settings.rtmp_app and parse_stream(event.name):
-            self._stream_events.put_nowait(event)
-
-    async def _consume_stream_events(self) -> None:
-        while True:
-            event = await self._stream_events.get()
-            try:
-                await self._handle_stream_event(event)
-            except Exception:
-                log.exception("room status update failed for stream event %s", event)
-
-    async def _handle_stream_event(self, event: StreamEvent) -> None:
-        parsed = parse_stream(event.name)
-        assert parsed is not None
-        room = await self.store.get_room(parsed[1])
-        if room is None or room.appid != parsed[0]:
-            return
-        now = self.clock()
-        if event.type == "publish":
-            if room.live_status == LiveStatus.NOT_STARTED:
-                changes = {
-                    "live_started_at": room.live_started_at or now,
-                    "session_started_at": now,
-                    "live_sessions": room.live_sessions + 1,
-                    "interrupted_at": 0.0,
-                }
-                await self._transition(room, {LiveStatus.NOT_STARTED}, LiveStatus.LIVE, changes, "anchor started")
-            elif room.live_status == LiveStatus.INTERRUPTED:
-                await self._transition(
-                    room, {LiveStatus.INTERRUPTED}, LiveStatus.LIVE, {"interrupted_at": 0.0}, "anchor came back"
-                )
-            elif room.live_status != LiveStatus.LIVE and self.media is not None:
-                # Raced with a pause, ban or end: the stream must not go on.
-                self.media.kick(room.stream_name, f"room is {room.live_status}")
-        elif event.type == "unpublish":
-            await self._transition(
-                room,
-                {LiveStatus.LIVE},
-                LiveStatus.INTERRUPTED,
-                {"interrupted_at": now},
-                f"publisher gone ({event.info.get('reason', '')})",
-            )
-
-    async def _transition(
-        self, room: Room, from_statuses: set[int], to: int, changes: dict[str, Any], reason: str
-    ) -> Room | None:
-        now = self.clock()
-        changes = {**changes, "updated_at": now, "status_reason": reason}
-        if to in FINAL_STATUSES:
-            changes.setdefault("ended_at", now)
-        updated = await self.store.transition(room.roomid, from_statuses, to, changes)
-        if updated is None:
-            return None
-        if to in FINAL_STATUSES or to == LiveStatus.NOT_STARTED:
-            await self.store.release_live_slot(room.appid, room.roomid)
-        log.info("room %d (%s): %d -> %d, %s", room.roomid, room.appid, room.live_status, to, reason)
-        event = RoomEvent("status", room.appid, room.roomid, to, room.live_status, reason)
-        await self.store.publish_event(event)
-        for callback in self.on_change:
-            try:
-                await callback(event)
-            except Exception:
-                log.exception("status change callback failed")
-        return updated
-
-    def _on_room_event(self, event: RoomEvent) -> None:
-        """On every node: a room that may not be live loses its publisher here."""
-        if self.media is None or event.type != "status":
-            return
-        stream = f"{event.appid}-{event.roomid}"
-        if event.live_status == LiveStatus.PAUSED:
-            self.media.kick(stream, "the room was paused")
-        elif event.live_status in FINAL_STATUSES:
-            self.media.end(stream, f"the room is over ({event.live_status}: {event.reason})")
-
-    async def admin_action(self, app: App, roomid: int, action: str) -> Room:
-        room = await self.room(app, roomid)
-        live = {LiveStatus.LIVE, LiveStatus.INTERRUPTED}
-        if action == "pause":
-            updated = await self._transition(room, live, LiveStatus.PAUSED, {}, "paused by an admin")
-        elif action == "resume":
-            updated = await self._transition(
-                room,
-                {LiveStatus.PAUSED},
-                LiveStatus.INTERRUPTED,
-                {"interrupted_at": self.clock()},
-                "resumed by an admin; waiting for the anchor",
-            )
-        elif action == "ban":
-            updated = await self._transition(
-                room, {LiveStatus.NOT_STARTED, *ACTIVE_STATUSES}, LiveStatus.BANNED, {}, "banned by an admin"
-            )
-        elif action == "end":
-            updated = await self._transition(
-                room, {LiveStatus.NOT_STARTED, *ACTIVE_STATUSES}, LiveStatus.ENDED, {}, "ended by an admin"
-            )
-        else:
-            raise ApiError(errors.INVALID_ARGS, f"unknown action {action!r}: pause, resume, ban or end")
-        if updated is None:
-            raise ApiError(errors.ROOM_STATUS_FORBIDS, f"room {roomid} is {room.live_status}; it cannot be {action}d")
-        return updated
-
-    async def sweep(self) -> None:
-        """Time-driven transitions: expiry (107), the end of the 106 grace and of the max duration (103)."""
-        now = self.clock()
-        s = self.settings
-        for room in await self.store.rooms_in_status([LiveStatus.NOT_STARTED]):
-            if now >= room.end_time:
-                await self._transition(
-                    room, {LiveStatus.NOT_STARTED}, LiveStatus.EXPIRED, {}, "endTime passed before the room went live"
-                )
-        for room in await self.store.rooms_in_status(list(ACTIVE_STATUSES)):
-            if room.session_started_at and now - room.session_started_at >= s.max_live_seconds:
-                await self._transition(
-                    room,
-                    set(ACTIVE_STATUSES),
-                    LiveStatus.ENDED,
-                    {},
-                    f"reached the maximum live duration of {s.max_live_seconds / 3600:g} h",
-                )
-            elif room.live_status == LiveStatus.INTERRUPTED and now - room.interrupted_at >= s.interrupt_grace_seconds:
-                await self._transition(
-                    room,
-                    {LiveStatus.INTERRUPTED},
-                    LiveStatus.ENDED,
-                    {},
-                    f"anchor did not come back within {s.interrupt_grace_seconds / 60:g} min",
-                )
-
-    async def _sweeper(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("room sweep failed")
-            await asyncio.sleep(self.settings.sweep_interval_seconds)
+    async def _adopt_media(self, app: App, media_id: str, errcode: int, current: str = "") -> str:
+        """Check a media_id for create/edit and keep its file for the room; an unchanged one passes."""
+        if media_id and media_id == current:
+            return media_id
+        media = await self.store.get_media(media_id) if media_id else None
+        if media is None or media.appid != app.appid:
+            raise ApiError(errcode, f"{media_id!r} is not a media_id of this app: upload with /cgi-bin/media/upload")
+        if media.expires_at <= self.clock():
+            raise ApiError(errcode, f"media_id {media_id} expired (valid 3 days): upload the image again")
+        if not media.pinned:
+            media.pinned = True
+            await self.store.put_media(media)
+        return media_id

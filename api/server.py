@@ -10,14 +10,18 @@ import signal
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from api import rest, streams, wechat
+from api import keys, rest, streams, wechat
 from api.access import AccessPolicy
+from api.apps import Apps
+from api.audience import Audience
 from api.config import Settings
 from api.media import MediaLibrary
 from api.replays import ReplayService
-from api.rooms import RoomService, Urls
+from api.room_status import RoomStatus
+from api.rooms import Rooms
 from api.status import StatusRoutes
 from api.store import open_store
+from api.urls import Urls
 from api.webhooks import Webhooks
 from ingest.server import RtmpServer
 from recorder.recorder import Recorder
@@ -62,7 +66,7 @@ async def cors_preflight(request: web.Request, handler):  # type: ignore[no-unty
 
 
 class HubControl:
-    """What the room service may do to streams on this node."""
+    """What room status changes may do to streams on this node."""
 
     def __init__(self, hub: Hub, app: str) -> None:
         self.hub = hub
@@ -80,18 +84,21 @@ class Server:
         self.settings = settings
         self.hub = Hub(settings.relay)
         self.store = open_store(settings.data_dir, settings.redis)
-        self.rooms = RoomService(
-            self.store, settings.rooms, Urls("", ""), HubControl(self.hub, settings.rooms.rtmp_app)
+        self.apps = Apps(self.store, settings.rooms)
+        self.rooms = Rooms(self.store, settings.rooms)
+        self.urls = Urls(settings.rooms)
+        self.room_status = RoomStatus(
+            self.store, settings.rooms, self.rooms, HubControl(self.hub, settings.rooms.rtmp_app)
         )
         self.webhooks = Webhooks(
             self.store, settings.rooms.webhook_retry_seconds, settings.rooms.webhook_timeout_seconds
         )
-        self.rooms.on_change.append(self.webhooks.send)
+        self.room_status.on_change.append(self.webhooks.send)
         self.recorder = Recorder(self.hub, settings.data_dir / "replays", settings.recorder)
-        self.replays = ReplayService(self.store, self.rooms, self.recorder, self.webhooks)
-        self.status = StatusRoutes(self.store, self.hub, settings.rooms.rtmp_app)
-        self.policy = AccessPolicy(settings.allow_anonymous_publish, self.rooms)
-        self.media = MediaLibrary(self.rooms, settings.data_dir)
+        self.replays = ReplayService(self.store, self.urls, settings.rooms.rtmp_app, self.recorder, self.webhooks)
+        self.status = StatusRoutes(self.store, self.audience)
+        self.policy = AccessPolicy(settings.allow_anonymous_publish, self.store, settings.rooms, self.room_status)
+        self.media = MediaLibrary(self.store, settings.data_dir, settings.rooms.media_ttl_seconds)
         self.rtmp = RtmpServer(
             self.hub, self.policy.publish, self.policy.play, settings.rtmp, settings.play_wait_seconds
         )
@@ -112,15 +119,22 @@ class Server:
         self.rtmp_port = 0
         self.http_port = 0
 
+    def audience(self, stream: str) -> Audience:
+        """The audience of a room's stream on this node, every protocol (HLS players and WHEP sessions too)."""
+        by_protocol = self.hub.audience(self.settings.rooms.rtmp_app, stream)
+        return {"total": sum(by_protocol.values()), "by_protocol": by_protocol}
+
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[cors_preflight], client_max_size=4 * 1024 * 1024)
         # HLS first: relay.http.fast claims these paths ahead of every other route, and so does aiohttp.
         app.add_routes(self.hls.routes())
         app.add_routes(streams.routes(self.hub))
         app.add_routes(self.flv.routes())
-        app.add_routes(wechat.routes(self.rooms, self.media))
+        app[keys.APPS], app[keys.ROOMS], app[keys.ROOM_STATUS] = self.apps, self.rooms, self.room_status
+        app[keys.URLS], app[keys.MEDIA], app[keys.AUDIENCE] = self.urls, self.media, self.audience
+        app.add_routes(wechat.routes())
         app.add_routes(self.status.routes())
-        app.add_routes(rest.routes(self.rooms, self.hub))
+        app.add_routes(rest.routes())
         app.add_routes(self.webrtc.routes())
         app.add_routes(self.replays.routes())
         app.cleanup_ctx.append(self.media.cleanup_ctx)
@@ -145,9 +159,9 @@ class Server:
         host = s.public_host
         rtmp_base = f"rtmp://{host}" + ("" if self.rtmp_port == 1935 else f":{self.rtmp_port}")
         http_base = s.public_url.rstrip("/") if s.public_url else f"http://{host}:{self.http_port}"
-        self.rooms.urls = Urls(rtmp_base, http_base)
-        self.hub.add_listener(self.rooms.stream_event)
-        await self.rooms.start()
+        self.urls.rtmp_base, self.urls.http_base = rtmp_base, http_base
+        self.hub.add_listener(self.room_status.stream_event)
+        await self.room_status.start()
         await self.replays.start()
         log.info(
             "RTMP  listening on %s:%d  push/play rtmp://%s:%d/live/STREAM",
@@ -175,7 +189,7 @@ class Server:
         await self.rtmp.close()
         await self.webrtc.close()
         await self.hub.stop()
-        await self.rooms.stop()
+        await self.room_status.stop()
         await self.replays.stop()
         await self.webhooks.close()
         await self.status.close()

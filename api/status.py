@@ -19,11 +19,11 @@ from typing import Any
 from aiohttp import web
 
 from api import errors
-from api.errors import ApiError
+from api.audience import AudienceOf
+from api.errors import ApiError, json_error
 from api.models import Room, RoomEvent
 from api.store.base import RoomStore
 from relay.http.cors import CORS
-from relay.hub import Hub
 
 Message = dict[str, Any]
 
@@ -32,29 +32,26 @@ MAX_AGE_SECONDS = 2
 STATUS, VIEWERS = "status", "viewers"
 
 
-def viewer_count(hub: Hub, rtmp_app: str, stream: str) -> int:
-    """Viewers of a stream on this node (0 when it is not here)."""
-    return sum(hub.audience(rtmp_app, stream).values())
-
-
-def json_error(exc: ApiError) -> web.Response:
-    """The error shape of every ``/api/v1`` route."""
-    return web.json_response(
-        {"error": {"code": exc.errcode, "message": exc.errmsg}}, status=exc.http_status, headers=CORS
-    )
+def _status(roomid: int, live_status: int, previous: int | None, reason: str, at: float, viewers: int) -> Message:
+    return {
+        "type": STATUS,
+        "roomid": roomid,
+        "live_status": live_status,
+        "previous_status": previous,
+        "reason": reason,
+        "time": at,
+        "viewers": viewers,
+    }
 
 
 def status_message(room: Room, viewers: int) -> Message:
     """The first message a client gets: the status as it is (``previous_status`` null: not a change)."""
-    return {
-        "type": STATUS,
-        "roomid": room.roomid,
-        "live_status": room.live_status,
-        "previous_status": None,
-        "reason": room.status_reason,
-        "time": room.updated_at,
-        "viewers": viewers,
-    }
+    return _status(room.roomid, room.live_status, None, room.status_reason, room.updated_at, viewers)
+
+
+def change_message(event: RoomEvent, viewers: int) -> Message:
+    """A status change as it happened."""
+    return _status(event.roomid, event.live_status, event.previous_status, event.reason, event.time, viewers)
 
 
 @dataclass(slots=True, eq=False)
@@ -101,11 +98,10 @@ class RoomFeed:
     one timer that checks the watched rooms' viewer counts and drops clients that went away."""
 
     def __init__(
-        self, store: RoomStore, hub: Hub, rtmp_app: str, viewer_interval: float = 2.0, queue_size: int = 32
+        self, store: RoomStore, audience: AudienceOf, viewer_interval: float = 2.0, queue_size: int = 32
     ) -> None:
         self.store = store
-        self.hub = hub
-        self.rtmp_app = rtmp_app
+        self.audience = audience
         self.viewer_interval = viewer_interval
         self.queue_size = queue_size
         self._rooms: dict[int, _Watched] = {}
@@ -116,8 +112,8 @@ class RoomFeed:
     def subscribers(self) -> int:
         return sum(len(watched.listeners) for watched in self._rooms.values())
 
-    def viewers(self, room: Room) -> int:
-        return viewer_count(self.hub, self.rtmp_app, room.stream_name)
+    def viewers(self, stream: str) -> int:
+        return self.audience(stream)["total"]
 
     @contextlib.contextmanager
     def listen(self, room: Room, alive: Callable[[], bool]) -> Iterator[Listener]:
@@ -127,7 +123,7 @@ class RoomFeed:
             self._subscribed = True
         watched = self._rooms.get(room.roomid)
         if watched is None:
-            watched = self._rooms[room.roomid] = _Watched(room.stream_name, self.viewers(room))
+            watched = self._rooms[room.roomid] = _Watched(room.stream_name, self.viewers(room.stream_name))
         listener = Listener(asyncio.Queue(self.queue_size), alive)
         watched.listeners.add(listener)
         if self._ticker is None or self._ticker.done():
@@ -143,16 +139,8 @@ class RoomFeed:
         watched = self._rooms.get(event.roomid)
         if watched is None or event.type != STATUS:
             return
-        watched.viewers = viewer_count(self.hub, self.rtmp_app, watched.stream)
-        message = {
-            "type": STATUS,
-            "roomid": event.roomid,
-            "live_status": event.live_status,
-            "previous_status": event.previous_status,
-            "reason": event.reason,
-            "time": event.time,
-            "viewers": watched.viewers,
-        }
+        watched.viewers = self.viewers(watched.stream)
+        message = change_message(event, watched.viewers)
         for listener in watched.listeners:
             listener.put(message)
 
@@ -160,7 +148,7 @@ class RoomFeed:
         while self._rooms:
             await asyncio.sleep(self.viewer_interval)
             for roomid, watched in list(self._rooms.items()):
-                count = viewer_count(self.hub, self.rtmp_app, watched.stream)
+                count = self.viewers(watched.stream)
                 if count != watched.viewers:
                     watched.viewers = count
                     message = {"type": VIEWERS, "roomid": roomid, "viewers": count}
@@ -184,9 +172,9 @@ class RoomFeed:
 class StatusRoutes:
     """``/api/v1/rooms/{id}/status``, ``/events`` and ``/ws``."""
 
-    def __init__(self, store: RoomStore, hub: Hub, rtmp_app: str, heartbeat_seconds: float = 15.0) -> None:
+    def __init__(self, store: RoomStore, audience: AudienceOf, heartbeat_seconds: float = 15.0) -> None:
         self.store = store
-        self.feed = RoomFeed(store, hub, rtmp_app)
+        self.feed = RoomFeed(store, audience)
         self.heartbeat_seconds = heartbeat_seconds
 
     def routes(self) -> list[web.RouteDef]:
@@ -211,7 +199,11 @@ class StatusRoutes:
             room = await self._room(request)
         except ApiError as exc:
             return json_error(exc)
-        payload = {"roomid": room.roomid, "live_status": room.live_status, "viewers": self.feed.viewers(room)}
+        payload = {
+            "roomid": room.roomid,
+            "live_status": room.live_status,
+            "viewers": self.feed.viewers(room.stream_name),
+        }
         body = json.dumps(payload, separators=(",", ":")).encode()
         etag = hashlib.blake2b(body, digest_size=8).hexdigest()
         headers = {"Cache-Control": f"public, max-age={MAX_AGE_SECONDS}", **CORS}
@@ -244,7 +236,7 @@ class StatusRoutes:
             with contextlib.suppress(ConnectionResetError):
                 # Read again now that changes are queued for us: none can fall in between.
                 room = await self.store.get_room(room.roomid) or room
-                message: Message | None = status_message(room, self.feed.viewers(room))
+                message: Message | None = status_message(room, self.feed.viewers(room.stream_name))
                 listener.fresh(message)
                 await response.write(b"retry: 3000\n" + _sse(message))
                 while True:
@@ -270,7 +262,7 @@ class StatusRoutes:
             reader = asyncio.create_task(_read_until_closed(ws, listener))
             try:
                 room = await self.store.get_room(room.roomid) or room
-                message: Message | None = status_message(room, self.feed.viewers(room))
+                message: Message | None = status_message(room, self.feed.viewers(room.stream_name))
                 while message is not None:
                     if listener.fresh(message):
                         await ws.send_json(message)

@@ -69,7 +69,7 @@ class Webhooks:
         self._session: aiohttp.ClientSession | None = None
 
     async def send(self, event: RoomEvent) -> None:
-        """Queue an event for its app (a ``RoomService.on_change`` callback: never waits on the network)."""
+        """Queue an event for its app (a ``RoomStatus.on_change`` callback: never waits on the network)."""
         queue = self._queues.setdefault(event.appid, deque())
         if len(queue) >= MAX_QUEUED:
             dropped = queue.popleft()

@@ -1,9 +1,10 @@
 """The WeChat-compatible API: the official live-room endpoints, paths, parameters and replies.
 
-Handlers parse, call the room service, and shape the reply as api.weixin.qq.com does: HTTP 200
-with ``errcode``/``errmsg`` always (``0``/``"ok"`` on success), official field names and quirks
+Handlers parse, call one service function, and shape the reply as api.weixin.qq.com does: HTTP
+200 with ``errcode``/``errmsg`` always (``0``/``"ok"`` on success), official field names and quirks
 (``roomid`` in the list, ``creater_openid``, prices in fen, 9410000 for an empty page). Every
-endpoint but /cgi-bin/token takes ``?access_token=`` and counts against the app's daily quota.
+endpoint but /cgi-bin/token takes ``?access_token=`` and counts against the app's daily quota (the
+``official`` decorator). Services come from ``request.app`` (``api.keys``).
 See ../shared/reference/wechat-live-semantics.md §1-§2.
 """
 
@@ -16,13 +17,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.typedefs import Handler
 
-from api import errors, qr
+from api import errors, media, qr
 from api.errors import ApiError
-from api.media import MAX_BYTES, MediaLibrary
-from api.models import App, Replay, Room
-from api.rooms import RoomService, iso_time
+from api.keys import APPS, MEDIA, ROOMS, URLS
+from api.media import MAX_BYTES
+from api.models import App
+from api.urls import page_path
 from api.validation import Fields
+from api.views import live_replay, room_info
 
 log = logging.getLogger("minilive.wechat")
 
@@ -31,20 +35,55 @@ LIVE_INFO = "/wxa/business/getliveinfo"
 UPLOAD = "/cgi-bin/media/upload"
 
 Reply = dict[str, Any]
-Handler = Callable[[App, Fields], Awaitable[Reply]]
+# An official endpoint's handler: the request (for the services), the calling app, the parameters.
+Endpoint = Callable[[web.Request, App, Fields], Awaitable[Reply]]
 
 _dumps = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"))
 
 
-async def _reply(request: web.Request, work: Callable[[], Awaitable[Reply]]) -> web.Response:
-    try:
-        body = {"errcode": 0, "errmsg": "ok", **await work()}
-    except ApiError as exc:
-        body = exc.body()
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        body = {"errcode": errors.SYSTEM_ERROR, "errmsg": errors.MESSAGES[errors.SYSTEM_ERROR]}
-    return web.json_response(body, dumps=_dumps)
+def answered(handler: Callable[[web.Request], Awaitable[Reply]]) -> Handler:
+    """The official reply: ``errcode`` 0 and ``errmsg`` "ok" with the handler's fields, or the
+    refusal's errcode; anything unexpected is logged and answered as a system error (-1)."""
+
+    @functools.wraps(handler)
+    async def view(request: web.Request) -> web.Response:
+        try:
+            body = {"errcode": 0, "errmsg": "ok", **await handler(request)}
+        except ApiError as exc:
+            body = exc.body()
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            body = ApiError(errors.SYSTEM_ERROR).body()
+        return web.json_response(body, dumps=_dumps)
+
+    return view
+
+
+def official(method: str, json_body: bool = True) -> Callable[[Endpoint], Handler]:
+    """An endpoint called with ``?access_token=``: the method is checked (every method reaches the
+    view, so a wrong one gets 43001/43002 as WeChat answers), the token names the app, the call counts
+    against the app's quota of this endpoint, and the parameters are the query of a GET or the JSON
+    body of a POST (with ``json_body`` off, the query: the handler reads the body itself)."""
+
+    def wrap(handler: Endpoint) -> Handler:
+        @answered
+        @functools.wraps(handler)
+        async def view(request: web.Request) -> Reply:
+            _require(request, method)
+            apps = request.app[APPS]
+            app = await apps.app_for_token(request.query.get("access_token", ""))
+            await apps.quota(app, _endpoint_name(request))
+            params = await _json_object(request) if method == "POST" and json_body else dict(request.query)
+            return await handler(request, app, Fields(params))
+
+        return view
+
+    return wrap
+
+
+def _endpoint_name(request: web.Request) -> str:
+    """The last part of the endpoint's path: the name its quota counts calls under."""
+    return request.path.rsplit("/", 1)[-1]
 
 
 def _require(request: web.Request, method: str) -> None:
@@ -72,193 +111,179 @@ def _list(f: Fields, name: str, kind: type) -> list[Any]:
     return value
 
 
-def room_info(rooms: RoomService, room: Room) -> Reply:
-    """A room as getliveinfo lists it: exactly the 18 official fields."""
-    return {
-        "name": room.name,
-        "roomid": room.roomid,
-        "cover_img": rooms.media_url(room.cover_img),
-        "share_img": rooms.media_url(room.share_img),
-        "live_status": room.live_status,
-        "start_time": room.start_time,
-        "end_time": room.end_time,
-        "anchor_name": room.anchor_name,
-        "goods": room.goods,
-        "live_type": room.live_type,
-        "close_like": room.close_like,
-        "close_goods": room.close_goods,
-        "close_comment": room.close_comment,
-        "close_kf": room.close_kf,
-        "close_replay": room.close_replay,
-        "is_feeds_public": room.is_feeds_public,
-        "creater_openid": room.creater_openid,
-        "feeds_img": rooms.media_url(room.feeds_img),
-    }
+# ---------------------------------------------------------------- credentials and media
 
 
-def live_replay(rooms: RoomService, replay: Replay) -> Reply:
-    return {
-        "create_time": iso_time(replay.created_at),
-        "expire_time": iso_time(replay.expire_at),
-        "media_url": f"{rooms.urls.http_base}/replays/{replay.path}/index.m3u8",
-    }
+@answered
+async def token(request: web.Request) -> Reply:
+    _require(request, "GET")
+    query = request.query
+    if query.get("grant_type") != "client_credential":
+        raise ApiError(errors.INVALID_GRANT_TYPE, "grant_type must be client_credential")
+    apps = request.app[APPS]
+    issued = await apps.issue_token(query.get("appid", ""), query.get("secret", ""))
+    return {"access_token": issued.token, "expires_in": apps.settings.token_ttl_seconds}
 
 
-def routes(rooms: RoomService, media: MediaLibrary) -> list[web.RouteDef]:
-    """The official endpoints, plus the media and share-code images their replies point at."""
+@official("POST", json_body=False)
+async def upload(request: web.Request, app: App, f: Fields) -> Reply:
+    data = await _media_part(request)
+    item = await request.app[MEDIA].upload(app, f.string("type", required=False), data)
+    return {"type": item.type, "media_id": item.media_id, "created_at": int(item.created_at)}
 
-    async def authorize(request: web.Request, method: str, api: str) -> App:
-        _require(request, method)
-        app = await rooms.app_for_token(request.query.get("access_token", ""))
-        await rooms.quota(app, api)
-        return app
 
-    def endpoint(method: str, path: str, handler: Handler) -> web.RouteDef:
-        api = path.rsplit("/", 1)[-1]  # the quota's name
+# ---------------------------------------------------------------- rooms
 
-        async def view(request: web.Request) -> web.Response:
-            async def work() -> Reply:
-                app = await authorize(request, method, api)
-                params = dict(request.query) if method == "GET" else await _json_object(request)
-                return await handler(app, Fields(params))
 
-            return await _reply(request, work)
+@official("POST")
+async def create(request: web.Request, app: App, f: Fields) -> Reply:
+    room = await request.app[ROOMS].create_room(app, f.body)
+    return {"roomId": room.roomid}
 
-        # Every method reaches the view, so a wrong one gets 43001/43002 as WeChat answers.
-        return web.route("*", path, view)
 
-    # ------------------------------------------------------------ credentials and media
+@official("POST")
+async def edit(request: web.Request, app: App, f: Fields) -> Reply:
+    await request.app[ROOMS].edit_room(app, f.body)
+    return {}
 
-    async def token(request: web.Request) -> web.Response:
-        async def work() -> Reply:
-            _require(request, "GET")
-            query = request.query
-            if query.get("grant_type") != "client_credential":
-                raise ApiError(errors.INVALID_GRANT_TYPE, "grant_type must be client_credential")
-            issued = await rooms.issue_token(query.get("appid", ""), query.get("secret", ""))
-            return {"access_token": issued.token, "expires_in": rooms.settings.token_ttl_seconds}
 
-        return await _reply(request, work)
+@official("POST")
+async def delete(request: web.Request, app: App, f: Fields) -> Reply:
+    await request.app[ROOMS].delete_room(app, f.room_id("id", "roomId"))
+    return {}
 
-    async def upload(request: web.Request) -> web.Response:
-        async def work() -> Reply:
-            app = await authorize(request, "POST", "upload")
-            data = await _media_part(request)
-            item = await media.upload(app, request.query.get("type", ""), data)
-            return {"type": item.type, "media_id": item.media_id, "created_at": int(item.created_at)}
 
-        return await _reply(request, work)
+@official("GET")
+async def push_url(request: web.Request, app: App, f: Fields) -> Reply:
+    room = await request.app[ROOMS].room(app, f.room_id("roomId"))
+    return {"pushAddr": request.app[URLS].push_url(app, room)}
 
-    # ------------------------------------------------------------ rooms
 
-    async def create(app: App, f: Fields) -> Reply:
-        room = await rooms.create_room(app, f.body)
-        return {"roomId": room.roomid}
+@official("GET")
+async def shared_code(request: web.Request, app: App, f: Fields) -> Reply:
+    room = await request.app[ROOMS].room(app, f.room_id("roomId"))
+    params = f.string("params", required=False)
+    image = qr.image_url(request.app[URLS].http_base, room.roomid, params)
+    return {"cdnUrl": image, "pagePath": page_path(room.roomid, params), "posterUrl": image}
 
-    async def edit(app: App, f: Fields) -> Reply:
-        await rooms.edit_room(app, f.body)
+
+def _switch(key: str, field: str, *room_keys: str) -> Handler:
+    """updatereplay / updatecomment / updatefeedpublic / updatekf: one 0/1 switch of a room."""
+
+    @official("POST")
+    async def switch(request: web.Request, app: App, f: Fields) -> Reply:
+        await request.app[ROOMS].set_flag(app, f.room_id(*room_keys), key, f.flag(field))
         return {}
 
-    async def delete(app: App, f: Fields) -> Reply:
-        await rooms.delete_room(app, f.room_id("id", "roomId"))
-        return {}
+    return switch
 
-    async def push_url(app: App, f: Fields) -> Reply:
-        room = await rooms.room(app, f.room_id("roomId"))
-        return {"pushAddr": rooms.push_url(app, room)}
 
-    async def shared_code(app: App, f: Fields) -> Reply:
-        room = await rooms.room(app, f.room_id("roomId"))
-        params = f.string("params", required=False)
-        image = qr.image_url(rooms.urls.http_base, room.roomid, params)
-        return {"cdnUrl": image, "pagePath": rooms.page_path(room.roomid, params), "posterUrl": image}
+update_replay = _switch("close_replay", "closeReplay", "roomId")
+update_comment = _switch("ban_comment", "banComment", "id", "roomId")
+update_feed_public = _switch("is_feeds_public", "isFeedsPublic", "roomId")
+update_kf = _switch("close_kf", "closeKf", "roomId")
 
-    def switch(key: str, field: str, *room_keys: str) -> Handler:
-        """updatereplay / updatecomment / updatefeedpublic / updatekf: one 0/1 switch of a room."""
 
-        async def handler(app: App, f: Fields) -> Reply:
-            await rooms.set_flag(app, f.room_id(*room_keys), key, f.flag(field))
-            return {}
+@official("POST")
+async def add_goods(request: web.Request, app: App, f: Fields) -> Reply:
+    await request.app[ROOMS].add_goods(app, f.room_id("roomId"), _list(f, "ids", int))
+    return {}
 
-        return handler
 
-    async def add_goods(app: App, f: Fields) -> Reply:
-        await rooms.add_goods(app, f.room_id("roomId"), _list(f, "ids", int))
-        return {}
+@official("POST")
+async def live_info(request: web.Request, app: App, f: Fields) -> Reply:
+    rooms, urls = request.app[ROOMS], request.app[URLS]
+    start, limit = f.integer("start"), f.integer("limit")
+    if f.has("action"):
+        if f.string("action") != "get_replay":
+            raise ApiError(errors.INVALID_ARGS, 'action may only be "get_replay"')
+        replays, total = await rooms.list_replays(app, f.room_id("room_id"), start, limit)
+        return {"room_info": [], "live_replay": [live_replay(r, urls) for r in replays], "total": total}
+    page, total = await rooms.list_rooms(app, start, limit)
+    if not page:
+        raise ApiError(errors.EMPTY_ROOM_LIST, room_info=[], live_replay=[], total=total)
+    return {"room_info": [room_info(r, urls) for r in page], "live_replay": [], "total": total}
 
-    async def live_info(app: App, f: Fields) -> Reply:
-        start, limit = f.integer("start"), f.integer("limit")
-        if f.has("action"):
-            if f.string("action") != "get_replay":
-                raise ApiError(errors.INVALID_ARGS, 'action may only be "get_replay"')
-            replays, total = await rooms.list_replays(app, f.room_id("room_id"), start, limit)
-            return {"room_info": [], "live_replay": [live_replay(rooms, r) for r in replays], "total": total}
-        page, total = await rooms.list_rooms(app, start, limit)
-        if not page:
-            raise ApiError(errors.EMPTY_ROOM_LIST, room_info=[], live_replay=[], total=total)
-        return {"room_info": [room_info(rooms, r) for r in page], "live_replay": [], "total": total}
 
-    # ------------------------------------------------------------ assistants and the sub-anchor
+# ---------------------------------------------------------------- assistants and the sub-anchor
 
-    async def add_assistants(app: App, f: Fields) -> Reply:
-        await rooms.add_assistants(app, f.room_id("roomId"), _list(f, "users", dict))
-        return {}
 
-    async def modify_assistant(app: App, f: Fields) -> Reply:
-        await rooms.modify_assistant(app, f.room_id("roomId"), f.string("username"), f.string("nickname"))
-        return {}
+@official("POST")
+async def add_assistants(request: web.Request, app: App, f: Fields) -> Reply:
+    await request.app[ROOMS].add_assistants(app, f.room_id("roomId"), _list(f, "users", dict))
+    return {}
 
-    async def remove_assistant(app: App, f: Fields) -> Reply:
-        await rooms.remove_assistant(app, f.room_id("roomId"), f.string("username"))
-        return {}
 
-    async def assistant_list(app: App, f: Fields) -> Reply:
-        room = await rooms.room(app, f.room_id("roomId"))
-        keys = ("timestamp", "headimg", "nickname", "alias", "openid")
-        people = [{key: a.get(key, "") for key in keys} for a in room.assistants]
-        return {"list": people, "count": len(people), "maxCount": rooms.settings.max_assistants}
+@official("POST")
+async def modify_assistant(request: web.Request, app: App, f: Fields) -> Reply:
+    await request.app[ROOMS].modify_assistant(app, f.room_id("roomId"), f.string("username"), f.string("nickname"))
+    return {}
 
-    async def set_sub_anchor(app: App, f: Fields) -> Reply:
-        username = f.string("username")
-        if not username:
-            raise ApiError(errors.INVALID_ARGS, "username is required")
-        await rooms.set_sub_anchor(app, f.room_id("roomId"), username)
-        return {}
 
-    async def delete_sub_anchor(app: App, f: Fields) -> Reply:
-        await rooms.set_sub_anchor(app, f.room_id("roomId"), "")
-        return {}
+@official("POST")
+async def remove_assistant(request: web.Request, app: App, f: Fields) -> Reply:
+    await request.app[ROOMS].remove_assistant(app, f.room_id("roomId"), f.string("username"))
+    return {}
 
-    async def sub_anchor(app: App, f: Fields) -> Reply:
-        room = await rooms.room(app, f.room_id("roomId"))
-        return {"username": room.sub_anchor_wechat}
 
+@official("GET")
+async def assistant_list(request: web.Request, app: App, f: Fields) -> Reply:
+    rooms = request.app[ROOMS]
+    room = await rooms.room(app, f.room_id("roomId"))
+    keys = ("timestamp", "headimg", "nickname", "alias", "openid")
+    people = [{key: a.get(key, "") for key in keys} for a in room.assistants]
+    return {"list": people, "count": len(people), "maxCount": rooms.settings.max_assistants}
+
+
+@official("POST")
+async def set_sub_anchor(request: web.Request, app: App, f: Fields) -> Reply:
+    username = f.string("username")
+    if not username:
+        raise ApiError(errors.INVALID_ARGS, "username is required")
+    await request.app[ROOMS].set_sub_anchor(app, f.room_id("roomId"), username)
+    return {}
+
+
+@official("POST")
+async def delete_sub_anchor(request: web.Request, app: App, f: Fields) -> Reply:
+    await request.app[ROOMS].set_sub_anchor(app, f.room_id("roomId"), "")
+    return {}
+
+
+@official("GET")
+async def sub_anchor(request: web.Request, app: App, f: Fields) -> Reply:
+    room = await request.app[ROOMS].room(app, f.room_id("roomId"))
+    return {"username": room.sub_anchor_wechat}
+
+
+def routes() -> list[web.RouteDef]:
+    """The official endpoints, plus the media and share-code images their replies point at. Every
+    method reaches an endpoint: a wrong one is answered as WeChat does (43001/43002)."""
     r = ROOM_API
-    return [
-        web.route("*", "/cgi-bin/token", token),
-        web.route("*", UPLOAD, upload),
-        endpoint("POST", LIVE_INFO, live_info),
-        endpoint("POST", r + "create", create),
-        endpoint("POST", r + "editroom", edit),
-        endpoint("POST", r + "deleteroom", delete),
-        endpoint("GET", r + "getpushurl", push_url),
-        endpoint("GET", r + "getsharedcode", shared_code),
-        endpoint("POST", r + "updatereplay", switch("close_replay", "closeReplay", "roomId")),
-        endpoint("POST", r + "updatecomment", switch("ban_comment", "banComment", "id", "roomId")),
-        endpoint("POST", r + "updatefeedpublic", switch("is_feeds_public", "isFeedsPublic", "roomId")),
-        endpoint("POST", r + "updatekf", switch("close_kf", "closeKf", "roomId")),
-        endpoint("POST", r + "addgoods", add_goods),
-        endpoint("POST", r + "addassistant", add_assistants),
-        endpoint("POST", r + "modifyassistant", modify_assistant),
-        endpoint("POST", r + "removeassistant", remove_assistant),
-        endpoint("GET", r + "getassistantlist", assistant_list),
-        endpoint("POST", r + "addsubanchor", set_sub_anchor),
-        endpoint("POST", r + "modifysubanchor", set_sub_anchor),
-        endpoint("POST", r + "deletesubanchor", delete_sub_anchor),
-        endpoint("GET", r + "getsubanchor", sub_anchor),
-        *media.routes(),
-        *qr.routes(rooms),
-    ]
+    endpoints = {
+        "/cgi-bin/token": token,
+        UPLOAD: upload,
+        LIVE_INFO: live_info,
+        r + "create": create,
+        r + "editroom": edit,
+        r + "deleteroom": delete,
+        r + "getpushurl": push_url,
+        r + "getsharedcode": shared_code,
+        r + "updatereplay": update_replay,
+        r + "updatecomment": update_comment,
+        r + "updatefeedpublic": update_feed_public,
+        r + "updatekf": update_kf,
+        r + "addgoods": add_goods,
+        r + "addassistant": add_assistants,
+        r + "modifyassistant": modify_assistant,
+        r + "removeassistant": remove_assistant,
+        r + "getassistantlist": assistant_list,
+        r + "addsubanchor": set_sub_anchor,
+        r + "modifysubanchor": set_sub_anchor,
+        r + "deletesubanchor": delete_sub_anchor,
+        r + "getsubanchor": sub_anchor,
+    }
+    return [*(web.route("*", path, handler) for path, handler in endpoints.items()), *media.routes(), *qr.routes()]
 
 
 async def _media_part(request: web.Request) -> bytes:

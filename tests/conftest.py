@@ -233,8 +233,8 @@ def official_room_body(appid: str, **fields: Any) -> dict[str, Any]:
 
 
 async def make_room(server: Server, name: str = "shop", **fields: Any):  # type: ignore[no-untyped-def]
-    """A new app and a room made through the room service."""
-    app = await server.rooms.create_app(name)
+    """A new app and a room, made by the services."""
+    app = await server.apps.create_app(name)
     await add_images(server, app.appid)
     return app, await server.rooms.create_room(app, official_room_body(app.appid, **fields))
 

@@ -37,7 +37,7 @@ async def test_status_changes_reach_every_node(make_server, redis_url):
     async with aiohttp.ClientSession() as session:
         events = await session.get(f"http://127.0.0.1:{b.http_port}/api/v1/rooms/{room.roomid}/events")
         reader = asyncio.create_task(read_sse(events, seen, stop))
-        pub = await publish(a.rooms.push_url(app, room))  # the anchor pushes to node A
+        pub = await publish(a.urls.push_url(app, room))  # the anchor pushes to node A
         try:
             for _ in range(150):
                 if any(m.get("live_status") == LiveStatus.LIVE for m in seen):
@@ -48,7 +48,7 @@ async def test_status_changes_reach_every_node(make_server, redis_url):
                 assert (await r.json())["live_status"] == LiveStatus.LIVE
 
             # An admin pauses the room on node B: node A, which holds the publisher, kicks it.
-            await b.rooms.admin_action(app, room.roomid, "pause")
+            await b.room_status.admin_action(app, room.roomid, "pause")
             assert await asyncio.wait_for(pub.process.wait(), 10) is not None
             for _ in range(50):
                 if any(m.get("live_status") == LiveStatus.PAUSED for m in seen):

@@ -289,12 +289,12 @@ async def test_a_signed_play_url_plays_its_segments_and_parts_too(make_server):
 
     server = await make_server(allow_anonymous_publish=False)
     app, room = await make_room(server)
-    await server.rooms.update_app(app, {"play_key": "pl4y-k3y"})
+    await server.apps.update_app(app, {"play_key": "pl4y-k3y"})
     app = await server.store.get_app(app.appid)
-    pub = await publish(server.rooms.push_url(app, room), gop=25)
+    pub = await publish(server.urls.push_url(app, room), gop=25)
     try:
         await wait_status(server, room, LiveStatus.LIVE)
-        signed = server.rooms.play_urls(app, room)["hls"]
+        signed = server.urls.play_urls(app, room)["hls"]
         query = urlsplit(signed).query
         assert "txSecret=" in query
         async with aiohttp.ClientSession() as session:

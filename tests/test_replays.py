@@ -14,9 +14,12 @@ from typing import Any
 
 import aiohttp
 
+from api.apps import Apps
 from api.models import LiveStatus, Media, Replay
-from api.rooms import RoomService, RoomSettings, Urls, iso_time
+from api.rooms import Rooms, RoomSettings
 from api.store import open_store
+from api.urls import Urls
+from api.views import iso_time
 from recorder.mp4 import MP4, LiveMp4, SegmentReader, remux
 from recorder.playlist import PLAYLIST
 from tests.conftest import (
@@ -90,11 +93,11 @@ async def test_live_session_becomes_a_replay(make_server, caplog):
     await receiver.start()
     try:
         app, room = await make_room(server, closeReplay=0)
-        await server.rooms.update_app(app, {"webhook_url": receiver.url})
-        pub = await publish(server.rooms.push_url(app, room), seconds=60)
+        await server.apps.update_app(app, {"webhook_url": receiver.url})
+        pub = await publish(server.urls.push_url(app, room), seconds=60)
         await wait_status(server, room, LiveStatus.LIVE)
         await asyncio.sleep(20)
-        await server.rooms.admin_action(app, room.roomid, "end")
+        await server.room_status.admin_action(app, room.roomid, "end")
         replay = await wait_replay(server.store, room.roomid, "ready", timeout=5)
         await pub.stop()
         assert abs(replay.duration - 20) <= 2, replay
@@ -172,7 +175,7 @@ async def test_replay_switched_on_during_the_live_survives_killed_publishers(mak
         live_check_seconds=0.2,
     )
     app, room = await make_room(server)  # replay off (the official default)
-    url = server.rooms.push_url(app, room)
+    url = server.urls.push_url(app, room)
     pub = await publish(url, seconds=60)
     await wait_status(server, room, LiveStatus.LIVE)
     await asyncio.sleep(1)
@@ -215,18 +218,19 @@ async def test_server_killed_mid_recording_leaves_a_playable_replay(tmp_path):
     servers: list[asyncio.subprocess.Process] = []
     pub = None
     try:
-        rooms = RoomService(store, RoomSettings(), Urls(f"rtmp://127.0.0.1:{rtmp}", f"http://127.0.0.1:{http}"))
-        app = await rooms.create_app("crash")
+        settings = RoomSettings()
+        urls = Urls(settings, f"rtmp://127.0.0.1:{rtmp}", f"http://127.0.0.1:{http}")
+        app = await Apps(store, settings).create_app("crash")
         now = time.time()
         for kind in ("cover", "share", "feeds"):
             media = Media(f"{kind}-{app.appid}", app.appid, "image", "image/png", 10, 1, 1, "x.png", now, now + 3600)
             await store.put_media(media)
-        room = await rooms.create_room(app, official_room_body(app.appid, closeReplay=0))
+        room = await Rooms(store, settings).create_room(app, official_room_body(app.appid, closeReplay=0))
         args = ("--host", "127.0.0.1", "--rtmp-port", str(rtmp), "--http-port", str(http), "--data-dir", str(data))
 
         servers.append(await start_cli(*args))
         await wait_http(http)
-        pub = await publish(rooms.push_url(app, room), seconds=60)
+        pub = await publish(urls.push_url(app, room), seconds=60)
         recording = await wait_replay(store, room.roomid, "recording", timeout=10)
         started = time.monotonic()
         await asyncio.sleep(8)

@@ -33,7 +33,7 @@ def room_body(appid: str, **fields) -> dict:
 
 async def go_live(server, room) -> None:
     """What the hub reports when the anchor starts pushing."""
-    await server.rooms._handle_stream_event(StreamEvent("publish", "live", room.stream_name))
+    await server.room_status._handle_stream_event(StreamEvent("publish", "live", room.stream_name))
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Client:
 @pytest.fixture
 async def api(server):
     """A client of the server's HTTP port, authenticated as a fresh app whose images are uploaded."""
-    app = await server.rooms.create_app("shop")
+    app = await server.apps.create_app("shop")
     await add_images(server, app.appid)
     async with aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as session:
         async with session.post("/api/v1/token", json={"appid": app.appid, "secret": app.secret}) as response:

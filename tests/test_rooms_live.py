@@ -51,7 +51,7 @@ async def test_status_follows_the_anchor(rooms_server):
     server = rooms_server
     app, room = await make_room(server)
     assert room.live_status == LiveStatus.NOT_STARTED
-    url = server.rooms.push_url(app, room)
+    url = server.urls.push_url(app, room)
     assert url.startswith(f"rtmp://127.0.0.1:{server.rtmp_port}/live/{app.appid}-{room.roomid}?txSecret=")
 
     pub = await publish(url)  # anchors may start before startTime
@@ -67,7 +67,7 @@ async def test_status_follows_the_anchor(rooms_server):
     await wait_status(server, room, LiveStatus.LIVE)
     assert (await server.store.get_room(room.roomid)).live_sessions == 1, "a return is the same session"
 
-    await server.rooms.admin_action(app, room.roomid, "end")
+    await server.room_status.admin_action(app, room.roomid, "end")
     assert await status_of(server, room) == LiveStatus.ENDED
     assert await asyncio.wait_for(pub.process.wait(), 10) is not None, "ending the room stops the publisher"
     err = await publish_refused(url)
@@ -78,7 +78,7 @@ async def test_status_follows_the_anchor(rooms_server):
 async def test_interruption_past_the_grace_ends_the_live(rooms_server):
     server = rooms_server
     app, room = await make_room(server)
-    pub = await publish(server.rooms.push_url(app, room))
+    pub = await publish(server.urls.push_url(app, room))
     await wait_status(server, room, LiveStatus.LIVE)
     await pub.stop()
     await wait_status(server, room, LiveStatus.INTERRUPTED)
@@ -89,15 +89,15 @@ async def test_interruption_past_the_grace_ends_the_live(rooms_server):
 async def test_pause_kicks_and_refuses_until_resumed(rooms_server):
     server = rooms_server
     app, room = await make_room(server)
-    url = server.rooms.push_url(app, room)
+    url = server.urls.push_url(app, room)
     pub = await publish(url)
     await wait_status(server, room, LiveStatus.LIVE)
-    await server.rooms.admin_action(app, room.roomid, "pause")
+    await server.room_status.admin_action(app, room.roomid, "pause")
     assert await status_of(server, room) == LiveStatus.PAUSED
     await asyncio.wait_for(pub.process.wait(), 10)
     assert "paused (105)" in await publish_refused(url)
 
-    await server.rooms.admin_action(app, room.roomid, "resume")
+    await server.room_status.admin_action(app, room.roomid, "resume")
     assert await status_of(server, room) == LiveStatus.INTERRUPTED
     pub = await publish(url)
     await wait_status(server, room, LiveStatus.LIVE)
@@ -107,28 +107,28 @@ async def test_pause_kicks_and_refuses_until_resumed(rooms_server):
 async def test_ban_is_final(rooms_server):
     server = rooms_server
     app, room = await make_room(server)
-    url = server.rooms.push_url(app, room)
+    url = server.urls.push_url(app, room)
     pub = await publish(url)
     await wait_status(server, room, LiveStatus.LIVE)
-    await server.rooms.admin_action(app, room.roomid, "ban")
+    await server.room_status.admin_action(app, room.roomid, "ban")
     await asyncio.wait_for(pub.process.wait(), 10)
     assert "banned (104)" in await publish_refused(url)
     with pytest.raises(Exception, match="cannot be resumed"):
-        await server.rooms.admin_action(app, room.roomid, "resume")
+        await server.room_status.admin_action(app, room.roomid, "resume")
     assert await status_of(server, room) == LiveStatus.BANNED
 
 
 async def test_room_that_never_went_live_expires(rooms_server):
     server = rooms_server
     app, room = await make_room(server)
-    url = server.rooms.push_url(app, room)
+    url = server.urls.push_url(app, room)
     stored = await server.store.get_room(room.roomid)
     stored.end_time = int(time.time()) - 1  # as if its planned end passed
     await server.store.put_room(stored)
     await wait_status(server, room, LiveStatus.EXPIRED, timeout=5)
     assert "expired (107)" in await publish_refused(url)
     with pytest.raises(ApiError, match="cannot go live again"):
-        server.rooms.push_url(app, await server.store.get_room(room.roomid))
+        server.urls.push_url(app, await server.store.get_room(room.roomid))
 
 
 async def test_bad_signatures_are_refused_with_a_reason(rooms_server):
@@ -142,7 +142,7 @@ async def test_bad_signatures_are_refused_with_a_reason(rooms_server):
     assert "expired" in await publish_refused(f"{base}?{expired}")
     other_app, other_room = await make_room(server)
     # A valid signature of another app's room does not open this one.
-    stolen = server.rooms.push_url(other_app, other_room).split("?", 1)[1]
+    stolen = server.urls.push_url(other_app, other_room).split("?", 1)[1]
     assert "does not match" in await publish_refused(f"{base}?{stolen}")
     assert await status_of(server, room) == LiveStatus.NOT_STARTED
 
@@ -151,10 +151,10 @@ async def test_concurrent_lives_are_limited_per_app(make_server):
     server = await make_server(allow_anonymous_publish=False, max_live_rooms=1)
     app, first = await make_room(server)
     second = await server.rooms.create_room(app, official_room_body(app.appid))
-    pub = await publish(server.rooms.push_url(app, first))
+    pub = await publish(server.urls.push_url(app, first))
     try:
         await wait_status(server, first, LiveStatus.LIVE)
-        err = await publish_refused(server.rooms.push_url(app, second))
+        err = await publish_refused(server.urls.push_url(app, second))
         assert "already has 1 rooms live" in err, err
     finally:
         await pub.stop()
@@ -163,7 +163,7 @@ async def test_concurrent_lives_are_limited_per_app(make_server):
 async def test_rooms_survive_a_restart(make_server, tmp_path):
     server = await make_server(allow_anonymous_publish=False, data_dir=tmp_path / "keep")
     app, room = await make_room(server)
-    await server.rooms.admin_action(app, room.roomid, "ban")
+    await server.room_status.admin_action(app, room.roomid, "ban")
     await server.stop()
     again = await make_server(allow_anonymous_publish=False, data_dir=tmp_path / "keep")
     stored = await again.store.get_room(room.roomid)
@@ -179,7 +179,7 @@ async def test_a_room_live_when_the_server_died_waits_for_its_anchor(make_server
     again = await make_server(allow_anonymous_publish=False, data_dir=tmp_path / "crash", interrupt_grace_seconds=60)
     stored = await again.store.get_room(room.roomid)
     assert stored.live_status == LiveStatus.INTERRUPTED and "restarted" in stored.status_reason
-    pub = await publish(again.rooms.push_url(app, stored))
+    pub = await publish(again.urls.push_url(app, stored))
     try:
         await wait_status(again, room, LiveStatus.LIVE)
     finally:

@@ -58,7 +58,7 @@ async def next_event(response: aiohttp.ClientResponse) -> tuple[str, dict]:
 async def test_status_poll_is_cacheable(push_server):
     server = push_server
     _, room = await make_room(server)
-    server.rooms.settings.quotas = {"default": 0}  # any counted call would now fail with 45009
+    server.apps.settings.quotas = {"default": 0}  # any counted call would now fail with 45009
     url = f"{base(server)}/api/v1/rooms/{room.roomid}/status"
     async with aiohttp.ClientSession() as session:
         async with session.get(url) as response:
@@ -123,7 +123,7 @@ async def test_server_sent_events(push_server):
                 counts.append(message["viewers"])
             assert counts in ([2], [1, 2])
 
-            await server.rooms.admin_action(app, room.roomid, "pause")  # kicks the publisher too
+            await server.room_status.admin_action(app, room.roomid, "pause")  # kicks the publisher too
             kind, paused = await next_event(response)
             assert (kind, paused["live_status"], paused["previous_status"]) == ("status", 105, 101)
         publisher.close()
@@ -147,7 +147,7 @@ async def test_websocket(push_server):
             assert (await other.receive_json(timeout=5))["roomid"] == other_room.roomid
             assert feed.subscribers == 3
 
-            await server.rooms.admin_action(app, room.roomid, "end")
+            await server.room_status.admin_action(app, room.roomid, "end")
             for client in (ws, ws2):
                 ended = await client.receive_json(timeout=5)
                 assert (ended["type"], ended["live_status"], ended["previous_status"]) == ("status", 103, 102)

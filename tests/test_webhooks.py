@@ -85,9 +85,9 @@ async def test_signed_delivery_retried_until_it_succeeds(hook_server, receiver):
     server = hook_server
     hook = await receiver([500, 500])
     app, room = await make_room(server)
-    app = await server.rooms.update_app(app, {"webhook_url": hook.url})
+    app = await server.apps.update_app(app, {"webhook_url": hook.url})
 
-    await server.rooms.admin_action(app, room.roomid, "end")
+    await server.room_status.admin_action(app, room.roomid, "end")
     await hook.wait_calls(3)
     records = await wait_deliveries(server, app.appid, 3)
 
@@ -118,7 +118,7 @@ async def test_signed_delivery_retried_until_it_succeeds(hook_server, receiver):
 
     # The owner reads the same log over REST.
     async with aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as session:
-        token = await server.rooms.issue_token(app.appid, app.secret)
+        token = await server.apps.issue_token(app.appid, app.secret)
         session.headers["Authorization"] = f"Bearer {token.token}"
         listed = await Client(session, app).call("GET", "/api/v1/app/webhook_deliveries?limit=2", 200)
     assert [r["attempt"] for r in listed["deliveries"]] == [3, 2]
@@ -130,13 +130,13 @@ async def test_events_keep_their_order_and_never_block_the_change(hook_server, r
     hook.gate.clear()  # the receiver hangs until the changes are all made
     app, room = await make_room(server)
     _, quiet_room = await make_room(server, "no webhook")
-    app = await server.rooms.update_app(app, {"webhook_url": hook.url})
+    app = await server.apps.update_app(app, {"webhook_url": hook.url})
 
     await go_live(server, room)
-    await server.rooms.admin_action(app, room.roomid, "pause")
-    await server.rooms.admin_action(app, room.roomid, "resume")
-    await server.rooms.admin_action(app, room.roomid, "end")
-    await server.rooms.admin_action(await server.store.get_app(quiet_room.appid), quiet_room.roomid, "ban")
+    await server.room_status.admin_action(app, room.roomid, "pause")
+    await server.room_status.admin_action(app, room.roomid, "resume")
+    await server.room_status.admin_action(app, room.roomid, "end")
+    await server.room_status.admin_action(await server.store.get_app(quiet_room.appid), quiet_room.roomid, "ban")
     await server.webhooks.send(
         RoomEvent("replay_ready", app.appid, room.roomid, LiveStatus.ENDED, data={"replay_id": "r1"})
     )
@@ -164,8 +164,8 @@ async def test_unreachable_receiver_is_given_up_after_six_attempts(hook_server):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed once the block ends: connections are refused
     app, room = await make_room(server)
-    app = await server.rooms.update_app(app, {"webhook_url": f"http://127.0.0.1:{port}/hook"})
-    await server.rooms.admin_action(app, room.roomid, "ban")
+    app = await server.apps.update_app(app, {"webhook_url": f"http://127.0.0.1:{port}/hook"})
+    await server.room_status.admin_action(app, room.roomid, "ban")
     records = await wait_deliveries(server, app.appid, 6)
     assert [r["attempt"] for r in records] == [6, 5, 4, 3, 2, 1]
     assert [r["status"] for r in records] == ["failed"] + ["retrying"] * 5

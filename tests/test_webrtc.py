@@ -174,7 +174,7 @@ async def test_whip_publish_drives_the_room(make_server) -> None:  # type: ignor
         webrtc=webrtc_settings(), allow_anonymous_publish=False, grace_seconds=0.5, interrupt_grace_seconds=30
     )
     app, room = await make_room(server, closeReplay=0)
-    stream_key = server.rooms.push_url(app, room).rsplit("/", 1)[1]  # APPID-ROOMID?txSecret=..&txTime=..
+    stream_key = server.urls.push_url(app, room).rsplit("/", 1)[1]  # APPID-ROOMID?txSecret=..&txTime=..
     pc, resource = await whip_publish(server, room.stream_name, token=stream_key)
     try:
         await wait_status(server, room, LiveStatus.LIVE)

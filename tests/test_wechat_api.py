@@ -19,9 +19,10 @@ import qrcode
 
 from api.media import ImageInfo, image_info
 from api.models import App, LiveStatus, Replay
-from api.rooms import PLUGIN_APPID, iso_time
 from api.server import Server
 from api.signing import verify_query
+from api.urls import PLUGIN_APPID
+from api.views import iso_time
 from tests.conftest import FFMPEG, needs_ffmpeg, run
 
 ROOM = "/wxaapi/broadcast/room/"
@@ -152,7 +153,7 @@ def room_body(media_id: str, **fields: Any) -> dict[str, Any]:
 
 
 async def connect(server: Server, session: aiohttp.ClientSession, name: str = "shop") -> Wx:
-    app = await server.rooms.create_app(name)
+    app = await server.apps.create_app(name)
     url = f"http://127.0.0.1:{server.http_port}/cgi-bin/token"
     query = {"grant_type": "client_credential", "appid": app.appid, "secret": app.secret}
     async with session.get(url, params=query) as response:

@@ -1,0 +1,76 @@
+"""How apps, rooms and replays look in JSON: the WeChat-compatible shapes, the REST shapes, and the
+replay announced in webhooks and room events. Every surface shapes them here."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from api.audience import Audience
+from api.models import ROOM_FIELDS, ROOM_LISTED, ROOM_MEDIA, App, Replay, Room, RoomField
+from api.urls import Urls
+
+View = dict[str, Any]
+
+
+def iso_time(ts: float) -> str:
+    """Zone-less ISO-8601 as the official get_replay returns it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ts))
+
+
+def app_json(app: App) -> View:
+    """The app as its owner sees it: everything but the secret."""
+    data = app.to_dict()
+    del data["secret"]
+    return data
+
+
+def _value(room: Room, field: RoomField, urls: Urls) -> Any:
+    value = getattr(room, field.name)
+    return urls.media_url(value) if field.wire.media else value
+
+
+def room_info(room: Room, urls: Urls) -> View:
+    """A room as getliveinfo lists it: exactly the 18 official fields, images as URLs."""
+    return {field.name: _value(room, field, urls) for field in ROOM_LISTED}
+
+
+def room_json(room: Room, urls: Urls, audience: Audience) -> View:
+    """A room as the REST API shows it: every field (media_ids as given, their URLs beside them), and
+    who watches it."""
+    data = {field.rest_name: getattr(room, field.name) for field in ROOM_FIELDS}
+    data.update((f"{field.name}_url", _value(room, field, urls)) for field in ROOM_MEDIA)
+    data["viewers"] = audience["total"]
+    data["viewers_by_protocol"] = audience["by_protocol"]
+    return data
+
+
+def live_replay(replay: Replay, urls: Urls) -> View:
+    """A replay as getliveinfo's get_replay lists it."""
+    return {
+        "create_time": iso_time(replay.created_at),
+        "expire_time": iso_time(replay.expire_at),
+        "media_url": f"{urls.http_base}/replays/{replay.path}/index.m3u8",
+    }
+
+
+def replay_json(replay: Replay, urls: Urls) -> View:
+    """A replay as the REST API shows it."""
+    return {
+        "replay_id": replay.replay_id,
+        "session": replay.session,
+        "status": replay.status,
+        "created_at": replay.created_at,
+        "expire_at": replay.expire_at,
+        "duration": replay.duration,
+        "size": replay.size,
+        "urls": urls.replay_urls(replay),
+    }
+
+
+def replay_ready(replay: Replay, urls: Urls) -> View:
+    """The data of a ``replay_ready`` event: the REST view plus the get_replay fields."""
+    data = replay_json(replay, urls)
+    data["media_url"] = data["urls"].get("hls", "")
+    data["create_time"], data["expire_time"] = iso_time(replay.created_at), iso_time(replay.expire_at)
+    return data
