@@ -1,4 +1,6 @@
-"""Stores for the control plane: one interface, an SQLite and a Redis implementation."""
+"""Stores for the control plane: one interface (base.RoomStore), an SQLite and a Redis implementation that
+pass the same contract tests. May import: api.models and api.errors only; no HTTP, no media.
+open_store() picks the one the settings ask for."""
 
 from __future__ import annotations
 
