@@ -113,7 +113,7 @@ async def test_ban_is_final(rooms_server):
     await server.room_status.admin_action(app, room.roomid, "ban")
     await asyncio.wait_for(pub.process.wait(), 10)
     assert "banned (104)" in await publish_refused(url)
-    with pytest.raises(Exception, match="cannot be resumed"):
+    with pytest.raises(Exception, match="resume is not allowed"):
         await server.room_status.admin_action(app, room.roomid, "resume")
     assert await status_of(server, room) == LiveStatus.BANNED
 
