@@ -17,7 +17,7 @@ import pytest
 from api.config import ConfigError, load
 from ingest.rtmp.client import connect
 from relay.formats import hevc
-from relay.formats.fmp4 import NON_SYNC_SAMPLE, SYNC_SAMPLE, Fmp4Muxer
+from relay.formats.fmp4 import NON_SYNC_SAMPLE, SYNC_SAMPLE, Fmp4Muxer, boxes, decode_times, timescales
 from relay.formats.hls import HlsSettings, LivePlaylist, Segment, Segmenter
 from relay.formats.packet import AUDIO, VIDEO, Packet
 from tests.conftest import (
@@ -204,6 +204,21 @@ def test_fragments_read_back_with_sequence_numbers_decode_times_and_sync_flags()
     assert video_samples == 105 and audio_samples == int(4.2 * 44100 / 1024)
 
 
+def test_timescales_and_decode_times_read_back_from_init_and_fragments() -> None:
+    segments = segment(1.0, synthetic_stream(4.2))
+    init = segments[0].init
+    assert init is not None and timescales(init.data) == {1: 90000, 2: 44100}
+    for seg in segments:
+        for part in seg.parts:
+            _, runs = fragment_runs(part.data)
+            (_, moof), _ = walk(part.data)
+            expected = {r.track: (r.base, r.base + sum(s[0] for s in r.samples)) for r in runs}
+            assert decode_times(moof) == expected and set(expected) == {1, 2}
+    whole = segments[0].parts[0].data
+    assert [kind for kind, _ in boxes(whole)] == [b"moof", b"mdat"]
+    assert [kind for kind, _ in boxes(whole[:-1])] == [b"moof"], "a box cut short is not read"
+
+
 def live_playlist(**settings) -> LivePlaylist:
     return LivePlaylist(HlsSettings(**settings), "0123abcd")
 
@@ -304,9 +319,14 @@ async def test_live_fmp4_hls_plays_in_ffmpeg(make_server) -> None:
 # ------------------------------------------------------------ HEVC from libx265
 
 
-def test_hevc_picture_size_from_x265s_sps(hevc_media) -> None:
+def test_hevc_picture_size_and_parameter_sets_from_x265s_record(hevc_media) -> None:
     packets, _ = hevc_media
     assert hevc.dimensions(packets[0].payload) == (320, 240)
+    record = packets[0].payload[5:]
+    sets = hevc.parameter_sets(record)
+    assert [(nal[0] >> 1) & 0x3F for nal in sets] == [32, 33, 34], "VPS, SPS, PPS"
+    assert all(nal in record for nal in sets) and hevc.length_size(record) == 4
+    assert hevc.parameter_sets(record[:-1]) == sets[:2], "a record cut short gives its whole NAL units only"
 
 
 @needs_ffmpeg
