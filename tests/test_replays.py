@@ -367,6 +367,28 @@ def test_a_growing_segment_reader_waits_for_segments_and_ends_or_aborts(tmp_path
     assert len(errors) == 1 and aborted.aborted
 
 
+def test_a_segment_reader_reads_a_run_per_init_segment(tmp_path: Path) -> None:
+    files = {name: tmp_path / name for name in ("init0.mp4", "a.m4s", "b.m4s", "init1.mp4", "c.m4s")}
+    for name, path in files.items():
+        path.write_bytes(name.encode())
+    reader = SegmentReader(growing=True)
+    reader.add(files["a.m4s"], files["init0.mp4"])
+    reader.add(files["b.m4s"], files["init0.mp4"])
+    assert reader.first_file() == files["init0.mp4"]
+    assert reader.read() == b"init0.mp4a.m4sb.m4s", "the init segment once, then its segments"
+    got: list[bool] = []
+    waiting = threading.Thread(target=lambda: got.append(reader.next_run()))
+    waiting.start()
+    waiting.join(0.2)
+    assert waiting.is_alive() and not got  # no next run yet: it waits
+    reader.add(files["c.m4s"], files["init1.mp4"])
+    waiting.join(5)
+    assert got == [True] and reader.first_file() == files["init1.mp4"]
+    assert reader.read(4) == b"init" and reader.read() == b"1.mp4c.m4s"
+    reader.finish()
+    assert reader.read() == b"" and not reader.next_run()
+
+
 async def test_a_live_mp4_is_the_remux_of_its_segments_and_an_abort_leaves_nothing(tmp_path: Path) -> None:
     source = ["-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-f", "lavfi", "-i", "sine=sample_rate=44100"]
     encode = ["-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-c:a", "aac", "-t", "4"]
