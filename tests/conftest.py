@@ -44,15 +44,21 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 
 
 @pytest.fixture(scope="session")
-def hevc_media(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Packet], Path]:
-    """Six seconds of 320x240 HEVC (libx265, a keyframe a second, no B-frames) and AAC, as FLV packets
-    (:func:`tests.hevc.hevc_packets`), and a folder for the test's files."""
+def x265() -> str:
+    """The ffmpeg to make HEVC with (:func:`tests.hevc.hevc_packets`); the test is skipped without libx265."""
     if not (FFMPEG and FFPROBE):
         pytest.skip("ffmpeg/ffprobe not installed")
     if not has_x265(FFMPEG):
         pytest.skip("this ffmpeg has no libx265")
+    return FFMPEG
+
+
+@pytest.fixture(scope="session")
+def hevc_media(x265: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Packet], Path]:
+    """Six seconds of 320x240 HEVC (libx265, a keyframe a second, no B-frames) and AAC, as FLV packets,
+    and a folder for the test's files."""
     folder = tmp_path_factory.mktemp("hevc")
-    return hevc_packets(FFMPEG, folder), folder
+    return hevc_packets(x265, folder), folder
 
 
 @pytest.fixture

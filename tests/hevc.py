@@ -1,12 +1,15 @@
-"""HEVC test media. Debian's ffmpeg 5.1 cannot publish HEVC over RTMP, so HEVC frames made by libx265
-(Annex-B) are turned here into an hvcC and length-prefixed samples, with AAC, as the FLV packets a
-publisher sends as legacy codec-id-12 tags (with the project's own RTMP client)."""
+"""HEVC test media and a publisher for it. Debian's ffmpeg 5.1 cannot publish HEVC over RTMP, so HEVC
+frames made by libx265 (Annex-B) are turned here into an hvcC and length-prefixed samples, with AAC,
+as the FLV packets that :class:`PacketPublisher` (the project's own RTMP client) sends as legacy
+codec-id-12 tags."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 
+from ingest.rtmp.client import RtmpClient, connect
 from relay.formats.packet import AUDIO, VIDEO, Packet
 
 FPS = 25
@@ -81,3 +84,42 @@ def hevc_packets(ffmpeg: str, folder: Path, seconds: int = 6, size: str = "320x2
     media += [Packet(AUDIO, k * 1024 * 1000 // 44100, b"\xaf\x01" + frame) for k, frame in enumerate(audio)]
     media.sort(key=lambda p: (p.timestamp, p.kind != VIDEO))
     return packets + media
+
+
+class PacketPublisher:
+    """The project's RTMP client publishing FLV packets as an encoder would: each at its timestamp,
+    counted from the first packet sent."""
+
+    def __init__(self, client: RtmpClient) -> None:
+        self.client = client
+        self._started: float | None = None
+        self._sending: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, url: str) -> PacketPublisher:
+        """Publish to ``rtmp://host:port/app/stream[?query]`` (a signed push URL, for instance)."""
+        app_url, _, stream = url.partition("?")[0].rpartition("/")
+        query = url.partition("?")[2]
+        client = await connect(app_url)
+        await client.publish(f"{stream}?{query}" if query else stream)
+        return cls(client)
+
+    async def send(self, packets: list[Packet]) -> None:
+        loop = asyncio.get_running_loop()
+        if self._started is None:
+            self._started = loop.time()
+        for packet in packets:
+            delay = self._started + packet.timestamp / 1000 - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.client.send_media(packet.kind, packet.timestamp, packet.payload)
+
+    def send_in_background(self, packets: list[Packet]) -> None:
+        self._sending = asyncio.create_task(self.send(packets))
+
+    async def stop(self) -> None:
+        """Stop sending and close the connection (as an encoder that quits or dies)."""
+        if self._sending is not None:
+            self._sending.cancel()
+            await asyncio.gather(self._sending, return_exceptions=True)
+        self.client.close()
