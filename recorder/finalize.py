@@ -1,29 +1,35 @@
 """Turn a replay's folder of segments into a finished replay: VOD playlist, MP4 and cover.
 
 Works from what is on disk only, so it serves a normal end and a crash alike: temporary files are
-removed, a segment that is not whole 188-byte packets is dropped, the playlist is rebuilt from
-the segments (the EVENT one may be stale; only its discontinuities are kept), durations come
-from the segments' PES timestamps. The MP4 (``recorder.mp4``) is the one the recording made while
-the live went on, when it holds every segment found, else it is remuxed from the segments here;
-the cover is the first keyframe, encoded as JPEG. Running it again on a finalized folder gives
-the same result, so a finalization cut short is simply done again.
+removed, a segment that is not whole is dropped (MPEG-TS: whole 188-byte packets; fMP4: whole
+top-level boxes, from a ``moof`` to an ``mdat``, after a whole init segment), and so is an init
+segment that no segment left needs. The playlist is rebuilt from the segments (the EVENT one may be
+stale; only its discontinuities are kept, and one goes where the init segment changes, as the
+Segmenter puts one at every change of codec configuration); durations come from the segments'
+timestamps (PES headers; ``tfdt`` and sample durations in fMP4). The MP4 (``recorder.mp4``) is the one
+the recording made while the live went on, when it holds every segment found, else it is remuxed
+from the segments here; the cover is the first keyframe, encoded as JPEG. Running it again on a
+finalized folder gives the same result, so a finalization cut short is simply done again.
 
 Blocking: run it on a worker thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 
-from recorder.mp4 import MP4, LiveMp4, RemuxError, SegmentReader, remux
+from recorder.mp4 import MP4, LiveMp4, RemuxError, SegmentReader, demuxer, remux
 from recorder.playlist import PLAYLIST, Entry, discontinuities, render
 from recorder.recording import atomic_write
+from relay.formats.fmp4 import decode_times, timescales
 
 log = logging.getLogger("minilive.recorder")
 
@@ -50,7 +56,9 @@ class Finalized:
 @dataclass(slots=True)
 class _Segment:
     path: Path
-    start: int  # first PES timestamp (90 kHz)
+    start: int  # its first timestamp (90 kHz)
+    end: int | None = None  # fMP4: where its last frame ends (90 kHz); TS: read when needed
+    init: Path | None = None  # fMP4: the init segment it needs
 
 
 def finalize(folder: Path, live_mp4: LiveMp4 | None = None) -> Finalized:
@@ -65,6 +73,7 @@ def finalize(folder: Path, live_mp4: LiveMp4 | None = None) -> Finalized:
     playlist = folder / PLAYLIST
     marked = discontinuities(playlist.read_text(errors="replace")) if playlist.exists() else set()
     entries = []
+    previous: _Segment | None = None
     for segment, following in zip(segments, [*segments[1:], None], strict=True):
         if (
             following is not None
@@ -74,15 +83,18 @@ def finalize(folder: Path, live_mp4: LiveMp4 | None = None) -> Finalized:
             duration = (following.start - segment.start) / CLOCK
         else:  # the last segment, or one before a jump: its own span
             duration = _span(segment) / CLOCK
-        entries.append(Entry(segment.path.name, duration, segment.path.name in marked))
+        new_init = previous is not None and segment.init != previous.init
+        init = segment.init.name if segment.init else None
+        entries.append(Entry(segment.path.name, duration, segment.path.name in marked or new_init, init))
+        previous = segment
     atomic_write(playlist, render(entries, ended=True).encode())
     mp4_during_live = live_segments == [s.path.name for s in segments]
     if not mp4_during_live:
         try:
-            remux(SegmentReader([s.path for s in segments]), folder / MP4)
+            remux(_reader(segments), folder / MP4)
         except RemuxError as exc:
             raise FinalizeError(str(exc)) from exc
-    _cover(segments[0].path, folder / COVER)
+    _cover(segments[0], folder / COVER)
     size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     return Finalized(round(sum(e.duration for e in entries), 3), size, len(entries), mp4_during_live)
 
@@ -91,15 +103,32 @@ def finalize(folder: Path, live_mp4: LiveMp4 | None = None) -> Finalized:
 
 
 def _segments(folder: Path) -> list[_Segment]:
+    inits = {path: _init_timescales(path) for path in sorted(folder.glob("init*.mp4"))}
     found = []
-    for path in sorted(folder.glob("seg*.ts")):
-        start = _first_timestamp(path)
-        if start is None:
-            log.warning("replay %s: dropping %s, not a whole MPEG-TS segment", folder.name, path.name)
+    for path in sorted(p for p in folder.glob("seg*") if p.suffix in (".ts", ".m4s")):
+        if path.suffix == ".ts":
+            start = _first_timestamp(path)
+            segment = None if start is None else _Segment(path, start)
+        else:
+            init = _init_of(path, list(inits))
+            segment = None if init is None else _fmp4_segment(path, init, inits[init])
+        if segment is None:
+            log.warning(
+                "replay %s: dropping %s, not a whole segment, or its init segment is not", folder.name, path.name
+            )
             path.unlink()
         else:
-            found.append(_Segment(path, start))
+            found.append(segment)
+    for init in inits.keys() - {segment.init for segment in found}:
+        init.unlink()  # not whole, or no segment left needs it
     return found
+
+
+def _reader(segments: list[_Segment]) -> SegmentReader:
+    source = SegmentReader()
+    for segment in segments:
+        source.add(segment.path, segment.init)
+    return source
 
 
 def _first_timestamp(path: Path) -> int | None:
@@ -117,7 +146,9 @@ def _first_timestamp(path: Path) -> int | None:
 
 
 def _span(segment: _Segment) -> int:
-    """From the segment's first timestamp to the end of its last frame (reads the whole segment)."""
+    """From the segment's first timestamp to the end of its last frame (reads a whole TS segment)."""
+    if segment.end is not None:
+        return max(0, segment.end - segment.start)
     first: dict[int, int] = {}
     last: dict[int, int] = {}
     count: dict[int, int] = {}
@@ -156,11 +187,66 @@ def _pes_time(b: bytes) -> int:
     return ((b[0] >> 1) & 0x07) << 30 | b[1] << 22 | (b[2] >> 1) << 15 | b[3] << 7 | b[4] >> 1
 
 
+# ------------------------------------------------------------ fMP4 segments
+
+
+def _init_of(segment: Path, inits: list[Path]) -> Path | None:
+    """The init segment of ``segment``: the last one named after it or a segment before it."""
+    number = int(segment.stem.removeprefix("seg"))
+    earlier = [init for init in inits if int(init.stem.removeprefix("init")) <= number]
+    return earlier[-1] if earlier else None
+
+
+def _init_timescales(path: Path) -> dict[int, int]:
+    """The track timescales of a whole init segment (``ftyp``, ``moov``); none for anything else."""
+    top = _boxes(path)
+    if top is None or [kind for kind, _, _ in top][:2] != [b"ftyp", b"moov"]:
+        return {}
+    return timescales(path.read_bytes())
+
+
+def _fmp4_segment(path: Path, init: Path, scales: dict[int, int]) -> _Segment | None:
+    """``path`` when it is whole fragments (``moof`` + ``mdat``) of the tracks of ``init``."""
+    top = _boxes(path)
+    if not scales or not top or top[0][0] != b"moof" or top[-1][0] != b"mdat":
+        return None
+    moofs = [(offset, size) for kind, offset, size in top if kind == b"moof"]
+    with open(path, "rb") as f:
+        first, last = (decode_times(_read(f, offset + 8, size - 8)) for offset, size in (moofs[0], moofs[-1]))
+    if not first or not last or not (first.keys() | last.keys()) <= scales.keys():
+        return None
+    start = min(begin * CLOCK // scales[track] for track, (begin, _) in first.items())
+    end = max(stop * CLOCK // scales[track] for track, (_, stop) in last.items())
+    return _Segment(path, start, end, init)
+
+
+def _read(f: BinaryIO, offset: int, size: int) -> bytes:
+    f.seek(offset)
+    return f.read(size)
+
+
+def _boxes(path: Path) -> list[tuple[bytes, int, int]] | None:
+    """(type, offset, size) of the top-level boxes of an MP4 file; None unless they fill it exactly."""
+    size = path.stat().st_size
+    found = []
+    with open(path, "rb") as f:
+        pos = 0
+        while pos < size:
+            head = _read(f, pos, 8)
+            length = int.from_bytes(head[:4], "big") if len(head) == 8 else 0
+            if length < 8 or pos + length > size:
+                return None
+            found.append((head[4:], pos, length))
+            pos += length
+    return found or None
+
+
 # ------------------------------------------------------------ MP4 and cover
 
 
-def _cover(path: Path, target: Path) -> None:
-    with av.open(str(path)) as src:
+def _cover(segment: _Segment, target: Path) -> None:
+    source = _reader([segment])
+    with contextlib.closing(source), demuxer(source) as src:
         if not src.streams.video:
             return  # audio only: no picture
         stream = src.streams.video[0]

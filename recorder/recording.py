@@ -1,11 +1,12 @@
-"""One replay being written: a live stream's packets cut into MPEG-TS segments on disk as they arrive.
+"""One replay being written: a live stream's packets cut into HLS segments on disk as they arrive.
 
 A :class:`Recording` is a sink of the hub's stream. Segments are muxed on the event loop (the
-same :class:`~relay.formats.hls.Segmenter` as live HLS) and written by the recorder's writer thread: each
-to a temporary file, synced and renamed to ``segNNNNN.ts``, then the EVENT playlist is replaced
-the same way. So after a crash every segment on disk is whole and at most the segment still in
-memory is lost. Each segment on disk then goes on to the replay's MP4, which is remuxed while the
-live goes on (:class:`~recorder.mp4.LiveMp4`).
+same :class:`~relay.formats.hls.Segmenter` as live HLS: MPEG-TS for H.264, fMP4 for HEVC) and written
+by the recorder's writer thread: each to a temporary file, synced and renamed to ``segNNNNN.ts`` or
+``segNNNNN.m4s`` (after its init segment, ``initNNNNN.mp4``, when it is the first to need it), then
+the EVENT playlist is replaced the same way. So after a crash every segment on disk is whole and at
+most the segment still in memory is lost. Each segment on disk then goes on to the replay's MP4,
+which is remuxed while the live goes on (:class:`~recorder.mp4.LiveMp4`).
 
 A live session may outlive its hub stream: the publisher drops, the hub's grace ends the stream,
 and the anchor comes back within the room's grace on a new stream. The recording then attaches
@@ -22,8 +23,8 @@ from concurrent.futures import Executor, Future
 from pathlib import Path
 
 from recorder.mp4 import LiveMp4
-from recorder.playlist import PLAYLIST, Entry, render, segment_name
-from relay.formats.hls import Segment, Segmenter
+from recorder.playlist import PLAYLIST, Entry, init_name, render, segment_name
+from relay.formats.hls import InitSegment, Segment, Segmenter, extension
 from relay.formats.packet import DATA, Packet
 from relay.hub import Hub, Subscription
 
@@ -56,6 +57,7 @@ class Recording:
         self._last_ts = -1
         self._rebase = False
         self._last_write: Future[None] | None = None
+        self._init: tuple[InitSegment, str] | None = None  # the last init segment and its file name
         # The replay's MP4, remuxed while the live goes on (made by the writer at the first segment).
         self.mp4: LiveMp4 | None = None
 
@@ -107,18 +109,30 @@ class Recording:
     # ------------------------------------------------------------ disk
 
     def _on_segment(self, segment: Segment) -> None:
-        name = segment_name(segment.msn)
-        self.entries.append(Entry(name, segment.duration, segment.discontinuity))
+        name = segment_name(segment.msn, extension(segment))
+        init = self._init_file(segment)
+        self.entries.append(Entry(name, segment.duration, segment.discontinuity, init[0] if init else None))
         playlist = render(self.entries, ended=False).encode()
-        self._last_write = self.writer.submit(self._write, name, segment.data, playlist)
+        self._last_write = self.writer.submit(self._write, name, segment.data, playlist, init)
 
-    def _write(self, name: str, data: bytes | memoryview, playlist: bytes) -> None:
+    def _init_file(self, segment: Segment) -> tuple[str, bytes] | None:
+        """(file name, bytes) of the init segment that ``segment`` needs; None for TS."""
+        if segment.init is None:
+            return None
+        if self._init is None or self._init[0] is not segment.init:
+            self._init = (segment.init, init_name(segment.msn))
+        return self._init[1], segment.init.data
+
+    def _write(self, name: str, data: bytes | memoryview, playlist: bytes, init: tuple[str, bytes] | None) -> None:
         try:
+            # Written with the first segment that needs it, or the next one if that write failed.
+            if init is not None and not (self.folder / init[0]).exists():
+                atomic_write(self.folder / init[0], init[1])
             atomic_write(self.folder / name, data)
             atomic_write(self.folder / PLAYLIST, playlist)
             if self.mp4 is None:
                 self.mp4 = LiveMp4(self.folder)
-            self.mp4.add(self.folder / name)
+            self.mp4.add(self.folder / name, self.folder / init[0] if init else None)
         except OSError as exc:
             if not self._write_failed:
                 log.error("replay %s: cannot write %s: %s", self.replay_id, self.folder / name, exc)

@@ -19,8 +19,10 @@ import uvloop
 from api.config import Settings
 from api.models import Media
 from api.server import Server
+from relay.formats.packet import Packet
 from relay.hub.stream import LiveStream
 from tests.browser import CHROMIUM, MEDIA_FLAGS, WEB_ROOT, Browser, serve_web
+from tests.hevc import has_x265, hevc_packets
 
 FFMPEG = shutil.which("ffmpeg")
 FFPROBE = shutil.which("ffprobe")
@@ -39,6 +41,24 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in UVLOOP_TOO:
         return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
     return {"asyncio": asyncio.new_event_loop}
+
+
+@pytest.fixture(scope="session")
+def x265() -> str:
+    """The ffmpeg to make HEVC with (:func:`tests.hevc.hevc_packets`); the test is skipped without libx265."""
+    if not (FFMPEG and FFPROBE):
+        pytest.skip("ffmpeg/ffprobe not installed")
+    if not has_x265(FFMPEG):
+        pytest.skip("this ffmpeg has no libx265")
+    return FFMPEG
+
+
+@pytest.fixture(scope="session")
+def hevc_media(x265: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Packet], Path]:
+    """Six seconds of 320x240 HEVC (libx265, a keyframe a second, no B-frames) and AAC, as FLV packets,
+    and a folder for the test's files."""
+    folder = tmp_path_factory.mktemp("hevc")
+    return hevc_packets(x265, folder), folder
 
 
 @pytest.fixture

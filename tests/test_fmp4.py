@@ -1,8 +1,7 @@
 """fMP4 (CMAF) HLS: the muxer's boxes read back, playlists with EXT-X-MAP, and real players reading it.
 
-H.264 + AAC comes from Debian's ffmpeg over RTMP. Debian's ffmpeg 5.1 cannot publish HEVC over RTMP,
-so HEVC frames made by libx265 (Annex-B) are turned into an hvcC and length-prefixed samples here and
-published as legacy codec-id-12 FLV tags by our own RTMP client.
+H.264 + AAC comes from Debian's ffmpeg over RTMP; HEVC (``hevc_media``, :mod:`tests.hevc`) is published
+as legacy codec-id-12 FLV tags by our own RTMP client.
 """
 
 from __future__ import annotations
@@ -10,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import struct
-import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -20,12 +17,10 @@ import pytest
 from api.config import ConfigError, load
 from ingest.rtmp.client import connect
 from relay.formats import hevc
-from relay.formats.fmp4 import NON_SYNC_SAMPLE, SYNC_SAMPLE, Fmp4Muxer
+from relay.formats.fmp4 import NON_SYNC_SAMPLE, SYNC_SAMPLE, Fmp4Muxer, boxes, decode_times, timescales
 from relay.formats.hls import HlsSettings, LivePlaylist, Segment, Segmenter
 from relay.formats.packet import AUDIO, VIDEO, Packet
 from tests.conftest import (
-    FFMPEG,
-    FFPROBE,
     decode_cleanly,
     hub_stream,
     needs_ffmpeg,
@@ -209,6 +204,21 @@ def test_fragments_read_back_with_sequence_numbers_decode_times_and_sync_flags()
     assert video_samples == 105 and audio_samples == int(4.2 * 44100 / 1024)
 
 
+def test_timescales_and_decode_times_read_back_from_init_and_fragments() -> None:
+    segments = segment(1.0, synthetic_stream(4.2))
+    init = segments[0].init
+    assert init is not None and timescales(init.data) == {1: 90000, 2: 44100}
+    for seg in segments:
+        for part in seg.parts:
+            _, runs = fragment_runs(part.data)
+            (_, moof), _ = walk(part.data)
+            expected = {r.track: (r.base, r.base + sum(s[0] for s in r.samples)) for r in runs}
+            assert decode_times(moof) == expected and set(expected) == {1, 2}
+    whole = segments[0].parts[0].data
+    assert [kind for kind, _ in boxes(whole)] == [b"moof", b"mdat"]
+    assert [kind for kind, _ in boxes(whole[:-1])] == [b"moof"], "a box cut short is not read"
+
+
 def live_playlist(**settings) -> LivePlaylist:
     return LivePlaylist(HlsSettings(**settings), "0123abcd")
 
@@ -309,79 +319,14 @@ async def test_live_fmp4_hls_plays_in_ffmpeg(make_server) -> None:
 # ------------------------------------------------------------ HEVC from libx265
 
 
-def nal_units(annexb: bytes) -> list[bytes]:
-    return [nal.rstrip(b"\x00") for nal in annexb.split(b"\x00\x00\x01") if nal.rstrip(b"\x00")]
-
-
-def hevc_stream(annexb: bytes) -> tuple[bytes, list[tuple[bool, bytes]]]:
-    """(HEVCDecoderConfigurationRecord, [(keyframe, length-prefixed access unit)]), one slice a picture."""
-    sets: dict[int, bytes] = {}
-    frames, pending = [], b""
-    for nal in nal_units(annexb):
-        nal_type = (nal[0] >> 1) & 0x3F
-        if nal_type in (32, 33, 34):  # VPS, SPS, PPS: in the hvcC only, as hvc1 wants
-            sets.setdefault(nal_type, nal)
-            continue
-        pending += len(nal).to_bytes(4, "big") + nal
-        if nal_type < 32:  # a picture's slice ends its access unit
-            frames.append((16 <= nal_type <= 23, pending))
-            pending = b""
-    profile_tier_level = sets[33][3:].replace(b"\x00\x00\x03", b"\x00\x00")[:12]
-    record = b"\x01" + profile_tier_level + b"\xf0\x00\xfc\xfd\xf8\xf8\x00\x00\x0f\x03"
-    for nal_type in (32, 33, 34):
-        record += bytes((0x80 | nal_type,)) + b"\x00\x01" + len(sets[nal_type]).to_bytes(2, "big") + sets[nal_type]
-    return record, frames
-
-
-def adts_frames(adts: bytes) -> tuple[bytes, list[bytes]]:
-    """(AudioSpecificConfig, raw AAC frames) of an ADTS stream."""
-    h = adts[:7]
-    object_type, rate_index = (h[2] >> 6) + 1, (h[2] >> 2) & 0x0F
-    channels = ((h[2] & 1) << 2) | (h[3] >> 6)
-    asc = bytes(((object_type << 3) | (rate_index >> 1), ((rate_index & 1) << 7) | (channels << 3)))
-    frames, pos = [], 0
-    while pos + 7 <= len(adts):
-        length = ((adts[pos + 3] & 3) << 11) | (adts[pos + 4] << 3) | (adts[pos + 5] >> 5)
-        header = 7 if adts[pos + 1] & 1 else 9
-        frames.append(adts[pos + header : pos + length])
-        pos += length
-    return asc, frames
-
-
-@pytest.fixture(scope="module")
-def hevc_media(tmp_path_factory) -> tuple[list[Packet], Path]:
-    """Six seconds of HEVC (libx265, a keyframe a second, no B-frames) and AAC, as FLV packets."""
-    if not (FFMPEG and FFPROBE):
-        pytest.skip("ffmpeg/ffprobe not installed")
-    encoders = subprocess.run([FFMPEG, "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
-    if "libx265" not in encoders:
-        pytest.skip("this ffmpeg has no libx265")
-    folder = tmp_path_factory.mktemp("hevc")
-    args = (
-        "-v error -t 6 -f lavfi -i testsrc=size=320x240:rate=25 -t 6 -f lavfi -i sine=sample_rate=44100 "
-        "-map 0:v -c:v libx265 -preset ultrafast -pix_fmt yuv420p "
-        "-x265-params keyint=25:min-keyint=25:scenecut=0:bframes=0:log-level=error "
-        f"-f hevc {folder / 'v.hevc'} -map 1:a -c:a aac -f adts {folder / 'a.aac'}"
-    )
-    subprocess.run([FFMPEG, *args.split()], check=True, timeout=60)
-    record, frames = hevc_stream((folder / "v.hevc").read_bytes())
-    asc, audio = adts_frames((folder / "a.aac").read_bytes())
-    packets = [
-        Packet(VIDEO, 0, b"\x1c\x00\x00\x00\x00" + record, config=True),
-        Packet(AUDIO, 0, b"\xaf\x00" + asc, config=True),
-    ]
-    media = [
-        Packet(VIDEO, i * 40, bytes((0x1C if key else 0x2C, 1, 0, 0, 0)) + au, key)
-        for i, (key, au) in enumerate(frames)
-    ]
-    media += [Packet(AUDIO, k * 1024 * 1000 // 44100, b"\xaf\x01" + frame) for k, frame in enumerate(audio)]
-    media.sort(key=lambda p: (p.timestamp, p.kind != VIDEO))
-    return packets + media, folder
-
-
-def test_hevc_picture_size_from_x265s_sps(hevc_media) -> None:
+def test_hevc_picture_size_and_parameter_sets_from_x265s_record(hevc_media) -> None:
     packets, _ = hevc_media
     assert hevc.dimensions(packets[0].payload) == (320, 240)
+    record = packets[0].payload[5:]
+    sets = hevc.parameter_sets(record)
+    assert [(nal[0] >> 1) & 0x3F for nal in sets] == [32, 33, 34], "VPS, SPS, PPS"
+    assert all(nal in record for nal in sets) and hevc.length_size(record) == 4
+    assert hevc.parameter_sets(record[:-1]) == sets[:2], "a record cut short gives its whole NAL units only"
 
 
 @needs_ffmpeg

@@ -1,4 +1,5 @@
-"""Reading codec headers bit by bit: the Exp-Golomb codes of H.264 and HEVC parameter sets."""
+"""Reading codec headers: the Exp-Golomb codes of H.264 and HEVC parameter sets, bit by bit, and the
+parameter set arrays of their decoder configuration records."""
 
 from __future__ import annotations
 
@@ -50,3 +51,16 @@ def plausible(size: tuple[int, int]) -> tuple[int, int] | None:
     """``size`` if it can be a picture's, else None."""
     width, height = size
     return size if 0 < width <= MAX_DIMENSION and 0 < height <= MAX_DIMENSION else None
+
+
+def nal_array(record: bytes, pos: int, count: int) -> tuple[list[bytes], int] | None:
+    """The ``count`` NAL units at ``pos`` of a decoder configuration record, each after its 16-bit
+    size, and where they end; None when one is empty or cut short."""
+    found = []
+    for _ in range(count):
+        size = int.from_bytes(record[pos : pos + 2], "big")
+        if size == 0 or pos + 2 + size > len(record):
+            return None
+        found.append(bytes(record[pos + 2 : pos + 2 + size]))
+        pos += 2 + size
+    return found, pos

@@ -8,11 +8,15 @@ a ``traf`` per track. Samples keep their length-prefixed NAL units as they came;
 
 A sample's duration is known only when the next one arrives, so :meth:`Fmp4Muxer.mux` queues
 frames and :meth:`Fmp4Muxer.flush` writes them as one fragment, given where the fragment ends.
+
+Reading back (:func:`boxes`, :func:`timescales`, :func:`decode_times`) covers what the recorder needs
+of its own files: their boxes, and where each fragment starts and ends in time.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -273,3 +277,67 @@ class Fmp4Muxer:
                 )
             )
         return box(b"moof", full_box(b"mfhd", 0, 0, struct.pack(">I", self.sequence)), *trafs)
+
+
+# ------------------------------------------------------------ reading back
+
+# trun fields: data-offset and first-sample-flags once, then for each sample those of these it has
+_TRUN_HEAD = (0x01, 0x04)
+_TRUN_SAMPLE_DURATION = 0x100
+_TRUN_SAMPLE_FIELDS = (0x100, 0x200, 0x400, 0x800)
+
+
+def boxes(data: bytes | memoryview) -> Iterator[tuple[bytes, memoryview]]:
+    """(type, body) of each box in ``data`` in order, up to the first one that does not fit in it."""
+    view = memoryview(data)
+    pos = 0
+    while pos + 8 <= len(view):
+        size = int.from_bytes(view[pos : pos + 4], "big")
+        if size < 8 or pos + size > len(view):
+            return
+        yield bytes(view[pos + 4 : pos + 8]), view[pos + 8 : pos + size]
+        pos += size
+
+
+def _children(body: memoryview, kind: bytes) -> list[memoryview]:
+    return [child for found, child in boxes(body) if found == kind]
+
+
+def _field(body: memoryview, version_0: int, version_1: int) -> int:
+    """A full box's 32-bit field that moves when version 1 widens the times before it to 64 bits."""
+    at = version_1 if body[0] == 1 else version_0
+    return int.from_bytes(body[at : at + 4], "big")
+
+
+def timescales(init: bytes | memoryview) -> dict[int, int]:
+    """The timescale of each track of an init segment, by track id."""
+    found = {}
+    for moov in _children(memoryview(init), b"moov"):
+        for trak in _children(moov, b"trak"):
+            tkhd = _children(trak, b"tkhd")
+            mdhd = [m for mdia in _children(trak, b"mdia") for m in _children(mdia, b"mdhd")]
+            if tkhd and mdhd:
+                found[_field(tkhd[0], 12, 20)] = _field(mdhd[0], 12, 20)
+    return found
+
+
+def decode_times(moof: bytes | memoryview) -> dict[int, tuple[int, int]]:
+    """Per track id, the decode times at which the samples of a fragment (as :class:`Fmp4Muxer` writes
+    them: a duration for each sample) begin and end, in the track's timescale."""
+    found = {}
+    for traf in _children(memoryview(moof), b"traf"):
+        tfhd, tfdt = _children(traf, b"tfhd"), _children(traf, b"tfdt")
+        if not tfhd or not tfdt:
+            continue
+        start = int.from_bytes(tfdt[0][4:12] if tfdt[0][0] == 1 else tfdt[0][4:8], "big")
+        end = start
+        for trun in _children(traf, b"trun"):
+            flags = int.from_bytes(trun[1:4], "big")
+            if not flags & _TRUN_SAMPLE_DURATION:
+                continue
+            count = int.from_bytes(trun[4:8], "big")
+            at = 8 + 4 * sum(1 for flag in _TRUN_HEAD if flags & flag)
+            step = 4 * sum(1 for flag in _TRUN_SAMPLE_FIELDS if flags & flag)
+            end += sum(int.from_bytes(trun[p : p + 4], "big") for p in range(at, at + step * count, step))
+        found[int.from_bytes(tfhd[0][4:8], "big")] = (start, end)
+    return found

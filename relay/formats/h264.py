@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import struct
 
-from relay.formats.bits import BitReader, plausible, unescape
+from relay.formats.bits import BitReader, nal_array, plausible, unescape
 
 NAL_IDR = 5
 NAL_SPS = 7
@@ -126,14 +126,11 @@ class AvcConfig:
         for count_mask, found in zip((0x1F, 0xFF), sets, strict=True):
             if pos >= len(record):
                 return None
-            count = record[pos] & count_mask
-            pos += 1
-            for _ in range(count):
-                size = int.from_bytes(record[pos : pos + 2], "big")
-                if size == 0 or pos + 2 + size > len(record):
-                    return None
-                found.append(bytes(record[pos + 2 : pos + 2 + size]))
-                pos += 2 + size
+            array = nal_array(record, pos + 1, record[pos] & count_mask)
+            if array is None:
+                return None
+            found += array[0]
+            pos = array[1]
         if not sets[0]:
             return None
         return cls((record[4] & 0x03) + 1, *sets)

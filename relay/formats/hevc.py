@@ -1,32 +1,46 @@
-"""HEVC as FLV carries it (legacy codec id 12, Enhanced RTMP ``hvc1``): the picture size that the
-HEVCDecoderConfigurationRecord's SPS declares. Returns None for what it cannot read; never raises."""
+"""HEVC as FLV carries it (legacy codec id 12, Enhanced RTMP ``hvc1``): the parameter sets of the
+HEVCDecoderConfigurationRecord and the picture size its SPS declares. Returns None (or nothing) for
+what it cannot read; never raises."""
 
 from __future__ import annotations
 
-from relay.formats.bits import BitReader, plausible, unescape
+from relay.formats.bits import BitReader, nal_array, plausible, unescape
 
 SPS = 33  # NAL unit type
+_ARRAYS = 22  # numOfArrays: the parameter set arrays follow it
+
+
+def parameter_sets(record: bytes) -> list[bytes]:
+    """The NAL units (VPS, SPS, PPS, SEI) of an HEVCDecoderConfigurationRecord's arrays, in order;
+    from an array cut short on, none."""
+    found: list[bytes] = []
+    if len(record) <= _ARRAYS:
+        return found
+    pos = _ARRAYS + 1
+    for _ in range(record[_ARRAYS]):
+        # Each array: NAL unit type (1 byte), numNalus (2), the NAL units.
+        array = nal_array(record, pos + 3, int.from_bytes(record[pos + 1 : pos + 3], "big"))
+        if pos + 3 > len(record) or array is None:
+            break
+        found += array[0]
+        pos = array[1]
+    return found
+
+
+def length_size(record: bytes) -> int:
+    """The size of the length field before each NAL unit of the samples (lengthSizeMinusOne + 1)."""
+    return (record[21] & 0x03) + 1
 
 
 def dimensions(payload: bytes) -> tuple[int, int] | None:
     """Picture size from an FLV HEVC sequence header (legacy codec id 12 or Enhanced RTMP ``hvc1``):
     the first SPS of its HEVCDecoderConfigurationRecord."""
-    record = payload[5:]
-    if len(record) < 23:
-        return None
-    pos = 23
-    try:
-        for _ in range(record[22]):
-            nal_type = record[pos] & 0x3F
-            count = int.from_bytes(record[pos + 1 : pos + 3], "big")
-            pos += 3
-            for _ in range(count):
-                size = int.from_bytes(record[pos : pos + 2], "big")
-                if nal_type == SPS:
-                    return plausible(_sps_size(unescape(record[pos + 4 : pos + 2 + size])))
-                pos += 2 + size
-    except IndexError:
-        return None
+    for nal in parameter_sets(payload[5:]):
+        if (nal[0] >> 1) & 0x3F == SPS:
+            try:
+                return plausible(_sps_size(unescape(nal[2:])))
+            except IndexError:
+                return None
     return None
 
 

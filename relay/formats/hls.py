@@ -456,7 +456,7 @@ class LivePlaylist:
                 lines.append(f'#EXT-X-MAP:URI="{self.init_uri(seg.init)}{suffix}"')
             init = seg.init
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_date(seg.wall_start)}")
-            ext = _extension(seg)
+            ext = extension(seg)
             if low_latency and seg.msn >= parts_from:
                 for part in seg.parts:
                     attrs = f'DURATION={part.duration:.3f},URI="{self.part_uri(seg.msn, part.index, ext)}{suffix}"'
@@ -469,7 +469,7 @@ class LivePlaylist:
         if low_latency and shown and not self.ended:
             current = shown[-1]
             next_msn, next_part = (current.msn + 1, 0) if current.complete else (current.msn, len(current.parts))
-            hint = self.part_uri(next_msn, next_part, _extension(current)) + suffix
+            hint = self.part_uri(next_msn, next_part, extension(current)) + suffix
             lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{hint}"')
         if self.ended:
             lines.append("#EXT-X-ENDLIST")
@@ -485,5 +485,6 @@ class LivePlaylist:
         return f"{self.prefix}-init{init.version}.mp4"
 
 
-def _extension(segment: Segment) -> str:
+def extension(segment: Segment) -> str:
+    """The file extension of a segment's format: ``ts``, or ``m4s`` for fMP4."""
     return "ts" if segment.init is None else "m4s"
