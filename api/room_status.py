@@ -134,7 +134,9 @@ class RoomStatus:
             action = "resume"
         updated = await self.apply(room, ADMIN_ACTIONS[action])
         if updated is None:
-            raise ApiError(errors.ROOM_STATUS_FORBIDS, f"room {roomid} is {room.live_status}: {action} is not allowed then")
+            raise ApiError(
+                errors.ROOM_STATUS_FORBIDS, f"room {roomid} is {room.live_status}: {action} is not allowed then"
+            )
         return updated
 
     # ------------------------------------------------------------ the anchor's stream
