@@ -73,15 +73,16 @@ class LiveStream:
     # ------------------------------------------------------------ ingest side
 
     def push(self, packet: Packet) -> None:
-        """One packet (already on the stream's timeline): headers and GOP cache take it now, so do the
-        sinks; viewers get it with the next merged write."""
+        """One packet (already on the stream's timeline): the sinks take it now; headers, GOP cache and
+        viewers with the next merged write (so a viewer that joins in between gets the GOP cache, then
+        the pending packets, each once)."""
         self.bytes_in += len(packet.payload)
-        self._absorb(packet)
         if self.sinks:
             self._feed_sinks(packet)
-        if not self.viewer_count:
-            return
         pending = self._pending
+        if not self.viewer_count and not pending:
+            self._absorb(packet)
+            return
         pending.append(packet)
         if len(pending) == 1:
             loop = asyncio.get_running_loop()
@@ -96,8 +97,8 @@ class LiveStream:
         self.meta_values = dict(values)
         self.push(Packet(DATA, self.timeline.now_ms, payload, config=True))
 
-    def _absorb(self, packet: Packet) -> None:
-        """Headers, GOP cache and counters."""
+    def _absorb(self, packet: Packet) -> bool:
+        """Headers, GOP cache and counters; whether a waiting viewer may start at ``packet``."""
         kind = packet.kind
         if packet.config:
             self._config_version += 1
@@ -107,12 +108,16 @@ class LiveStream:
                 self.audio_config = packet
             else:
                 self.metadata = packet
-            return
+            return False
+        has_video = self.tracks.has_video
         if kind == VIDEO:
             self.video_frames += 1
+            start = packet.keyframe
         else:
             self.audio_frames += 1
-        self.gop.add(packet, self.tracks.has_video)
+            start = not has_video
+        self.gop.add(packet, has_video)
+        return start
 
     # ------------------------------------------------------------ sinks
 
@@ -136,10 +141,10 @@ class LiveStream:
             log.exception("stream %s: %s failed while handling its own failure", self.key, type(sink).__name__)
 
     def add_sink(self, sink: Sink) -> None:
-        """Feed ``sink`` every packet from now on, starting with the headers and the GOP cache, so
-        that it starts on a keyframe at once."""
+        """Feed ``sink`` every packet from now on, starting with the headers, the GOP cache and what is
+        pending for the viewers (the sinks had it already), so that it starts on a keyframe at once."""
         self.sinks.append(sink)
-        for packet in (self.metadata, self.video_config, self.audio_config, *self.gop.packets):
+        for packet in (self.metadata, self.video_config, self.audio_config, *self.gop.packets, *self._pending):
             if packet is None:
                 continue
             try:
@@ -170,7 +175,11 @@ class LiveStream:
         if not batch:
             return
         self._pending = []
-        resume_at: int | None = None  # where a waiting viewer may resume; found when one is waiting
+        resume_at = -1  # where a waiting viewer may resume: the batch's first keyframe
+        absorb = self._absorb
+        for i, packet in enumerate(batch):
+            if absorb(packet) and resume_at < 0:
+                resume_at = i
         now = time.monotonic()
         dead: list[Viewer] = []
         high = self.settings.viewer_high_water
@@ -190,8 +199,6 @@ class LiveStream:
                     dead.append(viewer)
                     continue
                 if viewer.waiting:
-                    if resume_at is None:
-                        resume_at = _resume_point(batch, self.tracks.has_video)
                     if resume_at < 0 or transport.get_write_buffer_size() > low:
                         continue
                     if resume_data is None:
@@ -222,8 +229,8 @@ class LiveStream:
     # ------------------------------------------------------------ viewers
 
     def attach(self, viewer: Viewer) -> None:
-        """Start a viewer: preamble, metadata, sequence headers and GOP cache in one write."""
-        self.flush()  # what is queued goes to the viewers already here; the GOP cache holds it for this one
+        """Start a viewer: preamble, metadata, sequence headers and GOP cache in one write (what is pending
+        follows with the next merged write)."""
         fmt = viewer.format
         group = self.groups.get(fmt)
         if group is None:
@@ -397,20 +404,6 @@ class Subscription:
             self._stream.detach(member)
         else:
             self._stream.remove_sink(member)
-
-
-def _resume_point(batch: list[Packet], has_video: bool) -> int:
-    """Where in ``batch`` a waiting viewer may start: its first keyframe (first audio frame of an
-    audio-only stream); -1 for nowhere."""
-    for i, packet in enumerate(batch):
-        if packet.config:
-            continue
-        if packet.kind == VIDEO:
-            if packet.keyframe:
-                return i
-        elif packet.kind == AUDIO and not has_video:
-            return i
-    return -1
 
 
 def _resume_packets(batch: list[Packet], start: int) -> list[Packet]:
