@@ -19,6 +19,7 @@ from fractions import Fraction
 
 import av
 from av.video.frame import PictureType
+from av.video.reformatter import Interpolation, VideoReformatter
 
 from relay.formats import codecs
 from relay.formats.bits import MAX_DIMENSION
@@ -64,6 +65,7 @@ class _Encoder:
     def __init__(self, rung: Rung, width: int, height: int, preset: str, tune: str, codec: str) -> None:
         self.rung = rung
         context = av.CodecContext.create(codec, "w")
+        context.thread_count = 1
         context.width, context.height = width, height
         context.pix_fmt = "yuv420p"
         context.time_base = MS
@@ -79,6 +81,15 @@ class _Encoder:
         self.context = context
         self.flv = AnnexBToFlv()
         self.last_pts: int | None = None
+        # Its own reformatter keeps one scaling context for every frame (a frame's reformat() makes one
+        # per call). Bicubic, as FFmpeg's scale filter.
+        self.scaler = VideoReformatter()
+
+    def scale(self, picture: av.VideoFrame) -> av.VideoFrame:
+        context = self.context
+        return self.scaler.reformat(
+            picture, context.width, context.height, "yuv420p", interpolation=Interpolation.BICUBIC
+        )
 
     def encode(self, frame: av.VideoFrame | None) -> list[Packet]:
         out = []
@@ -164,6 +175,7 @@ class Ladder:
             log.info("transcode: no decoder for %r video", codec)
             return
         decoder = av.CodecContext.create(codec, "r")
+        decoder.thread_count = 1
         decoder.extradata = bytes(payload[5:])
         self.decoder = decoder
         self.waiting = True
@@ -192,7 +204,7 @@ class Ladder:
             ):
                 continue  # over the rung's frame rate
             encoder.last_pts = picture.pts
-            scaled = picture.reformat(encoder.context.width, encoder.context.height, "yuv420p")
+            scaled = encoder.scale(picture)
             scaled.pts, scaled.time_base = picture.pts, MS
             scaled.pict_type = PictureType.I if keyframe else PictureType.NONE
             out += [(rung.name, p) for p in encoder.encode(scaled)]
