@@ -16,8 +16,8 @@ def routes(hub: Hub) -> list[web.RouteDef]:
         return web.json_response({"streams": hub.all_stats()})
 
     async def healthz(request: web.Request) -> web.Response:
-        streams = hub.totals()["streams"]
-        return web.json_response({"status": "ok", "streams": streams, "uptime": round(time.time() - START, 1)})
+        body = {"status": "ok", "streams": hub.stream_count, "uptime": round(time.time() - START, 1)}
+        return web.json_response(body)
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(text=render_metrics(hub), content_type="text/plain", charset="utf-8")

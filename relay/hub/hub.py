@@ -141,6 +141,11 @@ class Hub:
         stream = self._streams.get(f"{app}/{name}")
         return stream.stats() if stream is not None else None
 
+    @property
+    def stream_count(self) -> int:
+        """How many streams are here (published, or waiting for their publisher's return)."""
+        return len(self._streams)
+
     def all_stats(self) -> list[dict[str, Any]]:
         return [stream.stats() for stream in self._streams.values()]
 
@@ -161,7 +166,7 @@ class Hub:
             for protocol, count in stats["viewers_by_protocol"].items():
                 audience[protocol] = audience.get(protocol, 0) + count
             publishing += stats["live"]
-        return {**totals, "streams": len(self._streams), "publishers": publishing, "audience": audience}
+        return {**totals, "streams": self.stream_count, "publishers": publishing, "audience": audience}
 
     # ------------------------------------------------------------ publishing
 
