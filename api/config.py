@@ -13,6 +13,7 @@ from ingest.server import RtmpSettings
 from recorder.recorder import RecorderSettings
 from relay.formats.hls import HlsSettings
 from relay.hub import RelaySettings
+from relay.transcode.settings import SettingsError, TranscodeSettings
 from signaling.sessions import WebRtcSettings
 
 
@@ -42,6 +43,7 @@ class Settings:
     hls: HlsSettings = field(default_factory=HlsSettings)
     recorder: RecorderSettings = field(default_factory=RecorderSettings)
     webrtc: WebRtcSettings = field(default_factory=WebRtcSettings)
+    transcode: TranscodeSettings = field(default_factory=TranscodeSettings)
 
     @property
     def public_host(self) -> str:
@@ -90,4 +92,8 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
         raise ConfigError(f"log_level must be debug, info, warning or error, not {settings.log_level!r}")
     if settings.hls.format not in ("ts", "fmp4"):
         raise ConfigError(f"[hls] format must be ts or fmp4, not {settings.hls.format!r}")
+    try:
+        settings.transcode.validate()
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
     return settings

@@ -30,6 +30,7 @@ from relay.http.fast import FastPathListener
 from relay.http.flv import FlvPlayback
 from relay.http.hls import HlsPlayback
 from relay.hub import Hub
+from relay.transcode.renditions import Renditions
 from signaling.webrtc import WebRtc
 
 log = logging.getLogger("minilive")
@@ -94,6 +95,10 @@ class Server:
             self.store, settings.rooms.webhook_retry_seconds, settings.rooms.webhook_timeout_seconds
         )
         self.room_status.on_change.append(self.webhooks.send)
+        transcode = settings.transcode
+        self.renditions = (
+            Renditions(self.hub, transcode) if transcode.renditions or transcode.compat_rendition else None
+        )
         self.recorder = Recorder(self.hub, settings.data_dir / "replays", settings.recorder)
         self.replays = ReplayService(self.store, self.urls, settings.rooms.rtmp_app, self.recorder, self.webhooks)
         self.status = StatusRoutes(self.store, self.audience)
@@ -128,7 +133,7 @@ class Server:
         app = web.Application(middlewares=[cors_preflight], client_max_size=4 * 1024 * 1024)
         # HLS first: relay.http.fast claims these paths ahead of every other route, and so does aiohttp.
         app.add_routes(self.hls.routes())
-        app.add_routes(streams.routes(self.hub))
+        app.add_routes(streams.routes(self.hub, self.renditions))
         app.add_routes(self.flv.routes())
         app[keys.APPS], app[keys.ROOMS], app[keys.ROOM_STATUS] = self.apps, self.rooms, self.room_status
         app[keys.URLS], app[keys.MEDIA], app[keys.AUDIENCE] = self.urls, self.media, self.audience
@@ -147,6 +152,8 @@ class Server:
         await self.store.open()
         await self.replays.recover()
         await self.hub.start()
+        if self.renditions is not None:
+            await self.renditions.start()
         rtmp_addrs = await self.rtmp.start(s.host, s.rtmp_port)
         self.rtmp_port = rtmp_addrs[0][1]
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
@@ -188,6 +195,8 @@ class Server:
         log.info("shutting down")
         await self.rtmp.close()
         await self.webrtc.close()
+        if self.renditions is not None:
+            await self.renditions.stop()
         await self.hub.stop()
         await self.room_status.stop()
         await self.replays.stop()

@@ -7,13 +7,24 @@ import time
 from aiohttp import web
 
 from relay.hub import Hub
+from relay.transcode.renditions import Renditions
 
 START = time.time()
 
 
-def routes(hub: Hub) -> list[web.RouteDef]:
+def routes(hub: Hub, renditions: Renditions | None = None) -> list[web.RouteDef]:
     async def streams(request: web.Request) -> web.Response:
-        return web.json_response({"streams": hub.all_stats()})
+        listed = hub.all_stats()
+        if renditions is not None:
+            for stream in listed:
+                if renditions.is_rendition(stream):
+                    stream["rendition_of"] = stream["name"].rpartition("_")[0]
+                else:
+                    stream["renditions"] = renditions.describe(stream["app"], stream["name"])
+        body: dict[str, object] = {"streams": listed}
+        if renditions is not None:
+            body["transcode"] = renditions.totals()
+        return web.json_response(body)
 
     async def healthz(request: web.Request) -> web.Response:
         body = {"status": "ok", "streams": hub.stream_count, "uptime": round(time.time() - START, 1)}

@@ -18,6 +18,7 @@ from relay.hub import (
     PublisherInfo,
     PublishSession,
     StreamBusy,
+    StreamRefused,
     Subscription,
     Viewer,
     allow_all,
@@ -266,12 +267,16 @@ class RtmpProtocol(asyncio.Protocol):
             self._flush()
             self.transport.close()  # type: ignore[union-attr]
             return
-        found = await server.hub.wait_for(app, event.name, server.play_wait_seconds)
+        try:
+            found = await server.hub.wait_for(app, event.name, server.play_wait_seconds)
+            refusal = f"no live stream named {app}/{event.name}"
+        except StreamRefused as exc:
+            found, refusal = False, str(exc)
         self.busy = False
         if self.closed:
             return
         if not found:
-            self.core.reject_play(event, "NetStream.Play.StreamNotFound", f"no live stream named {app}/{event.name}")
+            self.core.reject_play(event, "NetStream.Play.StreamNotFound", refusal)
             self._flush()
             return
         self.core.accept_play(event)

@@ -24,7 +24,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from relay.formats import codecs
 from relay.formats.h264 import FlvToAnnexB
 from relay.formats.packet import AUDIO, VIDEO, Packet
-from relay.hub import AccessRequest, Authorizer, Hub, Subscription, decide
+from relay.hub import AccessRequest, Authorizer, Hub, StreamRefused, Subscription, decide
 from relay.transcode.audio import OPUS_RATE, AacToOpus
 from signaling import ice
 from signaling.endpoint import Endpoint
@@ -279,7 +279,11 @@ class WhepEndpoint(Endpoint):
         decision = await decide(self.authorize_play, access, log)
         if not decision.allowed:
             raise web.HTTPForbidden(text=decision.reason)
-        if not await self.hub.wait_for(self.app, name, self.wait_seconds):
+        try:
+            found = await self.hub.wait_for(self.app, name, self.wait_seconds)
+        except StreamRefused as exc:
+            raise web.HTTPServiceUnavailable(text=str(exc)) from None
+        if not found:
             raise web.HTTPNotFound(text=f"no live stream named {self.app}/{name}")
         key = f"{self.app}/{name}"
         feed = self.feeds.get(key)

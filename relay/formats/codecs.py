@@ -74,14 +74,18 @@ def video_info(payload: bytes) -> VideoInfo:
     return VideoInfo(frame_type == 1 and packet_type == 1, packet_type == 0, codec)
 
 
-def coded_frame(payload: bytes) -> tuple[int, bytes] | None:
+def coded_frame(payload: bytes, any_codec: bool = False) -> tuple[int, bytes] | None:
     """(composition time offset in ms, NAL units as they are) of an FLV H.264/HEVC coded frame, legacy
-    or Enhanced RTMP; None for sequence headers, ends of sequence and other codecs' frames."""
+    or Enhanced RTMP; None for sequence headers, ends of sequence and other codecs' frames. With
+    ``any_codec``, also an Enhanced RTMP VP8, VP9 or AV1 frame (which has no composition offset)."""
     if len(payload) < 5:
         return None
     if payload[0] & 0x80:
         packet_type = payload[0] & 0x0F
-        if bytes(payload[1:5]) not in (b"avc1", b"hvc1"):
+        fourcc = bytes(payload[1:5])
+        if fourcc not in (b"avc1", b"hvc1"):
+            if any_codec and fourcc in VIDEO_FOURCC and packet_type in (_EX_CODED_FRAMES, _EX_CODED_FRAMES_X):
+                return 0, payload[5:]
             return None
         if packet_type == _EX_CODED_FRAMES_X:
             return 0, payload[5:]

@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 from relay.formats.output import CHUNKED_FLV, FLV, WS_FLV, OutputFormat
 from relay.http.cors import CORS
 from relay.http.raw import CloseDelimitedResponse, take_transport
-from relay.hub import AccessRequest, Authorizer, Hub, Viewer, allow_all, decide
+from relay.hub import AccessRequest, Authorizer, Hub, StreamRefused, Viewer, allow_all, decide
 
 log = logging.getLogger("minilive.flv")
 
@@ -47,7 +47,11 @@ class FlvPlayback:
         decision = await decide(self.authorize_play, access, log)
         if not decision.allowed:
             raise web.HTTPForbidden(text=decision.reason + "\n", headers=CORS)
-        if not await self.hub.wait_for(app, name, self.play_wait_seconds):
+        try:
+            found = await self.hub.wait_for(app, name, self.play_wait_seconds)
+        except StreamRefused as exc:
+            raise web.HTTPServiceUnavailable(text=f"{exc}\n", headers=CORS) from None
+        if not found:
             raise web.HTTPNotFound(text=f"no live stream named {app}/{name}\n", headers=CORS)
         if websocket:
             return await self._websocket(request, app, name)

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from relay.formats.hls import HlsSettings, LivePlaylist
 from relay.http.fast import Body, Client, Reply, Route, aiohttp_handler
-from relay.hub import AccessRequest, Authorizer, Hub, Subscription, allow_all, decide
+from relay.hub import AccessRequest, Authorizer, Hub, StreamRefused, Subscription, allow_all, decide
 
 log = logging.getLogger("minilive.hls")
 
@@ -150,7 +150,11 @@ class HlsPlayback:
         packager = self.packagers.get(key)
         now = time.monotonic()
         if packager is None or not packager.live:
-            if not self.hub.has(app, name):
+            try:
+                here = self.hub.demand(app, name)
+            except StreamRefused as exc:
+                return _text(503, str(exc))
+            if not here:
                 if packager is not None and not packager.failure:  # the stream is over; its last playlist answers
                     packager.seen(client, now)
                     return packager

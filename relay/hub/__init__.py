@@ -4,7 +4,7 @@ Outside relay.hub, use only the names below; nothing else in it is an interface.
 """
 
 from relay.hub.access import AccessRequest, Authorizer, Decision, allow_all, decide
-from relay.hub.hub import Hub, StreamBusy, StreamEvent
+from relay.hub.hub import Hub, Provider, StreamBusy, StreamEvent, StreamRefused
 from relay.hub.publisher import PublisherInfo, PublishSession
 from relay.hub.settings import RelaySettings
 from relay.hub.sink import Sink
@@ -17,11 +17,13 @@ __all__ = [
     "Decision",
     "Hub",
     "PublishSession",
+    "Provider",
     "PublisherInfo",
     "RelaySettings",
     "Sink",
     "StreamBusy",
     "StreamEvent",
+    "StreamRefused",
     "Subscription",
     "Viewer",
     "allow_all",

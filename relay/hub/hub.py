@@ -31,6 +31,15 @@ class StreamBusy(Exception):
     """The stream already has a publisher and takeover is off."""
 
 
+class StreamRefused(Exception):
+    """A stream that could be made here (a rendition) is refused now; the message says why and what to do."""
+
+
+# Makes a stream that is not here on demand (a rendition of a live stream): (app, name) -> whether it
+# did (the stream is then here, perhaps before its first packet). Raises StreamRefused.
+Provider = Callable[[str, str], bool]
+
+
 @dataclass(slots=True, frozen=True)
 class StreamEvent:
     type: str  # "publish", "unpublish" (publisher gone, grace running) or "end"
@@ -47,6 +56,7 @@ class Hub:
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._listeners: list[Callable[[StreamEvent], None]] = []
+        self._providers: list[Provider] = []
         self._ticker: asyncio.Task[None] | None = None
         self._ended_totals = dict.fromkeys(_TOTALS, 0)
 
@@ -85,6 +95,10 @@ class Hub:
             except Exception:
                 log.exception("stream event listener failed on %s", event)
 
+    def add_provider(self, provider: Provider) -> None:
+        """``provider`` is asked for a stream that a viewer wants and that is not here."""
+        self._providers.append(provider)
+
     # ------------------------------------------------------------ lookup
 
     def has(self, app: str, name: str) -> bool:
@@ -95,10 +109,19 @@ class Hub:
         """Whether a publish of ``app/name`` would be refused (it has a publisher, takeover is off)."""
         return not self.settings.publisher_takeover and f"{app}/{name}" in self._sessions
 
-    async def wait_for(self, app: str, name: str, timeout: float) -> bool:
-        """Whether stream ``app/name`` is here, waiting up to ``timeout`` seconds for a publisher."""
+    def demand(self, app: str, name: str) -> bool:
+        """Whether stream ``app/name`` is here for a viewer, made by a provider if it can be (raises
+        StreamRefused when a provider could make it but will not now)."""
         key = f"{app}/{name}"
-        if key in self._streams or timeout <= 0:
+        if key in self._streams:
+            return True
+        return any(provider(app, name) for provider in self._providers) and key in self._streams
+
+    async def wait_for(self, app: str, name: str, timeout: float) -> bool:
+        """Whether stream ``app/name`` is here for a viewer (see :meth:`demand`), waiting up to
+        ``timeout`` seconds for a publisher."""
+        key = f"{app}/{name}"
+        if self.demand(app, name) or timeout <= 0:
             return key in self._streams
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._waiters.setdefault(key, [])

@@ -20,6 +20,9 @@ class PublisherInfo:
     remote: str
     query: str = ""
     started_at: float = field(default_factory=time.time)
+    # A stream the server makes from another (a rendition): its timestamps are on the source's
+    # timeline already and are kept as they are, so that it lines up with the source.
+    derived: bool = False
 
 
 class PublishSession:
@@ -33,7 +36,7 @@ class PublishSession:
         self.active = True
         self.started = time.monotonic()
         self.packets = 0
-        self._offset: int | None = None
+        self._offset: int | None = 0 if info.derived else None
 
     @property
     def app(self) -> str:

@@ -6,6 +6,9 @@ decoder's key frames are sent to the encoder as forced IDR pictures; the encoder
 own), so renditions cut into segments and parts at the same timestamps as the source, and a player
 can switch between them seamlessly. Audio passes through unchanged, the same packets for every rung.
 
+Rungs can be switched on and off while the source runs (:meth:`Ladder.select`): a rung switched on
+starts at the source's next keyframe, with the audio configuration and the audio from that time on.
+
 Blocking and single-threaded: a worker process runs a :class:`Ladder` per source (decoding and
 encoding never run on the event loop). Bad input never raises: a frame that does not decode is
 counted, and the rungs wait for the source's next keyframe.
@@ -14,8 +17,11 @@ counted, and the rungs wait for the source's next keyframe.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from fractions import Fraction
+from typing import Any
 
 import av
 from av.video.frame import PictureType
@@ -25,25 +31,54 @@ from relay.formats import codecs
 from relay.formats.bits import MAX_DIMENSION
 from relay.formats.h264 import AnnexBToFlv
 from relay.formats.packet import AUDIO, VIDEO, Packet
+from relay.transcode.encoders import encoder_options
 
 log = logging.getLogger("minilive.transcode")
 
 MS = Fraction(1, 1000)  # the hub's timestamps
-# Audio frames held until the rungs start: a few decoder frames' worth (about a second of AAC).
-MAX_EARLY_AUDIO = 48
-# The encoder makes no keyframe of its own: only the forced ones, at the source's.
-_NO_KEYFRAMES_OF_ITS_OWN = "keyint=infinite:min-keyint=1:scenecut=0"
+# Recent audio frames kept for a rung that starts: the ones at or after its first picture (the
+# decoder holds a few pictures back when the source has B-frames; about a second of AAC).
+RECENT_AUDIO = 48
+# PyAV's decoder for each codec the hub may carry.
+DECODERS = {"h264": "h264", "hevc": "hevc", "vp8": "vp8", "vp9": "vp9", "av1": "libdav1d"}
 
 
 @dataclass(slots=True, frozen=True)
 class Rung:
-    """One rendition: H.264 at ``height`` lines (width from the source's aspect ratio, even)."""
+    """One rendition: H.264 at ``height`` lines (width from the source's aspect ratio, even), or
+    the source's audio alone (``height`` 0)."""
 
     name: str
     height: int
-    video_bitrate: int  # bit/s
-    max_rate: int  # bit/s, the VBV's
+    video_bitrate: int = 0  # bit/s
+    max_rate: int = 0  # bit/s, the VBV's
     fps_cap: float = 30.0
+    # The source's own height, at most ``height`` (a stream re-encoded to H.264 for compatibility).
+    source_size: bool = False
+
+    @property
+    def audio_only(self) -> bool:
+        return self.height == 0
+
+    def fits(self, source_height: int) -> bool:
+        """Whether the rung is made from a source this high: never by upscaling."""
+        return not self.audio_only and (self.source_size or self.height < source_height)
+
+    def for_source(self, source_height: int) -> Rung:
+        """The rung as it is made from a source this high (a source-size rung takes the size, and the
+        bitrate of the preset nearest to it)."""
+        if not self.source_size:
+            return self
+        height = min(source_height, self.height)
+        preset = min(PRESETS.values(), key=lambda r: abs(r.height - height) if r.height else 1 << 30)
+        return Rung(self.name, height - height % 2, preset.video_bitrate, preset.max_rate, self.fps_cap)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rung:
+        return cls(**data)
 
 
 PRESETS = {
@@ -51,6 +86,7 @@ PRESETS = {
     "720p": Rung("720p", 720, 1_800_000, 2_160_000),
     "480p": Rung("480p", 480, 800_000, 960_000),
     "360p": Rung("360p", 360, 500_000, 600_000),
+    "audio": Rung("audio", 0),
 }
 
 
@@ -71,16 +107,10 @@ class _Encoder:
         context.time_base = MS
         context.framerate = Fraction(round(rung.fps_cap))
         context.bit_rate = rung.video_bitrate
-        vbv = f"vbv-maxrate={rung.max_rate // 1000}:vbv-bufsize={rung.max_rate // 1000}"
-        context.options = {
-            "preset": preset,
-            "tune": tune,
-            "forced-idr": "1",
-            "x264-params": f"{_NO_KEYFRAMES_OF_ITS_OWN}:{vbv}",
-        }
+        context.gop_size = 1 << 30  # keyframes only where they are forced
+        context.options = encoder_options(codec, preset, tune, rung.max_rate)
         self.context = context
         self.flv = AnnexBToFlv()
-        self.last_pts: int | None = None
         # Its own reformatter keeps one scaling context for every frame (a frame's reformat() makes one
         # per call). Bicubic, as FFmpeg's scale filter.
         self.scaler = VideoReformatter()
@@ -101,40 +131,83 @@ class _Encoder:
         return out
 
 
+@dataclass(slots=True)
+class RungState:
+    """A rung while it is switched on: whether it has started, its encoder, what it made."""
+
+    rung: Rung
+    started: bool = False
+    encoder: _Encoder | None = None
+    last_pts: int | None = None
+    frames_out: int = 0
+    frames_dropped: int = 0  # over its frame rate cap, or dropped to catch up with real time
+
+
 class Ladder:
     """Renditions of one source. Feed it the source's packets in order; each call returns what the
     rungs made of them, as ``(rung name, packet)`` in timestamp order per rung."""
 
-    def __init__(self, rungs: list[Rung], preset: str = "veryfast", tune: str = "zerolatency", codec: str = "libx264"):
+    def __init__(
+        self,
+        rungs: list[Rung],
+        preset: str = "veryfast",
+        tune: str = "zerolatency",
+        codec: str = "libx264",
+        enabled: Iterable[str] | None = None,
+        resume_after: int | None = None,
+    ) -> None:
         self.rungs = rungs
         self.preset = preset
         self.tune = tune
         self.codec = codec
         self.decoder: av.CodecContext | None = None
-        self.encoders: dict[str, _Encoder] = {}
+        self.source_codec = ""
+        self.states: dict[str, RungState] = {}
         self.size: tuple[int, int] | None = None
-        self.active: list[Rung] = []  # the rungs below the source's height: none is ever upscaled
         self.waiting = True  # for the source's next keyframe (at the start, after a decoding error)
         self.errors = 0
         self.frames_in = 0
         self.audio_config: Packet | None = None  # for rungs that start after it came
-        # Audio that came while the decoder had no picture out yet (it holds a few frames when the source
-        # has B-frames): it goes to the rungs when they start, so that none of their audio is missing.
-        self._early_audio: list[Packet] = []
+        self._recent_audio: deque[Packet] = deque(maxlen=RECENT_AUDIO)
+        self._began_at: int | None = None  # the picture the first rungs started at
+        # After a worker restart: what the renditions already have. Nothing at or before it is made
+        # again, and the rungs start at the first picture after it, keyframe or not.
+        self.resume_after = resume_after
+        self.select(enabled if enabled is not None else [rung.name for rung in rungs])
 
-    def feed(self, packet: Packet) -> list[tuple[str, Packet]]:
+    @property
+    def active(self) -> list[Rung]:
+        """The switched-on video rungs below the source's height: none is ever upscaled."""
+        height = self.size[1] if self.size else 0
+        return [s.rung for s in self.states.values() if s.rung.fits(height)]
+
+    def select(self, names: Iterable[str]) -> list[tuple[str, Packet]]:
+        """Switch on the rungs named (the others off). Video rungs start at the next keyframe; an
+        audio-only rung at once, with the audio configuration it returns."""
+        wanted = set(names)
+        for name in [name for name in self.states if name not in wanted]:
+            del self.states[name]
+        out: list[tuple[str, Packet]] = []
+        for rung in self.rungs:
+            if rung.name in wanted and rung.name not in self.states:
+                state = self.states[rung.name] = RungState(rung)
+                if rung.audio_only:
+                    state.started = True
+                    if self.audio_config is not None:
+                        out.append((rung.name, self.audio_config))
+        return out
+
+    def feed(self, packet: Packet, encode: bool = True) -> list[tuple[str, Packet]]:
+        """What the rungs make of one source packet. ``encode`` False: keyframes only, the other
+        pictures are decoded (the next ones need them) but dropped, to catch up with real time."""
         if packet.kind == AUDIO:
-            if packet.config:
-                self.audio_config = packet
-            elif not self.active and len(self._early_audio) < MAX_EARLY_AUDIO:
-                self._early_audio.append(packet)
-            return [(rung.name, packet) for rung in self.active]
+            return self._audio(packet)
         if packet.kind != VIDEO:
             return []
         if packet.config:
             self._configure(packet.payload)
             return []
-        frame = codecs.coded_frame(packet.payload)
+        frame = codecs.coded_frame(packet.payload, any_codec=True)
         if frame is None or self.decoder is None:
             return []
         if self.waiting and not packet.keyframe:
@@ -144,14 +217,18 @@ class Ladder:
         source.dts, source.pts, source.time_base = packet.timestamp, packet.timestamp + composition, MS
         try:
             decoded = self.decoder.decode(source)
-        except av.FFmpegError as exc:
+        except (av.FFmpegError, ValueError) as exc:
             self._failed(f"decoding: {exc}")
             return []
         self.waiting = False
         out: list[tuple[str, Packet]] = []
         for picture in decoded:
-            out += self._encode(picture)
+            out += self._picture(picture, encode)
         return out
+
+    def new_publisher(self) -> None:
+        """The source's next packets come from another encoder: decode them from their first keyframe."""
+        self.waiting = True
 
     def flush(self) -> list[tuple[str, Packet]]:
         """The source ended: what the encoders still hold."""
@@ -159,70 +236,109 @@ class Ladder:
         if self.decoder is not None:
             try:
                 for picture in self.decoder.decode(None):
-                    out += self._encode(picture)
-            except av.FFmpegError as exc:
+                    out += self._picture(picture, True)
+            except (av.FFmpegError, ValueError) as exc:
                 self._failed(f"decoding: {exc}")
-        for name, encoder in self.encoders.items():
-            out += [(name, p) for p in encoder.encode(None)]
+        for name, state in self.states.items():
+            if state.encoder is not None:
+                out += [(name, p) for p in state.encoder.encode(None)]
         return out
 
     # ------------------------------------------------------------ inside
 
+    def _audio(self, packet: Packet) -> list[tuple[str, Packet]]:
+        if packet.config:
+            self.audio_config = packet
+        else:
+            if self.resume_after is not None and packet.timestamp <= self.resume_after:
+                return []  # the renditions have it already
+            self._recent_audio.append(packet)
+        return [(name, packet) for name, state in self.states.items() if state.started]
+
     def _configure(self, payload: bytes) -> None:
         codec = codecs.video_info(payload).codec
-        if codec not in ("h264", "hevc"):
-            self.decoder = None
-            log.info("transcode: no decoder for %r video", codec)
-            return
-        decoder = av.CodecContext.create(codec, "r")
-        decoder.thread_count = 1
-        decoder.extradata = bytes(payload[5:])
-        self.decoder = decoder
+        decoder_name = DECODERS.get(codec)
         self.waiting = True
+        if decoder_name is None:
+            if self.decoder is not None or codec != self.source_codec:
+                log.info("transcode: no decoder for %r video", codec or "unknown")
+            self.decoder, self.source_codec = None, codec
+            return
+        try:
+            decoder = av.CodecContext.create(decoder_name, "r")
+        except (av.FFmpegError, ValueError) as exc:
+            log.info("transcode: cannot open a %s decoder: %s", codec, exc)
+            self.decoder = None
+            return
+        decoder.thread_count = 1
+        extradata = bytes(payload[5:])
+        if extradata:
+            decoder.extradata = extradata
+        self.decoder, self.source_codec = decoder, codec
 
     def _failed(self, reason: str) -> None:
         self.errors += 1
         self.waiting = True
         log.info("transcode: %s; waiting for the next keyframe", reason)
 
-    def _encode(self, picture: av.VideoFrame) -> list[tuple[str, Packet]]:
+    def _picture(self, picture: av.VideoFrame, encode: bool) -> list[tuple[str, Packet]]:
         self.frames_in += 1
         size = (picture.width, picture.height)
         if not (0 < size[0] <= MAX_DIMENSION and 0 < size[1] <= MAX_DIMENSION):
             self._failed(f"a picture of {size[0]}x{size[1]}")
             return []
-        out: list[tuple[str, Packet]] = []
         if size != self.size:
-            out += self._resize(size)
-        keyframe = picture.key_frame
-        for rung in self.active:
-            encoder = self.encoders[rung.name]
-            if (
-                not keyframe
-                and encoder.last_pts is not None
-                and picture.pts - encoder.last_pts < 1000 / rung.fps_cap - 2
+            self.size = size
+            for state in self.states.values():
+                state.encoder = None  # each opens again for its new size when it next encodes
+        pts = picture.pts
+        resume = self.resume_after
+        if resume is not None:
+            if pts <= resume:
+                return []
+            self.resume_after = None
+        # The first picture after a restart starts the rungs like a keyframe would (forced IDR).
+        keyframe = picture.key_frame or resume is not None
+        width, height = size
+        out: list[tuple[str, Packet]] = []
+        for name, state in self.states.items():
+            rung = state.rung
+            if not rung.fits(height):
+                continue
+            if not state.started:
+                if not keyframe:
+                    continue
+                state.started = True
+                out += self._start(name, pts)
+            if not keyframe and (
+                not encode or (state.last_pts is not None and pts - state.last_pts < 1000 / rung.fps_cap - 2)
             ):
-                continue  # over the rung's frame rate
-            encoder.last_pts = picture.pts
+                state.frames_dropped += 1
+                continue
+            encoder = state.encoder
+            idr = keyframe
+            if encoder is None:
+                made_as = rung.for_source(height)
+                encoder = state.encoder = _Encoder(
+                    made_as, scaled_width(width, height, made_as.height), made_as.height, self.preset, self.tune, self.codec
+                )
+                idr = True  # a new encoder starts with one anyway: say so
+            state.last_pts = pts
             scaled = encoder.scale(picture)
-            scaled.pts, scaled.time_base = picture.pts, MS
-            scaled.pict_type = PictureType.I if keyframe else PictureType.NONE
-            out += [(rung.name, p) for p in encoder.encode(scaled)]
+            scaled.pts, scaled.time_base = pts, MS
+            scaled.pict_type = PictureType.I if idr else PictureType.NONE
+            made = encoder.encode(scaled)
+            state.frames_out += sum(1 for p in made if not p.config)
+            out += [(name, p) for p in made]
         return out
 
-    def _resize(self, size: tuple[int, int]) -> list[tuple[str, Packet]]:
-        """A new source picture size: the rungs below it, each with an encoder for its new size; the
-        audio configuration for the rungs that start now."""
-        width, height = size
-        self.size = size
-        started = [rung for rung in self.rungs if rung.height < height and rung not in self.active]
-        self.active = [rung for rung in self.rungs if rung.height < height]
-        self.encoders = {
-            rung.name: _Encoder(
-                rung, scaled_width(width, height, rung.height), rung.height, self.preset, self.tune, self.codec
-            )
-            for rung in self.active
-        }
-        audio = ([self.audio_config] if self.audio_config is not None else []) + self._early_audio
-        self._early_audio = []
-        return [(rung.name, packet) for rung in started for packet in audio]
+    def _start(self, name: str, pts: int) -> list[tuple[str, Packet]]:
+        """A rung's audio as it starts at picture ``pts``: the configuration, then what came from then on."""
+        audio = [self.audio_config] if self.audio_config is not None else []
+        # The first rung to start gets the source's audio from its beginning (which often starts before
+        # the first picture's time, B-frames delaying it); a later one from its first picture on.
+        if self._began_at is None:
+            self._began_at = pts
+        first = self._began_at == pts
+        audio += [p for p in self._recent_audio if first or p.timestamp >= pts]
+        return [(name, p) for p in audio]
