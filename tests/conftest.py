@@ -70,6 +70,9 @@ async def make_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
         settings = Settings(host="127.0.0.1", rtmp_port=0, http_port=0, data_dir=tmp_path / f"data{len(servers)}")
         settings.allow_anonymous_publish = overrides.pop("allow_anonymous_publish", True)
         for key, value in overrides.items():
+            if key.startswith("transcode_"):  # [transcode] shares some names with [hls]
+                setattr(settings.transcode, key.removeprefix("transcode_"), value)
+                continue
             targets = (settings, settings.relay, settings.rtmp, settings.rooms, settings.recorder, settings.hls)
             for target in (*targets, settings.transcode):
                 if hasattr(target, key):

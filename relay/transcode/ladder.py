@@ -320,7 +320,12 @@ class Ladder:
             if encoder is None:
                 made_as = rung.for_source(height)
                 encoder = state.encoder = _Encoder(
-                    made_as, scaled_width(width, height, made_as.height), made_as.height, self.preset, self.tune, self.codec
+                    made_as,
+                    scaled_width(width, height, made_as.height),
+                    made_as.height,
+                    self.preset,
+                    self.tune,
+                    self.codec,
                 )
                 idr = True  # a new encoder starts with one anyway: say so
             state.last_pts = pts

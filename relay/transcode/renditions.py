@@ -56,8 +56,6 @@ class Rendition:
     # What the ticker computed over the last second.
     bitrate: float = 0.0
     fps: float = 0.0
-    width: int = 0
-    height: int = 0
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     _mark: tuple[float, int, int] = (0.0, 0, 0)
 
@@ -77,6 +75,18 @@ class Job:
         self.dropped = 0
         self.report: dict[str, Any] = {}
         self.closed = False
+        self.replaying = False  # inside subscribe(): the packets come from the hub's cache
+
+    def subscribe(self) -> Subscription | None:
+        """Become a sink of the source: its headers and GOP cache come at once, then every packet."""
+        if self.subscription is not None:
+            self.subscription.close()
+        self.replaying = True
+        try:
+            self.subscription = self.service.hub.add_sink(self.app, self.source, self)
+        finally:
+            self.replaying = False
+        return self.subscription
 
     @property
     def label(self) -> str:
@@ -117,20 +127,11 @@ class Job:
 
     def stats(self, data: dict[str, Any]) -> None:
         self.report = data
-        size = data.get("size")
-        if size:
-            for rendition in self.renditions.values():
-                rung = rendition.rung.for_source(size[1])
-                if rung.fits(size[1]):
-                    rendition.height = rung.height
-                    rendition.width = max(2, round(size[0] * rung.height / size[1] / 2) * 2)
 
     def restarted(self) -> None:
         log.info("transcode %s: resuming on a new worker process", self.label)
         self.dropping = True  # the new worker starts from a keyframe: the GOP cache, fed again now
-        if self.subscription is not None:
-            self.subscription.close()
-        self.subscription = self.service.hub.add_sink(self.app, self.source, self)
+        self.subscribe()
 
     # ------------------------------------------------------------ sink of the source
 
@@ -141,10 +142,13 @@ class Job:
                 return
             if packet.kind == VIDEO and packet.keyframe:
                 self.dropping = False
-        if not self.service.pool.send_packet(self.id, packet, time.monotonic_ns()):
+        # What the hub replays when the job subscribes (headers, GOP cache) is not late: it is untimed.
+        sent = 0 if self.replaying else time.monotonic_ns()
+        if not self.service.pool.send_packet(self.id, packet, sent):
             self.dropped += 1
             if packet.kind == VIDEO and not packet.config:
-                if not self.dropping:
+                worker = self.service.pool.worker_of(self.id)
+                if not self.dropping and worker is not None and worker.alive:  # (a dead one is being replaced)
                     log.warning("transcode %s: its worker is too far behind: skipping to the next keyframe", self.label)
                 self.dropping = True
 
@@ -287,8 +291,7 @@ class Renditions:
             self.close_job(job, "no worker process")
             return
         if not job.closed:
-            job.subscription = self.hub.add_sink(job.app, job.source, job)
-            if job.subscription is None:
+            if job.subscribe() is None:
                 self.close_job(job, "the source is gone")
 
     def publish(self, job: Job, rendition: Rendition) -> PublishSession:
@@ -381,9 +384,11 @@ class Renditions:
             }
             if rendition is not None:
                 latency = sorted(rendition.latency_ms)
+                video = (self.hub.stats(app, rendition.stream) or {}).get("video") or {}
                 counts = report.get("rungs", {}).get(rung.name, {})
                 entry.update(
-                    width=rendition.width,
+                    width=video.get("width", 0),
+                    height=video.get("height") or rung.height,
                     bitrate=round(rendition.bitrate),
                     fps=round(rendition.fps, 2),
                     encoder="copy" if rung.audio_only else self.encoder,

@@ -52,9 +52,11 @@ class TranscodeSettings:
         if self.encoder not in CHOICES:
             raise SettingsError(f"[transcode] encoder must be one of {', '.join(CHOICES)}, not {self.encoder!r}")
         if self.mode not in MODES:
-            raise SettingsError(f"[transcode] mode must be \"on-demand\" or \"always\", not {self.mode!r}")
+            raise SettingsError(f'[transcode] mode must be "on-demand" or "always", not {self.mode!r}')
         if self.preset not in X264_PRESETS:
-            raise SettingsError(f"[transcode] preset must be an x264 preset ({', '.join(X264_PRESETS)}), not {self.preset!r}")
+            raise SettingsError(
+                f"[transcode] preset must be an x264 preset ({', '.join(X264_PRESETS)}), not {self.preset!r}"
+            )
         if self.tune not in X264_TUNES:
             raise SettingsError(f"[transcode] tune must be an x264 tune ({', '.join(X264_TUNES)}), not {self.tune!r}")
         for name in ("workers", "max_transcodes"):
@@ -93,7 +95,9 @@ def _rung(entry: Any, where: str) -> Rung:
         raise SettingsError(f"{where}: an entry must be a preset name or a table, not {entry!r}")
     unknown = set(entry) - _CUSTOM_KEYS
     if unknown:
-        raise SettingsError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(_CUSTOM_KEYS))})")
+        raise SettingsError(
+            f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(_CUSTOM_KEYS))})"
+        )
     name = entry.get("name")
     if not isinstance(name, str) or not RUNG_NAME.match(name):
         raise SettingsError(f"{where}: a custom rendition needs a name of 1-16 letters and digits, not {name!r}")

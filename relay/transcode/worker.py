@@ -79,7 +79,9 @@ class Worker:
         job_id, data = wire.read_control(body)
         if kind == wire.OPEN:
             rungs = [Rung.from_dict(r) for r in data["rungs"]]
-            ladder = Ladder(rungs, data["preset"], data["tune"], data["encoder"], data["enabled"], data.get("resume_after"))
+            ladder = Ladder(
+                rungs, data["preset"], data["tune"], data["encoder"], data["enabled"], data.get("resume_after")
+            )
             index = {rung.name: i for i, rung in enumerate(rungs)}
             self.jobs[job_id] = _Job(ladder, index, int(data["max_delay_ms"] * 1_000_000))
             log.info("transcode worker %d: job %d opened (%s)", self.index, job_id, data.get("label", ""))
@@ -97,7 +99,7 @@ class Worker:
                 self._send(job_id, job, job.ladder.flush(), 0, out)
 
     def _packet(self, job_id: int, job: _Job, packet: Packet, sent: int, out: list[bytes]) -> None:
-        behind = time.monotonic_ns() - sent
+        behind = time.monotonic_ns() - sent if sent else 0  # 0: replayed from the hub's cache, untimed
         job.behind_ns = max(job.behind_ns, behind)
         limit = job.max_delay_ns
         late = behind > limit

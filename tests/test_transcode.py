@@ -1,0 +1,250 @@
+"""Renditions end to end: ffmpeg publishes, the worker processes transcode, ffprobe and FLV clients
+play ``S_480p`` and ``S_360p`` like any other stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import aiohttp
+import pytest
+
+from relay.formats import codecs, flv, h264
+from relay.transcode.renditions import Job
+from tests.conftest import FFMPEG, FFPROBE, flv_url, needs_ffmpeg, publish, rtmp_url, run, wait_live
+from tests.test_playback import FlvClient, play_http
+
+pytestmark = needs_ffmpeg
+
+
+async def read_packets(url: str, seconds: float) -> list[dict]:
+    """Every packet ffprobe reads from ``url`` in ``seconds``, with its size."""
+    code, out, err = await run(
+        FFPROBE, "-v", "error", "-read_intervals", f"%+{seconds}",
+        "-show_entries", "packet=codec_type,pts_time,size,flags:stream=codec_type,codec_name,width,height",
+        "-of", "json", url, timeout=seconds + 30,
+    )  # fmt: skip
+    assert code == 0, err.decode()[-2000:]
+    return json.loads(out)
+
+
+def video_packets(info: dict) -> list[dict]:
+    return [p for p in info["packets"] if p["codec_type"] == "video"]
+
+
+def keyframes(info: dict) -> set[int]:
+    return {round(float(p["pts_time"]) * 1000) for p in video_packets(info) if p["flags"].startswith("K")}
+
+
+def job_of(server, app: str, source: str) -> Job:
+    return server.renditions.jobs[f"{app}/{source}"]
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sizes(client: FlvClient) -> list[tuple[int, int]]:
+    """The picture sizes the AVC sequence headers a viewer got announce, in order."""
+    out = []
+    for tag in client.video():
+        if codecs.video_info(tag.payload).config:
+            out.append(h264.dimensions(tag.payload))
+    return out
+
+
+async def test_a_720p30_source_plays_as_480p_and_360p_with_its_keyframes_and_target_bitrates(make_server):
+    server = await make_server()
+    publisher = await publish(rtmp_url(server, "demo"), size="1280x720", rate=30, gop=30, noise=True, seconds=40)
+    try:
+        await wait_live(server, "demo")
+        seconds = 12
+        source, low, lower = await asyncio.gather(
+            read_packets(flv_url(server, "demo"), seconds),
+            read_packets(flv_url(server, "demo_480p"), seconds),
+            read_packets(flv_url(server, "demo_360p"), seconds),
+        )
+    finally:
+        await publisher.stop()
+    source_keys = keyframes(source)
+    for info, size, target in ((low, (854, 480), 800_000), (lower, (640, 360), 500_000)):
+        streams = {s["codec_type"]: s for s in info["streams"]}
+        assert streams["video"]["codec_name"] == "h264"
+        assert (streams["video"]["width"], streams["video"]["height"]) == size
+        assert streams["audio"]["codec_name"] == "aac", "audio present"
+        video = video_packets(info)
+        times = [float(p["pts_time"]) for p in video]
+        # The last 10 s that ffprobe read (the first packets are the GOP cache's burst).
+        window = [p for p in video if float(p["pts_time"]) >= times[-1] - 10]
+        span = float(window[-1]["pts_time"]) - float(window[0]["pts_time"])
+        fps = (len(window) - 1) / span
+        assert 27 <= fps <= 31, f"{size}: {fps:.1f} fps"
+        bitrate = sum(int(p["size"]) for p in window[1:]) * 8 / span
+        assert 0.8 * target <= bitrate <= 1.2 * target, (
+            f"{size}: {bitrate / 1000:.0f} kbit/s, target {target / 1000:.0f}"
+        )
+        keys = keyframes(info)
+        low, high = max(min(keys), min(source_keys)), min(max(keys), max(source_keys))
+        ours = {k for k in keys if low <= k <= high}
+        theirs = {k for k in source_keys if low <= k <= high}
+        assert len(ours) >= 8 and ours == theirs, f"keyframes {sorted(ours)} vs the source's {sorted(theirs)}"
+
+
+async def flv_viewer(session: aiohttp.ClientSession, url: str) -> tuple[FlvClient, asyncio.Task[None]]:
+    client = FlvClient()
+    task = asyncio.create_task(play_http(session, url, client))
+    await client.wait_for(lambda c: any(not codecs.video_info(t.payload).config for t in c.video()), timeout=20)
+    return client, task
+
+
+@pytest.mark.parametrize("how", ["killed", "hung"])
+async def test_a_dead_or_hung_worker_is_replaced_and_its_viewers_get_frames_again(make_server, how):
+    server = await make_server(hang_seconds=2.0)
+    publisher = await publish(rtmp_url(server, "demo"), size="640x480", rate=25, gop=25, seconds=60)
+    async with aiohttp.ClientSession() as session:
+        try:
+            await wait_live(server, "demo")
+            client, task = await flv_viewer(session, flv_url(server, "demo_360p"))
+            worker = server.renditions.pool.worker_of(job_of(server, "live", "demo").id)
+            pid = worker.pid
+            os.kill(pid, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+            killed_at = time.monotonic()
+            while server.renditions.pool.restarts == 0 and time.monotonic() - killed_at < 5:
+                await asyncio.sleep(0.05)
+            assert worker.pid != pid and server.renditions.pool.restarts == 1
+            replaced = len(client.video())
+            await client.wait_for(lambda c: len(c.video()) > replaced + 25, timeout=8)
+            assert time.monotonic() - killed_at < 5 + 25 / 25, "frames again within 5 s"
+            assert not client.ended.is_set(), f"the viewer stayed connected ({client.end_reason})"
+            video = [t for t in client.video() if not codecs.video_info(t.payload).config]
+            stamps = [t.timestamp for t in video]
+            assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps), "no frame twice, none back in time"
+            task.cancel()
+        finally:
+            await publisher.stop()
+            if how == "hung":
+                with pytest.raises(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)  # it was killed, not left behind
+
+
+async def test_on_demand_renditions_cost_nothing_without_viewers_and_stop_when_idle(make_server):
+    server = await make_server(transcode_idle_seconds=2.0)
+    publisher = await publish(rtmp_url(server, "demo"), size="640x480", rate=25, gop=25, seconds=60)
+    try:
+        await wait_live(server, "demo")
+        await asyncio.sleep(1)
+        assert server.renditions.pool.workers == [], "no worker process before anyone asked"
+        async with aiohttp.ClientSession() as session:
+            client, task = await flv_viewer(session, flv_url(server, "demo_360p"))
+            job = job_of(server, "live", "demo")
+            pid = server.renditions.pool.worker_of(job.id).pid
+            assert list(job.renditions) == ["360p"], "only the rendition asked for is encoded"
+            task.cancel()
+        deadline = time.monotonic() + 10
+        while server.renditions.jobs and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert not server.renditions.jobs, "stopped after its idle time"
+        assert server.hub.stats("live", "demo_360p") is None, "the rendition stream ended"
+        idle_from = cpu_seconds(pid)
+        await asyncio.sleep(2)
+        assert cpu_seconds(pid) - idle_from < 0.05, "an idle worker uses no CPU"
+    finally:
+        await publisher.stop()
+
+
+async def test_past_max_transcodes_a_rendition_is_refused_with_the_reason(make_server):
+    custom = {"name": "240p", "height": 240, "video_bitrate": 300}
+    server = await make_server(max_transcodes=1, renditions=["480p", "360p", custom])
+    publisher = await publish(rtmp_url(server, "demo"), size="640x480", rate=25, gop=25, seconds=60)
+    async with aiohttp.ClientSession() as session:
+        try:
+            await wait_live(server, "demo")
+            client, task = await flv_viewer(session, flv_url(server, "demo_360p"))
+            async with session.get(flv_url(server, "demo_1080p")) as response:
+                assert response.status == 404, "a rung the ladder does not have is not a stream"
+            async with session.get(flv_url(server, "demo_480p")) as response:
+                assert response.status == 404, "no upscaling: a 480-line source has no 480p rendition"
+            async with session.get(flv_url(server, "demo_240p")) as response:
+                assert response.status == 503
+                assert "max_transcodes" in await response.text()
+            code, _, err = await run(FFMPEG, "-v", "error", "-i", rtmp_url(server, "demo_240p"), "-t", "1",
+                                     "-f", "null", "-", timeout=20)  # fmt: skip
+            assert code != 0 and "max_transcodes" in err.decode(), err.decode()
+            async with session.get(f"http://127.0.0.1:{server.http_port}/live/demo_240p/index.m3u8") as response:
+                assert response.status == 503
+            assert server.renditions.refused == 3
+            assert len(client.video()) > 0 and not client.ended.is_set(), "the running rendition is unaffected"
+            task.cancel()
+        finally:
+            await publisher.stop()
+
+
+async def test_renditions_survive_a_publisher_reconnect_and_a_resolution_change(make_server):
+    server = await make_server(grace_seconds=10.0)
+    first = await publish(rtmp_url(server, "demo"), size="1280x720", rate=25, gop=25, seconds=60)
+    async with aiohttp.ClientSession() as session:
+        try:
+            await wait_live(server, "demo")
+            client, task = await flv_viewer(session, flv_url(server, "demo_480p"))
+            await client.wait_for(lambda c: len(c.video()) > 40)
+            await first.stop()
+            await asyncio.sleep(1)
+            count = len(client.video())
+            second = await publish(rtmp_url(server, "demo"), size="960x720", rate=25, gop=25, seconds=60)
+            try:
+                await client.wait_for(lambda c: len(c.video()) > count + 40, timeout=15)
+            finally:
+                await second.stop()
+            assert not client.ended.is_set(), f"the viewer stayed through the reconnect ({client.end_reason})"
+            assert sizes(client)[0] == (854, 480) and sizes(client)[-1] == (640, 480), sizes(client)
+            video = [t for t in client.video() if not codecs.video_info(t.payload).config]
+            stamps = [t.timestamp for t in video]
+            assert stamps == sorted(stamps), "one timeline through the reconnect"
+            first_after = next(t for t in video if t.timestamp > video[count - 2].timestamp)
+            assert codecs.video_info(first_after.payload).keyframe, "the new encoder starts with a keyframe"
+            task.cancel()
+        finally:
+            await first.stop()
+
+
+async def test_always_mode_makes_every_rung_when_the_source_is_published(make_server):
+    server = await make_server(mode="always")
+    publisher = await publish(rtmp_url(server, "demo"), size="1280x720", rate=25, gop=25, seconds=30)
+    try:
+        await wait_live(server, "demo")
+        for name in ("demo_480p", "demo_360p"):
+            await wait_live(server, name)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{server.http_port}/api/v1/streams") as response:
+                streams = {s["name"]: s for s in (await response.json())["streams"]}
+        described = {r["name"]: r for r in streams["demo"]["renditions"]}
+        assert set(described) == {"480p", "360p"} and all(r["running"] for r in described.values())
+        assert described["480p"]["encoder"] == "libx264" and described["480p"]["width"] == 854
+        assert streams["demo_480p"]["rendition_of"] == "demo"
+        assert streams["demo_480p"]["video"]["height"] == 480
+    finally:
+        await publisher.stop()
+
+
+async def test_a_publisher_may_not_be_starved_by_its_renditions(make_server):
+    """The source's own viewers are served as before while renditions run beside them."""
+    server = await make_server()
+    publisher = await publish(rtmp_url(server, "demo"), size="1280x720", rate=25, gop=25, seconds=30)
+    async with aiohttp.ClientSession() as session:
+        try:
+            await wait_live(server, "demo")
+            source, source_task = await flv_viewer(session, flv_url(server, "demo"))
+            rendition, rendition_task = await flv_viewer(session, flv_url(server, "demo_480p"))
+            start = len(source.video())
+            await asyncio.sleep(4)
+            assert len(source.video()) - start >= 4 * 25 * 0.9, "the source's viewer gets every frame"
+            assert len(rendition.video()) > 50
+            source_task.cancel()
+            rendition_task.cancel()
+        finally:
+            await publisher.stop()
