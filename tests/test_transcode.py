@@ -4,6 +4,7 @@ play ``S_480p`` and ``S_360p`` like any other stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import time
 import aiohttp
 import pytest
 
-from relay.formats import codecs, flv, h264
+from relay.formats import codecs, h264
 from relay.transcode.renditions import Job
 from tests.conftest import FFMPEG, FFPROBE, flv_url, needs_ffmpeg, publish, rtmp_url, run, wait_live
 from tests.test_playback import FlvClient, play_http
@@ -95,6 +96,18 @@ async def test_a_720p30_source_plays_as_480p_and_360p_with_its_keyframes_and_tar
         assert len(ours) >= 8 and ours == theirs, f"keyframes {sorted(ours)} vs the source's {sorted(theirs)}"
 
 
+@contextlib.asynccontextmanager
+async def live_source(server, size: str = "640x480", seconds: int = 60):  # type: ignore[no-untyped-def]
+    """ffmpeg publishing ``live/demo`` at 25 fps, a keyframe a second; an HTTP session to play it with."""
+    publisher = await publish(rtmp_url(server, "demo"), size=size, rate=25, gop=25, seconds=seconds)
+    try:
+        await wait_live(server, "demo")
+        async with aiohttp.ClientSession() as session:
+            yield session
+    finally:
+        await publisher.stop()
+
+
 async def flv_viewer(session: aiohttp.ClientSession, url: str) -> tuple[FlvClient, asyncio.Task[None]]:
     client = FlvClient()
     task = asyncio.create_task(play_http(session, url, client))
@@ -105,10 +118,8 @@ async def flv_viewer(session: aiohttp.ClientSession, url: str) -> tuple[FlvClien
 @pytest.mark.parametrize("how", ["killed", "hung"])
 async def test_a_dead_or_hung_worker_is_replaced_and_its_viewers_get_frames_again(make_server, how):
     server = await make_server(hang_seconds=2.0)
-    publisher = await publish(rtmp_url(server, "demo"), size="640x480", rate=25, gop=25, seconds=60)
-    async with aiohttp.ClientSession() as session:
+    async with live_source(server) as session:
         try:
-            await wait_live(server, "demo")
             client, task = await flv_viewer(session, flv_url(server, "demo_360p"))
             worker = server.renditions.pool.worker_of(job_of(server, "live", "demo").id)
             pid = worker.pid
@@ -126,7 +137,6 @@ async def test_a_dead_or_hung_worker_is_replaced_and_its_viewers_get_frames_agai
             assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps), "no frame twice, none back in time"
             task.cancel()
         finally:
-            await publisher.stop()
             if how == "hung":
                 with pytest.raises(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)  # it was killed, not left behind
@@ -134,17 +144,14 @@ async def test_a_dead_or_hung_worker_is_replaced_and_its_viewers_get_frames_agai
 
 async def test_on_demand_renditions_cost_nothing_without_viewers_and_stop_when_idle(make_server):
     server = await make_server(transcode_idle_seconds=2.0)
-    publisher = await publish(rtmp_url(server, "demo"), size="640x480", rate=25, gop=25, seconds=60)
-    try:
-        await wait_live(server, "demo")
+    async with live_source(server) as session:
         await asyncio.sleep(1)
         assert server.renditions.pool.workers == [], "no worker process before anyone asked"
-        async with aiohttp.ClientSession() as session:
-            client, task = await flv_viewer(session, flv_url(server, "demo_360p"))
-            job = job_of(server, "live", "demo")
-            pid = server.renditions.pool.worker_of(job.id).pid
-            assert list(job.renditions) == ["360p"], "only the rendition asked for is encoded"
-            task.cancel()
+        _, task = await flv_viewer(session, flv_url(server, "demo_360p"))
+        job = job_of(server, "live", "demo")
+        pid = server.renditions.pool.worker_of(job.id).pid
+        assert list(job.renditions) == ["360p"], "only the rendition asked for is encoded"
+        task.cancel()
         deadline = time.monotonic() + 10
         while server.renditions.jobs and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -153,35 +160,28 @@ async def test_on_demand_renditions_cost_nothing_without_viewers_and_stop_when_i
         idle_from = cpu_seconds(pid)
         await asyncio.sleep(2)
         assert cpu_seconds(pid) - idle_from < 0.05, "an idle worker uses no CPU"
-    finally:
-        await publisher.stop()
 
 
 async def test_past_max_transcodes_a_rendition_is_refused_with_the_reason(make_server):
     custom = {"name": "240p", "height": 240, "video_bitrate": 300}
     server = await make_server(max_transcodes=1, renditions=["480p", "360p", custom])
-    publisher = await publish(rtmp_url(server, "demo"), size="640x480", rate=25, gop=25, seconds=60)
-    async with aiohttp.ClientSession() as session:
-        try:
-            await wait_live(server, "demo")
-            client, task = await flv_viewer(session, flv_url(server, "demo_360p"))
-            async with session.get(flv_url(server, "demo_1080p")) as response:
-                assert response.status == 404, "a rung the ladder does not have is not a stream"
-            async with session.get(flv_url(server, "demo_480p")) as response:
-                assert response.status == 404, "no upscaling: a 480-line source has no 480p rendition"
-            async with session.get(flv_url(server, "demo_240p")) as response:
-                assert response.status == 503
-                assert "max_transcodes" in await response.text()
-            code, _, err = await run(FFMPEG, "-v", "error", "-i", rtmp_url(server, "demo_240p"), "-t", "1",
-                                     "-f", "null", "-", timeout=20)  # fmt: skip
-            assert code != 0 and "max_transcodes" in err.decode(), err.decode()
-            async with session.get(f"http://127.0.0.1:{server.http_port}/live/demo_240p/index.m3u8") as response:
-                assert response.status == 503
-            assert server.renditions.refused == 3
-            assert len(client.video()) > 0 and not client.ended.is_set(), "the running rendition is unaffected"
-            task.cancel()
-        finally:
-            await publisher.stop()
+    async with live_source(server) as session:
+        client, task = await flv_viewer(session, flv_url(server, "demo_360p"))
+        async with session.get(flv_url(server, "demo_1080p")) as response:
+            assert response.status == 404, "a rung the ladder does not have is not a stream"
+        async with session.get(flv_url(server, "demo_480p")) as response:
+            assert response.status == 404, "no upscaling: a 480-line source has no 480p rendition"
+        async with session.get(flv_url(server, "demo_240p")) as response:
+            assert response.status == 503
+            assert "max_transcodes" in await response.text()
+        code, _, err = await run(FFMPEG, "-v", "error", "-i", rtmp_url(server, "demo_240p"), "-t", "1",
+                                 "-f", "null", "-", timeout=20)  # fmt: skip
+        assert code != 0 and "max_transcodes" in err.decode(), err.decode()
+        async with session.get(f"http://127.0.0.1:{server.http_port}/live/demo_240p/index.m3u8") as response:
+            assert response.status == 503
+        assert server.renditions.refused == 3
+        assert len(client.video()) > 0 and not client.ended.is_set(), "the running rendition is unaffected"
+        task.cancel()
 
 
 async def test_renditions_survive_a_publisher_reconnect_and_a_resolution_change(make_server):
@@ -214,37 +214,26 @@ async def test_renditions_survive_a_publisher_reconnect_and_a_resolution_change(
 
 async def test_always_mode_makes_every_rung_when_the_source_is_published(make_server):
     server = await make_server(mode="always")
-    publisher = await publish(rtmp_url(server, "demo"), size="1280x720", rate=25, gop=25, seconds=30)
-    try:
-        await wait_live(server, "demo")
+    async with live_source(server, size="1280x720") as session:
         for name in ("demo_480p", "demo_360p"):
             await wait_live(server, name)
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{server.http_port}/api/v1/streams") as response:
-                streams = {s["name"]: s for s in (await response.json())["streams"]}
-        described = {r["name"]: r for r in streams["demo"]["renditions"]}
-        assert set(described) == {"480p", "360p"} and all(r["running"] for r in described.values())
-        assert described["480p"]["encoder"] == "libx264" and described["480p"]["width"] == 854
-        assert streams["demo_480p"]["rendition_of"] == "demo"
-        assert streams["demo_480p"]["video"]["height"] == 480
-    finally:
-        await publisher.stop()
+        async with session.get(f"http://127.0.0.1:{server.http_port}/api/v1/streams") as response:
+            streams = {s["name"]: s for s in (await response.json())["streams"]}
+    described = {r["name"]: r for r in streams["demo"]["renditions"]}
+    assert set(described) == {"480p", "360p"} and all(r["running"] for r in described.values())
+    assert described["480p"]["encoder"] == "libx264" and described["480p"]["width"] == 854
+    assert streams["demo_480p"]["rendition_of"] == "demo"
+    assert streams["demo_480p"]["video"]["height"] == 480
 
 
-async def test_a_publisher_may_not_be_starved_by_its_renditions(make_server):
-    """The source's own viewers are served as before while renditions run beside them."""
+async def test_the_source_viewers_are_served_as_before_beside_renditions(make_server):
     server = await make_server()
-    publisher = await publish(rtmp_url(server, "demo"), size="1280x720", rate=25, gop=25, seconds=30)
-    async with aiohttp.ClientSession() as session:
-        try:
-            await wait_live(server, "demo")
-            source, source_task = await flv_viewer(session, flv_url(server, "demo"))
-            rendition, rendition_task = await flv_viewer(session, flv_url(server, "demo_480p"))
-            start = len(source.video())
-            await asyncio.sleep(4)
-            assert len(source.video()) - start >= 4 * 25 * 0.9, "the source's viewer gets every frame"
-            assert len(rendition.video()) > 50
-            source_task.cancel()
-            rendition_task.cancel()
-        finally:
-            await publisher.stop()
+    async with live_source(server, size="1280x720") as session:
+        source, source_task = await flv_viewer(session, flv_url(server, "demo"))
+        rendition, rendition_task = await flv_viewer(session, flv_url(server, "demo_480p"))
+        start = len(source.video())
+        await asyncio.sleep(4)
+        assert len(source.video()) - start >= 4 * 25 * 0.9, "the source's viewer gets every frame"
+        assert len(rendition.video()) > 50
+        source_task.cancel()
+        rendition_task.cancel()

@@ -290,9 +290,8 @@ class Renditions:
             log.error("transcode %s: cannot start a worker process: %s", job.label, exc)
             self.close_job(job, "no worker process")
             return
-        if not job.closed:
-            if job.subscribe() is None:
-                self.close_job(job, "the source is gone")
+        if not job.closed and job.subscribe() is None:
+            self.close_job(job, "the source is gone")
 
     def publish(self, job: Job, rendition: Rendition) -> PublishSession:
         worker = self.pool.worker_of(job.id)
