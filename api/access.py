@@ -8,6 +8,7 @@ and node-media-server allow, and may always be played.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -121,9 +122,22 @@ class AccessPolicy:
         return Decision.allow()
 
     async def play(self, request: AccessRequest) -> Decision:
-        """A room's stream plays openly, or with a signed URL when its app has a play key."""
+        """A room's stream plays openly, or with a signed URL when its app has a play key. Its renditions
+        (``APPID-ROOMID_480p``) play with the same signed query as the stream itself."""
+        source = room_stream(request.name)
+        if source != request.name:
+            request = dataclasses.replace(request, name=source)
         app = await self._room_app(request, cached=True)
         if app is None or not app.play_key:
             return Decision.allow()
         problem = verify_query(app.play_key, request.name, request.query, self.clock())
         return Decision.deny(problem) if problem else Decision.allow()
+
+
+def room_stream(name: str) -> str:
+    """The room stream that ``name`` is, or is a rendition of (``wx1-42_480p`` -> ``wx1-42``)."""
+    if parse_stream(name) is None:
+        source, _, suffix = name.rpartition("_")
+        if suffix and parse_stream(source) is not None:
+            return source
+    return name

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from api import errors, validation
 from api.errors import ApiError
+from api.ladders import check_ladder
 from api.models import App, Token
 from api.rooms import DAY, RoomSettings
 from api.store.base import RoomStore
@@ -49,8 +50,8 @@ class Apps:
 
     async def update_app(self, app: App, changes: dict[str, Any]) -> App:
         """Set an app's ``webhook_url`` ("" turns webhooks off), ``play_key`` ("" turns play URL
-        signing off) or ``replay_retention_days``."""
-        unknown = changes.keys() - {"webhook_url", "play_key", "replay_retention_days"}
+        signing off), ``replay_retention_days`` or ``renditions`` (its rooms' ladder; None: the server's)."""
+        unknown = changes.keys() - {"webhook_url", "play_key", "replay_retention_days", "renditions"}
         if unknown:
             raise ApiError(errors.INVALID_ARGS, f"{', '.join(sorted(unknown))}: not a setting an app may change")
         f = validation.Fields(changes)
@@ -68,6 +69,8 @@ class Apps:
             if days < 1:
                 raise ApiError(errors.INVALID_ARGS, "replay_retention_days must be at least 1")
             current.replay_retention_days = days
+        if "renditions" in changes:
+            current.renditions = check_ladder(changes["renditions"], "the app's")
         await self.store.put_app(current)
         return current
 

@@ -13,6 +13,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from api.apps import Apps
     from api.audience import AudienceOf
+    from api.ladders import Ladders
     from api.media import MediaLibrary
     from api.room_status import RoomStatus
     from api.rooms import Rooms
@@ -24,3 +25,4 @@ ROOM_STATUS: web.AppKey[RoomStatus] = web.AppKey("room_status")
 URLS: web.AppKey[Urls] = web.AppKey("urls")
 MEDIA: web.AppKey[MediaLibrary] = web.AppKey("media")
 AUDIENCE: web.AppKey[AudienceOf] = web.AppKey("audience")
+LADDERS: web.AppKey[Ladders] = web.AppKey("ladders")

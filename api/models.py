@@ -15,6 +15,7 @@ import dataclasses
 import enum
 import re
 import time
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -63,6 +64,8 @@ class App(_Record):
     play_key: str = ""  # signs play URLs when set; empty: playing is open
     webhook_url: str = ""  # receives signed POSTs on status changes and replay-ready
     replay_retention_days: int = 30
+    # The renditions of its rooms' streams ([transcode] renditions entries); None: the server's.
+    renditions: list[Any] | None = None
     created_at: float = field(default_factory=time.time)
 
 
@@ -109,6 +112,7 @@ class Wire:
     width: tuple[int, int] | None = None  # the display width allowed (a CJK character counts 2)
     errcode: int = 0  # for a media_id that cannot be used, or a width outside the range
     flag: bool = False  # 0 or 1
+    items: tuple[str, ...] = ("object",)  # a list's item types
     doc: str = ""
 
 
@@ -177,6 +181,14 @@ class Room(_Record):
     live_status: int = field(default=LiveStatus.NOT_STARTED, metadata=_wire(listed=True, doc=STATUS_CODES))
     goods: list[dict[str, Any]] = field(default_factory=list, metadata=_wire(listed=True))
     assistants: list[dict[str, Any]] = field(default_factory=list)
+    renditions: list[Any] | None = field(
+        default=None,
+        metadata=_wire(
+            items=("string", "object"),
+            doc='the stream\'s renditions, as [transcode] renditions entries ("480p" or a table); '
+            "null: the app's, else the server's; []: none. REST PATCH sets it",
+        ),
+    )
     # life cycle
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
@@ -201,6 +213,7 @@ class RoomField:
     kind: type  # int, str, float or list
     default: Any  # dataclasses.MISSING for the fields every room is created with
     wire: Wire
+    nullable: bool = False
 
     @property
     def rest_name(self) -> str:
@@ -209,10 +222,16 @@ class RoomField:
 
 def _room_fields() -> tuple[RoomField, ...]:
     hints = typing.get_type_hints(Room)
-    return tuple(
-        RoomField(f.name, typing.get_origin(hints[f.name]) or hints[f.name], f.default, f.metadata.get("wire", Wire()))
-        for f in dataclasses.fields(Room)
-    )
+
+    def field_of(f: dataclasses.Field[Any]) -> RoomField:
+        hint = hints[f.name]
+        options = typing.get_args(hint) if typing.get_origin(hint) is types.UnionType else ()
+        nullable = type(None) in options
+        if nullable:
+            hint = next(option for option in options if option is not type(None))
+        return RoomField(f.name, typing.get_origin(hint) or hint, f.default, f.metadata.get("wire", Wire()), nullable)
+
+    return tuple(field_of(f) for f in dataclasses.fields(Room))
 
 
 ROOM_FIELDS = _room_fields()

@@ -63,15 +63,24 @@ STR = {"type": "string"}
 NUM = {"type": "number"}
 
 _JSON_TYPES = {int: "integer", str: "string", float: "number", list: "array"}
+ROOM_RENDITIONS = next(f for f in ROOM_FIELDS if f.name == "renditions")
+RENDITIONS = {
+    "type": ["array", "null"],
+    "items": {"type": ["string", "object"]},
+    "description": 'the renditions of its rooms\' streams, as [transcode] renditions entries ("480p" or '
+    "{name, height, video_bitrate, max_rate, fps_cap}); null: the server's; []: none",
+}
 
 
 def _room_field(field: RoomField) -> dict[str, Any]:
     """The schema of a room field's value, from ``Room``'s definition."""
-    schema: dict[str, Any] = {"type": _JSON_TYPES[field.kind]}
+    kind = _JSON_TYPES[field.kind]
+    schema: dict[str, Any] = {"type": [kind, "null"] if field.nullable else kind}
     if field.wire.flag:
         schema["enum"] = [0, 1]
     if field.kind is list:
-        schema["items"] = {"type": "object"}
+        items = list(field.wire.items)
+        schema["items"] = {"type": items[0] if len(items) == 1 else items}
     if field.wire.width is not None:
         low, high = field.wire.width
         schema["description"] = f"{low}-{high} wide (a CJK character counts 2)"
@@ -134,6 +143,7 @@ SCHEMAS: dict[str, Any] = {
             "play_key": {**STR, "description": "signs play URLs; empty: playing is open"},
             "webhook_url": STR,
             "replay_retention_days": INT,
+            "renditions": RENDITIONS,
             "created_at": NUM,
         }
     ),
@@ -143,6 +153,7 @@ SCHEMAS: dict[str, Any] = {
             "webhook_url": {**STR, "description": 'http(s) URL; "" turns webhooks off'},
             "play_key": {**STR, "description": '"" turns play URL signing off'},
             "replay_retention_days": {**INT, "minimum": 1},
+            "renditions": RENDITIONS,
         },
         "additionalProperties": False,
     },
@@ -173,7 +184,7 @@ SCHEMAS: dict[str, Any] = {
     "RoomPatch": {
         "type": "object",
         "description": "any editable field; the others keep their values (official editRoom rules apply)",
-        "properties": _room_properties(ROOM_EDITABLE),
+        "properties": {**_room_properties(ROOM_EDITABLE), "renditions": _room_field(ROOM_RENDITIONS)},
         "additionalProperties": False,
     },
     "RoomList": _object({"rooms": {"type": "array", "items": _ref("Room")}, "total": INT, "start": INT}),
@@ -219,7 +230,7 @@ PATHS: dict[str, Any] = {
     "/api/v1/app": {
         "get": _operation("The calling app (never its secret)", _json(_ref("App"), "the app")),
         "patch": _operation(
-            "Set the app's webhook_url, play_key or replay_retention_days",
+            "Set the app's webhook_url, play_key, replay_retention_days or renditions",
             _json(_ref("App"), "the app as changed"),
             body="AppPatch",
             errors=(400, 401),
@@ -342,9 +353,20 @@ PATHS: dict[str, Any] = {
     },
     "/api/v1/streams": {
         "get": _operation(
-            "Streams on this node with their publisher, codecs, rates and viewers",
+            "Streams on this node with their publisher, codecs, rates and viewers; a source's renditions "
+            "(what it can have now, and how the running ones do: bitrate, fps, encoder, behind_ms, latency_ms); "
+            "a rendition's rendition_of",
             _json(
-                _object({"streams": {"type": "array", "items": {"type": "object"}}}),
+                _object(
+                    {
+                        "streams": {"type": "array", "items": {"type": "object"}},
+                        "transcode": {
+                            "type": "object",
+                            "description": "present when transcoding is on: jobs, running, refused, worker_restarts",
+                        },
+                    },
+                    "transcode",
+                ),
                 "streams",
             ),
             errors=(),

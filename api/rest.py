@@ -20,7 +20,7 @@ from aiohttp.typedefs import Handler
 
 from api import errors
 from api.errors import ApiError, json_error
-from api.keys import APPS, AUDIENCE, ROOM_STATUS, ROOMS, URLS
+from api.keys import APPS, AUDIENCE, LADDERS, ROOM_STATUS, ROOMS, URLS
 from api.models import ROOM_EDITABLE, ROOM_INPUTS, App, Room
 from api.openapi import DOCUMENT
 from api.room_status import ACTIONS
@@ -95,7 +95,11 @@ async def get_app(request: web.Request, app: App) -> web.Response:
 
 @authenticated
 async def patch_app(request: web.Request, app: App) -> web.Response:
-    return web.json_response(app_json(await request.app[APPS].update_app(app, await json_body(request))))
+    changes = await json_body(request)
+    app = await request.app[APPS].update_app(app, changes)
+    if "renditions" in changes:
+        await request.app[LADDERS].app_changed(app.appid)
+    return web.json_response(app_json(app))
 
 
 @authenticated
@@ -130,12 +134,18 @@ async def get_room(request: web.Request, app: App) -> web.Response:
 
 @authenticated
 async def patch_room(request: web.Request, app: App) -> web.Response:
-    changes = translate(await json_body(request), EDIT_FIELDS)
+    body = await json_body(request)
+    renditions = body.pop("renditions", ...)
+    changes = translate(body, EDIT_FIELDS)
     rooms = request.app[ROOMS]
     room = await rooms.room(app, _room_id(request))
-    # editRoom takes every field: the room's current values, then the changes.
-    current = {field.wire.wechat: getattr(room, field.name) for field in ROOM_EDITABLE}
-    room = await rooms.edit_room(app, {**current, **changes, "id": room.roomid})
+    if renditions is not ...:  # ours, not an editRoom field: set apart, checked as the config's ladder is
+        room = await rooms.set_renditions(app, room.roomid, renditions)
+        await request.app[LADDERS].load(room.stream_name)
+    if changes or renditions is ...:
+        # editRoom takes every field: the room's current values, then the changes.
+        current = {field.wire.wechat: getattr(room, field.name) for field in ROOM_EDITABLE}
+        room = await rooms.edit_room(app, {**current, **changes, "id": room.roomid})
     return web.json_response(_room_view(request, room))
 
 

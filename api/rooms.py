@@ -14,6 +14,7 @@ from typing import Any
 
 from api import errors, validation
 from api.errors import ApiError
+from api.ladders import check_ladder
 from api.models import (
     ACTIVE_STATUSES,
     FINAL_STATUSES,
@@ -113,6 +114,14 @@ class Rooms:
         for name, value in values.items():
             setattr(room, name, value)
         return await self._save(room, list(values))
+
+    async def set_renditions(self, app: App, roomid: int, entries: Any) -> Room:
+        """The room's own ladder (None: its app's, else the server's), checked as the config's is."""
+        room = await self.room(app, roomid)
+        if room.live_status in FINAL_STATUSES:
+            raise ApiError(errors.ROOM_STATUS_FORBIDS, f"room {roomid} has ended ({room.live_status})")
+        room.renditions = check_ladder(entries, f"room {roomid}'s")
+        return await self._save(room, ["renditions"])
 
     async def _save(self, room: Room, fields: list[str]) -> Room:
         """Write the edited ``fields`` of ``room`` only if its status is still the one it was read with,

@@ -15,6 +15,7 @@ from api.access import AccessPolicy
 from api.apps import Apps
 from api.audience import Audience
 from api.config import Settings
+from api.ladders import Ladders
 from api.media import MediaLibrary
 from api.replays import ReplayService
 from api.room_status import RoomStatus
@@ -96,8 +97,11 @@ class Server:
         )
         self.room_status.on_change.append(self.webhooks.send)
         transcode = settings.transcode
+        self.ladders = Ladders(self.store, settings.rooms.rtmp_app)
         self.renditions = (
-            Renditions(self.hub, transcode) if transcode.renditions or transcode.compat_rendition else None
+            Renditions(self.hub, transcode, self.ladders.lookup)
+            if transcode.renditions or transcode.compat_rendition
+            else None
         )
         self.recorder = Recorder(self.hub, settings.data_dir / "replays", settings.recorder)
         self.replays = ReplayService(self.store, self.urls, settings.rooms.rtmp_app, self.recorder, self.webhooks)
@@ -137,6 +141,7 @@ class Server:
         app.add_routes(self.flv.routes())
         app[keys.APPS], app[keys.ROOMS], app[keys.ROOM_STATUS] = self.apps, self.rooms, self.room_status
         app[keys.URLS], app[keys.MEDIA], app[keys.AUDIENCE] = self.urls, self.media, self.audience
+        app[keys.LADDERS] = self.ladders
         app.add_routes(wechat.routes())
         app.add_routes(self.status.routes())
         app.add_routes(rest.routes())
@@ -168,6 +173,7 @@ class Server:
         http_base = s.public_url.rstrip("/") if s.public_url else f"http://{host}:{self.http_port}"
         self.urls.rtmp_base, self.urls.http_base = rtmp_base, http_base
         self.hub.add_listener(self.room_status.stream_event)
+        self.hub.add_listener(self.ladders.stream_event)
         await self.room_status.start()
         await self.replays.start()
         log.info(

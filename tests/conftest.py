@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -13,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import uvloop
 
 from api.config import Settings
-from api.models import Media
+from api.models import App, Media
 from api.server import Server
 from relay.formats.packet import Packet
 from relay.hub.stream import LiveStream
@@ -328,3 +330,21 @@ async def web_pages() -> AsyncIterator[str]:
         pytest.skip("tests/web/node_modules missing: run scripts/dev test, which installs hls.js and mpegts.js")
     async with serve_web() as url:
         yield url
+
+
+@pytest.fixture
+def api_client():  # type: ignore[no-untyped-def]
+    """``async with api_client(server, app) as api``: a REST client authenticated as ``app``, whose
+    ``await api.call(method, path, status, json=...)`` checks the status and returns the JSON body."""
+    from tests.test_rest_api import Client
+
+    @contextlib.asynccontextmanager
+    async def connect(server: Server, app: App):  # type: ignore[no-untyped-def]
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as session:
+            body = {"appid": app.appid, "secret": app.secret}
+            async with session.post("/api/v1/token", json=body) as response:
+                assert response.status == 200
+                session.headers["Authorization"] = f"Bearer {(await response.json())['access_token']}"
+            yield Client(session, app)
+
+    return connect

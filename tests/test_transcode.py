@@ -237,3 +237,67 @@ async def test_the_source_viewers_are_served_as_before_beside_renditions(make_se
         assert len(rendition.video()) > 50
         source_task.cancel()
         rendition_task.cancel()
+
+
+async def room_live(server, app_key: str = ""):  # type: ignore[no-untyped-def]
+    """A room of a new app, live from ffmpeg at 1280x720 (its app signs play URLs with ``app_key``)."""
+    from api.models import LiveStatus
+    from tests.conftest import make_room
+    from tests.test_rooms_live import wait_status
+
+    app, room = await make_room(server)
+    if app_key:
+        app = await server.apps.update_app(app, {"play_key": app_key})
+    publisher = await publish(server.urls.push_url(app, room), size="1280x720", rate=25, gop=25, seconds=60)
+    await wait_status(server, room, LiveStatus.LIVE)
+    await wait_live(server, room.stream_name)
+    return app, room, publisher
+
+
+async def test_a_room_or_its_app_sets_the_ladder_over_rest(make_server, api_client):
+    server = await make_server(allow_anonymous_publish=False)
+    app, room, publisher = await room_live(server)
+    stream = room.stream_name
+    try:
+        async with api_client(server, app) as api:
+            bad = await api.call("PATCH", f"/api/v1/rooms/{room.roomid}", 400, json={"renditions": ["4k"]})
+            assert "no preset named '4k'" in bad["error"]["message"]
+            await api.call("PATCH", "/api/v1/app", 200, json={"renditions": ["360p"]})
+            assert await server.hub.wait_for("live", f"{stream}_360p", 0), "the app's ladder"
+            assert not await server.hub.wait_for("live", f"{stream}_480p", 0), "instead of the server's"
+            custom = {"name": "lo", "height": 180, "video_bitrate": 200}
+            changed = await api.call("PATCH", f"/api/v1/rooms/{room.roomid}", 200, json={"renditions": [custom]})
+            assert changed["renditions"] == [custom] and changed["name"] == room.name
+            assert await server.hub.wait_for("live", f"{stream}_lo", 0), "the room's own ladder comes first"
+            streams = await api.call("GET", "/api/v1/streams", 200)
+            described = next(s for s in streams["streams"] if s["name"] == stream)["renditions"]
+            assert [r["name"] for r in described] == ["lo"]
+            await api.call("PATCH", f"/api/v1/rooms/{room.roomid}", 200, json={"renditions": []})
+            assert not await server.hub.wait_for("live", f"{stream}_480p", 0), "[]: no renditions at all"
+            await api.call("PATCH", f"/api/v1/rooms/{room.roomid}", 200, json={"renditions": None})
+            await api.call("PATCH", "/api/v1/app", 200, json={"renditions": None})
+            assert await server.hub.wait_for("live", f"{stream}_480p", 0), "null: back to the server's"
+    finally:
+        await publisher.stop()
+
+
+async def test_a_signed_play_url_plays_the_renditions_too(make_server):
+    server = await make_server(allow_anonymous_publish=False)
+    app, room, publisher = await room_live(server, app_key="pl4y-k3y")
+    try:
+        signed = server.urls.play_urls(app, room)["flv"]
+        path, query = signed.split("?")
+        rendition = f"{path.removesuffix('.flv')}_480p.flv"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(rendition) as response:
+                assert response.status == 403, "unsigned"
+            async with session.get(f"{rendition}?{query.replace('txSecret=', 'txSecret=0')}") as response:
+                assert response.status == 403, "badly signed"
+            client, task = await flv_viewer(session, f"{rendition}?{query}")
+            assert (
+                h264.dimensions(next(t.payload for t in client.video() if codecs.video_info(t.payload).config))[1]
+                == 480
+            )
+            task.cancel()
+    finally:
+        await publisher.stop()

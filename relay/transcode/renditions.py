@@ -88,6 +88,10 @@ class Job:
             self.replaying = False
         return self.subscription
 
+    def selection(self) -> dict[str, Any]:
+        """The SELECT message's data: every rung (the list may have grown), and those switched on."""
+        return {"rungs": [rung.to_dict() for rung in self.rungs], "enabled": list(self.renditions)}
+
     @property
     def label(self) -> str:
         return f"{self.app}/{self.source}"
@@ -98,11 +102,10 @@ class Job:
         last = max((r.last_ts for r in self.renditions.values()), default=-1)
         s = self.service.settings
         return {
-            "rungs": [rung.to_dict() for rung in self.rungs],
+            **self.selection(),
             "preset": s.preset,
             "tune": s.tune,
             "encoder": self.service.encoder,
-            "enabled": list(self.renditions),
             "resume_after": last if last >= 0 else None,
             "max_delay_ms": s.max_delay_ms,
             "label": self.label,
@@ -280,7 +283,7 @@ class Renditions:
         if fresh:
             asyncio.get_running_loop().create_task(self._open(job))
         else:
-            self.pool.control(job.id, wire.SELECT, list(job.renditions))
+            self.pool.control(job.id, wire.SELECT, job.selection())
         return rendition
 
     async def _open(self, job: Job) -> None:
@@ -315,7 +318,7 @@ class Renditions:
         if not job.renditions:
             self.close_job(job, "no rendition left")
         else:
-            self.pool.control(job.id, wire.SELECT, list(job.renditions))
+            self.pool.control(job.id, wire.SELECT, job.selection())
 
     def close_job(self, job: Job, reason: str) -> None:
         if job.closed:

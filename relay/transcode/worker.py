@@ -88,7 +88,10 @@ class Worker:
         elif kind == wire.SELECT:
             job = self.jobs.get(job_id)
             if job is not None:
-                self._send(job_id, job, job.ladder.select(data), 0, out)
+                rungs = [Rung.from_dict(r) for r in data["rungs"]]
+                job.index = {rung.name: i for i, rung in enumerate(rungs)}
+                job.ladder.rungs = rungs
+                self._send(job_id, job, job.ladder.select(data["enabled"]), 0, out)
         elif kind == wire.NEW_PUBLISHER:
             job = self.jobs.get(job_id)
             if job is not None:
