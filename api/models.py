@@ -282,6 +282,7 @@ class Replay(_Record):
     path: str = ""  # folder relative to the replays folder (DATA_DIR/replays), served under /replays/
     duration: float = 0.0
     size: int = 0
+    renditions: list[str] = field(default_factory=list)  # recorded beside the source: master.m3u8
 
 
 @dataclass(slots=True, frozen=True)

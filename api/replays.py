@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 
@@ -46,6 +47,18 @@ CONTENT_TYPES = {
 }
 
 
+class KeptRenditions(Protocol):
+    """What the recorder needs of the transcoder: renditions that run while a replay records them."""
+
+    def keep(self, app: str, source: str) -> list[str]:
+        """Start every rendition ``app/source`` can have, and keep them running; their names."""
+        ...
+
+    def release(self, app: str, source: str) -> None:
+        """They may stop again (on demand, after their idle time)."""
+        ...
+
+
 class ReplayService:
     def __init__(
         self,
@@ -55,8 +68,11 @@ class ReplayService:
         recorder: Recorder,
         webhooks: Webhooks,
         clock: Callable[[], float] = time.time,
+        renditions: KeptRenditions | None = None,
     ) -> None:
         self.store = store
+        # With [transcode] record_renditions: keeps a recorded stream's renditions running.
+        self.renditions = renditions
         self.urls = urls
         self.rtmp_app = rtmp_app  # the app of the rooms' streams in the hub
         self.recorder = recorder
@@ -169,10 +185,13 @@ class ReplayService:
             path=f"{room.appid}/{room.roomid}/{replay_id}",
         )
         await self.store.put_replay(replay)
-        self.recorder.start(stream_app, room.stream_name, replay_id, replay.path)
+        kept = self.renditions.keep(stream_app, room.stream_name) if self.renditions is not None else []
+        self.recorder.start(stream_app, room.stream_name, replay_id, replay.path, kept)
         self.active[room.roomid] = replay
 
     async def _finish(self, replay: Replay) -> None:
+        if self.renditions is not None:
+            self.renditions.release(self.rtmp_app, f"{replay.appid}-{replay.roomid}")
         try:
             result = await self.recorder.finish(replay.replay_id)
         except Exception as exc:  # FinalizeError, OSError, av.FFmpegError...
@@ -187,6 +206,7 @@ class ReplayService:
             log.warning("replay %s of room %d failed: %s", replay.replay_id, replay.roomid, problem)
         else:
             replay.status, replay.duration, replay.size = "ready", result.duration, result.size
+            replay.renditions = result.renditions
         await self.store.put_replay(replay)
 
     async def _announce(self, replay: Replay) -> None:

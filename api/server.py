@@ -104,7 +104,14 @@ class Server:
             else None
         )
         self.recorder = Recorder(self.hub, settings.data_dir / "replays", settings.recorder)
-        self.replays = ReplayService(self.store, self.urls, settings.rooms.rtmp_app, self.recorder, self.webhooks)
+        self.replays = ReplayService(
+            self.store,
+            self.urls,
+            settings.rooms.rtmp_app,
+            self.recorder,
+            self.webhooks,
+            renditions=self.renditions if transcode.record_renditions else None,
+        )
         self.status = StatusRoutes(self.store, self.audience)
         self.policy = AccessPolicy(settings.allow_anonymous_publish, self.store, settings.rooms, self.room_status)
         self.media = MediaLibrary(self.store, settings.data_dir, settings.rooms.media_ttl_seconds)

@@ -69,7 +69,10 @@ class Urls:
         if replay.status != "ready" or not replay.path:
             return {}
         base = f"{self.http_base}/replays/{replay.path.strip('/')}"
-        return {"hls": f"{base}/index.m3u8", "mp4": f"{base}/replay.mp4", "cover": f"{base}/cover.jpg"}
+        urls = {"hls": f"{base}/index.m3u8", "mp4": f"{base}/replay.mp4", "cover": f"{base}/cover.jpg"}
+        if replay.renditions:  # the source and its renditions, for players that switch levels
+            urls["master"] = f"{base}/master.m3u8"
+        return urls
 
     def media_url(self, media_id: str) -> str:
         return f"{self.http_base}/media/{media_id}" if media_id else ""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
@@ -51,6 +51,7 @@ class Finalized:
     size: int  # bytes of every file of the replay
     segments: int
     mp4_during_live: bool = False  # the MP4 was the one made while the live went on
+    renditions: list[str] = field(default_factory=list)  # recorded beside the source (master.m3u8)
 
 
 @dataclass(slots=True)
@@ -61,9 +62,10 @@ class _Segment:
     init: Path | None = None  # fMP4: the init segment it needs
 
 
-def finalize(folder: Path, live_mp4: LiveMp4 | None = None) -> Finalized:
+def finalize(folder: Path, live_mp4: LiveMp4 | None = None, mp4: bool = True) -> Finalized:
     """Finalize the replay in ``folder``; ``live_mp4``, if the recording made one, is used when it
-    holds every segment found (it is waited for), else the MP4 is made from the segments."""
+    holds every segment found (it is waited for), else the MP4 is made from the segments. Without
+    ``mp4`` (a rendition's folder: the replay's MP4 and cover are the source's), only the playlist."""
     live_segments = live_mp4.result() if live_mp4 is not None else None  # before its temporary file goes
     for tmp in folder.glob("*.tmp"):
         tmp.unlink()
@@ -89,6 +91,9 @@ def finalize(folder: Path, live_mp4: LiveMp4 | None = None) -> Finalized:
         previous = segment
     atomic_write(playlist, render(entries, ended=True).encode())
     mp4_during_live = live_segments == [s.path.name for s in segments]
+    if not mp4:
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+        return Finalized(round(sum(e.duration for e in entries), 3), size, len(entries))
     if not mp4_during_live:
         try:
             remux(_reader(segments), folder / MP4)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from recorder.finalize import Finalized, finalize
+from recorder.finalize import Finalized, FinalizeError, finalize
+from recorder.master import rendition_folders, write_master
 from recorder.mp4 import LiveMp4
 from recorder.recording import Recording
 from relay.hub import Hub, StreamEvent
@@ -40,7 +42,8 @@ class Recorder:
         self.root = root
         self.settings = settings
         self.recordings: dict[str, Recording] = {}  # by replay id
-        self._streams: dict[tuple[str, str], Recording] = {}  # by (app, stream name)
+        self._streams: dict[tuple[str, str], Recording] = {}  # by (app, stream name), renditions too
+        self._variants: dict[str, list[Recording]] = {}  # renditions recorded, by replay id
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="minilive-recorder")
         self._finalizer = ThreadPoolExecutor(1, thread_name_prefix="minilive-finalize")
         hub.add_listener(self._stream_event)
@@ -55,8 +58,9 @@ class Recorder:
     def can_record(self, app: str, name: str) -> bool:
         return self.hub.has(app, name) and (app, name) not in self._streams
 
-    def start(self, app: str, name: str, replay_id: str, folder: str) -> bool:
-        """Record stream ``app/name`` into ``folder``; False if this node has no such stream."""
+    def start(self, app: str, name: str, replay_id: str, folder: str, renditions: Sequence[str] = ()) -> bool:
+        """Record stream ``app/name`` into ``folder``, and its ``renditions`` (``name_480p``...) each
+        into a sub-folder of it, from when they appear; False if this node has no such stream."""
         if not self.can_record(app, name):
             return False
         path = self.folder(folder)
@@ -64,7 +68,15 @@ class Recorder:
         recording = Recording(replay_id, path, self.settings.segment_seconds, self._writer)
         self.recordings[replay_id] = self._streams[(app, name)] = recording
         recording.attach(self.hub, app, name)
-        log.info("replay %s: recording %s/%s into %s", replay_id, app, name, path)
+        for rung in renditions:
+            sub = path / rung
+            sub.mkdir(exist_ok=True)
+            variant = Recording(f"{replay_id}/{rung}", sub, self.settings.segment_seconds, self._writer, mp4=False)
+            self._variants.setdefault(replay_id, []).append(variant)
+            self._streams[(app, f"{name}_{rung}")] = variant
+            variant.attach(self.hub, app, f"{name}_{rung}")  # or when it is published
+        log.info("replay %s: recording %s/%s into %s%s", replay_id, app, name, path,
+                 f" with renditions {', '.join(renditions)}" if renditions else "")  # fmt: skip
         return True
 
     def _stream_event(self, event: StreamEvent) -> None:
@@ -78,7 +90,10 @@ class Recorder:
     async def finish(self, replay_id: str) -> Finalized:
         """Stop recording, write what is buffered, and finalize (raises FinalizeError or OSError)."""
         recording = self.recordings.pop(replay_id)
-        self._streams = {key: r for key, r in self._streams.items() if r is not recording}
+        variants = self._variants.pop(replay_id, [])
+        self._streams = {key: r for key, r in self._streams.items() if r is not recording and r not in variants}
+        for variant in variants:
+            await variant.close()
         await recording.close()
         if recording.mp4 is not None:
             recording.mp4.finish()
@@ -92,6 +107,9 @@ class Recorder:
         loop = asyncio.get_running_loop()
         started = loop.time()
         result = await loop.run_in_executor(self._finalizer, finalize, path, live_mp4)
+        result.renditions = await loop.run_in_executor(self._finalizer, _finalize_renditions, path)
+        if result.renditions:
+            result.size += sum(f.stat().st_size for name in result.renditions for f in (path / name).iterdir())
         log.info(
             "replay %s finalized in %.2f s: %d segments, %.1f s, %.1f MB, %s",
             path.name,
@@ -127,7 +145,28 @@ class Recorder:
             await recording.close()
             if recording.mp4 is not None:
                 recording.mp4.abort()  # the next start finalizes the replay from its segments
+        for variants in self._variants.values():
+            for variant in variants:
+                await variant.close()
         self.recordings.clear()
+        self._variants.clear()
         self._streams.clear()
         self._writer.shutdown()
         self._finalizer.shutdown()
+
+
+def _finalize_renditions(folder: Path) -> list[str]:
+    """Finalize the renditions recorded beside the replay in ``folder`` (a normal end and a crash
+    alike) and list those that play in its master playlist; a rendition that cannot be finalized is
+    left out, never failing the replay."""
+    finished = []
+    for sub in rendition_folders(folder):
+        try:
+            finalize(sub, mp4=False)
+        except (FinalizeError, OSError) as exc:
+            log.warning("replay %s: rendition %s left out: %s", folder.name, sub.name, exc)
+            continue
+        finished.append(sub.name)
+    if finished:
+        write_master(folder, finished)
+    return finished

@@ -45,8 +45,11 @@ def atomic_write(path: Path, data: bytes | memoryview) -> None:
 
 
 class Recording:
-    def __init__(self, replay_id: str, folder: Path, segment_seconds: float, writer: Executor) -> None:
+    def __init__(
+        self, replay_id: str, folder: Path, segment_seconds: float, writer: Executor, mp4: bool = True
+    ) -> None:
         self.replay_id = replay_id
+        self.make_mp4 = mp4  # a rendition's recording makes none: the replay's MP4 is the source's
         self.folder = folder
         self.writer = writer
         self.segmenter = Segmenter(segment_seconds, 0, on_segment=self._on_segment)
@@ -130,6 +133,8 @@ class Recording:
                 atomic_write(self.folder / init[0], init[1])
             atomic_write(self.folder / name, data)
             atomic_write(self.folder / PLAYLIST, playlist)
+            if not self.make_mp4:
+                return
             if self.mp4 is None:
                 self.mp4 = LiveMp4(self.folder)
             self.mp4.add(self.folder / name, self.folder / init[0] if init else None)

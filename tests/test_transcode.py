@@ -301,3 +301,39 @@ async def test_a_signed_play_url_plays_the_renditions_too(make_server):
             task.cancel()
     finally:
         await publisher.stop()
+
+
+async def test_recorded_renditions_make_a_vod_master_playlist_and_the_mp4_stays_the_source(make_server):
+    from api.models import LiveStatus
+    from tests.conftest import make_room
+    from tests.test_replays import probe, wait_replay
+    from tests.test_rooms_live import wait_status
+
+    server = await make_server(allow_anonymous_publish=False, sweep_interval_seconds=0.2, record_renditions=True)
+    app, room = await make_room(server, closeReplay=0)
+    publisher = await publish(server.urls.push_url(app, room), size="1280x720", rate=25, gop=25, seconds=60)
+    try:
+        await wait_status(server, room, LiveStatus.LIVE)
+        await asyncio.sleep(8)
+        assert server.hub.audience("live", f"{room.stream_name}_480p") == {}, "recorded, not watched"
+        await server.room_status.admin_action(app, room.roomid, "end")
+        replay = await wait_replay(server.store, room.roomid, "ready", timeout=15)
+    finally:
+        await publisher.stop()
+    assert sorted(replay.renditions) == ["360p", "480p"]
+    base = f"http://127.0.0.1:{server.http_port}/replays/{replay.path}"
+    assert server.urls.replay_urls(replay)["master"] == f"{base}/master.m3u8"
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/master.m3u8") as response:
+        master = await response.text()
+    variants = dict(zip(master.splitlines()[3::2], master.splitlines()[4::2], strict=True))
+    resolutions = {uri: line.split("RESOLUTION=")[1] for line, uri in variants.items()}
+    assert resolutions == {"index.m3u8": "1280x720", "480p/index.m3u8": "854x480", "360p/index.m3u8": "640x360"}
+    for line in variants:
+        average = int(line.split("AVERAGE-BANDWIDTH=")[1].split(",")[0])
+        assert 0 < average <= int(line.split("BANDWIDTH=")[1].split(",")[0])
+    mp4 = await probe(f"{base}/replay.mp4")
+    assert [(s["codec_name"], s.get("height")) for s in mp4["streams"] if s["codec_type"] == "video"] == [("h264", 720)]
+    for name in ("480p", "360p"):
+        info = await probe(f"{base}/{name}/index.m3u8")
+        assert sorted(s["codec_name"] for s in info["streams"]) == ["aac", "h264"]
+        assert abs(float(info["format"]["duration"]) - replay.duration) <= 2.5, (name, info["format"]["duration"])

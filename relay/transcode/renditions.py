@@ -178,6 +178,8 @@ class Renditions:
         self.jobs: dict[str, Job] = {}  # by "app/source"
         self._ticker: asyncio.Task[None] | None = None
         self.refused = 0
+        self.kept: set[str] = set()  # "app/source" whose renditions run whatever their audience (recorded)
+        self._unkept: set[tuple[str, str, str]] = set()  # kept renditions refused by max_transcodes (logged)
         hub.add_provider(self.provide)
         hub.add_listener(self._stream_event)
 
@@ -349,6 +351,34 @@ class Renditions:
                 continue
             self.start_rendition(event.app, event.name, rung)
 
+    # ------------------------------------------------------------ kept running (recorded)
+
+    def keep(self, app: str, source: str) -> list[str]:
+        """Keep every rendition of source ``app/source`` running until :meth:`release` (a replay records
+        them): those it can have now start now, the others as soon as it can (its picture size is
+        not known before its first keyframe). The names of the rungs that may appear."""
+        self.kept.add(f"{app}/{source}")
+        self._start_kept(app, source)
+        return [rung.name for rung in self.rungs_for(app, source)]
+
+    def _start_kept(self, app: str, source: str) -> None:
+        job = self.jobs.get(f"{app}/{source}")
+        for rung in self.available(app, source):
+            if job is not None and rung.name in job.renditions:
+                continue
+            if not rung.audio_only and self.running >= self.settings.max_transcodes:
+                if (app, source, rung.name) not in self._unkept:
+                    self._unkept.add((app, source, rung.name))
+                    log.warning("transcode %s/%s: rendition %s not recorded: max_transcodes reached",
+                                app, source, rung.name)  # fmt: skip
+                continue
+            self.start_rendition(app, source, rung)
+            job = self.jobs.get(f"{app}/{source}")
+
+    def release(self, app: str, source: str) -> None:
+        self.kept.discard(f"{app}/{source}")
+        self._unkept = {item for item in self._unkept if item[:2] != (app, source)}
+
     # ------------------------------------------------------------ measures and the idle timer
 
     async def _tick(self) -> None:
@@ -357,12 +387,18 @@ class Renditions:
             self.tick(time.monotonic())
 
     def tick(self, now: float) -> None:
+        for key in list(self.kept):
+            app, _, source = key.partition("/")
+            if self.hub.has(app, source):
+                self._start_kept(app, source)
         on_demand = self.settings.mode != "always"
         idle = self.settings.idle_seconds
         for job in list(self.jobs.values()):
+            kept = job.label in self.kept
             for rendition in list(job.renditions.values()):
                 _measure(rendition, now)
-                if not on_demand:
+                if not on_demand or kept:
+                    rendition.watched = now
                     continue
                 if sum(self.hub.audience(job.app, rendition.stream).values()):
                     rendition.watched = now
