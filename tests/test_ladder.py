@@ -94,3 +94,18 @@ def test_widths_keep_the_aspect_ratio_and_are_even() -> None:
     assert scaled_width(1920, 1080, 360) == 640
     assert scaled_width(720, 1280, 480) == 270, "portrait, as phones push"
     assert scaled_width(1000, 999, 3) == 4
+
+
+async def test_with_a_hardware_encoder_the_decoder_tries_its_device_then_the_cpu(tmp_path, caplog) -> None:
+    """No GPU here: the CUDA decoder that NVENC would bring does not open, and the CPU decodes instead."""
+    import logging
+
+    packets = await source(tmp_path, "640x360", seconds=1)
+    ladder = Ladder([PRESETS["360p"]], codec="h264_nvenc")
+    with caplog.at_level(logging.INFO, "minilive.transcode"):
+        for packet in packets:
+            if packet.kind == VIDEO and packet.config:
+                ladder.feed(packet)
+                break
+    assert "cannot decode on cuda" in caplog.text and not ladder.gpu_decode
+    assert ladder.decoder is not None and ladder.decoder.name == "h264", "decoding on the CPU"

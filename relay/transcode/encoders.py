@@ -19,6 +19,8 @@ log = logging.getLogger("minilive.transcode")
 
 SOFTWARE = "libx264"
 HARDWARE = ("h264_nvenc", "h264_vaapi", "h264_qsv")
+# Where a hardware encoder is, the decoder is tried on the same device (FFmpeg's hwaccel names).
+DECODE_DEVICES = {"h264_nvenc": "cuda", "h264_vaapi": "vaapi", "h264_qsv": "qsv"}
 CHOICES = ("auto", SOFTWARE, *HARDWARE)
 
 # The encoder makes no keyframe of its own: only the forced ones, at the source's.

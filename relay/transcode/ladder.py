@@ -24,6 +24,7 @@ from fractions import Fraction
 from typing import Any
 
 import av
+from av.codec.hwaccel import HWAccel
 from av.video.frame import PictureType
 from av.video.reformatter import Interpolation, VideoReformatter
 
@@ -31,7 +32,7 @@ from relay.formats import codecs
 from relay.formats.bits import MAX_DIMENSION
 from relay.formats.h264 import AnnexBToFlv
 from relay.formats.packet import AUDIO, VIDEO, Packet
-from relay.transcode.encoders import encoder_options
+from relay.transcode.encoders import DECODE_DEVICES, encoder_options
 
 log = logging.getLogger("minilive.transcode")
 
@@ -173,6 +174,7 @@ class Ladder:
         # After a worker restart: what the renditions already have. Nothing at or before it is made
         # again, and the rungs start at the first picture after it, keyframe or not.
         self.resume_after = resume_after
+        self.gpu_decode = True  # with a hardware encoder, tried until it fails once
         self.select(enabled if enabled is not None else [rung.name for rung in rungs])
 
     @property
@@ -265,7 +267,7 @@ class Ladder:
             self.decoder, self.source_codec = None, codec
             return
         try:
-            decoder = av.CodecContext.create(decoder_name, "r")
+            decoder = self._gpu_decoder(decoder_name) or av.CodecContext.create(decoder_name, "r")
         except (av.FFmpegError, ValueError) as exc:
             log.info("transcode: cannot open a %s decoder: %s", codec, exc)
             self.decoder = None
@@ -275,6 +277,19 @@ class Ladder:
         if extradata:
             decoder.extradata = extradata
         self.decoder, self.source_codec = decoder, codec
+
+    def _gpu_decoder(self, name: str) -> av.CodecContext | None:
+        """A decoder on the encoder's device (frames come back to memory for scaling), or None: no such
+        device, or it cannot be opened here (logged once; the CPU decodes from then on)."""
+        device = DECODE_DEVICES.get(self.codec) if self.gpu_decode else None
+        if device is None:
+            return None
+        try:
+            return av.CodecContext.create(name, "r", hwaccel=HWAccel(device, allow_software_fallback=True))
+        except (av.FFmpegError, ValueError, OSError) as exc:
+            log.info("transcode: cannot decode on %s (%s): decoding on the CPU", device, exc)
+            self.gpu_decode = False
+            return None
 
     def _failed(self, reason: str) -> None:
         self.errors += 1
