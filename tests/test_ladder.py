@@ -109,3 +109,41 @@ async def test_with_a_hardware_encoder_the_decoder_tries_its_device_then_the_cpu
                 break
     assert "cannot decode on cuda" in caplog.text and not ladder.gpu_decode
     assert ladder.decoder is not None and ladder.decoder.name == "h264", "decoding on the CPU"
+
+
+async def test_a_worker_behind_real_time_drops_pictures_then_skips_to_keyframes(tmp_path, caplog) -> None:
+    """Packets stamped long before the worker reads them: keyframes only past max_delay_ms, and past four
+    times that the job does not even decode until the next keyframe; the delay is reported and logged."""
+    import logging
+    import socket
+    import time
+
+    from relay.transcode import wire
+    from relay.transcode.worker import Worker
+
+    packets = await source(tmp_path, "640x360", seconds=3)
+    ours, _ = socket.socketpair()
+    worker = Worker(ours, 0)
+    spec = {"rungs": [Rung("180p", 180, 200_000, 240_000).to_dict()], "enabled": ["180p"], "preset": "ultrafast",
+            "tune": "zerolatency", "encoder": "libx264", "max_delay_ms": 100}  # fmt: skip
+
+    def run(sent_ms_ago: float) -> list[Packet]:
+        worker.handle(wire.OPEN, memoryview(wire.control_message(wire.OPEN, 1, spec)[5:]), [])
+        out: list[bytes] = []
+        for packet in packets:
+            sent = time.monotonic_ns() - int(sent_ms_ago * 1e6)
+            worker.handle(wire.PACKET, memoryview(wire.packet_message(1, packet, sent)[5:]), out)
+        reader = wire.Reader()
+        made = [wire.read_output(body)[2] for _, body in reader.feed(b"".join(out))]
+        return [p for p in made if p.kind == VIDEO and not p.config]
+
+    on_time = run(0)
+    # Every picture but the few the decoder still holds (the source has B-frames; no flush here).
+    assert len(on_time) >= sum(1 for p in packets if p.kind == VIDEO and not p.config) - 3
+    with caplog.at_level(logging.WARNING, "minilive.transcode"):
+        late = run(200)
+    assert late and all(p.keyframe for p in late), "keyframes only"
+    assert worker.stats()["jobs"]["1"]["behind_ms"] >= 200 and "behind real time" in caplog.text
+    very_late = run(1000)
+    assert all(p.keyframe for p in very_late) and len(very_late) <= len(late), "keyframes at most"
+    assert worker.jobs[1].skipped > 0, "pictures between keyframes not even decoded past four times the limit"
