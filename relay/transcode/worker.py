@@ -79,7 +79,9 @@ class Worker:
         job_id, data = wire.read_control(body)
         if kind == wire.OPEN:
             rungs = [Rung.from_dict(r) for r in data["rungs"]]
-            ladder = Ladder(rungs, data["preset"], data["tune"], data["encoder"], data["enabled"], data.get("resume_after"))
+            ladder = Ladder(
+                rungs, data["preset"], data["tune"], data["encoder"], data["enabled"], data.get("resume_after")
+            )
             index = {rung.name: i for i, rung in enumerate(rungs)}
             self.jobs[job_id] = _Job(ladder, index, int(data["max_delay_ms"] * 1_000_000))
             log.info("transcode worker %d: job %d opened (%s)", self.index, job_id, data.get("label", ""))
@@ -134,6 +136,8 @@ class Worker:
             report[str(job_id)] = {
                 "frames_in": ladder.frames_in,
                 "errors": ladder.errors,
+                "unsupported": ladder.unsupported,
+                "refusal": ladder.refusal,
                 "skipped": job.skipped,
                 "behind_ms": round(job.behind_ns / 1e6, 1),
                 "source_codec": ladder.source_codec,
