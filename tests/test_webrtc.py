@@ -19,17 +19,8 @@ from signaling import ice
 from signaling.ice import IceSettings
 from signaling.sdp import OfferError, narrow_offer
 from signaling.sessions import WebRtcSettings
-from tests.conftest import (
-    flv_url,
-    hub_stream,
-    make_room,
-    needs_ffmpeg,
-    probe_frames,
-    probe_streams,
-    publish,
-    rtmp_url,
-    wait_live,
-)
+from tests.conftest import flv_url, hub_stream, make_room, needs_ffmpeg, probe_streams, publish, rtmp_url, wait_live
+from tests.test_compat_rendition import assert_plays_h264_and_aac
 
 LOOPBACK = IceSettings(addresses=["127.0.0.1"])
 
@@ -219,12 +210,7 @@ async def test_whip_vp8_publisher_is_played_over_http_flv_as_h264(make_server) -
         await wait_live(server, "vp8cam", timeout=15)
         video = server.hub.stats("live", "vp8cam")["video"]
         assert (video["codec"], video["width"], video["height"]) == ("vp8", 320, 240), "the size from a keyframe"
-        streams = await probe_frames(flv_url(server, "vp8cam_h264"), seconds=3)
-        video = next(s for s in streams if s["codec_type"] == "video")
-        audio = next(s for s in streams if s["codec_type"] == "audio")
-        assert (video["codec_name"], video["width"], video["height"]) == ("h264", 320, 240)
-        assert int(video["nb_read_frames"]) >= 30, "3 s of pictures, every one decoded"
-        assert audio["codec_name"] == "aac" and int(audio["nb_read_frames"]) > 0
+        await assert_plays_h264_and_aac(flv_url(server, "vp8cam_h264"), (320, 240), frames=30)
         assert hub_stream(server, "live", "vp8cam").video_frames > 0
     finally:
         assert await delete(resource) == 200
