@@ -204,6 +204,11 @@ class Renditions:
             rungs.append(Rung(COMPAT, 1080, source_size=True))
         return rungs
 
+    def for_players(self, app: str, source: str) -> str | None:
+        """The rendition that live-player and every FLV/RTMP client should play instead of source
+        ``app/source`` as it is now (its stream is ``{source}_{name}``), or None for the source itself."""
+        return COMPAT if self.compat_needed(app, source) else None
+
     def compat_needed(self, app: str, source: str) -> bool:
         """Whether source ``app/source`` gets the H.264 rendition: compat_rendition is on, and its video
         is in a codec that live-player cannot play and the ladder can decode (HEVC, AV1, VP8, VP9)."""
