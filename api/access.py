@@ -1,14 +1,15 @@
 """Who may publish and play: the policy that ``api`` injects into every ingest and output.
 
 A stream named like a room (``APPID-ROOMID`` of an existing app, under the rooms' RTMP app) is
-decided by its room: the signature, the room's status, the app's limits. Any other stream may
-publish only in development mode (``--allow-anonymous-publish``), under app ``live``, as nginx-rtmp
-and node-media-server allow, and may always be played.
+decided by its room: the signature, the room's status, the app's limits. A play of one of its
+renditions (``APPID-ROOMID_h264``, ``APPID-ROOMID_480p``) is decided by the room too, with the same
+signature as the room's stream. Any other stream may publish only in development mode
+(``--allow-anonymous-publish``), under app ``live``, as nginx-rtmp and node-media-server allow, and
+may always be played.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 
@@ -55,12 +56,12 @@ class AccessPolicy:
         self.clock = clock
         self._play_apps: dict[str, tuple[float, App | None]] = {}  # appid -> (until, app)
 
-    async def _room_app(self, request: AccessRequest, cached: bool = False) -> App | None:
-        """The app whose room ``request`` names (``APPID-ROOMID`` under the rooms' RTMP app), if any;
-        with ``cached``, as looked up in the last ``PLAY_APP_CACHE_SECONDS``."""
-        if request.app != self.settings.rtmp_app:
+    async def _room_app(self, rtmp_app: str, name: str, cached: bool = False) -> App | None:
+        """The app whose room stream ``rtmp_app/name`` names (``APPID-ROOMID`` under the rooms' RTMP app),
+        if any; with ``cached``, as looked up in the last ``PLAY_APP_CACHE_SECONDS``."""
+        if rtmp_app != self.settings.rtmp_app:
             return None
-        parsed = parse_stream(request.name)
+        parsed = parse_stream(name)
         if parsed is None:
             return None
         if not cached:
@@ -74,7 +75,7 @@ class AccessPolicy:
         return hit[1]
 
     async def publish(self, request: AccessRequest) -> Decision:
-        app = await self._room_app(request)
+        app = await self._room_app(request.app, request.name)
         if app is not None:
             return await self._publish_room(app, request)
         if self.allow_anonymous_publish:
@@ -122,22 +123,14 @@ class AccessPolicy:
         return Decision.allow()
 
     async def play(self, request: AccessRequest) -> Decision:
-        """A room's stream plays openly, or with a signed URL when its app has a play key. Its renditions
-        (``APPID-ROOMID_480p``) play with the same signed query as the stream itself."""
-        source = room_stream(request.name)
-        if source != request.name:
-            request = dataclasses.replace(request, name=source)
-        app = await self._room_app(request, cached=True)
+        """A room's stream and its renditions play openly, or with the stream's signed URL when its app
+        has a play key."""
+        name = request.name
+        if parse_stream(name) is None:
+            source = name.rpartition("_")[0]  # a rendition's stream is SOURCE_RENDITION
+            name = source if parse_stream(source) is not None else name
+        app = await self._room_app(request.app, name, cached=True)
         if app is None or not app.play_key:
             return Decision.allow()
-        problem = verify_query(app.play_key, request.name, request.query, self.clock())
+        problem = verify_query(app.play_key, name, request.query, self.clock())
         return Decision.deny(problem) if problem else Decision.allow()
-
-
-def room_stream(name: str) -> str:
-    """The room stream that ``name`` is, or is a rendition of (``wx1-42_480p`` -> ``wx1-42``)."""
-    if parse_stream(name) is None:
-        source, _, suffix = name.rpartition("_")
-        if suffix and parse_stream(source) is not None:
-            return source
-    return name

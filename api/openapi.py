@@ -62,6 +62,14 @@ INT = {"type": "integer"}
 STR = {"type": "string"}
 NUM = {"type": "number"}
 
+# /api/v1/streams: relay.transcode.renditions.Renditions.totals()
+TRANSCODE_TOTALS = ("jobs", "running", "refused", "worker_restarts", "dropped", "decode_errors", "unsupported_sources")
+TRANSCODE_ABOUT = (
+    "transcoding totals: sources and renditions being made, requests refused (max_transcodes), worker "
+    "restarts, packets dropped for a worker too far behind, frames that did not decode, sources that cannot be "
+    "transcoded"
+)
+
 _JSON_TYPES = {int: "integer", str: "string", float: "number", list: "array"}
 ROOM_RENDITIONS = next(f for f in ROOM_FIELDS if f.name == "renditions")
 RENDITIONS = {
@@ -189,7 +197,22 @@ SCHEMAS: dict[str, Any] = {
     },
     "RoomList": _object({"rooms": {"type": "array", "items": _ref("Room")}, "total": INT, "start": INT}),
     "PushUrl": _object({"push_url": STR, "expires_at": {**INT, "description": "Unix seconds (txTime)"}}),
-    "PlayUrls": _object({"rtmp": STR, "flv": STR, "hls": STR}),
+    "PlayUrls": _object(
+        {
+            "rtmp": {**STR, "description": "for live-player (RTMP)"},
+            "flv": {**STR, "description": "for live-player (HTTP-FLV)"},
+            "hls": {**STR, "description": "for the video component and browsers"},
+            "rendition": {
+                "type": ["string", "null"],
+                "description": "the rendition that rtmp, flv and hls point at (h264: the stream is live in a codec "
+                "live-player cannot play, and [transcode] compat_rendition is on), or null for the stream itself",
+            },
+            "source": {
+                **_object({"rtmp": STR, "flv": STR, "hls": STR}),
+                "description": "the stream as its anchor publishes it, in any codec",
+            },
+        }
+    ),
     "Replay": _object(
         {
             "replay_id": STR,
@@ -297,7 +320,9 @@ PATHS: dict[str, Any] = {
     },
     "/api/v1/rooms/{id}/play_urls": {
         "get": _operation(
-            "Play URLs (signed when the app has a play_key)",
+            "Play URLs (signed when the app has a play_key). While the room's stream is live in a codec "
+            "live-player cannot play (HEVC, AV1, VP8, VP9), rtmp, flv and hls point at its H.264 rendition "
+            "STREAM_h264 (made while someone plays it), and source lists the stream's own URLs",
             _json(_ref("PlayUrls"), "play URLs"),
             errors=(401, 404),
             params=[ROOM_ID],
@@ -360,10 +385,7 @@ PATHS: dict[str, Any] = {
                 _object(
                     {
                         "streams": {"type": "array", "items": {"type": "object"}},
-                        "transcode": {
-                            "type": "object",
-                            "description": "present when transcoding is on: jobs, running, refused, worker_restarts",
-                        },
+                        "transcode": {**_object(dict.fromkeys(TRANSCODE_TOTALS, INT)), "description": TRANSCODE_ABOUT},
                     },
                     "transcode",
                 ),

@@ -88,14 +88,6 @@ class Server:
         self.store = open_store(settings.data_dir, settings.redis)
         self.apps = Apps(self.store, settings.rooms)
         self.rooms = Rooms(self.store, settings.rooms)
-        self.urls = Urls(settings.rooms)
-        self.room_status = RoomStatus(
-            self.store, settings.rooms, self.rooms, HubControl(self.hub, settings.rooms.rtmp_app)
-        )
-        self.webhooks = Webhooks(
-            self.store, settings.rooms.webhook_retry_seconds, settings.rooms.webhook_timeout_seconds
-        )
-        self.room_status.on_change.append(self.webhooks.send)
         transcode = settings.transcode
         self.ladders = Ladders(self.store, settings.rooms.rtmp_app)
         self.renditions = (
@@ -103,6 +95,14 @@ class Server:
             if transcode.renditions or transcode.compat_rendition
             else None
         )
+        self.urls = Urls(settings.rooms, player_rendition=self.renditions.for_players if self.renditions else None)
+        self.room_status = RoomStatus(
+            self.store, settings.rooms, self.rooms, HubControl(self.hub, settings.rooms.rtmp_app)
+        )
+        self.webhooks = Webhooks(
+            self.store, settings.rooms.webhook_retry_seconds, settings.rooms.webhook_timeout_seconds
+        )
+        self.room_status.on_change.append(self.webhooks.send)
         self.recorder = Recorder(self.hub, settings.data_dir / "replays", settings.recorder)
         self.replays = ReplayService(
             self.store,

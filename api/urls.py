@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 from api import errors
@@ -26,6 +27,10 @@ def page_path(roomid: int, custom_params: str = "") -> str:
     return path
 
 
+# (app, stream) -> the rendition players should get instead of the stream as it is now, or None.
+PlayerRendition = Callable[[str, str], str | None]
+
+
 class Urls:
     """The public bases are known once the listeners are bound: the composition root sets them."""
 
@@ -35,11 +40,13 @@ class Urls:
         rtmp_base: str = "",
         http_base: str = "",
         clock: Callable[[], float] = time.time,
+        player_rendition: PlayerRendition | None = None,
     ) -> None:
         self.settings = settings
         self.rtmp_base = rtmp_base  # rtmp://host[:port]
         self.http_base = http_base  # http(s)://host[:port], no trailing slash
         self.clock = clock
+        self.player_rendition = player_rendition
 
     def _expires_at(self, room: Room) -> int:
         # Valid for the planned live plus a margin, so that reconnects still pass.
@@ -54,9 +61,19 @@ class Urls:
         query = sign_query(app.push_key, name, self._expires_at(room))
         return f"{self.rtmp_base}/{self.settings.rtmp_app}/{name}?{query}"
 
-    def play_urls(self, app: App, room: Room) -> dict[str, str]:
+    def play_urls(self, app: App, room: Room) -> dict[str, Any]:
+        """What players should play: the room's stream, or while it is live in a codec that live-player
+        cannot play (HEVC, AV1, VP8, VP9), its H.264 rendition (``rendition`` says which); ``source``
+        is always the stream as published. One signature, the stream's, serves both."""
         name = room.stream_name
         query = "?" + sign_query(app.play_key, name, self._expires_at(room)) if app.play_key else ""
+        source = self._stream_urls(name, query)
+        rtmp_app = self.settings.rtmp_app
+        rendition = self.player_rendition(rtmp_app, name) if self.player_rendition is not None else None
+        player = self._stream_urls(f"{name}_{rendition}", query) if rendition else source
+        return {**player, "rendition": rendition, "source": source}
+
+    def _stream_urls(self, name: str, query: str) -> dict[str, str]:
         base = f"{self.http_base}/{self.settings.rtmp_app}/{name}"
         return {
             "rtmp": f"{self.rtmp_base}/{self.settings.rtmp_app}/{name}{query}",

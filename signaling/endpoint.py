@@ -35,6 +35,8 @@ def bearer_query(request: web.Request) -> str:
 
 class Endpoint:
     protocol = ""
+    # What video the endpoint takes, in order of preference (see signaling.sdp.narrow_offer).
+    video_codecs: tuple[str, ...] = ("h264",)
 
     def __init__(self, registry: Registry, app: str) -> None:
         self.registry = registry
@@ -62,7 +64,7 @@ class Endpoint:
             busy = "too many WebRTC sessions on this server; try another node or later"
             return error(503, busy, **{"Retry-After": "5"})
         try:
-            offer = narrow_offer(await request.text())
+            offer = narrow_offer(await request.text(), self.video_codecs)
         except OfferError as exc:
             log.info("%s offer for %s/%s from %s refused: %s", self.protocol, self.app, name, request.remote, exc)
             return error(exc.status, exc.reason)

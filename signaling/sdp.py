@@ -1,11 +1,14 @@
-"""Checking a WHIP/WHEP offer and narrowing it to what minilive carries without transcoding video:
-H.264 (packetization-mode 1) and Opus. Anything else is refused with a reason, never half-accepted."""
+"""Checking a WHIP/WHEP offer and narrowing it to one video codec and Opus: H.264 (packetization-mode 1),
+which every player takes as it is, or where the endpoint takes it and the offer has no H.264, VP8 (WHIP:
+the transcoder makes its H.264 rendition). Anything else is refused with a reason, never half-accepted."""
 
 from __future__ import annotations
 
 from aiortc import sdp
 
 MAX_OFFER_BYTES = 64 * 1024
+# How each video codec an endpoint may take is named in an offer and in a refusal.
+_VIDEO_NAMES = {"h264": "H.264 (packetization-mode=1)", "vp8": "VP8"}
 
 
 class OfferError(Exception):
@@ -17,15 +20,16 @@ class OfferError(Exception):
         self.reason = reason
 
 
-def _wanted(kind: str, codec) -> bool:  # type: ignore[no-untyped-def]
+def _wanted(wanted: str, codec) -> bool:  # type: ignore[no-untyped-def]
     name = codec.name.lower()
-    if kind == "audio":
-        return name == "opus"
-    return name == "h264" and str(codec.parameters.get("packetization-mode", "0")) == "1"
+    if wanted == "h264":
+        return name == "h264" and str(codec.parameters.get("packetization-mode", "0")) == "1"
+    return name == wanted
 
 
-def narrow_offer(text: str) -> str:
-    """The offer with every codec but H.264 and Opus removed (with their RTX); raises OfferError."""
+def narrow_offer(text: str, video_codecs: tuple[str, ...] = ("h264",)) -> str:
+    """The offer with Opus and the first of ``video_codecs`` that it offers (their order is the
+    preference), every other codec removed but their RTX; raises OfferError."""
     if len(text) > MAX_OFFER_BYTES:
         raise OfferError(413, f"SDP offer larger than {MAX_OFFER_BYTES} bytes")
     if not text.startswith("v=0"):
@@ -42,10 +46,15 @@ def narrow_offer(text: str) -> str:
             continue
         if not (media.ice.usernameFragment and media.ice.password) or media.dtls is None:
             raise OfferError(400, f"SDP offer's {media.kind} m-line lacks ICE credentials or a DTLS fingerprint")
-        kept = [c for c in media.rtp.codecs if _wanted(media.kind, c)]
+        choices = video_codecs if media.kind == "video" else ("opus",)
+        kept = []
+        for choice in choices:
+            kept = [c for c in media.rtp.codecs if _wanted(choice, c)]
+            if kept:
+                break
         if not kept:
             offered = ", ".join(sorted({c.name for c in media.rtp.codecs})) or "none"
-            wanted = "H.264 (packetization-mode=1)" if media.kind == "video" else "Opus"
+            wanted = " or ".join(_VIDEO_NAMES[c] for c in choices) if media.kind == "video" else "Opus"
             raise OfferError(406, f"{media.kind} codecs offered ({offered}) are not supported: use {wanted}")
         payload_types = {c.payloadType for c in kept}
         kept += [c for c in media.rtp.codecs if c.name.lower() == "rtx" and c.parameters.get("apt") in payload_types]

@@ -1,8 +1,10 @@
-"""WHIP ingest: a WebRTC publisher's H.264 goes into the hub as it is, its Opus becomes AAC.
+"""WHIP ingest: a WebRTC publisher's H.264 or VP8 goes into the hub as it is, its Opus becomes AAC.
 
-Video is never decoded: aiortc's receiver hands over depacketized access units (see
-``passthrough``), which become FLV AVC tags with a sequence header built from the SPS/PPS. Audio
-is decoded by aiortc's receiver thread and encoded to AAC on the session's own thread.
+Video is never decoded: aiortc's receiver hands over depacketized frames (see ``passthrough``).
+H.264 access units become FLV AVC tags with a sequence header built from the SPS/PPS; VP8 frames,
+from a browser that offers no H.264, become Enhanced RTMP ``vp08`` tags, which players get as the
+transcoder's H.264 rendition (``STREAM_h264``). Audio is decoded by aiortc's receiver thread and
+encoded to AAC on the session's own thread.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from relay.formats.h264 import AnnexBToFlv
 from relay.formats.packet import AUDIO, VIDEO
+from relay.formats.vp8 import Vp8ToFlv
 from relay.hub import AccessRequest, Authorizer, Hub, PublisherInfo, PublishSession, StreamBusy, decide
 from relay.transcode.audio import OpusToAac
 from signaling import ice
@@ -38,7 +41,7 @@ class WhipSession(Session):
         self.hub = hub
         self.query = query
         self.publish: PublishSession | None = None
-        self.video = AnnexBToFlv()
+        self.video: AnnexBToFlv | Vp8ToFlv = AnnexBToFlv()  # the negotiated codec's, once answered
         self.aac: OpusToAac | None = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="whip-aac")
         self.video_receiver: RTCRtpReceiver | None = None
@@ -55,7 +58,8 @@ class WhipSession(Session):
             await self.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind == "video":
-                pass_through(transceiver)
+                if pass_through(transceiver) == "vp8":
+                    self.video = Vp8ToFlv()
                 self.video_receiver = transceiver.receiver
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         return self.pc.localDescription.sdp
@@ -91,7 +95,7 @@ class WhipSession(Session):
     async def _read_video(self, track: MediaStreamTrack) -> None:
         while True:
             try:
-                frame = await track.recv()  # a JitterFrame: Annex-B access unit, 90 kHz timestamp
+                frame = await track.recv()  # a JitterFrame: H.264 access unit or VP8 frame, 90 kHz timestamp
             except MediaStreamError:
                 break
             self.last_media = time.monotonic()
@@ -184,6 +188,8 @@ class WhipSession(Session):
 
 class WhipEndpoint(Endpoint):
     protocol = "whip"
+    # H.264 goes to every player as it is; VP8, from a browser that offers no H.264, needs transcoding.
+    video_codecs = ("h264", "vp8")
 
     def __init__(self, registry: Registry, hub: Hub, authorize_publish: Authorizer, app: str = "live") -> None:
         super().__init__(registry, app)

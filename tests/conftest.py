@@ -203,9 +203,11 @@ async def decode_cleanly(source: str, seconds: float | None = None, timeout: flo
     assert code == 0 and not err.strip(), err.decode()
 
 
-async def probe_frames(source: str) -> list[dict[str, Any]]:
-    """ffprobe's streams of ``source`` with every frame decoded and counted (``nb_read_frames``)."""
-    code, out, err = await run(FFPROBE, "-v", "error", "-count_frames", "-show_streams", "-of", "json", source)
+async def probe_frames(source: str, seconds: float | None = None) -> list[dict[str, Any]]:
+    """ffprobe's streams of ``source`` with every frame decoded and counted (``nb_read_frames``); of a
+    live URL, the first ``seconds`` of it."""
+    limit = ["-read_intervals", f"%+{seconds}"] if seconds else []
+    code, out, err = await run(FFPROBE, "-v", "error", *limit, "-count_frames", "-show_streams", "-of", "json", source)
     assert code == 0, f"ffprobe failed on {source}: {err.decode()[-2000:]}"
     return json.loads(out)["streams"]
 

@@ -123,3 +123,17 @@ class PacketPublisher:
             self._sending.cancel()
             await asyncio.gather(self._sending, return_exceptions=True)
         self.client.close()
+
+
+def enhanced(packets: list[Packet]) -> list[Packet]:
+    """The same packets with their video as Enhanced RTMP ``hvc1`` tags, as OBS 30 and FFmpeg 7 publish
+    HEVC: the sequence start, then coded frames with their composition offsets."""
+    out = []
+    for packet in packets:
+        payload = packet.payload
+        if packet.kind == VIDEO and packet.config:
+            payload = b"\x90hvc1" + payload[5:]
+        elif packet.kind == VIDEO:
+            payload = bytes((0x80 | (0x10 if packet.keyframe else 0x20) | 1,)) + b"hvc1" + payload[2:]
+        out.append(Packet(packet.kind, packet.timestamp, payload, packet.keyframe, packet.config))
+    return out

@@ -1,14 +1,17 @@
-"""FlvReader and relay.formats.codecs, on hand-built tags and on FLV made by Debian's ffmpeg."""
+"""FlvReader, relay.formats.codecs and vp8, on hand-built tags, FLV made by Debian's ffmpeg and VP8 from libvpx."""
 
 import struct
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import pytest
 
-from relay.formats import codecs, h264
+from relay.formats import codecs, h264, vp8
 from relay.formats.aac import AacConfig
 from relay.formats.flv import AUDIO, SCRIPT, VIDEO, FlvError, FlvReader, Tag, encode_tag, header
+from relay.hub.tracks import Tracks
 from tests.conftest import FFMPEG, needs_ffmpeg
 
 
@@ -151,6 +154,9 @@ def test_huge_declared_tag_size() -> None:
         (b"\x90vp09\x01\x00", False, True, "vp9"),
         (b"\x91vp09data", True, False, "vp9"),
         (b"\xa1vp09data", False, False, "vp9"),
+        (b"\x90vp08\x01\x00", False, True, "vp8"),
+        (b"\x93vp08data", True, False, "vp8"),
+        (b"\xa3vp08data", False, False, "vp8"),
         (b"\x90avc1\x01", False, True, "h264"),
         (b"\x91zzzzdata", True, False, ""),
     ],
@@ -272,3 +278,66 @@ def test_avc_dimensions_on_garbage() -> None:
     sps = b"\x67\x64\x00\x1f" + bytes(64)
     record = b"\x01\x64\x00\x1f\xff\xe1" + struct.pack(">H", len(sps)) + sps
     assert h264.dimensions(b"\x17\x00\x00\x00\x00" + record) is None
+
+
+# ---------------------------------------------------------------- VP8 from libvpx
+
+
+def libvpx_frames(width: int, height: int, count: int) -> list[tuple[bool, bytes]]:
+    """(keyframe as the encoder says, frame): VP8 as a WebRTC publisher sends it (libvpx through PyAV)."""
+    encoder = av.CodecContext.create("libvpx", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+    encoder.time_base, encoder.gop_size = Fraction(1, 1000), 10
+    frames = []
+    for i in range(count):
+        picture = av.VideoFrame(width, height, "yuv420p")
+        picture.pts = i * 40
+        frames += [(p.is_keyframe, bytes(p)) for p in encoder.encode(picture)]
+    return frames + [(p.is_keyframe, bytes(p)) for p in encoder.encode(None)]
+
+
+def test_vp8_frames_become_enhanced_rtmp_tags() -> None:
+    encoded = libvpx_frames(322, 180, 25)
+    frames = [frame for _, frame in encoded]
+    assert [vp8.is_keyframe(f) for f in frames] == [key for key, _ in encoded]
+    assert sum(key for key, _ in encoded) > 1 and not encoded[1][0]
+    assert vp8.dimensions(frames[0]) == (322, 180) and vp8.dimensions(frames[1]) is None
+    packer = vp8.Vp8ToFlv()
+    assert packer.push(frames[1]) == [] and packer.needs_keyframe, "nothing decodable before a keyframe"
+    out = [item for frame in frames for item in packer.push(frame)]
+    assert not packer.needs_keyframe
+    (start_key, start), (first_key, first), (_, second) = out[:3]
+    assert codecs.video_info(start) == codecs.VideoInfo(False, True, "vp8") and not start_key
+    assert codecs.video_info(first) == codecs.VideoInfo(True, False, "vp8") and first_key
+    assert codecs.video_info(second) == codecs.VideoInfo(False, False, "vp8")
+    assert codecs.coded_frame(first, any_codec=True) == (0, frames[0])
+    assert codecs.coded_frame(first) is None, "not a frame the H.264 paths take"
+    assert [key for key, _ in out[1:]] == [vp8.is_keyframe(f) for f in frames]
+    tracks = Tracks()
+    assert [tracks.video(body) for _, body in out[:3]] == [(False, True), (True, False), (False, False)]
+    assert (tracks.video_codec, tracks.width, tracks.height) == ("vp8", 322, 180), "the size from the keyframe"
+
+
+@pytest.mark.parametrize(
+    ("frame", "keyframe"),
+    [
+        (b"", False),
+        (b"\x00", False),
+        (b"\x10\x02\x00\x9d\x01\x2a", False),  # cut before the size
+        (b"\x11\x02\x00\x9d\x01\x2a\x40\x01\xf0\x00", False),  # an inter frame
+        (b"\x10\x02\x00\x00\x00\x00\x40\x01\xf0\x00", False),  # no start code
+        (b"\x10\x02\x00\x9d\x01\x2a\x00\x00\x00\x00", True),  # a keyframe of 0x0
+    ],
+    ids=hex_id,
+)
+def test_vp8_headers_that_say_no_size(frame: bytes, keyframe: bool) -> None:
+    """No size, never an exception; the frames pass unchanged (decoding them is the transcoder's problem)."""
+    assert vp8.dimensions(frame) is None
+    assert vp8.is_keyframe(frame) == keyframe
+    assert len(vp8.Vp8ToFlv().push(frame)) == (2 if keyframe else 0)
+
+
+def test_vp8_size_from_a_keyframe_header() -> None:
+    assert vp8.dimensions(b"\x10\x02\x00\x9d\x01\x2a\x40\x01\xf0\x00") == (320, 240)
+    # The two scaling bits above each 14-bit size are not part of it.
+    assert vp8.dimensions(b"\x10\x02\x00\x9d\x01\x2a\x40\xc1\xf0\x40") == (320, 240)

@@ -10,6 +10,9 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 import pytest
 
+from relay.formats import vp8
+from relay.formats.hls import Segmenter, UnsupportedCodec
+from relay.formats.packet import VIDEO, Packet
 from tests.conftest import (
     decode_cleanly,
     hub_stream,
@@ -20,6 +23,7 @@ from tests.conftest import (
     rtmp_url,
     wait_live,
 )
+from tests.hevc import PacketPublisher
 
 pytestmark = needs_ffmpeg
 
@@ -254,6 +258,29 @@ async def test_audio_only_hls(server):
         assert [s["codec_name"] for s in streams] == ["aac"]
     finally:
         await pub.stop()
+
+
+async def test_video_hls_cannot_carry_is_refused_with_a_reason(server):
+    """VP8 (a WHIP publisher's) has no muxer here: 503 saying so, never segments without the video;
+    the stream itself plays on."""
+    publisher = await PacketPublisher.start(rtmp_url(server, "vp8"))
+    (_, start), (_, keyframe) = vp8.Vp8ToFlv().push(b"\x10\x02\x00\x9d\x01\x2a\x40\x01\xf0\x00" + bytes(100))
+    await publisher.send(
+        [Packet(VIDEO, 0, start, config=True)] + [Packet(VIDEO, i * 40, keyframe, True) for i in range(5)]
+    )
+    await wait_live(server, "vp8")
+    async with aiohttp.ClientSession() as session:
+        status, body, _ = await fetch(session, hls_url(server, "vp8"))
+    assert status == 503
+    assert "VP8 video cannot be packaged as HLS (H.264 and HEVC can)" in body.decode()
+    assert hub_stream(server, "live", "vp8").publisher is not None
+    await publisher.stop()
+
+
+def test_the_segmenter_refuses_video_it_cannot_mux() -> None:
+    for config in (vp8.sequence_start(), b"\x90av01\x81\x00\x0c\x00", b"\x90vp09\x01\x00", b"\x90zzzz"):
+        with pytest.raises(UnsupportedCodec, match="cannot be packaged as HLS"):
+            Segmenter(2, 0.5).feed(Packet(VIDEO, 0, config, config=True))
 
 
 def test_a_part_past_the_end_of_a_finished_segment_waits_for_the_next_segment() -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
-from relay.formats import flv
+import pytest
+
+from relay.formats import codecs, flv
+from relay.formats.h264 import avc_sequence_header, declared_size
 from relay.formats.packet import AUDIO, VIDEO, Packet
-from relay.transcode.ladder import PRESETS, Ladder, Rung, scaled_width
+from relay.transcode.ladder import PRESETS, Ladder, Rung, scaled_width, undecodable
 from tests.conftest import FFPROBE, needs_ffmpeg, run
 from tests.test_mpegts import to_packets
 
@@ -77,16 +81,100 @@ async def test_no_rung_is_ever_upscaled(tmp_path) -> None:
     assert ladder.frames_in > 0
 
 
-async def test_a_corrupt_frame_is_counted_and_the_rungs_wait_for_the_next_keyframe(tmp_path) -> None:
+def damage(payload: bytes, how: str) -> bytes:
+    """An FLV AVC frame (5 header bytes, then length-prefixed NAL units) broken as networks and
+    encoders break them: bytes flipped in its slice data, cut short, or replaced by junk."""
+    if how == "flipped":
+        return payload[:21] + bytes(b ^ 0xFF for b in payload[21:])
+    if how == "truncated":
+        return payload[: len(payload) // 3]
+    return payload[:5] + b"\x00\x00\x00\x10" + bytes(range(16)) * 3
+
+
+def pts(packet: Packet) -> int:
+    """An FLV AVC frame's presentation time: its timestamp plus its composition offset."""
+    return packet.timestamp + int.from_bytes(packet.payload[2:5], "big", signed=True)
+
+
+@pytest.mark.parametrize("how", ["flipped", "truncated", "garbage"])
+async def test_a_damaged_frame_is_counted_and_the_rung_resumes_at_the_next_keyframe(tmp_path, how, caplog) -> None:
+    """Whether the decoder raises (cut short, junk) or conceals errors in what it outputs (flipped
+    bytes), the frame is counted and logged, and the rung skips to the source's next keyframe."""
+    caplog.set_level(logging.INFO, "minilive.transcode")
     packets = await source(tmp_path, "640x360", seconds=3)
-    video = [i for i, p in enumerate(packets) if p.kind == VIDEO and not p.config]
-    broken = video[5]
-    garbage = packets[broken].payload[:5] + b"\x00\x00\x00\x10" + bytes(range(16)) * 3
-    packets[broken] = Packet(VIDEO, packets[broken].timestamp, garbage, packets[broken].keyframe)
+    video = [i for i, p in enumerate(packets) if p.kind == VIDEO and codecs.coded_frame(p.payload)]
+    broken = packets[video[10]]  # in the first second's GOP
+    assert not broken.keyframe
+    packets[video[10]] = Packet(VIDEO, broken.timestamp, damage(broken.payload, how))
+    # Presentation times, which the rung's pictures (no B-frames) carry.
+    resume_at = min(pts(p) for p in packets if p.keyframe and p.timestamp > broken.timestamp)
     ladder = Ladder([Rung("240p", 240, 300_000, 360_000)])
     made = [p for packet in packets for _, p in ladder.feed(packet) if p.kind == VIDEO and not p.config]
-    assert made, "the rendition goes on"
-    assert all(p.timestamp >= 0 for p in made)
+    made += [p for _, p in ladder.flush() if p.kind == VIDEO and not p.config]
+    assert ladder.errors == 1 and ladder.unsupported == 0
+    assert "waiting for the next keyframe" in caplog.text
+    source_times = sorted(pts(packets[i]) for i in video)
+    gap = [t for t in source_times if pts(broken) <= t < resume_at]
+    missed = [t for t in gap if t not in {p.timestamp for p in made}]
+    assert missed, "the pictures after the damage are not made"
+    after = [p for p in made if p.timestamp >= resume_at]
+    assert after[0].keyframe and after[0].timestamp == resume_at, "the rung resumes on the source's next keyframe"
+    assert len(after) == len([t for t in source_times if t >= resume_at]), "and makes every picture from there on"
+
+
+def avc_header_declaring(width_mbs: int, height_mbs: int, crop: int = 0) -> bytes:
+    """An FLV AVC sequence header whose baseline SPS declares a picture of ``width_mbs`` x ``height_mbs``
+    macroblocks, less ``crop`` 2-pixel steps on the right and at the bottom (H.264 7.3.2.1.1)."""
+
+    def ue(value: int) -> str:
+        code = bin(value + 1)[2:]
+        return "0" * (len(code) - 1) + code
+
+    bits = f"{66:08b}" + "0" * 8 + f"{30:08b}" + ue(0) + ue(0) + ue(2) + ue(1) + "0"
+    bits += ue(width_mbs - 1) + ue(height_mbs - 1) + "11"  # frame_mbs_only, direct_8x8_inference
+    bits += ("1" + ue(0) + ue(crop) + ue(0) + ue(crop)) if crop else "0"
+    bits += "01"  # no VUI, then the RBSP stop bit
+    bits += "0" * (-len(bits) % 8)
+    sps = b"\x67" + int(bits, 2).to_bytes(len(bits) // 8, "big")
+    return avc_sequence_header(sps, b"\x68\xce\x3c\x80")
+
+
+@pytest.mark.parametrize(
+    ("header", "size"),
+    [(avc_header_declaring(1, 1, crop=8), (0, 0)), (avc_header_declaring(1250, 1250), (20000, 20000))],
+)
+async def test_a_source_of_a_size_no_picture_has_is_refused(tmp_path, header, size, caplog) -> None:
+    """A sequence header declaring 0x0 or 20000x20000 pictures opens no decoder: counted once, logged,
+    nothing made; the rungs start again with the source's next real sequence header."""
+    assert declared_size(header) == size
+    packets = await source(tmp_path, "320x240", seconds=2)
+    lying = [Packet(VIDEO, 0, header, config=True) if p.kind == VIDEO and p.config else p for p in packets]
+    ladder = Ladder([Rung("180p", 180, 300_000, 360_000)])
+    made = [p for packet in lying for _, p in ladder.feed(packet) if p.kind == VIDEO]
+    assert made == [] and ladder.unsupported == 1 and ladder.errors == 0
+    assert ladder.refusal == f"its sequence header declares {size[0]}x{size[1]} pictures"
+    assert f"cannot be transcoded: {ladder.refusal}" in caplog.text
+    # The publisher's next sequence header is a real one: the rungs start again at its keyframe.
+    made = [p for packet in packets for _, p in ladder.feed(packet) if p.kind == VIDEO and not p.config]
+    assert made and made[0].keyframe and ladder.refusal == "" and ladder.unsupported == 1
+
+
+@pytest.mark.parametrize(
+    ("config", "frame", "named"),
+    [
+        (b"\x90zzzz\x01\x02", b"\x93zzzzframe", ""),  # an Enhanced RTMP FourCC no one knows
+        (None, b"\x14\x00frame", "vp6"),  # legacy FLV VP6: no sequence header, no decoder here
+        (None, b"\x12frame", "h263"),  # Sorenson H.263
+    ],
+)
+def test_a_codec_with_no_decoder_makes_nothing_and_says_so_once(config, frame, named, caplog) -> None:
+    """No output and no exception, one log line and one count however many frames come."""
+    ladder = Ladder([Rung("180p", 180, 300_000, 360_000)])
+    packets = [Packet(VIDEO, 0, config, config=True)] if config else []
+    packets += [Packet(VIDEO, i * 40, frame, i % 10 == 0) for i in range(30)]
+    assert [made for packet in packets for made in ladder.feed(packet)] == []
+    assert ladder.unsupported == 1 and ladder.errors == 0 and ladder.refusal == undecodable(named)
+    assert caplog.text.count("cannot be transcoded") == 1
 
 
 def test_widths_keep_the_aspect_ratio_and_are_even() -> None:

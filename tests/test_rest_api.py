@@ -12,7 +12,9 @@ import pytest
 
 from api.models import App, LiveStatus, Replay
 from relay.hub import StreamEvent
-from tests.conftest import add_images, make_room
+from tests.conftest import add_images, make_room, wait_live
+from tests.hevc import PacketPublisher, enhanced
+from tests.test_compat_rendition import assert_plays_h264_and_aac
 
 
 def room_body(appid: str, **fields) -> dict:
@@ -160,6 +162,34 @@ async def test_actions(server, api):
     assert (await api.call("POST", f"/api/v1/rooms/{other['roomid']}/ban", 200))["live_status"] == 104
 
 
+async def test_play_urls_of_a_hevc_live_point_live_player_at_its_h264_rendition(server, api, hevc_media):
+    """An anchor pushes Enhanced RTMP HEVC: the room's play URLs are those of STREAM_h264, signed like
+    the stream's (the rendition plays with that signature, and only with it), the stream's own URLs
+    under ``source``."""
+    room = await api.call("POST", "/api/v1/rooms", 201, json=room_body(api.app.appid))
+    urls = f"/api/v1/rooms/{room['roomid']}/play_urls"
+    await api.call("PATCH", "/api/v1/app", 200, json={"play_key": "pl4y-k3y"})
+    stream = f"{api.app.appid}-{room['roomid']}"
+    push = await api.call("GET", f"/api/v1/rooms/{room['roomid']}/push_url", 200)
+    publisher = await PacketPublisher.start(push["push_url"])
+    publisher.send_in_background(enhanced(hevc_media[0]))
+    try:
+        await wait_live(server, stream)
+        play = await api.call("GET", urls, 200)
+        query = urlsplit(play["source"]["flv"]).query
+        assert "txSecret=" in query and play["rendition"] == "h264"
+        base = f"http://127.0.0.1:{server.http_port}/live/{stream}"
+        assert play["source"]["flv"] == f"{base}.flv?{query}" and play["flv"] == f"{base}_h264.flv?{query}"
+        assert play["rtmp"] == f"rtmp://127.0.0.1:{server.rtmp_port}/live/{stream}_h264?{query}"
+        assert play["hls"] == f"{base}_h264/index.m3u8?{query}"
+        for unsigned in (f"{base}_h264.flv", f"{base}_h264.flv?txSecret=0&txTime=ffffffff"):
+            async with aiohttp.ClientSession() as session, session.get(unsigned) as response:
+                assert response.status == 403
+        await assert_plays_h264_and_aac(play["flv"], (320, 240), frames=25)
+    finally:
+        await publisher.stop()
+
+
 async def test_urls_and_replays(server, api):
     room = await api.call("POST", "/api/v1/rooms", 201, json=room_body(api.app.appid))
     roomid = room["roomid"]
@@ -171,6 +201,7 @@ async def test_urls_and_replays(server, api):
 
     play = await api.call("GET", f"/api/v1/rooms/{roomid}/play_urls", 200)
     assert play["flv"] == f"http://127.0.0.1:{server.http_port}/live/{stream}.flv"
+    assert play["rendition"] is None and play["source"] == {key: play[key] for key in ("rtmp", "flv", "hls")}
     await api.call("PATCH", "/api/v1/app", 200, json={"play_key": "secret-play-key"})
     assert "txSecret=" in (await api.call("GET", f"/api/v1/rooms/{roomid}/play_urls", 200))["hls"]
 

@@ -20,6 +20,7 @@ from signaling.ice import IceSettings
 from signaling.sdp import OfferError, narrow_offer
 from signaling.sessions import WebRtcSettings
 from tests.conftest import flv_url, hub_stream, make_room, needs_ffmpeg, probe_streams, publish, rtmp_url, wait_live
+from tests.test_compat_rendition import assert_plays_h264_and_aac
 
 LOOPBACK = IceSettings(addresses=["127.0.0.1"])
 
@@ -63,6 +64,12 @@ class Tone(AudioStreamTrack):
         return frame
 
 
+def prefer_vp8(transceiver) -> None:  # type: ignore[no-untyped-def]
+    """Offer VP8 alone, as a browser that has no H.264 encoder does."""
+    vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType in ("video/VP8", "video/rtx")]
+    transceiver.setCodecPreferences(vp8)
+
+
 def client_pc() -> RTCPeerConnection:
     with ice.policy(LOOPBACK):
         return RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -79,10 +86,12 @@ async def post_offer(url: str, pc: RTCPeerConnection, token: str | None = None) 
         return r
 
 
-async def whip_publish(server, name: str, token: str | None = None, video: Pattern | None = None):  # type: ignore[no-untyped-def]
+async def whip_publish(server, name: str, token: str | None = None, video: Pattern | None = None, vp8: bool = False):  # type: ignore[no-untyped-def]
     pc = client_pc()
     with ice.policy(LOOPBACK):
-        pc.addTransceiver(video or Pattern(), direction="sendonly")
+        transceiver = pc.addTransceiver(video or Pattern(), direction="sendonly")
+        if vp8:
+            prefer_vp8(transceiver)
         pc.addTransceiver(Tone(), direction="sendonly")
         await pc.setLocalDescription(await pc.createOffer())
     headers = {"Content-Type": "application/sdp"}
@@ -143,6 +152,30 @@ def test_offer_checks() -> None:
         assert caught.value.status == status
 
 
+async def test_offers_narrowed_to_h264_or_else_vp8() -> None:
+    """H.264 is kept whenever it is offered (no transcoding); VP8 only where the endpoint takes it."""
+    both, vp8_only = client_pc(), client_pc()
+    both.addTransceiver("video", direction="sendonly")
+    prefer_vp8(vp8_only.addTransceiver("video", direction="sendonly"))
+    offers = []
+    for pc in (both, vp8_only):
+        with ice.policy(LOOPBACK):
+            await pc.setLocalDescription(await pc.createOffer())
+        offers.append(pc.localDescription.sdp)
+        await pc.close()
+    whip = ("h264", "vp8")
+    narrowed = narrow_offer(offers[0], whip)
+    assert "H264/90000" in narrowed and "VP8" not in narrowed
+    narrowed = narrow_offer(offers[1], whip)
+    assert "VP8/90000" in narrowed and "H264" not in narrowed
+    with pytest.raises(OfferError, match=r"\(VP8, rtx\) are not supported: use H.264 \(packetization-mode=1\)$"):
+        narrow_offer(offers[1])
+    vp9_only = offers[1].replace("VP8/90000", "VP9/90000")
+    with pytest.raises(OfferError, match=r"use H.264 \(packetization-mode=1\) or VP8$") as caught:
+        narrow_offer(vp9_only, whip)
+    assert caught.value.status == 406
+
+
 # ------------------------------------------------------------------ WHIP
 
 
@@ -164,6 +197,24 @@ async def test_whip_publish_plays_over_http_flv(make_server) -> None:  # type: i
         await pc.close()
     assert hub_stream(server, "live", "cam").publisher is None
     assert await delete(resource) == 404
+    assert not server.webrtc.registry.sessions
+
+
+@needs_ffmpeg
+async def test_whip_vp8_publisher_is_played_over_http_flv_as_h264(make_server) -> None:  # type: ignore[no-untyped-def]
+    """A browser that offers VP8 alone: the stream carries its VP8 as it is (Enhanced RTMP ``vp08``),
+    and live-player's HTTP-FLV URL of the H.264 rendition plays H.264 and AAC (from the Opus)."""
+    server = await make_server(webrtc=webrtc_settings(), workers=1)
+    pc, resource = await whip_publish(server, "vp8cam", vp8=True)
+    try:
+        await wait_live(server, "vp8cam", timeout=15)
+        video = server.hub.stats("live", "vp8cam")["video"]
+        assert (video["codec"], video["width"], video["height"]) == ("vp8", 320, 240), "the size from a keyframe"
+        await assert_plays_h264_and_aac(flv_url(server, "vp8cam_h264"), (320, 240), frames=30)
+        assert hub_stream(server, "live", "vp8cam").video_frames > 0
+    finally:
+        assert await delete(resource) == 200
+        await pc.close()
     assert not server.webrtc.registry.sessions
 
 
@@ -208,21 +259,21 @@ async def test_offers_that_cannot_be_answered(make_server) -> None:  # type: ign
     server = await make_server(webrtc=webrtc_settings())
     base = f"http://127.0.0.1:{server.http_port}"
     pc = client_pc()
-    transceiver = pc.addTransceiver("video", direction="sendonly")
-    vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType in ("video/VP8", "video/rtx")]
-    transceiver.setCodecPreferences(vp8)
+    prefer_vp8(pc.addTransceiver("video", direction="sendonly"))
     with ice.policy(LOOPBACK):
         await pc.setLocalDescription(await pc.createOffer())
     vp8_only = pc.localDescription.sdp
     assert "VP8" in vp8_only and "H264" not in vp8_only
     async with aiohttp.ClientSession() as http:
-        for body, status in [
-            ("garbage", 400),
-            ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", 400),
-            (vp8_only, 406),
-            ("v=0\r\n" + "a=x\r\n" * 20000, 413),
+        for endpoint, body, status in [
+            ("whip", "garbage", 400),
+            ("whip", "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", 400),
+            ("whip", vp8_only.replace("VP8/90000", "VP9/90000"), 406),
+            ("whep", vp8_only, 406),  # WHEP sends H.264 as it is, never VP8
+            ("whip", "v=0\r\n" + "a=x\r\n" * 20000, 413),
         ]:
-            async with http.post(f"{base}/whip/x", data=body, headers={"Content-Type": "application/sdp"}) as r:
+            url = f"{base}/{endpoint}/x"
+            async with http.post(url, data=body, headers={"Content-Type": "application/sdp"}) as r:
                 text = await r.text()
                 assert r.status == status, text
                 assert text.strip()

@@ -1,9 +1,9 @@
 """FLV audio and video tag headers: which codec, keyframe or not, sequence header or frame.
 
 Covers legacy FLV (H.264 codec id 7, HEVC codec id 12 as Chinese CDNs use it, AAC and the
-other SoundFormats) and Enhanced RTMP (FourCC ``avc1``/``hvc1``/``av01``/``vp09`` video,
+other SoundFormats) and Enhanced RTMP (FourCC ``avc1``/``hvc1``/``av01``/``vp09``/``vp08`` video,
 FourCC audio such as ``Opus`` and ``mp4a``). What each codec's configuration says is in its own module
-(:mod:`relay.formats.h264`, :mod:`~relay.formats.hevc`, :mod:`~relay.formats.aac`).
+(:mod:`relay.formats.h264`, :mod:`~relay.formats.hevc`, :mod:`~relay.formats.vp8`, :mod:`~relay.formats.aac`).
 """
 
 from __future__ import annotations

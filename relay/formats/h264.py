@@ -175,12 +175,19 @@ class AvcConfig:
 
 
 def dimensions(payload: bytes) -> tuple[int, int] | None:
-    """Picture size from an FLV AVC sequence header (its first SPS)."""
+    """Picture size from an FLV AVC sequence header (its first SPS), if a picture can have it."""
+    size = declared_size(payload)
+    return plausible(size) if size else None
+
+
+def declared_size(payload: bytes) -> tuple[int, int] | None:
+    """The picture size that an FLV AVC sequence header's first SPS declares, believable or not (a
+    transcoder refuses a source of 0x0 or 20000x20000); None when there is no SPS to read."""
     config = AvcConfig.parse(payload)
     if config is None or len(config.sps[0]) < 4:
         return None
     try:
-        return plausible(_sps_size(unescape(config.sps[0][1:])))
+        return _sps_size(unescape(config.sps[0][1:]))
     except IndexError:
         return None
 

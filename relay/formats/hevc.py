@@ -34,11 +34,18 @@ def length_size(record: bytes) -> int:
 
 def dimensions(payload: bytes) -> tuple[int, int] | None:
     """Picture size from an FLV HEVC sequence header (legacy codec id 12 or Enhanced RTMP ``hvc1``):
-    the first SPS of its HEVCDecoderConfigurationRecord."""
+    the first SPS of its HEVCDecoderConfigurationRecord, if a picture can have it."""
+    size = declared_size(payload)
+    return plausible(size) if size else None
+
+
+def declared_size(payload: bytes) -> tuple[int, int] | None:
+    """The picture size that an FLV HEVC sequence header's first SPS declares, believable or not;
+    None when there is no SPS to read."""
     for nal in parameter_sets(payload[5:]):
         if (nal[0] >> 1) & 0x3F == SPS:
             try:
-                return plausible(_sps_size(unescape(nal[2:])))
+                return _sps_size(unescape(nal[2:]))
             except IndexError:
                 return None
     return None

@@ -28,6 +28,14 @@ from relay.formats.fmp4 import Fmp4Muxer
 from relay.formats.mpegts import TsMuxer
 from relay.formats.packet import AUDIO, DATA, VIDEO, Packet
 
+# The video the muxers carry: H.264 (TS and fMP4) and HEVC (fMP4).
+MUXED_VIDEO = ("h264", "hevc")
+
+
+class UnsupportedCodec(ValueError):
+    """Video that no muxer here carries (VP8, VP9, AV1). Raised from a sink, it detaches the packager
+    or recording, and HLS answers 503 with this message, instead of segments without their video."""
+
 
 @dataclass(slots=True)
 class HlsSettings:
@@ -102,7 +110,8 @@ class Muxer(Protocol):
 
 
 class Segmenter:
-    """Cuts one stream into segments and parts. Feed it packets in stream order."""
+    """Cuts one stream into segments and parts. Feed it packets in stream order; the configuration of
+    video it cannot mux raises UnsupportedCodec."""
 
     def __init__(
         self,
@@ -214,6 +223,10 @@ class Segmenter:
 
     def _configure(self, packet: Packet) -> None:
         if packet.kind == VIDEO:
+            codec = video_info(packet.payload).codec
+            if codec not in MUXED_VIDEO:
+                name = codec.upper() or "this"
+                raise UnsupportedCodec(f"{name} video cannot be packaged as HLS (H.264 and HEVC can)")
             previous, self.video_config = self.video_config, packet.payload
         elif packet.kind == AUDIO:
             previous, self.audio_config = self.audio_config, packet.payload

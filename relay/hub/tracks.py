@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.formats import aac, codecs, h264, hevc
+from relay.formats import aac, codecs, h264, hevc, vp8
 
 _DIMENSIONS = {"h264": h264.dimensions, "hevc": hevc.dimensions}
+# Codecs whose size is in each keyframe's header instead (Enhanced RTMP frames: the body after 5 bytes).
+_KEYFRAME_DIMENSIONS = {"vp8": vp8.dimensions}
 
 
 class Tracks:
@@ -37,6 +39,10 @@ class Tracks:
         elif not self.has_video:
             self.has_video = True
             self.video_codec = info.codec
+        if info.keyframe and info.codec in _KEYFRAME_DIMENSIONS:
+            size = _KEYFRAME_DIMENSIONS[info.codec](payload[5:])
+            if size:
+                self.width, self.height = size
         return info.keyframe, info.config
 
     def audio(self, payload: bytes) -> bool:

@@ -10,8 +10,11 @@ Rungs can be switched on and off while the source runs (:meth:`Ladder.select`): 
 starts at the source's next keyframe, with the audio configuration and the audio from that time on.
 
 Blocking and single-threaded: a worker process runs a :class:`Ladder` per source (decoding and
-encoding never run on the event loop). Bad input never raises: a frame that does not decode is
-counted, and the rungs wait for the source's next keyframe.
+encoding never run on the event loop). Bad input never raises: a frame that does not decode, or that
+the decoder could only conceal errors in, is counted (``errors``) and the rungs wait for the source's
+next keyframe; a source that cannot be transcoded at all (no decoder for its codec, a sequence header
+declaring a picture size no picture has) is counted once (``unsupported``) and nothing is made of it
+until its next sequence header.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from av.codec.hwaccel import HWAccel
 from av.video.frame import PictureType
 from av.video.reformatter import Interpolation, VideoReformatter
 
-from relay.formats import codecs
-from relay.formats.bits import MAX_DIMENSION
+from relay.formats import codecs, h264, hevc
+from relay.formats.bits import MAX_DIMENSION, plausible
 from relay.formats.h264 import AnnexBToFlv
 from relay.formats.packet import AUDIO, VIDEO, Packet
 from relay.transcode.encoders import DECODE_DEVICES, encoder_options
@@ -42,6 +45,8 @@ MS = Fraction(1, 1000)  # the hub's timestamps
 RECENT_AUDIO = 48
 # PyAV's decoder for each codec the hub may carry.
 DECODERS = {"h264": "h264", "hevc": "hevc", "vp8": "vp8", "vp9": "vp9", "av1": "libdav1d"}
+# Codecs whose sequence header declares the picture size, read before a decoder is opened for it.
+DECLARED_SIZE = {"h264": h264.declared_size, "hevc": hevc.declared_size}
 
 
 @dataclass(slots=True, frozen=True)
@@ -89,6 +94,11 @@ PRESETS = {
     "360p": Rung("360p", 360, 500_000, 600_000),
     "audio": Rung("audio", 0),
 }
+
+
+def undecodable(codec: str) -> str:
+    """Why a source in ``codec`` (as relay.formats.codecs names it, "" if unknown) is not transcoded."""
+    return f"no decoder for {codec} video" if codec else "its video codec is unknown"
 
 
 def scaled_width(width: int, height: int, rung_height: int) -> int:
@@ -166,7 +176,9 @@ class Ladder:
         self.states: dict[str, RungState] = {}
         self.size: tuple[int, int] | None = None
         self.waiting = True  # for the source's next keyframe (at the start, after a decoding error)
-        self.errors = 0
+        self.errors = 0  # frames that did not decode, or decoded with errors concealed
+        self.unsupported = 0  # sources refused: see refusal
+        self.refusal = ""  # why the source is not transcoded now ("" while it is)
         self.frames_in = 0
         self.audio_config: Packet | None = None  # for rungs that start after it came
         self._recent_audio: deque[Packet] = deque(maxlen=RECENT_AUDIO)
@@ -209,8 +221,13 @@ class Ladder:
         if packet.config:
             self._configure(packet.payload)
             return []
+        if self.decoder is None:
+            codec = codecs.video_info(packet.payload).codec
+            if codec not in DECODERS:  # an unknown FourCC, or legacy FLV video with no sequence header (VP6...)
+                self._refuse(undecodable(codec))
+            return []
         frame = codecs.coded_frame(packet.payload, any_codec=True)
-        if frame is None or self.decoder is None:
+        if frame is None:
             return []
         if self.waiting and not packet.keyframe:
             return []
@@ -225,6 +242,9 @@ class Ladder:
         self.waiting = False
         out: list[tuple[str, Packet]] = []
         for picture in decoded:
+            if picture.is_corrupt:
+                self._failed("a picture decoded with errors concealed")
+                break
             out += self._picture(picture, encode)
         return out
 
@@ -259,24 +279,33 @@ class Ladder:
 
     def _configure(self, payload: bytes) -> None:
         codec = codecs.video_info(payload).codec
-        decoder_name = DECODERS.get(codec)
+        self.decoder, self.source_codec = None, codec
         self.waiting = True
+        decoder_name = DECODERS.get(codec)
         if decoder_name is None:
-            if self.decoder is not None or codec != self.source_codec:
-                log.info("transcode: no decoder for %r video", codec or "unknown")
-            self.decoder, self.source_codec = None, codec
+            self._refuse(undecodable(codec))
+            return
+        declared = DECLARED_SIZE[codec](payload) if codec in DECLARED_SIZE else None
+        if declared is not None and plausible(declared) is None:
+            self._refuse(f"its sequence header declares {declared[0]}x{declared[1]} pictures")
             return
         try:
             decoder = self._gpu_decoder(decoder_name) or av.CodecContext.create(decoder_name, "r")
         except (av.FFmpegError, ValueError) as exc:
-            log.info("transcode: cannot open a %s decoder: %s", codec, exc)
-            self.decoder = None
+            self._refuse(f"cannot open a {codec} decoder: {exc}")
             return
         decoder.thread_count = 1
         extradata = bytes(payload[5:])
         if extradata:
             decoder.extradata = extradata
-        self.decoder, self.source_codec = decoder, codec
+        self.decoder, self.refusal = decoder, ""
+
+    def _refuse(self, reason: str) -> None:
+        """Nothing is made of the source until its next sequence header; counted and logged once per reason."""
+        if reason != self.refusal:
+            self.unsupported += 1
+            log.warning("transcode: the source cannot be transcoded: %s", reason)
+        self.refusal = reason
 
     def _gpu_decoder(self, name: str) -> av.CodecContext | None:
         """A decoder on the encoder's device (frames come back to memory for scaling), or None: no such
@@ -294,6 +323,9 @@ class Ladder:
     def _failed(self, reason: str) -> None:
         self.errors += 1
         self.waiting = True
+        if self.decoder is not None:
+            # Pictures it holds from before the error (B-frames) would come out after the next keyframe.
+            self.decoder.flush_buffers()
         log.info("transcode: %s; waiting for the next keyframe", reason)
 
     def _picture(self, picture: av.VideoFrame, encode: bool) -> list[tuple[str, Packet]]:

@@ -26,7 +26,7 @@ from typing import Any
 from relay.formats.packet import VIDEO, Packet
 from relay.hub import Hub, PublisherInfo, PublishSession, StreamEvent, StreamRefused, Subscription
 from relay.transcode import encoders, wire
-from relay.transcode.ladder import Rung
+from relay.transcode.ladder import DECODERS, Rung
 from relay.transcode.pool import Pool
 from relay.transcode.settings import COMPAT, TranscodeSettings
 
@@ -34,8 +34,8 @@ log = logging.getLogger("minilive.transcode")
 
 PROTOCOL = "transcode"  # the publisher protocol of a rendition stream
 LATENCY_SAMPLES = 512
-# Codecs that live-player and every FLV/RTMP client play as they are.
-PLAYABLE_VIDEO = ("h264", "")
+# Video that live-player and every FLV/RTMP client play as it is.
+PLAYABLE_VIDEO = "h264"
 
 # Which rungs a source gets: (app, source stream) -> its rungs, or None for the server's ladder.
 LadderLookup = Callable[[str, str], list[Rung] | None]
@@ -205,14 +205,26 @@ class Renditions:
 
     def rungs_for(self, app: str, source: str) -> list[Rung]:
         """The rungs source ``app/source`` may have now: its ladder, plus the H.264 one when its video
-        is in another codec. (Rungs at or above its height are listed; :meth:`available` leaves them out.)"""
+        is in another codec that can be decoded here. (Rungs at or above its height are listed;
+        :meth:`available` leaves them out.)"""
         custom = self.ladder_for(app, source) if self.ladder_for is not None else None
         rungs = list(custom if custom is not None else self.ladder)
-        if self.settings.compat_rendition:
-            video = (self.hub.stats(app, source) or {}).get("video") or {}
-            if video.get("codec", "") not in PLAYABLE_VIDEO:
-                rungs.append(Rung(COMPAT, 1080, source_size=True))
+        if self.compat_needed(app, source):
+            rungs.append(Rung(COMPAT, 1080, source_size=True))
         return rungs
+
+    def for_players(self, app: str, source: str) -> str | None:
+        """The rendition that live-player and every FLV/RTMP client should play instead of source
+        ``app/source`` as it is now (its stream is ``{source}_{name}``), or None for the source itself."""
+        return COMPAT if self.compat_needed(app, source) else None
+
+    def compat_needed(self, app: str, source: str) -> bool:
+        """Whether source ``app/source`` gets the H.264 rendition: compat_rendition is on, and its video
+        is in a codec that live-player cannot play and the ladder can decode (HEVC, AV1, VP8, VP9)."""
+        if not self.settings.compat_rendition:
+            return False
+        codec = ((self.hub.stats(app, source) or {}).get("video") or {}).get("codec", "")
+        return codec != PLAYABLE_VIDEO and codec in DECODERS
 
     def available(self, app: str, source: str) -> list[Rung]:
         """The renditions that source ``app/source`` can have as it is now (none upscaled), as made."""
@@ -433,6 +445,8 @@ class Renditions:
                     behind_ms=report.get("behind_ms", 0.0),
                     latency_ms={"p50": _percentile(latency, 0.5), "p99": _percentile(latency, 0.99)},
                     frames_dropped=counts.get("frames_dropped", 0),
+                    decode_errors=report.get("errors", 0),
+                    refusal=report.get("refusal", ""),
                     worker=worker.pid if worker is not None else None,
                     uptime=round(time.monotonic() - rendition.started, 1),
                 )
@@ -447,6 +461,7 @@ class Renditions:
             "worker_restarts": self.pool.restarts,
             "dropped": sum(job.dropped for job in self.jobs.values()),
             "decode_errors": sum(job.report.get("errors", 0) for job in self.jobs.values()),
+            "unsupported_sources": sum(job.report.get("unsupported", 0) for job in self.jobs.values()),
         }
 
 

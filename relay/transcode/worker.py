@@ -139,6 +139,8 @@ class Worker:
             report[str(job_id)] = {
                 "frames_in": ladder.frames_in,
                 "errors": ladder.errors,
+                "unsupported": ladder.unsupported,
+                "refusal": ladder.refusal,
                 "skipped": job.skipped,
                 "behind_ms": round(job.behind_ns / 1e6, 1),
                 "source_codec": ladder.source_codec,
