@@ -235,3 +235,28 @@ async def test_a_worker_behind_real_time_drops_pictures_then_skips_to_keyframes(
     very_late = run(1000)
     assert all(p.keyframe for p in very_late) and len(very_late) <= len(late), "keyframes at most"
     assert worker.jobs[1].skipped > 0, "pictures between keyframes not even decoded past four times the limit"
+
+
+async def test_a_rung_switched_on_waits_for_a_keyframe_but_not_for_long(tmp_path) -> None:
+    """A rung switched on mid-GOP starts at the source's next keyframe; with keyframes 10 s apart (a
+    browser's encoder makes them when asked), at most MAX_START_WAIT_MS later, as an IDR."""
+    from relay.transcode.ladder import MAX_START_WAIT_MS
+
+    for gop_seconds, starts_at in ((1, 1000), (10, None)):
+        path = tmp_path / f"gop{gop_seconds}.flv"
+        code, _, err = await run(
+            "ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=640x360:rate=25", "-t", "6",
+            "-c:v", "libx264", "-preset", "ultrafast", "-bf", "0", "-g", str(25 * gop_seconds), str(path),
+        )  # fmt: skip
+        assert code == 0, err.decode()
+        packets = to_packets(flv.FlvReader().feed(path.read_bytes()))
+        ladder = Ladder([PRESETS["360p"], Rung("180p", 180, 200_000, 240_000)], enabled=["360p"])
+        made: list[tuple[str, Packet]] = []
+        for packet in packets:
+            if packet.kind == VIDEO and not packet.config and packet.timestamp == 400:
+                ladder.select(["360p", "180p"])  # mid-GOP
+            made += ladder.feed(packet)
+        first = next(p for name, p in made if name == "180p" and not p.config)
+        assert first.keyframe
+        expected = starts_at if starts_at is not None else 400 + MAX_START_WAIT_MS
+        assert abs(first.timestamp - expected) <= 40, (gop_seconds, first.timestamp)

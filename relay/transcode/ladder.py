@@ -43,6 +43,9 @@ MS = Fraction(1, 1000)  # the hub's timestamps
 # Recent audio frames kept for a rung that starts: the ones at or after its first picture (the
 # decoder holds a few pictures back when the source has B-frames; about a second of AAC).
 RECENT_AUDIO = 48
+# A rung switched on waits this long (source milliseconds) for a source keyframe to start at; then it
+# starts at the next picture, made an IDR (its first segment is then not aligned with the source's).
+MAX_START_WAIT_MS = 2500
 # PyAV's decoder for each codec the hub may carry.
 DECODERS = {"h264": "h264", "hevc": "hevc", "vp8": "vp8", "vp9": "vp9", "av1": "libdav1d"}
 # Codecs whose sequence header declares the picture size, read before a decoder is opened for it.
@@ -150,6 +153,7 @@ class RungState:
     started: bool = False
     encoder: _Encoder | None = None
     last_pts: int | None = None
+    waiting_since: int | None = None  # the first picture it saw before it started
     frames_out: int = 0
     frames_dropped: int = 0  # over its frame rate cap, or dropped to catch up with real time
 
@@ -352,18 +356,25 @@ class Ladder:
             rung = state.rung
             if not rung.fits(height):
                 continue
-            if not state.started:
-                if not keyframe:
+            starting = not state.started
+            if starting:
+                # At the source's next keyframe, so that it lines up with the source; but a source that
+                # makes keyframes only when asked (a browser's WebRTC encoder) is not waited for long.
+                if state.waiting_since is None:
+                    state.waiting_since = pts
+                if not keyframe and pts - state.waiting_since < MAX_START_WAIT_MS:
                     continue
                 state.started = True
                 out += self._start(name, pts)
-            if not keyframe and (
-                not encode or (state.last_pts is not None and pts - state.last_pts < 1000 / rung.fps_cap - 2)
+            if (
+                not keyframe
+                and not starting
+                and (not encode or (state.last_pts is not None and pts - state.last_pts < 1000 / rung.fps_cap - 2))
             ):
                 state.frames_dropped += 1
                 continue
             encoder = state.encoder
-            idr = keyframe
+            idr = keyframe or starting
             if encoder is None:
                 made_as = rung.for_source(height)
                 encoder = state.encoder = _Encoder(
