@@ -338,3 +338,43 @@ async def test_recorded_renditions_make_a_vod_master_playlist_and_the_mp4_stays_
         info = await probe(f"{base}/{name}/index.m3u8")
         assert sorted(s["codec_name"] for s in info["streams"]) == ["aac", "h264"]
         assert abs(float(info["format"]["duration"]) - replay.duration) <= 2.5, (name, info["format"]["duration"])
+
+
+async def test_a_rendition_plays_over_whep_and_counts_its_webrtc_viewer(make_server):
+    from aiortc import RTCSessionDescription
+
+    from signaling import ice
+    from tests.test_webrtc import LOOPBACK, client_pc
+
+    server = await make_server()
+    async with live_source(server) as session:
+        pc = client_pc()
+        pc.addTransceiver("video", direction="recvonly")
+        pictures: list = []
+        readers: list[asyncio.Task[None]] = []
+
+        @pc.on("track")
+        def on_track(track) -> None:  # type: ignore[no-untyped-def]
+            async def read() -> None:
+                while True:
+                    pictures.append(await track.recv())
+
+            if track.kind == "video":
+                readers.append(asyncio.ensure_future(read()))
+
+        with ice.policy(LOOPBACK):
+            await pc.setLocalDescription(await pc.createOffer())
+        headers = {"Content-Type": "application/sdp"}
+        url = f"http://127.0.0.1:{server.http_port}/whep/demo_360p"
+        async with session.post(url, data=pc.localDescription.sdp, headers=headers) as response:
+            answer = await response.text()
+            assert response.status == 201, answer
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        deadline = time.monotonic() + 15
+        while len(pictures) < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert len(pictures) >= 10 and (pictures[-1].width, pictures[-1].height) == (480, 360)
+        assert server.hub.audience("live", "demo_360p") == {"whep": 1}, "keeps the on-demand rendition running"
+        for reader in readers:
+            reader.cancel()
+        await pc.close()
