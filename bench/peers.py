@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
 NMS_PREFIX = CACHE / "nms"
 NMS_PACKAGE = NMS_PREFIX / "node_modules" / "node-media-server"
-MINILIVE = ROOT / ".venv" / "bin" / "minilive"
+# minilive runs from the tree this bench is in, with the running interpreter (its .venv): a git worktree
+# has no .venv of its own, and the venv's `minilive` script would run the tree it was installed from.
+MINILIVE = [sys.executable, "-m", "api.cli"]
 APT_PACKAGES = ("nginx", "libnginx-mod-rtmp", "ffmpeg")
 RTMP_MODULE_PATHS = (
     Path("/usr/lib/nginx/modules/ngx_rtmp_module.so"),
@@ -373,14 +375,9 @@ def start_minilive(
     if config:
         (workdir / "minilive.toml").write_text(config)
         settings = ["--config", str(workdir / "minilive.toml")]
-    command = [str(MINILIVE)]
-    env = None
-    if "@" in name:
-        tree = checkout(name.split("@", 1)[1])
-        command = [str(ROOT / ".venv" / "bin" / "python"), "-m", "api.cli"]
-        env = {**os.environ, "PYTHONPATH": str(tree)}
+    tree = checkout(name.split("@", 1)[1]) if "@" in name else ROOT
     argv = [
-        *command, "serve", *settings,
+        *MINILIVE, "serve", *settings,
         "--host", "127.0.0.1",
         "--rtmp-port", str(rtmp_port),
         "--http-port", str(http_port),
@@ -388,7 +385,7 @@ def start_minilive(
         "--data-dir", str(workdir / "data"),
         "--log-level", "warning",
     ]  # fmt: skip
-    process, log = _launch(argv, workdir, env)
+    process, log = _launch(argv, workdir, minilive_env(tree))
     server = Server(
         name,
         process,
@@ -401,6 +398,12 @@ def start_minilive(
     )
     _wait_listening(server)
     return server
+
+
+def minilive_env(tree: Path = ROOT) -> dict[str, str]:
+    """The environment that runs minilive (and the processes it starts) from ``tree``."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{path}" if path else str(tree)}
 
 
 STARTERS: dict[str, Callable[[int, int, bool], Server]] = {
