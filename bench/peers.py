@@ -100,6 +100,8 @@ class Sample:
     cpu_seconds: float  # user + system time of the whole process tree so far
     rss_bytes: int
     files_bytes: int = 0  # HLS files the server keeps on tmpfs (nginx-rtmp)
+    main_cpu_seconds: float = 0.0  # the first process's own share (the root of the tree: minilive's
+    # server, nginx's master), without its helpers (minilive's transcoding workers, nginx's worker)
 
 
 @dataclass(slots=True)
@@ -142,7 +144,9 @@ def process_tree(root: int) -> list[int]:
 
 
 def sample(pids: list[int]) -> Sample:
+    """CPU and memory of ``pids`` together; ``main_cpu_seconds`` is the first one's."""
     cpu = 0
+    main = None
     rss = 0
     for pid in pids:
         try:
@@ -150,12 +154,15 @@ def sample(pids: list[int]) -> Sample:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
-        cpu += int(fields[11]) + int(fields[12])  # utime, stime
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime
+        cpu += ticks
+        if pid == pids[0]:
+            main = ticks
         for line in status.splitlines():
             if line.startswith("VmRSS:"):
                 rss += int(line.split()[1]) * 1024
                 break
-    return Sample(cpu / _TICKS, rss)
+    return Sample(cpu / _TICKS, rss, main_cpu_seconds=(main or 0) / _TICKS)
 
 
 # ------------------------------------------------------------------ servers
