@@ -790,9 +790,20 @@ def latency_table(steps: list[dict[str, Any]]) -> str:
 
 def ladders_server_cpu_pct(steps: list[dict[str, Any]], case: str, ladders: int) -> float | None:
     """What ``ladders`` ladders cost minilive's own process (their ingest, feeding the workers, publishing
-    the renditions) in the capacity run with as many and no viewers, in % of a core."""
-    found = [s for s in steps if s["server"] == "minilive" and s["case"] == case and s["count"] == ladders]
-    return found[0].get("server_main_cpu_pct") if found else None
+    the renditions), in % of a core, from the capacity runs of ``case`` (no viewers): the slope of the
+    server's CPU over their counts, times ``ladders``, so that the idle server's own cost (its timers,
+    the API reads) is not taken away from fan-out; None without two capacity runs to fit."""
+    points = [
+        (s["count"], s["server_main_cpu_pct"])
+        for s in steps
+        if s["server"] == "minilive" and s["case"] == case and "server_main_cpu_pct" in s
+    ]
+    if len({count for count, _ in points}) < 2:
+        return None
+    mean_n = statistics.fmean(n for n, _ in points)
+    mean_cpu = statistics.fmean(cpu for _, cpu in points)
+    slope = sum((n - mean_n) * (cpu - mean_cpu) for n, cpu in points) / sum((n - mean_n) ** 2 for n, _ in points)
+    return slope * ladders
 
 
 def fanout_table(results: list[dict[str, Any]], steps: list[dict[str, Any]]) -> str:
