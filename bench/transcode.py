@@ -59,6 +59,10 @@ LATENCY_TARGET_MS = 300.0  # the issue's target for added latency, p99, with zer
 FANOUT_TOLERANCE = 0.10  # fan-out's net CPU per Gbit may rise this much beside ladders (run-to-run noise)
 GOP_S = 2.0  # the fixtures' keyframe interval: N sources start this much apart / N
 QUEUED_TO_WORKER = 256 * 1024  # bytes the offline feeder keeps waiting for the worker
+# Fan-out: the ladders' sources start this long before the fan-out's publisher (their starts spread over
+# a GOP), so that the workers have started (Python and PyAV: about a second of CPU each) and run
+# steadily by the time viewers connect: what runs beside fan-out is transcoding, not its start-up.
+LADDERS_LEAD = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -612,9 +616,10 @@ def max_realtime(steps: list[dict[str, Any]], who: str) -> int:
 
 def fanout(ladders: int, options: Options) -> dict[str, Any]:
     """bench.run's fan-out scenario on minilive (one publisher, N viewers, half RTMP and half
-    HTTP-FLV) with ``ladders`` other sources transcoded at once. They publish a second before the
-    fan-out's publisher and take every transcode slot (max_transcodes), so that stream itself is not
-    transcoded; with 0 ladders the server transcodes nothing (on demand, and no one asks)."""
+    HTTP-FLV) with ``ladders`` other sources transcoded at once. They publish LADDERS_LEAD seconds
+    before the fan-out's publisher and take every transcode slot (max_transcodes), so that stream
+    itself is not transcoded; with 0 ladders the server transcodes nothing (on demand, and no one
+    asks), on the same timeline."""
     case = options.fanout_case
     mode, slots = ("always", ladders * len(case.rungs)) if ladders else ("on-demand", 0)
     config = transcode_config(case, options, mode, max_transcodes=slots)
@@ -626,7 +631,7 @@ def fanout(ladders: int, options: Options) -> dict[str, Any]:
     server = peers.start_minilive(peers.free_port(), peers.free_port(), config=config)
     try:
         ladders_at = time.monotonic() + 2.0
-        publish = ladders_at + 1.0
+        publish = ladders_at + LADDERS_LEAD
         viewers = publish + 1.5
         measure = viewers + count / run_options.connect_rate + run_options.warmup
         schedule = run.Schedule(publish, viewers, measure, measure + options.duration)
@@ -635,9 +640,7 @@ def fanout(ladders: int, options: Options) -> dict[str, Any]:
         if sources:
             extra = {"rtmp_url": server.rtmp_url(), "fixture": str(case.source.path), "measure": measure}
             extra["end"] = schedule.end
-            extra["publishers"] = [
-                {"stream": s, "start": ladders_at + GOP_S * i / ladders} for i, s in enumerate(sources)
-            ]
+            extra["publishers"] = staggered(sources, ladders_at)
             plans.append(extra)
         poller = StreamsPoller(server, measure, schedule.end)
         poller.start()
