@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
 NMS_PREFIX = CACHE / "nms"
 NMS_PACKAGE = NMS_PREFIX / "node_modules" / "node-media-server"
-MINILIVE = ROOT / ".venv" / "bin" / "minilive"
+# minilive runs from the tree this bench is in, with the running interpreter (its .venv): a git worktree
+# has no .venv of its own, and the venv's `minilive` script would run the tree it was installed from.
+MINILIVE = [sys.executable, "-m", "api.cli"]
 APT_PACKAGES = ("nginx", "libnginx-mod-rtmp", "ffmpeg")
 RTMP_MODULE_PATHS = (
     Path("/usr/lib/nginx/modules/ngx_rtmp_module.so"),
@@ -98,6 +100,8 @@ class Sample:
     cpu_seconds: float  # user + system time of the whole process tree so far
     rss_bytes: int
     files_bytes: int = 0  # HLS files the server keeps on tmpfs (nginx-rtmp)
+    main_cpu_seconds: float = 0.0  # the first process's own share (the root of the tree: minilive's
+    # server, nginx's master), without its helpers (minilive's transcoding workers, nginx's worker)
 
 
 @dataclass(slots=True)
@@ -140,7 +144,9 @@ def process_tree(root: int) -> list[int]:
 
 
 def sample(pids: list[int]) -> Sample:
+    """CPU and memory of ``pids`` together; ``main_cpu_seconds`` is the first one's."""
     cpu = 0
+    main = None
     rss = 0
     for pid in pids:
         try:
@@ -148,12 +154,15 @@ def sample(pids: list[int]) -> Sample:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
-        cpu += int(fields[11]) + int(fields[12])  # utime, stime
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime
+        cpu += ticks
+        if pid == pids[0]:
+            main = ticks
         for line in status.splitlines():
             if line.startswith("VmRSS:"):
                 rss += int(line.split()[1]) * 1024
                 break
-    return Sample(cpu / _TICKS, rss)
+    return Sample(cpu / _TICKS, rss, main_cpu_seconds=(main or 0) / _TICKS)
 
 
 # ------------------------------------------------------------------ servers
@@ -373,14 +382,9 @@ def start_minilive(
     if config:
         (workdir / "minilive.toml").write_text(config)
         settings = ["--config", str(workdir / "minilive.toml")]
-    command = [str(MINILIVE)]
-    env = None
-    if "@" in name:
-        tree = checkout(name.split("@", 1)[1])
-        command = [str(ROOT / ".venv" / "bin" / "python"), "-m", "api.cli"]
-        env = {**os.environ, "PYTHONPATH": str(tree)}
+    tree = checkout(name.split("@", 1)[1]) if "@" in name else ROOT
     argv = [
-        *command, "serve", *settings,
+        *MINILIVE, "serve", *settings,
         "--host", "127.0.0.1",
         "--rtmp-port", str(rtmp_port),
         "--http-port", str(http_port),
@@ -388,7 +392,7 @@ def start_minilive(
         "--data-dir", str(workdir / "data"),
         "--log-level", "warning",
     ]  # fmt: skip
-    process, log = _launch(argv, workdir, env)
+    process, log = _launch(argv, workdir, minilive_env(tree))
     server = Server(
         name,
         process,
@@ -401,6 +405,12 @@ def start_minilive(
     )
     _wait_listening(server)
     return server
+
+
+def minilive_env(tree: Path = ROOT) -> dict[str, str]:
+    """The environment that runs minilive (and the processes it starts) from ``tree``."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{path}" if path else str(tree)}
 
 
 STARTERS: dict[str, Callable[[int, int, bool], Server]] = {

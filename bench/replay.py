@@ -43,8 +43,9 @@ def _ffmpeg(*args: str, timeout: float) -> bytes:
 
 def _app(server: peers.Server) -> dict[str, str]:
     data_dir = peers.CACHE / server.name / "data"
-    argv = [str(peers.MINILIVE), "app", "create", "bench", "--json", "--data-dir", str(data_dir)]
-    return json.loads(subprocess.run(argv, capture_output=True, check=True, timeout=30).stdout)
+    argv = [*peers.MINILIVE, "app", "create", "bench", "--json", "--data-dir", str(data_dir)]
+    done = subprocess.run(argv, capture_output=True, check=True, timeout=30, env=peers.minilive_env())
+    return json.loads(done.stdout)
 
 
 async def _room(session: aiohttp.ClientSession, app: dict[str, str]) -> tuple[str, int, str]:

@@ -237,10 +237,13 @@ def measure(server: peers.Server, plans: list[dict], schedule: Schedule, client:
     window = schedule.end - schedule.measure
     # Scaled to the planned window, in case this process woke a little late for its samples.
     server_cpu = (last.cpu_seconds - first.cpu_seconds) * window / server_window
+    main_cpu = (last.main_cpu_seconds - first.main_cpu_seconds) * window / server_window
     client_cpu = sum(o["cpu_seconds"] for o in outputs)
     return {
         "window_s": window,
         "server_cpu_s": server_cpu,
+        # The server's root process alone, without helpers (minilive's transcoding workers).
+        "server_main_cpu_s": main_cpu,
         "server_rss_mb": peak_rss / 1e6,
         "server_files_mb": peak_files / 1e6 if server.hls_dir is not None else None,
         "server_alive": server.process.poll() is None,
