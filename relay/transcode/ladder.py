@@ -131,8 +131,10 @@ class _Encoder:
 
     def scale(self, picture: av.VideoFrame) -> av.VideoFrame:
         context = self.context
+        # One thread, like the decoder and the encoder: a worker per core runs the ladders (PyAV's
+        # default, a thread per core for every scale, only adds context switches).
         return self.scaler.reformat(
-            picture, context.width, context.height, "yuv420p", interpolation=Interpolation.BICUBIC
+            picture, context.width, context.height, "yuv420p", interpolation=Interpolation.BICUBIC, threads=1
         )
 
     def encode(self, frame: av.VideoFrame | None) -> list[Packet]:

@@ -27,6 +27,7 @@ from relay.transcode.ladder import Ladder, Rung
 log = logging.getLogger("minilive.transcode")
 
 STATS_INTERVAL = 1.0
+NICENESS = 5
 
 
 @dataclass(slots=True)
@@ -59,11 +60,11 @@ class Worker:
             if data == b"":
                 return  # the server is gone
             if data:
-                out: list[bytes] = []
                 for kind, body in self.reader.feed(data):
+                    out: list[bytes] = []
                     self.handle(kind, body, out)
-                if out:
-                    sock.sendall(b"".join(out))
+                    if out:  # at once: the next packet's encoding must not hold this one's back
+                        sock.sendall(b"".join(out))
             now = time.monotonic()
             if now >= next_stats:
                 next_stats = now + STATS_INTERVAL
@@ -160,6 +161,8 @@ def main() -> None:
         level=os.environ.get("MINILIVE_LOG_LEVEL", "INFO").upper(),
         format=f"%(asctime)s %(levelname)s transcode-worker-{index} %(message)s",
     )
+    # Below the server's priority: on a busy box its viewers come first, and a late ladder drops frames.
+    os.nice(NICENESS)
     sock = socket.socket(fileno=fd)
     try:
         Worker(sock, index).run()
