@@ -1,0 +1,265 @@
+"""A stream and its renditions over HLS: the rendition's playlist follows the source's (same segments,
+parts, dates), rendition reports, and the master playlist that lists them all."""
+
+from __future__ import annotations
+
+from relay.formats.hls import (
+    HlsSettings,
+    LivePlaylist,
+    RenditionReport,
+    Segment,
+    Variant,
+    codecs_of,
+    master_playlist,
+)
+from relay.formats.packet import AUDIO, VIDEO, Packet
+from tests.conftest import needs_ffmpeg
+from tests.test_hls import parse
+
+SPS, PPS = b"\x67\x42\x00\x1f\xaa\xbb", b"\x68\xce\x3c\x80"
+AVC_CONFIG = Packet(
+    VIDEO,
+    0,
+    b"\x17\x00\x00\x00\x00"
+    + bytes((1, 0x42, 0, 0x1F, 0xFF, 0xE1))
+    + len(SPS).to_bytes(2, "big")
+    + SPS
+    + b"\x01"
+    + len(PPS).to_bytes(2, "big")
+    + PPS,
+    config=True,
+)
+AAC_CONFIG = Packet(AUDIO, 0, b"\xaf\x00\x12\x10", config=True)
+FPS = 30
+
+
+def picture(timestamp: int, keyframe: bool, composition: int = 0, size: int = 900) -> Packet:
+    """An FLV H.264 frame: one NAL unit (IDR or not), its composition offset in the header."""
+    nal = bytes((0x65 if keyframe else 0x41,)) + bytes(size)
+    head = bytes((0x17 if keyframe else 0x27, 1)) + composition.to_bytes(3, "big", signed=True)
+    return Packet(VIDEO, timestamp, head + len(nal).to_bytes(4, "big") + nal, keyframe)
+
+
+def sound(timestamp: int) -> Packet:
+    return Packet(AUDIO, timestamp, b"\xaf\x01" + bytes(200))
+
+
+def stream(
+    seconds: float,
+    gop: int = FPS,
+    composition: int = 0,
+    size: int = 900,
+    missing: range = range(0),
+    audio: bool = True,
+) -> list[Packet]:
+    """``seconds`` of 30 fps video (a keyframe every ``gop`` pictures) and AAC, in decoding order.
+
+    ``composition``: each picture's composition offset (a source with B-frames decodes a picture this
+    long before it shows it); a rendition has none and is stamped with its source's picture times.
+    ``missing``: picture numbers left out (a rendition that made nothing there)."""
+    packets = []
+    audio_next = 0
+    for i in range(round(seconds * FPS)):
+        shown = i * 1000 // FPS
+        while audio and audio_next <= shown:
+            packets.append(sound(audio_next))
+            audio_next += 23
+        if i not in missing:
+            packets.append(picture(shown - composition, i % gop == 0, composition, size))
+    return packets
+
+
+def pair(settings: HlsSettings | None = None) -> tuple[LivePlaylist, LivePlaylist]:
+    """A source's playlist and a rendition's that follows it."""
+    settings = settings or HlsSettings()
+    source = LivePlaylist(settings, "0000aaaa")
+    return source, LivePlaylist(settings, "0000bbbb", leader=source)
+
+
+def feed_behind(
+    source: LivePlaylist, rendition: LivePlaylist, source_packets: list[Packet], made: list[Packet], lag_ms: int = 300
+) -> None:
+    """Both streams as the hub feeds them: the rendition's packets arrive ``lag_ms`` after the source's
+    of the same time (a transcoder works behind its source)."""
+    source.feed(AVC_CONFIG)
+    source.feed(AAC_CONFIG)
+    rendition.feed(AVC_CONFIG)
+    rendition.feed(AAC_CONFIG)
+    pending = list(made)
+    for packet in source_packets:
+        source.feed(packet)
+        while pending and pending[0].timestamp + lag_ms <= packet.timestamp:
+            rendition.feed(pending.pop(0))
+    for packet in pending:
+        rendition.feed(packet)
+
+
+def complete(playlist: LivePlaylist) -> list[Segment]:
+    return [segment for segment in playlist.segments if segment.complete]
+
+
+def assert_aligned(source: LivePlaylist, rendition: LivePlaylist) -> None:
+    """Every complete rendition segment is the source's of the same number: start (as presented),
+    EXTINF, date, discontinuity sequence, and parts of the same number and durations."""
+    followed = {segment.msn: segment for segment in complete(source)}
+    mine = complete(rendition)
+    assert mine, "the rendition completed segments"
+    for segment in mine:
+        theirs = followed[segment.msn]
+        assert segment.start_pts == theirs.start_pts
+        assert segment.duration == theirs.duration
+        assert segment.wall_start == theirs.wall_start
+        assert segment.discontinuity_sequence == theirs.discontinuity_sequence
+        assert [p.duration for p in segment.parts] == [p.duration for p in theirs.parts], segment.msn
+        assert [p.independent for p in segment.parts] == [p.independent for p in theirs.parts]
+
+
+def test_a_rendition_cuts_its_segments_and_parts_where_its_source_did() -> None:
+    """Keyframes every second, segments of two: the rendition opens a segment only at the keyframes
+    where the source opened one, never at the others, and ends its parts where the source's ended."""
+    source, rendition = pair()
+    feed_behind(source, rendition, stream(12), stream(12, size=300))
+    assert len(complete(source)) >= 5
+    assert_aligned(source, rendition)
+    assert [s.msn for s in rendition.segments] == [s.msn for s in source.segments][: len(rendition.segments)]
+    assert all(s.duration == 2.0 for s in complete(rendition))
+    assert all(len(s.parts) == 4 for s in complete(rendition))
+    # The two playlists list the same segments with the same EXTINF and dates.
+    ours, theirs = parse(rendition.playlist()), parse(source.playlist())
+    assert [d for _, d in ours["segments"]] == [d for _, d in theirs["segments"]][: len(ours["segments"])]
+    assert ours["sequence"] == theirs["sequence"]
+    dates = [line for line in rendition.playlist().splitlines() if line.startswith("#EXT-X-PROGRAM-DATE-TIME")]
+    assert dates == [line for line in source.playlist().splitlines() if line in dates]
+
+
+def test_keyframes_match_on_presentation_time_when_the_source_has_b_frames() -> None:
+    """A source with B-frames stamps a keyframe with its decoding time, before the picture's; the
+    rendition's keyframe carries the picture's time: they are matched on what is presented."""
+    source, rendition = pair()
+    feed_behind(source, rendition, stream(10, composition=67), stream(10))
+    assert source.segments[1].start_ts == source.segments[1].start_pts - 67
+    assert_aligned(source, rendition)
+
+
+def test_a_rendition_that_starts_late_waits_for_the_source_s_next_segment() -> None:
+    """A rendition packaged from a keyframe that begins no source segment drops what it has until one
+    does, and then takes that segment's number: it never numbers on its own."""
+    source, rendition = pair()
+    made = [p for p in stream(12) if p.timestamp >= 3000]  # its first keyframe, at 3 s, is mid-segment
+    feed_behind(source, rendition, stream(12), made)
+    assert rendition.segments[0].msn == 2 and rendition.segments[0].start_ts == 4000
+    assert_aligned(source, rendition)
+
+
+def test_source_segments_a_rendition_has_no_keyframe_for_are_gaps() -> None:
+    """A rendition with nothing from 4.5 s to 9 s (its worker restarting) misses the source segments
+    that began at 6 s and 8 s: they are listed as EXT-X-GAP with the source's EXTINF, and the next
+    segment is the source's again, so the media sequence numbers and the timeline stay the source's."""
+    source, rendition = pair()
+    feed_behind(source, rendition, stream(16), stream(16, missing=range(135, 270)))
+    gaps = [s for s in rendition.segments if s.gap]
+    assert [s.msn for s in gaps] == [3, 4]
+    assert [s.msn for s in rendition.segments] == list(range(rendition.segments[0].msn, rendition.segments[-1].msn + 1))
+    text = rendition.playlist()
+    assert text.count("#EXT-X-GAP\n#EXTINF:2.000,") == 2
+    mine = {s.msn: s.duration for s in complete(rendition)}
+    assert mine == {s.msn: s.duration for s in complete(source) if s.msn in mine}
+    assert rendition.has(4, None) and rendition.find(4).pieces == []
+
+
+def test_an_audio_only_rendition_follows_at_its_first_audio_frame_of_each_source_segment() -> None:
+    source, rendition = pair()
+    audio = [p for p in stream(10) if p.kind == AUDIO]
+    source.feed(AVC_CONFIG)
+    source.feed(AAC_CONFIG)
+    rendition.feed(AAC_CONFIG)
+    for packet in stream(10):
+        source.feed(packet)
+        while audio and audio[0].timestamp + 200 <= packet.timestamp:
+            rendition.feed(audio.pop(0))
+    starts = {s.msn: s.start_ts for s in source.segments}
+    assert len(complete(rendition)) >= 3
+    for segment in rendition.segments:
+        assert 0 <= segment.start_ts - starts[segment.msn] < 23, "the first audio frame at or after the source's start"
+        assert segment.wall_start == source.find(segment.msn).wall_start
+
+
+def test_a_rendition_marks_the_discontinuities_its_source_marks() -> None:
+    """The source's publisher came back: the rendition (whose publisher, the transcoder, did not change)
+    marks the discontinuity at the same segment, with the same discontinuity sequence."""
+    source, rendition = pair(HlsSettings(window=3, keep_after_window=0))
+    source_packets, made = stream(20), stream(20, size=300)
+    source.feed(AVC_CONFIG)
+    rendition.feed(AVC_CONFIG)
+    lagging = list(made)
+    for packet in source_packets:
+        if packet.timestamp in (5000, 15000) and packet.kind == VIDEO:
+            source.new_publisher()
+        source.feed(packet)
+        while lagging and lagging[0].timestamp + 300 <= packet.timestamp:
+            rendition.feed(lagging.pop(0))
+    assert_aligned(source, rendition)
+    for playlist in (source, rendition):
+        facts = parse(playlist.playlist())
+        assert facts["tags"]["#EXT-X-DISCONTINUITY-SEQUENCE"] == "1", "one discontinuity left the window"
+        assert facts["discontinuities"] == 1
+
+
+def test_rendition_reports_name_each_sibling_s_last_part() -> None:
+    source, rendition = pair()
+    feed_behind(source, rendition, stream(5), stream(5))
+    report = rendition.report("../tv_480p/index.m3u8")
+    last = rendition.segments[-1]
+    assert report == RenditionReport("../tv_480p/index.m3u8", last.msn, len(last.parts) - 1)
+    text = source.playlist("txSecret=abc", (report,))
+    assert text.rstrip().endswith(
+        f'#EXT-X-RENDITION-REPORT:URI="../tv_480p/index.m3u8?txSecret=abc",LAST-MSN={last.msn},'
+        f"LAST-PART={len(last.parts) - 1}"
+    )
+    assert "RENDITION-REPORT" not in source.playlist("txSecret=abc"), "rendered again when the reports change"
+
+
+def test_the_master_playlist_lists_each_variant_with_its_attributes() -> None:
+    text = master_playlist(
+        [
+            Variant("index.m3u8?k=1", 2_400_000, 2_000_000, ["avc1.64001f", "mp4a.40.2"], 1280, 720, 30.0),
+            Variant("../tv_480p/index.m3u8?k=1", 1_200_000, 900_000, ["avc1.64001e", "mp4a.40.2"], 854, 480, 29.97),
+            Variant("../tv_audio/index.m3u8?k=1", 140_000, 128_000, ["mp4a.40.2"]),
+        ]
+    )
+    assert text == (
+        "#EXTM3U\n"
+        '#EXT-X-STREAM-INF:BANDWIDTH=2400000,AVERAGE-BANDWIDTH=2000000,CODECS="avc1.64001f,mp4a.40.2",'
+        "RESOLUTION=1280x720,FRAME-RATE=30.000\n"
+        "index.m3u8?k=1\n"
+        '#EXT-X-STREAM-INF:BANDWIDTH=1200000,AVERAGE-BANDWIDTH=900000,CODECS="avc1.64001e,mp4a.40.2",'
+        "RESOLUTION=854x480,FRAME-RATE=29.970\n"
+        "../tv_480p/index.m3u8?k=1\n"
+        '#EXT-X-STREAM-INF:BANDWIDTH=140000,AVERAGE-BANDWIDTH=128000,CODECS="mp4a.40.2"\n'
+        "../tv_audio/index.m3u8?k=1\n"
+    )
+
+
+@needs_ffmpeg
+async def test_a_ladder_s_rendition_follows_its_source_with_b_frames(tmp_path) -> None:
+    """The real thing, without a server: ffmpeg's H.264 with B-frames through the transcoding ladder;
+    the rendition's playlist has the source's segments, parts and durations."""
+    from relay.transcode.ladder import Ladder, Rung
+    from tests.test_ladder import source as ffmpeg_source
+
+    packets = await ffmpeg_source(tmp_path, "640x360", seconds=9)
+    ladder = Ladder([Rung("240p", 240, 300_000, 360_000)])
+    leader, follower = pair()
+    for packet in packets:
+        leader.feed(packet)
+        for _, made in ladder.feed(packet):
+            follower.feed(made)
+    assert any(segment.start_pts != segment.start_ts for segment in leader.segments), "keyframes after B-frames"
+    assert len(complete(follower)) >= 3
+    assert_aligned(leader, follower)
+
+
+def test_codecs_come_from_the_sequence_headers() -> None:
+    assert codecs_of(AVC_CONFIG.payload, AAC_CONFIG.payload) == ["avc1.42001f", "mp4a.40.2"]
+    assert codecs_of(None, AAC_CONFIG.payload) == ["mp4a.40.2"]
+    assert codecs_of(b"\x17\x00\x00", b"\x2f\x00") == [], "what does not parse (here: MP3) is left out"
