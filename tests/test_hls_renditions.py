@@ -3,6 +3,15 @@ parts, dates), rendition reports, and the master playlist that lists them all.""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import json
+import re
+import time
+from pathlib import Path
+
+import aiohttp
+
 from relay.formats.hls import (
     HlsSettings,
     LivePlaylist,
@@ -13,8 +22,8 @@ from relay.formats.hls import (
     master_playlist,
 )
 from relay.formats.packet import AUDIO, VIDEO, Packet
-from tests.conftest import needs_ffmpeg
-from tests.test_hls import parse
+from tests.conftest import FFPROBE, needs_ffmpeg, publish, rtmp_url, run, wait_live
+from tests.test_hls import fetch, parse
 
 SPS, PPS = b"\x67\x42\x00\x1f\xaa\xbb", b"\x68\xce\x3c\x80"
 AVC_CONFIG = Packet(
@@ -263,3 +272,194 @@ def test_codecs_come_from_the_sequence_headers() -> None:
     assert codecs_of(AVC_CONFIG.payload, AAC_CONFIG.payload) == ["avc1.42001f", "mp4a.40.2"]
     assert codecs_of(None, AAC_CONFIG.payload) == ["mp4a.40.2"]
     assert codecs_of(b"\x17\x00\x00", b"\x2f\x00") == [], "what does not parse (here: MP3) is left out"
+
+
+# ---------------------------------------------------------------- a server, ffmpeg publishing, HTTP clients
+
+
+def parse_master(text: str) -> list[tuple[dict[str, str], str]]:
+    """(attributes, URI) of each EXT-X-STREAM-INF of a master playlist."""
+    lines = text.splitlines()
+    assert lines[0] == "#EXTM3U"
+    found = []
+    for line, uri in itertools.pairwise(lines):
+        if line.startswith("#EXT-X-STREAM-INF:"):
+            attrs = {k: v.strip('"') for k, v in re.findall(r'([A-Z-]+)=("[^"]*"|[^,]*)', line[18:])}
+            found.append((attrs, uri))
+    return found
+
+
+def listed(text: str) -> dict[int, dict]:
+    """The complete segments of a media playlist by media sequence number: URI, EXTINF, date, parts."""
+    segments: dict[int, dict] = {}
+    facts: dict = {"parts": 0}
+    for line in text.splitlines():
+        if line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
+            facts["date"] = line.split(":", 1)[1]
+        elif line.startswith("#EXT-X-PART:"):
+            facts["parts"] += 1
+        elif line.startswith("#EXTINF:"):
+            facts["extinf"] = line[8:].rstrip(",")
+        elif line and not line.startswith("#"):
+            msn = int(re.match(r"[0-9a-f]{8}-(\d+)\.ts", line)[1])
+            segments[msn] = {**facts, "uri": line}
+            facts = {"parts": 0}
+    return segments
+
+
+def rates(segments: dict[int, dict], sizes: dict[int, int]) -> tuple[int, int]:
+    """(peak, average) bit/s of the segments, as RFC 8216 defines BANDWIDTH and AVERAGE-BANDWIDTH."""
+    per_segment = [sizes[msn] * 8 / float(seg["extinf"]) for msn, seg in segments.items()]
+    total = sum(float(seg["extinf"]) for seg in segments.values())
+    return round(max(per_segment)), round(sum(sizes.values()) * 8 / total)
+
+
+async def measured_master(session: aiohttp.ClientSession, base: str, names: list[str]) -> tuple[dict, dict]:
+    """The master playlist's attributes by stream, and the (peak, average) a client measures on the
+    segments each media playlist lists around it (fetched again until nothing completed in between)."""
+    for _ in range(20):
+        before = {name: listed((await fetch(session, f"{base}/{name}/index.m3u8"))[1].decode()) for name in names}
+        status, body, _ = await fetch(session, f"{base}/{names[0]}/master.m3u8")
+        assert status == 200
+        after = {name: listed((await fetch(session, f"{base}/{name}/index.m3u8"))[1].decode()) for name in names}
+        if before == after and all(len(segments) < 6 for segments in after.values()):
+            break
+    else:
+        raise AssertionError("segments kept completing while the master playlist was fetched")
+    attrs = {uri.split("/")[-2] if "/" in uri else names[0]: a for a, uri in parse_master(body.decode())}
+    measured = {}
+    for name, segments in after.items():
+        sizes = {msn: len((await fetch(session, f"{base}/{name}/{seg['uri']}"))[1]) for msn, seg in segments.items()}
+        measured[name] = rates(segments, sizes)
+    return attrs, measured
+
+
+async def first_picture(session: aiohttp.ClientSession, url: str, path: Path) -> dict:
+    """ffprobe's first video frame of the segment at ``url``: its time on the 90 kHz clock, key or not."""
+    status, body, _ = await fetch(session, url)
+    assert status == 200
+    path.write_bytes(body)
+    code, out, err = await run(
+        FFPROBE, "-v", "error", "-select_streams", "v", "-show_frames", "-read_intervals", "%+#1",
+        "-show_entries", "frame=pts,key_frame,pict_type", "-of", "json", str(path),
+    )  # fmt: skip
+    assert code == 0, err.decode()
+    return json.loads(out)["frames"][0]
+
+
+@needs_ffmpeg
+async def test_master_playlist_lists_the_stream_and_its_renditions_aligned(make_server, tmp_path) -> None:
+    """ffmpeg pushes 720p30 with a keyframe a second. The master playlist lists the source and its 480p
+    and 360p renditions with every attribute; the renditions' playlists have the source's segments
+    (numbers, EXTINF, dates, parts) and report each other; a segment of each starts with the same
+    picture; bitrates are the segments' as a client measures them once there are some."""
+    server = await make_server()
+    pub = await publish(rtmp_url(server, "demo"), seconds=60, size="1280x720", rate=30, gop=30)
+    base = f"http://127.0.0.1:{server.http_port}/live"
+    try:
+        await wait_live(server, "demo")
+        async with aiohttp.ClientSession() as session:
+            assert (await fetch(session, f"{base}/nothing/master.m3u8"))[0] == 404
+            status, body, headers = await fetch(session, f"{base}/demo/master.m3u8?room=7")
+            assert status == 200 and headers["Content-Type"] == "application/vnd.apple.mpegurl"
+            first = parse_master(body.decode())
+            assert [uri for _, uri in first] == [
+                "index.m3u8?room=7",
+                "../demo_480p/index.m3u8?room=7",
+                "../demo_360p/index.m3u8?room=7",
+            ], "the source first, then each rendition, the query carried on"
+            source, r480, r360 = (attrs for attrs, _ in first)
+            # ffmpeg's x264 at preset ultrafast: Constrained Baseline, level 3.1; AAC-LC.
+            assert source["CODECS"] == "avc1.42c01f,mp4a.40.2"
+            assert (source["RESOLUTION"], source["FRAME-RATE"]) == ("1280x720", "30.000")
+            # The renditions, before they have made a segment: their encoder's codec as it will write
+            # it (x264 veryfast: High, at the level for the size), bitrates from their rungs (plus the
+            # audio, 64 kbit/s a channel: ffmpeg's sine is mono, and 10 % for the container).
+            assert (r480["RESOLUTION"], r480["FRAME-RATE"], r480["CODECS"]) == (
+                "854x480",
+                "30.000",
+                "avc1.64001f,mp4a.40.2",
+            )
+            assert (r360["RESOLUTION"], r360["FRAME-RATE"], r360["CODECS"]) == (
+                "640x360",
+                "30.000",
+                "avc1.64001e,mp4a.40.2",
+            )
+            for attrs, (target, peak) in ((r480, (800_000, 960_000)), (r360, (500_000, 600_000))):
+                assert int(attrs["AVERAGE-BANDWIDTH"]) == round((target + 64_000) * 1.1)
+                assert int(attrs["BANDWIDTH"]) == round((peak + 64_000) * 1.1)
+            assert 0 < int(source["AVERAGE-BANDWIDTH"]) <= int(source["BANDWIDTH"])
+            # The master started the renditions and their packaging: a few seconds on, they have segments.
+            names = ["demo", "demo_480p", "demo_360p"]
+            deadline = time.monotonic() + 30
+            while True:
+                lists = {n: listed((await fetch(session, f"{base}/{n}/index.m3u8"))[1].decode()) for n in names}
+                if len(lists["demo_360p"]) >= 2 and len(lists["demo_480p"]) >= 2:
+                    break
+                assert time.monotonic() < deadline, f"renditions made no segments: {lists}"
+                await asyncio.sleep(0.5)
+            attrs, measured = await measured_master(session, base, names)
+            for name in names:
+                assert (int(attrs[name]["BANDWIDTH"]), int(attrs[name]["AVERAGE-BANDWIDTH"])) == measured[name], name
+            assert attrs["demo_480p"]["CODECS"] == r480["CODECS"], "the codec named before it ran is the one it has"
+            assert attrs["demo_360p"]["CODECS"] == r360["CODECS"]
+            assert measured["demo_480p"][0] <= int(r480["BANDWIDTH"]), "the estimate did not understate the peak"
+            # Aligned: the segments both list have the same EXTINF, date and number of parts.
+            text = {n: (await fetch(session, f"{base}/{n}/index.m3u8"))[1].decode() for n in names}
+            segments = {n: listed(text[n]) for n in names}
+            for name in names[1:]:
+                common = sorted(set(segments[name]) & set(segments["demo"]))
+                assert len(common) >= 2, (name, segments)
+                for msn in common:
+                    ours, theirs = segments[name][msn], segments["demo"][msn]
+                    assert (ours["extinf"], ours["date"]) == (theirs["extinf"], theirs["date"]), (name, msn)
+                    assert ours["parts"] == theirs["parts"] or 0 in (ours["parts"], theirs["parts"]), (name, msn)
+                # Each playlist reports the others' last part: a blocking reload for it answers at once.
+                report = re.search(
+                    rf'#EXT-X-RENDITION-REPORT:URI="../{name}/index.m3u8",LAST-MSN=(\d+),LAST-PART=(\d+)', text["demo"]
+                )
+                assert report, text["demo"]
+                started = time.monotonic()
+                url = f"{base}/{name}/index.m3u8?_HLS_msn={report[1]}&_HLS_part={report[2]}"
+                assert (await fetch(session, url))[0] == 200
+                assert time.monotonic() - started < 0.5, "the reported part exists already"
+                assert '#EXT-X-RENDITION-REPORT:URI="../demo/index.m3u8"' in text[name]
+                # The same picture starts the segment in both: a keyframe at the same time.
+                msn = common[-1]
+                pictures = [
+                    await first_picture(session, f"{base}/{n}/{segments[n][msn]['uri']}", tmp_path / f"{n}.ts")
+                    for n in ("demo", name)
+                ]
+                assert pictures[0]["pts"] == pictures[1]["pts"], pictures
+                assert all(p["key_frame"] == 1 for p in pictures), pictures
+            status, body, _ = await fetch(session, f"{base}/demo_480p/master.m3u8")
+            assert status == 404 and b"/live/demo/master.m3u8" in body, "a rendition has no master playlist"
+    finally:
+        await pub.stop()
+
+
+@needs_ffmpeg
+async def test_renditions_keep_running_while_players_of_the_master_playlist_play(make_server) -> None:
+    """On demand, a rendition nobody watches stops after [transcode] idle_seconds. One that a master
+    playlist listed stays while a player that fetched it plays any of the stream (the source here), so
+    that its switch down finds the rendition made; once that player is gone, it stops."""
+    server = await make_server(audience_seconds=2, renditions=[{"name": "240p", "height": 240, "video_bitrate": 300}])
+    server.settings.transcode.idle_seconds = 3  # (make_server's idle_seconds is HLS packaging's); sweeps every 1 s
+    pub = await publish(rtmp_url(server, "warm"), seconds=40, size="640x360", rate=30, gop=30)
+    base = f"http://127.0.0.1:{server.http_port}/live"
+    try:
+        await wait_live(server, "warm")
+        async with aiohttp.ClientSession() as session:
+            status, body, _ = await fetch(session, f"{base}/warm/master.m3u8")
+            assert status == 200 and [uri for _, uri in parse_master(body.decode())][1] == "../warm_240p/index.m3u8"
+            assert server.hub.has("live", "warm_240p"), "listed, so started"
+            for _ in range(10):  # 5 s of playing the source
+                assert (await fetch(session, f"{base}/warm/index.m3u8"))[0] == 200
+                await asyncio.sleep(0.5)
+            assert server.hub.has("live", "warm_240p"), "kept while the master's player plays"
+            deadline = time.monotonic() + 15
+            while server.hub.has("live", "warm_240p"):
+                assert time.monotonic() < deadline, "still running with no player left"
+                await asyncio.sleep(0.25)
+    finally:
+        await pub.stop()
