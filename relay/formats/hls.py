@@ -471,6 +471,7 @@ class LivePlaylist:
         self.settings = settings
         # Unique per packager, so that cached URLs of an earlier run of the stream never collide.
         self.prefix = prefix
+        self.leader = leader
         self.segments: list[Segment] = []
         args = (settings.segment_seconds, settings.part_seconds, self._on_part, self._on_segment)
         kwargs: dict[str, Any] = {"fmp4": settings.format == "fmp4", "on_open": self._on_open}
@@ -585,7 +586,11 @@ class LivePlaylist:
 
     @property
     def last_msn(self) -> int:
-        return self.segments[-1].msn if self.segments else -1
+        """The newest segment's number; before a rendition's first segment, its source's (whose numbers
+        it will take: a player switching to it asks for those)."""
+        if self.segments:
+            return self.segments[-1].msn
+        return self.leader.last_msn if self.leader is not None else -1
 
     def report(self, uri: str) -> RenditionReport | None:
         """This playlist as another playlist's EXT-X-RENDITION-REPORT names it at ``uri``: its last
@@ -596,9 +601,10 @@ class LivePlaylist:
         return None
 
     def bitrates(self) -> tuple[int, int] | None:
-        """(peak, average) bit/s of the complete segments kept, as RFC 8216 defines BANDWIDTH and
-        AVERAGE-BANDWIDTH (container overhead included); None before one is complete."""
-        rates = [(sum(len(p.data) for p in s.parts) * 8, s.duration) for s in self.segments if s.complete and s.parts]
+        """(peak, average) bit/s of the complete segments the playlist lists, as RFC 8216 defines
+        BANDWIDTH and AVERAGE-BANDWIDTH (container overhead included); None before one is complete."""
+        listed = [s for s in self.segments if s.complete][-self.settings.window :]
+        rates = [(sum(len(p.data) for p in s.parts) * 8, s.duration) for s in listed if s.parts]
         total = sum(seconds for _, seconds in rates)
         if not total:
             return None
