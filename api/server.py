@@ -119,7 +119,7 @@ class Server:
             self.hub, self.policy.publish, self.policy.play, settings.rtmp, settings.play_wait_seconds
         )
         self.flv = FlvPlayback(self.hub, self.policy.play, settings.play_wait_seconds, settings.http_flv_chunked)
-        self.hls = HlsPlayback(self.hub, settings.hls, self.policy.play)
+        self.hls = HlsPlayback(self.hub, settings.hls, self.policy.play, self.renditions)
         self.webrtc = WebRtc(
             self.hub,
             self.policy.publish,

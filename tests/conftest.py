@@ -126,8 +126,10 @@ async def publish(
     gop: int = 25,
     realtime: bool = True,
     noise: bool = False,
+    bitrate: str = "",
 ) -> Publisher:
-    """Debian's ffmpeg pushing a generated H.264 + AAC stream (testsrc + sine) over RTMP."""
+    """Debian's ffmpeg pushing a generated H.264 + AAC stream (testsrc + sine) over RTMP. ``bitrate``
+    (e.g. ``"3M"``): constant, padded with filler data (testsrc alone compresses to very little)."""
     args = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin"]
     if realtime:
         args.append("-re")
@@ -150,6 +152,9 @@ async def publish(
             "-pix_fmt",
             "yuv420p",
         ]
+        if bitrate:
+            args += ["-b:v", bitrate, "-minrate", bitrate, "-maxrate", bitrate, "-bufsize", bitrate]
+            args += ["-x264-params", "nal-hrd=cbr"]
     if audio:
         args += ["-c:a", "aac", "-b:a", "64k"]
     args += ["-t", str(seconds), "-f", "flv", url]

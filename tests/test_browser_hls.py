@@ -1,4 +1,5 @@
-"""Browser playback of live HLS: hls.js (npm) in Debian's headless Chromium, plain HLS and LL-HLS."""
+"""Browser playback of live HLS: hls.js (npm) in Debian's headless Chromium, plain HLS and LL-HLS, and a master
+playlist's renditions."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import asyncio
 import statistics
 from urllib.parse import quote
 
+import aiohttp
 import pytest
 
 from tests.conftest import needs_ffmpeg, publish, rtmp_url, wait_live
+from tests.test_hls import fetch, wait_segments
 
 pytestmark = needs_ffmpeg
 
@@ -42,6 +45,103 @@ async def test_hls_js_plays_live_hls_in_chromium(browser, web_pages, make_server
             behind = statistics.median(samples)
             assert behind < 3.0, f"LL-HLS playback is {behind:.2f} s behind real time: {samples}"
             assert await page.evaluate("player.snapshot().parts") > 0, "hls.js loaded partial segments"
+        assert not page.errors, page.errors
+    finally:
+        await pub.stop()
+
+
+def assert_no_stall_longer_than_a_part(snapshot: dict, since: float) -> None:
+    """From ``since`` (the page's clock) on, playback never waited for data longer than a part (0.5 s),
+    and no picture stayed on screen that long (what a switch to a picture that does not decode shows)."""
+    stalls = [s for s in snapshot["stalls"] if s["start"] > since]
+    assert all(s["ms"] <= 500 for s in stalls) and snapshot["ongoingStall"] is None, f"stalled: {stalls}, {snapshot}"
+    frozen = [g for g in snapshot["frameGaps"] if g["t"] > since and g["ms"] > 500]
+    assert not frozen, f"the picture stood still: {frozen}, {snapshot}"
+
+
+async def test_hls_js_switches_down_a_master_playlist_seamlessly_when_bandwidth_is_capped(
+    browser, web_pages, make_server
+):
+    """hls.js plays the master playlist of a 480p30 stream of 2 Mbit/s with 360p and 240p renditions,
+    from the top. The test caps the page's bandwidth at 1.2 Mbit/s: hls.js switches to a rendition, and
+    the picture changes size without playback stalling longer than a part (0.5 s).
+
+    Plain HLS, as the `video` component and most players play it: the player joins a stream already
+    watched (its playlists list a few segments) three segments from the live edge. With LL-HLS, hls.js
+    keeps 1.5 s of buffer, which the cap empties before its bandwidth estimate (seconds of history)
+    follows: it stalls, then switches. Two renditions: hls.js's emergency switch (a segment loading
+    too slowly is dropped for a lower level) never goes to the lowest level directly."""
+    server = await make_server(renditions=["360p", {"name": "240p", "height": 240, "video_bitrate": 300}])
+    pub = await publish(rtmp_url(server, "abr"), seconds=60, size="854x480", rate=30, gop=30, bitrate="2M")
+    try:
+        await wait_live(server, "abr")
+        src = f"http://127.0.0.1:{server.http_port}/live/abr/master.m3u8"
+        async with aiohttp.ClientSession() as session:
+            assert (await fetch(session, src))[0] == 200
+            await wait_segments(session, src.replace("master.m3u8", "index.m3u8"), 4)
+        page = await browser.new_page(f"{web_pages}/abr.html?src={quote(src, safe='')}&lowLatency=0")
+        playing = await page.wait_for(
+            "(s => s.switched.length && s.level === s.levels.length - 1"
+            " && s.currentTime > s.switched[0].currentTime + 2 && s)(abr.snapshot())",
+            timeout=30,
+        )
+        assert [level["height"] for level in playing["levels"]] == [240, 360, 480], "sorted by bitrate"
+        await page.send("Network.enable")
+        await page.send(
+            "Network.emulateNetworkConditions",
+            {"offline": False, "latency": 0, "downloadThroughput": 1_200_000 / 8, "uploadThroughput": -1},
+        )
+        capped = await page.evaluate("performance.now()")
+        # A rendition reaches the screen, and playback goes on 4 s past it.
+        end = await page.wait_for(
+            f"""(s => {{
+                const shown = s.resized.find(r => r.t > {capped} && r.height < 480);
+                return shown && s.currentTime > shown.currentTime + 4 && s;
+            }})(abr.snapshot())""",
+            timeout=40,
+        )
+        switched = [s for s in end["switched"] if s["t"] > capped]
+        assert switched and switched[0]["height"] < 480, end["switched"]
+        assert_no_stall_longer_than_a_part(end, capped)
+        assert not end["errors"], end["errors"]
+        assert not page.errors, page.errors
+    finally:
+        await pub.stop()
+
+
+async def test_hls_js_switches_between_ll_hls_renditions_at_a_part_without_a_stall(browser, web_pages, make_server):
+    """LL-HLS: hls.js plays the master playlist of a 480p30 stream with 360p and 240p renditions near
+    the live edge (1.5 s of buffer); the test switches it down to 240p, then up to 360p (``nextLevel``).
+    hls.js asks for each new level's playlist at the part that the rendition reports of the playlist it
+    plays name (a blocking reload), and the picture changes size without a stall longer than a part.
+
+    (Not back to a level hls.js played before: hls.js 1.7 then waits, with or without aligned
+    renditions, until the parts of the segment it came back in leave the playlist, about 2 s.)"""
+    server = await make_server(renditions=["360p", {"name": "240p", "height": 240, "video_bitrate": 300}])
+    pub = await publish(rtmp_url(server, "llabr"), seconds=60, size="854x480", rate=30, gop=30, bitrate="2M")
+    try:
+        await wait_live(server, "llabr")
+        src = f"http://127.0.0.1:{server.http_port}/live/llabr/master.m3u8"
+        page = await browser.new_page(f"{web_pages}/abr.html?src={quote(src, safe='')}&lowLatency=1")
+        await page.wait_for(
+            "(s => s.switched.length && s.currentTime > s.switched[0].currentTime + 2 && s)(abr.snapshot())",
+            timeout=30,
+        )
+        started = await page.evaluate("performance.now()")
+        for level, height in ((0, 240), (1, 360)):
+            since = await page.evaluate(f"(hls.nextLevel = {level}, performance.now())")
+            await page.wait_for(
+                f"""(s => {{
+                    const shown = s.resized.find(r => r.t > {since} && r.height === {height});
+                    return shown && s.currentTime > shown.currentTime + 2;
+                }})(abr.snapshot())""",
+                timeout=20,
+            )
+            asked = await page.evaluate(f"abr.playlists.find(p => p.url && p.t > {since} && p.level === {level}).url")
+            assert "_HLS_msn=" in asked and "_HLS_part=" in asked, f"not where the rendition report said: {asked}"
+        end = await page.evaluate("abr.snapshot()")
+        assert_no_stall_longer_than_a_part(end, started)
+        assert not end["errors"], end["errors"]
         assert not page.errors, page.errors
     finally:
         await pub.stop()

@@ -8,7 +8,7 @@ from pathlib import Path
 import av
 import pytest
 
-from relay.formats import codecs, h264, vp8
+from relay.formats import codecs, h264, hevc, vp8
 from relay.formats.aac import AacConfig
 from relay.formats.flv import AUDIO, SCRIPT, VIDEO, FlvError, FlvReader, Tag, encode_tag, header
 from relay.hub.tracks import Tracks
@@ -341,3 +341,72 @@ def test_vp8_size_from_a_keyframe_header() -> None:
     assert vp8.dimensions(b"\x10\x02\x00\x9d\x01\x2a\x40\x01\xf0\x00") == (320, 240)
     # The two scaling bits above each 14-bit size are not part of it.
     assert vp8.dimensions(b"\x10\x02\x00\x9d\x01\x2a\x40\xc1\xf0\x40") == (320, 240)
+
+
+# ---------------------------------------------------------------- RFC 6381 codec strings (HLS CODECS)
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize(
+    ("size", "rate", "preset", "kbit"),
+    [
+        ("854x480", 30, "veryfast", 960),
+        ("640x360", 30, "veryfast", 600),
+        ("426x240", 25, "veryfast", 400),
+        ("1280x720", 60, "veryfast", 2160),
+        ("1920x1080", 30, "faster", 4200),
+        ("1280x720", 30, "ultrafast", 2160),
+    ],
+)
+def test_codec_string_frame_rate_and_the_level_x264_picks(
+    tmp_path: Path, size: str, rate: int, preset: str, kbit: int
+) -> None:
+    """x264 picks the lowest level that holds the picture size, macroblock rate, reference frames and
+    VBV; ``level_for`` picks the same one, so a master playlist can name a rendition's codec before the
+    encoder has made its first picture."""
+    path = tmp_path / "x264.flv"
+    subprocess.run(
+        [FFMPEG or "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+         "-f", "lavfi", "-i", f"testsrc=size={size}:rate={rate}", "-frames:v", "2", "-c:v", "libx264",
+         "-preset", preset, "-tune", "zerolatency", "-pix_fmt", "yuv420p",
+         "-x264-params", f"vbv-maxrate={kbit}:vbv-bufsize={kbit}", "-f", "flv", str(path)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    config = next(t for t in FlvReader().feed(path.read_bytes()) if t.kind == VIDEO).payload
+    width, height = map(int, size.split("x"))
+    baseline = preset == "ultrafast"  # no CABAC, no 8x8 transform: Constrained Baseline
+    refs = 2 if preset == "faster" else 1
+    level = h264.level_for(width, height, rate, kbit, refs, high=not baseline)
+    expected = h264.avc1(0x42, 0xC0, level) if baseline else h264.avc1(0x64, 0, level)
+    assert h264.codec_string(config) == expected
+    assert h264.frame_rate(config) == rate
+
+
+def test_avc_codec_string_and_frame_rate_on_garbage() -> None:
+    assert h264.codec_string(b"\x17\x00\x00\x00\x00\x01\x64") is None
+    assert h264.frame_rate(b"\x17\x00\x00\x00\x00") is None
+    # An SPS that stops before its VUI says no frame rate.
+    sps = b"\x67\x42\x00\x1f\xaa\xbb"
+    record = b"\x01\x42\x00\x1f\xff\xe1" + struct.pack(">H", len(sps)) + sps + b"\x00"
+    assert h264.codec_string(b"\x17\x00\x00\x00\x00" + record) == "avc1.42001f"
+    assert h264.frame_rate(b"\x17\x00\x00\x00\x00" + record) is None
+
+
+def test_hevc_codec_string_as_iso_14496_15_spells_it() -> None:
+    # Main profile (compatible with Main and Main 10), Main tier, level 3.1, progressive and frame-only.
+    record = bytes((1, 0x01, 0x60, 0, 0, 0, 0xB0, 0, 0, 0, 0, 0, 93)) + bytes(10)
+    assert hevc.codec_string(b"\x1c\x00\x00\x00\x00" + record) == "hvc1.1.6.L93.B0"
+    # Main 10, High tier, level 5.1, two constraint bytes.
+    record = bytes((1, 0x22, 0x20, 0, 0, 0, 0x90, 0x01, 0, 0, 0, 0, 153)) + bytes(10)
+    assert hevc.codec_string(b"\x1c\x00\x00\x00\x00" + record) == "hvc1.2.4.H153.90.1"
+    assert hevc.codec_string(b"\x1c\x00\x00\x00\x00\x01") is None
+
+
+@pytest.mark.parametrize(
+    ("asc", "codec"),
+    [(b"\x12\x10", "mp4a.40.2"), (b"\x2b\x92\x08\x00", "mp4a.40.5"), (b"\xeb\x09\x88\x00", "mp4a.40.29")],
+    ids=hex_id,
+)
+def test_aac_codec_string_names_the_audio_object_type(asc: bytes, codec: str) -> None:
+    config = AacConfig.parse(b"\xaf\x00" + asc)
+    assert config is not None and config.codec_string == codec

@@ -70,6 +70,8 @@ async def test_a_720p_source_becomes_480p_and_360p_with_its_keyframes(tmp_path) 
         assert keyframe_times(info) == keyframe_times(source_info), "keyframes where the source has them"
         audio = [p for p in out[name] if p.kind == AUDIO]
         assert audio == [p for p in packets if p.kind == AUDIO], "the same audio packets, unchanged"
+        first = out[name][0]
+        assert first.kind == VIDEO and first.config, "the video configuration before any audio (HLS needs to know)"
     assert ladder.errors == 0
 
 

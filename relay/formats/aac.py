@@ -1,5 +1,6 @@
-"""AAC as FLV carries it: the AudioSpecificConfig of the sequence header, and ADTS headers built from it
-(MPEG-TS carries AAC in ADTS). Returns None for what it cannot read; never raises."""
+"""AAC as FLV carries it: the AudioSpecificConfig of the sequence header, the RFC 6381 codec it names,
+and ADTS headers built from it (MPEG-TS carries AAC in ADTS). Returns None for what it cannot read;
+never raises."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 1
 class AacConfig:
     """An AudioSpecificConfig's facts, and the ADTS headers they make."""
 
-    __slots__ = ("_headers", "channels", "profile", "rate_index")
+    __slots__ = ("_headers", "channels", "object_type", "profile", "rate_index")
 
     def __init__(self, object_type: int, rate_index: int, channels: int) -> None:
+        self.object_type = object_type
         self.profile = max(0, min(object_type - 1, 3))
         self.rate_index = rate_index
         self.channels = channels
@@ -30,6 +32,11 @@ class AacConfig:
     def sample_rate(self) -> int:
         """In Hz; 0 for an index with no rate (15 means an explicit rate follows, unread here)."""
         return RATES[self.rate_index] if self.rate_index < len(RATES) else 0
+
+    @property
+    def codec_string(self) -> str:
+        """RFC 6381: ``mp4a.40.`` and the audio object type (2 AAC-LC, 5 HE-AAC, 29 HE-AAC v2)."""
+        return f"mp4a.40.{self.object_type}"
 
     def adts(self, size: int) -> bytes:
         header = self._headers.get(size)

@@ -1,5 +1,6 @@
-"""H.264 as FLV carries it: the AVC sequence header (AVCDecoderConfigurationRecord), the picture size its
-SPS declares, and access units between Annex-B (RTP, MPEG-TS) and AVCC (FLV, MP4) framing.
+"""H.264 as FLV carries it: the AVC sequence header (AVCDecoderConfigurationRecord), the picture size and
+frame rate its SPS declares, its RFC 6381 codec string (and the level an encoder picks for a picture
+size), and access units between Annex-B (RTP, MPEG-TS) and AVCC (FLV, MP4) framing.
 
 Sans-I/O, no decoding: NAL units are moved, never touched. Parsers return None for what they cannot
 read; they never raise on input.
@@ -187,14 +188,101 @@ def declared_size(payload: bytes) -> tuple[int, int] | None:
     if config is None or len(config.sps[0]) < 4:
         return None
     try:
-        return _sps_size(unescape(config.sps[0][1:]))
+        return _sps_size(BitReader(unescape(config.sps[0][1:])))
     except IndexError:
         return None
 
 
-def _sps_size(sps: bytes) -> tuple[int, int]:
-    """``sps`` without its NAL header byte (H.264 7.3.2.1.1)."""
-    r = BitReader(sps)
+def frame_rate(payload: bytes) -> float | None:
+    """The frame rate the first SPS of an FLV AVC sequence header declares in its VUI timing info
+    (``time_scale / (2 * num_units_in_tick)``, as x264 and most encoders write it); None when it says none."""
+    config = AvcConfig.parse(payload)
+    if config is None or len(config.sps[0]) < 4:
+        return None
+    try:
+        r = BitReader(unescape(config.sps[0][1:]))
+        _sps_size(r)
+        if not r.bit():  # vui_parameters_present_flag
+            return None
+        if r.bit() and r.bits(8) == 255:  # aspect_ratio_info_present_flag, aspect_ratio_idc Extended_SAR
+            r.bits(32)
+        if r.bit():  # overscan_info_present_flag
+            r.bit()
+        if r.bit():  # video_signal_type_present_flag
+            r.bits(4)
+            if r.bit():  # colour_description_present_flag
+                r.bits(24)
+        if r.bit():  # chroma_loc_info_present_flag
+            r.ue()
+            r.ue()
+        if not r.bit():  # timing_info_present_flag
+            return None
+        ticks, scale = r.bits(32), r.bits(32)
+    except IndexError:
+        return None
+    rate = scale / (2 * ticks) if ticks else 0.0
+    return rate if 0 < rate <= 1000 else None
+
+
+def codec_string(payload: bytes) -> str | None:
+    """The RFC 6381 codec of an FLV AVC sequence header (``avc1.64001f``: profile, constraint flags and
+    level, as its AVCDecoderConfigurationRecord repeats them from the SPS); None when it is no such header."""
+    record = payload[5:]
+    if len(payload) < 9 or AvcConfig.parse(payload) is None:
+        return None
+    return avc1(record[1], record[2], record[3])
+
+
+def avc1(profile: int, constraints: int, level: int) -> str:
+    return f"avc1.{profile:02x}{constraints:02x}{level:02x}"
+
+
+# H.264 Table A-1 by level_idc: MaxMBPS (macroblocks/s), MaxFS (macroblocks), MaxDpbMbs, MaxBR (kbit/s,
+# Baseline and Main; High may go 1.25x).
+_LEVELS = (
+    (10, 1485, 99, 396, 64),
+    (11, 3000, 396, 900, 192),
+    (12, 6000, 396, 2376, 384),
+    (13, 11880, 396, 2376, 768),
+    (20, 11880, 396, 2376, 2000),
+    (21, 19800, 792, 4752, 4000),
+    (22, 20250, 1620, 8100, 4000),
+    (30, 40500, 1620, 8100, 10000),
+    (31, 108000, 3600, 18000, 14000),
+    (32, 216000, 5120, 20480, 20000),
+    (40, 245760, 8192, 32768, 20000),
+    (41, 245760, 8192, 32768, 50000),
+    (42, 522240, 8704, 34816, 50000),
+    (50, 589824, 22080, 110400, 135000),
+    (51, 983040, 36864, 184320, 240000),
+    (52, 2073600, 36864, 184320, 240000),
+    (60, 4177920, 139264, 696320, 240000),
+    (61, 8355840, 139264, 696320, 480000),
+    (62, 16711680, 139264, 696320, 800000),
+)
+
+
+def level_for(width: int, height: int, fps: float, max_kbit: int, refs: int = 1, high: bool = True) -> int:
+    """The lowest level_idc whose limits hold ``width``x``height`` at ``fps`` with ``refs`` reference frames
+    and a VBV of ``max_kbit``: the level x264 writes when none is asked for (its frame size, macroblock
+    rate, DPB and VBV checks)."""
+    mb_width, mb_height = -(-width // 16), -(-height // 16)
+    frame = mb_width * mb_height
+    bitrate_factor = 1.25 if high else 1.0
+    for level, mbps, max_frame, dpb, max_br in _LEVELS:
+        if (
+            frame <= max_frame
+            and max(mb_width, mb_height) ** 2 <= 8 * max_frame
+            and frame * fps <= mbps
+            and frame * refs <= dpb
+            and max_kbit <= max_br * bitrate_factor
+        ):
+            return level
+    return _LEVELS[-1][0]
+
+
+def _sps_size(r: BitReader) -> tuple[int, int]:
+    """Reads an SPS without its NAL header byte (H.264 7.3.2.1.1) up to its VUI: the picture size."""
     profile = r.bits(8)
     r.bits(16)  # constraint flags, level
     r.ue()  # seq_parameter_set_id

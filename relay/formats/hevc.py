@@ -1,6 +1,6 @@
 """HEVC as FLV carries it (legacy codec id 12, Enhanced RTMP ``hvc1``): the parameter sets of the
-HEVCDecoderConfigurationRecord and the picture size its SPS declares. Returns None (or nothing) for
-what it cannot read; never raises."""
+HEVCDecoderConfigurationRecord, the picture size its SPS declares and its RFC 6381 codec string.
+Returns None (or nothing) for what it cannot read; never raises."""
 
 from __future__ import annotations
 
@@ -49,6 +49,27 @@ def declared_size(payload: bytes) -> tuple[int, int] | None:
             except IndexError:
                 return None
     return None
+
+
+def codec_string(payload: bytes) -> str | None:
+    """The RFC 6381 codec of an FLV HEVC sequence header, as ISO/IEC 14496-15 Annex E spells it from the
+    record's general profile, tier, level and flags (``hvc1.1.6.L93.B0``: Main, level 3.1); None when
+    the record is too short. ``hvc1``: the sample entry our fMP4 segments carry."""
+    record = payload[5:]
+    if len(record) < 13:
+        return None
+    space, tier, profile = record[1] >> 6, (record[1] >> 5) & 1, record[1] & 0x1F
+    # The compatibility flags go in reverse bit order; the constraint bytes without the trailing zero ones.
+    compatibility = int(f"{int.from_bytes(record[2:6], 'big'):032b}"[::-1], 2)
+    constraints = bytes(record[6:12]).rstrip(b"\x00")
+    parts = [
+        "hvc1",
+        ("", "A", "B", "C")[space] + str(profile),
+        f"{compatibility:X}",
+        ("H" if tier else "L") + str(record[12]),
+        *(f"{byte:X}" for byte in constraints),
+    ]
+    return ".".join(parts)
 
 
 def _sps_size(sps: bytes) -> tuple[int, int]:

@@ -7,10 +7,15 @@ A segment's bytes are exactly the concatenation of its parts' bytes. In fMP4 eac
 fragment, and the segments share an init segment (EXT-X-MAP), a new one after each change of codec
 configuration. TS is the default; HEVC always gets fMP4 (our TS muxer carries H.264 only).
 
+A rendition's playlist follows its source's (:class:`FollowingSegmenter`): its segments begin at the
+keyframes where the source's begin and take their media sequence numbers, dates and durations, and
+its parts end where the source's do, so a player switches between them at any segment or part.
+
 Playlists follow RFC 8216 and its successor draft (LL-HLS): EXT-X-TARGETDURATION never below any
 rounded EXTINF, EXT-X-PROGRAM-DATE-TIME, EXT-X-DISCONTINUITY when the publisher changes or the codec
 configuration does, EXT-X-PART-INF / EXT-X-PART / EXT-X-PRELOAD-HINT / EXT-X-SERVER-CONTROL with
-blocking playlist reload.
+blocking playlist reload, EXT-X-RENDITION-REPORT, EXT-X-GAP; and the master playlist of a stream and
+its renditions (:func:`master_playlist`).
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from relay.formats.codecs import video_info
+from relay.formats import aac, h264, hevc
+from relay.formats.codecs import coded_frame, video_info
 from relay.formats.fmp4 import Fmp4Muxer
 from relay.formats.mpegts import TsMuxer
 from relay.formats.packet import AUDIO, DATA, VIDEO, Packet
@@ -59,6 +65,12 @@ class Part:
     data: bytes | memoryview
     duration: float
     independent: bool
+    start: int = 0  # stream milliseconds where it was cut: where a rendition cuts its own
+
+    @property
+    def end(self) -> int:
+        """Stream milliseconds where the next part begins."""
+        return self.start + round(self.duration * 1000)
 
 
 @dataclass(slots=True, eq=False)
@@ -79,6 +91,12 @@ class Segment:
     duration: float = 0.0
     complete: bool = False
     init: InitSegment | None = None  # fMP4: the init segment its fragments need; None for TS
+    # Presentation time of its first picture (start_ts plus the keyframe's composition offset): what a
+    # rendition's keyframe is matched on, since a rendition's timestamps are its source's picture times.
+    start_pts: int = 0
+    # RFC 8216 6.2.2: the EXT-X-DISCONTINUITY tags up to this segment's, over the stream's whole life.
+    discontinuity_sequence: int = 0
+    gap: bool = False  # EXT-X-GAP: a rendition has nothing for this span of its source
 
     @property
     def pieces(self) -> list[bytes | memoryview]:
@@ -143,6 +161,7 @@ class Segmenter:
         self._part_start = 0
         self._part_independent = False
         self._pending_discontinuity = False
+        self._discontinuities = 0
         self._last_ts = 0
 
     def discontinuity(self) -> None:
@@ -190,8 +209,13 @@ class Segmenter:
                 return
             self.muxer = self._new_muxer()
             self._video = self.muxer.has_video
-        if not (packet.keyframe if self._video else kind == AUDIO):
-            return  # a segment must start with a keyframe
+        self._begin(packet)
+
+    def _begin(self, packet: Packet) -> None:
+        """A media packet while no segment is open: the first segment starts at a keyframe (without
+        video, at any audio frame)."""
+        if not (packet.keyframe if self._video else packet.kind == AUDIO):
+            return
         self._open_segment(packet)
         self._part_packets.append(packet)
         self._last_ts = max(self._last_ts, packet.timestamp)
@@ -241,12 +265,24 @@ class Segmenter:
             self._pending_discontinuity = True
 
     def _open_segment(self, packet: Packet) -> None:
-        segment = self.segment = Segment(
-            self.next_msn, packet.timestamp, time.time(), self._pending_discontinuity, init=self.init
+        discontinuity = self._pending_discontinuity
+        self._discontinuities += discontinuity
+        segment = Segment(
+            self.next_msn,
+            packet.timestamp,
+            time.time(),
+            discontinuity,
+            init=self.init,
+            start_pts=presentation_time(packet),
+            discontinuity_sequence=self._discontinuities,
         )
         self.next_msn += 1
+        self._start_segment(segment)
+
+    def _start_segment(self, segment: Segment) -> None:
+        self.segment = segment
         self._pending_discontinuity = False
-        self._open_part(packet.timestamp, True)
+        self._open_part(segment.start_ts, True)
         if self.on_open is not None:
             self.on_open(segment)
 
@@ -264,7 +300,7 @@ class Segmenter:
         if not data:
             return
         duration = max(end_ts - self._part_start, 0) / 1000
-        part = Part(len(segment.parts), data, duration, self._part_independent)
+        part = Part(len(segment.parts), data, duration, self._part_independent, self._part_start)
         segment.parts.append(part)
         if self.on_part is not None:
             self.on_part(segment, part)
@@ -284,6 +320,153 @@ class Segmenter:
         self.segment = None
 
 
+def presentation_time(packet: Packet) -> int:
+    """A packet's presentation time in stream milliseconds: its timestamp (the decoding time), plus the
+    composition offset of an H.264 or HEVC frame."""
+    frame = coded_frame(packet.payload) if packet.kind == VIDEO else None
+    return packet.timestamp + frame[0] if frame is not None else packet.timestamp
+
+
+class FollowingSegmenter(Segmenter):
+    """Cuts a rendition of a stream where its source's :class:`LivePlaylist` (the leader) was cut.
+
+    A rendition keeps its source's timestamps, and its keyframes are pictures the source has keyframes
+    at; the rendition runs behind the source, so the source has always cut first. A rendition segment
+    opens only at a keyframe whose presentation time is a source segment's ``start_pts``, and takes that
+    segment's media sequence number, date and discontinuity sequence (its EXTINF too, once the source's
+    is known); its other keyframes are appended as any frame, and before its first segment it waits
+    (packets are dropped). A part ends at the first video frame at or after the end of the source's
+    part in the same place of the segment. An audio-only rendition opens a segment at its first audio
+    frame at or after a source segment's start. When a rendition skipped source segments (it had no
+    keyframe where they began: a worker restarting, a frame that did not decode), they are listed as
+    EXT-X-GAP segments, so that media sequence numbers stay the source's.
+    """
+
+    def __init__(self, leader: LivePlaylist, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.leader = leader
+        self.following: Segment | None = None  # the source segment the open segment mirrors
+        self._source_parts = 0  # the parts of ``following`` whose end the open segment has passed
+        self._last_audio_ts: int | None = None
+
+    def feed(self, packet: Packet) -> None:
+        # The same steps as Segmenter.feed, whose lines are not shared through a helper: that one is the
+        # packaging hot path of every stream, kept to one call per packet.
+        kind = packet.kind
+        if packet.config or kind == DATA or self.segment is None:
+            self._feed_other(packet)
+            return
+        timestamp = packet.timestamp
+        # Cuts happen at video frames: a rendition's audio is passed through at once and runs ahead of
+        # its pictures, which are decoded and encoded first.
+        if kind == VIDEO or not self._video:
+            source = self._source_starting(packet)
+            if source is not None:
+                self._close_part(timestamp)
+                self._close_segment(timestamp)
+                self._follow(source, packet)
+            elif self._part_packets and self._source_part_ended(timestamp):
+                self._close_part(timestamp)
+                self._open_part(timestamp, packet.keyframe)
+        self._part_packets.append(packet)
+        if timestamp > self._last_ts:
+            self._last_ts = timestamp
+
+    def _begin(self, packet: Packet) -> None:
+        source = self._source_starting(packet)
+        if source is None:
+            return
+        self._follow(source, packet)
+        self._part_packets.append(packet)
+        self._last_ts = max(self._last_ts, packet.timestamp)
+
+    def _source_starting(self, packet: Packet) -> Segment | None:
+        """The source segment (after the one followed now) that starts at ``packet``, if one does."""
+        after = self.following.msn if self.following is not None else -1
+        if self._video:
+            if not packet.keyframe:
+                return None
+            pts = presentation_time(packet)
+            for source in reversed(self.leader.segments):
+                if source.msn <= after:
+                    break
+                if source.start_pts == pts and not source.gap:
+                    return source
+            return None
+        if packet.kind != AUDIO:
+            return None
+        previous, self._last_audio_ts = self._last_audio_ts, packet.timestamp
+        if previous is None:
+            return None  # where the span began is unknown: the next source segment starts the first
+        for source in reversed(self.leader.segments):
+            if source.msn <= after or source.start_ts <= previous:
+                break
+            if source.start_ts <= packet.timestamp:
+                return source
+        return None
+
+    def _source_part_ended(self, timestamp: int) -> bool:
+        """Whether the open part ends before this frame: the source's part at the same place of the
+        segment ended (past the source segment's end, about every part_seconds as a plain segmenter)."""
+        source, segment = self.following, self.segment
+        if source is None or segment is None:
+            return False
+        on_source_clock = timestamp - segment.start_ts + source.start_ts
+        parts = source.parts
+        passed = self._source_parts
+        while passed < len(parts) and parts[passed].end <= on_source_clock:
+            passed += 1
+        if passed > self._source_parts:
+            self._source_parts = passed
+            return True
+        return passed == len(parts) and source.complete and timestamp - self._part_start >= self.part_ms
+
+    def _close_segment(self, end_ts: int) -> None:
+        source, segment = self.following, self.segment
+        if source is not None and source.complete and segment is not None:
+            end_ts = segment.start_ts + round(source.duration * 1000)  # the source's EXTINF, to the letter
+        super()._close_segment(end_ts)
+
+    def _follow(self, source: Segment, packet: Packet) -> None:
+        """Open the segment that mirrors ``source`` at ``packet``, after gaps for the source segments skipped."""
+        if self.following is not None:
+            for msn in range(self.following.msn + 1, source.msn):
+                self._gap(msn)
+        self.following = source
+        self._source_parts = 0
+        self.next_msn = source.msn + 1
+        self._start_segment(
+            Segment(
+                source.msn,
+                packet.timestamp,
+                source.wall_start,
+                source.discontinuity,
+                init=self.init,
+                start_pts=presentation_time(packet),
+                discontinuity_sequence=source.discontinuity_sequence,
+            )
+        )
+
+    def _gap(self, msn: int) -> None:
+        source = self.leader.find(msn)
+        if source is None:  # gone from the source's list already: its place, its length unknown
+            source = Segment(msn, 0, time.time(), False, duration=self.segment_ms / 1000)
+        gap = Segment(
+            msn,
+            source.start_ts,
+            source.wall_start,
+            source.discontinuity,
+            duration=source.duration,
+            complete=True,
+            discontinuity_sequence=source.discontinuity_sequence,
+            gap=True,
+        )
+        if self.on_open is not None:
+            self.on_open(gap)
+        if self.on_segment is not None:
+            self.on_segment(gap)
+
+
 def _fmt_duration(seconds: float) -> str:
     return f"{seconds:.3f}"
 
@@ -296,19 +479,16 @@ def _date(ts: float) -> str:
 class LivePlaylist:
     """A stream's live HLS state in memory: recent segments and parts, the playlist, blocking reloads."""
 
-    def __init__(self, settings: HlsSettings, prefix: str) -> None:
+    def __init__(self, settings: HlsSettings, prefix: str, leader: LivePlaylist | None = None) -> None:
+        """``leader``: the source's playlist, when this is a rendition's that follows it."""
         self.settings = settings
         # Unique per packager, so that cached URLs of an earlier run of the stream never collide.
         self.prefix = prefix
+        self.leader = leader
         self.segments: list[Segment] = []
-        self.segmenter = Segmenter(
-            settings.segment_seconds,
-            settings.part_seconds,
-            self._on_part,
-            self._on_segment,
-            fmp4=settings.format == "fmp4",
-            on_open=self._on_open,
-        )
+        args = (settings.segment_seconds, settings.part_seconds, self._on_part, self._on_segment)
+        kwargs: dict[str, Any] = {"fmp4": settings.format == "fmp4", "on_open": self._on_open}
+        self.segmenter = FollowingSegmenter(leader, *args, **kwargs) if leader else Segmenter(*args, **kwargs)
         # Packets go straight to the segmenter, with no call of ours in between.
         self.feed: Callable[[Packet], None] = self.segmenter.feed
         self.last_request = time.monotonic()
@@ -318,9 +498,8 @@ class LivePlaylist:
         self._waiters: list[tuple[int, int | None, asyncio.Future[None]]] = []
         self._target = max(1, math.ceil(settings.segment_seconds))
         self._version = 0  # bumped on every change: what the rendered playlist is keyed on
-        self._rendered: tuple[int, str, str] = (-1, "", "")  # (version, query, text)
-        # EXT-X-DISCONTINUITY-SEQUENCE never goes down (RFC 8216 6.2.2): it counts the segments trimmed too.
-        self._discontinuities_dropped = 0
+        # (version, query, rendition reports, text)
+        self._rendered: tuple[int, str, tuple[RenditionReport, ...], str] = (-1, "", (), "")
 
     # ------------------------------------------------------------ input
 
@@ -360,8 +539,6 @@ class LivePlaylist:
     def _trim(self) -> None:
         keep = self.settings.window + self.settings.keep_after_window + 1
         if len(self.segments) > keep:
-            dropped = self.segments[: len(self.segments) - keep]
-            self._discontinuities_dropped += sum(segment.discontinuity for segment in dropped)
             del self.segments[: len(self.segments) - keep]
 
     # ------------------------------------------------------------ lookups
@@ -410,30 +587,58 @@ class LivePlaylist:
 
     async def wait_for_segment(self, timeout: float) -> bool:
         """Until at least one segment is complete; False on timeout or when the stream ended without one."""
-        if any(segment.complete for segment in self.segments):
-            return True
-        msn = self.segments[0].msn if self.segments else self.segmenter.next_msn
-        return await self.wait_for(msn, None, timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not any(segment.complete for segment in self.segments):
+            # A rendition's first segment number is its source's, unknown before it opens: waiting for
+            # segment 0 ends when any opens, and the next round waits for that one to complete.
+            msn = self.segments[0].msn if self.segments else self.segmenter.next_msn
+            if not await self.wait_for(msn, None, deadline - loop.time()):
+                return False
+        return True
 
     @property
     def last_msn(self) -> int:
-        return self.segments[-1].msn if self.segments else -1
+        """The newest segment's number; before a rendition's first segment, its source's (whose numbers
+        it will take: a player switching to it asks for those)."""
+        if self.segments:
+            return self.segments[-1].msn
+        return self.leader.last_msn if self.leader is not None else -1
+
+    def report(self, uri: str) -> RenditionReport | None:
+        """This playlist as another playlist's EXT-X-RENDITION-REPORT names it at ``uri``: its last
+        segment and that segment's last part (the previous segment's while the last has none yet)."""
+        for segment in reversed(self.segments):
+            if segment.parts:
+                return RenditionReport(uri, segment.msn, len(segment.parts) - 1)
+        return None
+
+    def bitrates(self) -> tuple[int, int] | None:
+        """(peak, average) bit/s of the complete segments the playlist lists, as RFC 8216 defines
+        BANDWIDTH and AVERAGE-BANDWIDTH (container overhead included); None before one is complete."""
+        listed = [s for s in self.segments if s.complete][-self.settings.window :]
+        rates = [(sum(len(p.data) for p in s.parts) * 8, s.duration) for s in listed if s.parts]
+        total = sum(seconds for _, seconds in rates)
+        if not total:
+            return None
+        return round(max(bits / seconds for bits, seconds in rates if seconds)), round(sum(b for b, _ in rates) / total)
 
     # ------------------------------------------------------------ playlist
 
-    def playlist(self, query: str = "") -> str:
+    def playlist(self, query: str = "", reports: tuple[RenditionReport, ...] = ()) -> str:
         """The playlist text, rendered once per change (every waiting client gets the same string).
 
         A non-empty ``query`` is added to every URI listed: players resolve relative URIs against the
         playlist's URL without its query, so a signed play URL's signature is carried on this way (the
-        viewers of one room share one signed query, hence one rendering)."""
-        version, rendered_query, text = self._rendered
-        if version != self._version or rendered_query != query:
-            text = self._render(f"?{query}" if query else "")
-            self._rendered = (self._version, query, text)
+        viewers of one room share one signed query, hence one rendering). ``reports``: the stream's
+        other renditions (LL-HLS EXT-X-RENDITION-REPORT), their URIs relative to this playlist."""
+        version, rendered_query, rendered_reports, text = self._rendered
+        if version != self._version or rendered_query != query or rendered_reports != reports:
+            text = self._render(f"?{query}" if query else "", reports)
+            self._rendered = (self._version, query, reports, text)
         return text
 
-    def _render(self, suffix: str) -> str:
+    def _render(self, suffix: str, reports: tuple[RenditionReport, ...]) -> str:
         s = self.settings
         listed = [seg for seg in self.segments if seg.complete or seg is self.segments[-1]]
         complete = [seg for seg in listed if seg.complete]
@@ -453,9 +658,8 @@ class LivePlaylist:
             )
             lines.append(f"#EXT-X-PART-INF:PART-TARGET={part_target:.3f}")
         lines.append(f"#EXT-X-MEDIA-SEQUENCE:{first_msn}")
-        discontinuities = self._discontinuities_dropped + sum(
-            1 for seg in self.segments if seg.discontinuity and seg.msn < first_msn
-        )
+        # Never goes down (RFC 8216 6.2.2): it counts the discontinuities of segments long trimmed too.
+        discontinuities = shown[0].discontinuity_sequence - shown[0].discontinuity if shown else 0
         if discontinuities:
             lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuities}")
         # Parts are listed for the last few segments only (the spec asks for at least the last three
@@ -477,6 +681,8 @@ class LivePlaylist:
                         attrs += ",INDEPENDENT=YES"
                     lines.append(f"#EXT-X-PART:{attrs}")
             if seg.complete:
+                if seg.gap:
+                    lines.append("#EXT-X-GAP")
                 lines.append(f"#EXTINF:{_fmt_duration(seg.duration)},")
                 lines.append(self.segment_uri(seg.msn, ext) + suffix)
         if low_latency and shown and not self.ended:
@@ -484,6 +690,11 @@ class LivePlaylist:
             next_msn, next_part = (current.msn + 1, 0) if current.complete else (current.msn, len(current.parts))
             hint = self.part_uri(next_msn, next_part, extension(current)) + suffix
             lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{hint}"')
+            for report in reports:
+                lines.append(
+                    f'#EXT-X-RENDITION-REPORT:URI="{report.uri}{suffix}",LAST-MSN={report.last_msn},'
+                    f"LAST-PART={report.last_part}"
+                )
         if self.ended:
             lines.append("#EXT-X-ENDLIST")
         return "\n".join(lines) + "\n"
@@ -501,3 +712,59 @@ class LivePlaylist:
 def extension(segment: Segment) -> str:
     """The file extension of a segment's format: ``ts``, or ``m4s`` for fMP4."""
     return "ts" if segment.init is None else "m4s"
+
+
+@dataclass(slots=True, frozen=True)
+class RenditionReport:
+    """An EXT-X-RENDITION-REPORT: where another rendition of the stream is, so that an LL-HLS player
+    switching to it asks at once for the part it needs (a blocking reload of that playlist)."""
+
+    uri: str  # relative to the playlist that carries the report
+    last_msn: int
+    last_part: int
+
+
+@dataclass(slots=True)
+class Variant:
+    """One EXT-X-STREAM-INF of a master playlist (RFC 8216 4.3.4.2)."""
+
+    uri: str
+    bandwidth: int  # peak bit/s
+    average_bandwidth: int
+    codecs: list[str]  # RFC 6381, e.g. ["avc1.64001f", "mp4a.40.2"]
+    width: int = 0  # 0: no RESOLUTION (audio only)
+    height: int = 0
+    frame_rate: float = 0.0  # 0: no FRAME-RATE
+
+
+def master_playlist(variants: list[Variant]) -> str:
+    """A master playlist listing ``variants`` in order (players take the first as the one to start with
+    unless they choose by bandwidth)."""
+    lines = ["#EXTM3U"]
+    for v in variants:
+        attrs = [f"BANDWIDTH={v.bandwidth}", f"AVERAGE-BANDWIDTH={v.average_bandwidth}"]
+        if v.codecs:
+            attrs.append(f'CODECS="{",".join(v.codecs)}"')
+        if v.width and v.height:
+            attrs.append(f"RESOLUTION={v.width}x{v.height}")
+        if v.frame_rate:
+            attrs.append(f"FRAME-RATE={v.frame_rate:.3f}")
+        lines += [f"#EXT-X-STREAM-INF:{','.join(attrs)}", v.uri]
+    return "\n".join(lines) + "\n"
+
+
+def codecs_of(video_config: bytes | None, audio_config: bytes | None) -> list[str]:
+    """The RFC 6381 codecs of a stream's sequence headers, as the CODECS attribute lists them; a codec
+    that has no codec string here (or a header that does not parse) is left out."""
+    found = []
+    if video_config is not None:
+        codec = video_info(video_config).codec
+        name = h264.codec_string(video_config) if codec == "h264" else None
+        name = hevc.codec_string(video_config) if codec == "hevc" else name
+        if name:
+            found.append(name)
+    if audio_config and audio_config[0] >> 4 == 10:  # legacy FLV AAC (SoundFormat 10), what our muxers carry
+        config = aac.AacConfig.parse(audio_config)
+        if config is not None:
+            found.append(config.codec_string)
+    return found

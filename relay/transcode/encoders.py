@@ -15,6 +15,8 @@ from fractions import Fraction
 
 import av
 
+from relay.formats import h264
+
 log = logging.getLogger("minilive.transcode")
 
 SOFTWARE = "libx264"
@@ -25,6 +27,17 @@ CHOICES = ("auto", SOFTWARE, *HARDWARE)
 
 # The encoder makes no keyframe of its own: only the forced ones, at the source's.
 _X264_NO_KEYFRAMES = "keyint=infinite:min-keyint=1:scenecut=0"
+# Reference frames of each x264 preset: with tune zerolatency (no B-frames), its decoded picture buffer.
+_X264_REFS = {
+    "ultrafast": 1,
+    "superfast": 1,
+    "veryfast": 1,
+    "faster": 2,
+    "fast": 2,
+    "medium": 3,
+    "slow": 5,
+    "slower": 8,
+}
 
 
 def encoder_options(codec: str, preset: str, tune: str, max_rate: int) -> dict[str, str]:
@@ -51,6 +64,21 @@ def encoder_options(codec: str, preset: str, tune: str, max_rate: int) -> dict[s
     vbv = f"vbv-maxrate={kbit}:vbv-bufsize={kbit}" if max_rate else ""
     params = f"{_X264_NO_KEYFRAMES}:{vbv}" if vbv else _X264_NO_KEYFRAMES
     return {"preset": preset, "tune": tune, "forced-idr": "1", "x264-params": params}
+
+
+def expected_codec(codec: str, preset: str, width: int, height: int, fps: float, max_rate: int) -> str:
+    """The RFC 6381 codec a rendition's encoder will write into its SPS, for a master playlist that
+    lists the rendition before its encoder has made a picture (its real SPS is used once it has).
+
+    libx264 makes Constrained Baseline at preset ultrafast (no CABAC, no 8x8 transform) and High at
+    the others, at the level it computes (:func:`relay.formats.h264.level_for`, with the frame rate the
+    encoder is opened with: the rung's cap). Hardware encoders are taken to make High as well."""
+    kbit = max_rate // 1000
+    refs = _X264_REFS.get(preset, 16) if codec == SOFTWARE else 1  # veryslow: 16
+    fps = round(fps)
+    if codec == SOFTWARE and preset == "ultrafast":
+        return h264.avc1(0x42, 0xC0, h264.level_for(width, height, fps, kbit, refs, high=False))
+    return h264.avc1(0x64, 0x00, h264.level_for(width, height, fps, kbit, refs))
 
 
 @functools.cache  # one probe per process: a device does not come and go while we run

@@ -7,7 +7,9 @@ own), so renditions cut into segments and parts at the same timestamps as the so
 can switch between them seamlessly. Audio passes through unchanged, the same packets for every rung.
 
 Rungs can be switched on and off while the source runs (:meth:`Ladder.select`): a rung switched on
-starts at the source's next keyframe, with the audio configuration and the audio from that time on.
+starts at the source's next keyframe, with the audio configuration and the audio from that time on,
+given out after the rung's video configuration: a sink that watches the rendition from its first
+packet (an HLS packager) then knows it has video before any audio frame comes.
 
 Blocking and single-threaded: a worker process runs a :class:`Ladder` per source (decoding and
 encoding never run on the event loop). Bad input never raises: a frame that does not decode, or that
@@ -46,6 +48,9 @@ RECENT_AUDIO = 48
 # A rung switched on waits this long (source milliseconds) for a source keyframe to start at; then it
 # starts at the next picture, made an IDR (its first segment is then not aligned with the source's).
 MAX_START_WAIT_MS = 2500
+# Audio frames held for a video rung until its encoder gives out its first picture (about 6 s of AAC:
+# an encoder silent for longer is not coming, and what comes past this is dropped, not kept without end).
+HELD_AUDIO = 256
 # PyAV's decoder for each codec the hub may carry.
 DECODERS = {"h264": "h264", "hevc": "hevc", "vp8": "vp8", "vp9": "vp9", "av1": "libdav1d"}
 # Codecs whose sequence header declares the picture size, read before a decoder is opened for it.
@@ -154,6 +159,8 @@ class RungState:
     rung: Rung
     started: bool = False
     encoder: _Encoder | None = None
+    # A video rung's audio while its encoder has not given out its configuration yet.
+    held: list[Packet] | None = None
     last_pts: int | None = None
     waiting_since: int | None = None  # the first picture it saw before it started
     frames_out: int = 0
@@ -281,7 +288,14 @@ class Ladder:
             if self.resume_after is not None and packet.timestamp <= self.resume_after:
                 return []  # the renditions have it already
             self._recent_audio.append(packet)
-        return [(name, packet) for name, state in self.states.items() if state.started]
+        out = []
+        for name, state in self.states.items():
+            if state.held is not None:
+                if len(state.held) < HELD_AUDIO:
+                    state.held.append(packet)
+            elif state.started:
+                out.append((name, packet))
+        return out
 
     def _configure(self, payload: bytes) -> None:
         codec = codecs.video_info(payload).codec
@@ -367,7 +381,7 @@ class Ladder:
                 if not keyframe and pts - state.waiting_since < MAX_START_WAIT_MS:
                     continue
                 state.started = True
-                out += self._start(name, pts)
+                state.held = self._start(pts)
             if (
                 not keyframe
                 and not starting
@@ -394,10 +408,15 @@ class Ladder:
             scaled.pict_type = PictureType.I if idr else PictureType.NONE
             made = encoder.encode(scaled)
             state.frames_out += sum(1 for p in made if not p.config)
+            if state.held is not None and made:
+                # The video configuration first, then the audio held until now, then the pictures.
+                configs = [p for p in made if p.config]
+                made = configs + state.held + [p for p in made if not p.config]
+                state.held = None
             out += [(name, p) for p in made]
         return out
 
-    def _start(self, name: str, pts: int) -> list[tuple[str, Packet]]:
+    def _start(self, pts: int) -> list[Packet]:
         """A rung's audio as it starts at picture ``pts``: the configuration, then what came from then on."""
         audio = [self.audio_config] if self.audio_config is not None else []
         # The first rung to start gets the source's audio from its beginning (which often starts before
@@ -406,4 +425,4 @@ class Ladder:
             self._began_at = pts
         first = self._began_at == pts
         audio += [p for p in self._recent_audio if first or p.timestamp >= pts]
-        return [(name, p) for p in audio]
+        return audio

@@ -23,10 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.formats import h264
 from relay.formats.packet import VIDEO, Packet
 from relay.hub import Hub, PublisherInfo, PublishSession, StreamEvent, StreamRefused, Subscription
 from relay.transcode import encoders, wire
-from relay.transcode.ladder import DECODERS, Rung
+from relay.transcode.ladder import DECODERS, Rung, scaled_width
 from relay.transcode.pool import Pool
 from relay.transcode.settings import COMPAT, TranscodeSettings
 
@@ -56,8 +57,22 @@ class Rendition:
     # What the ticker computed over the last second.
     bitrate: float = 0.0
     fps: float = 0.0
+    video_config: bytes | None = None  # its encoder's sequence header, once it has made one
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     _mark: tuple[float, int, int] = (0.0, 0, 0)
+
+
+@dataclass(slots=True)
+class VariantFacts:
+    """A rendition as an HLS master playlist lists it: its stream, picture, bitrates, codec."""
+
+    stream: str
+    width: int  # 0 and 0: audio only
+    height: int
+    video_bitrate: int  # bit/s, the rung's target
+    max_rate: int  # bit/s, the rung's VBV maximum
+    fps_cap: float
+    video_codec: str  # RFC 6381: from its sequence header, or what its encoder will write; "" for audio only
 
 
 class Job:
@@ -119,7 +134,9 @@ class Job:
             rendition.session = self.service.publish(self, rendition)
         rendition.session.send(packet.kind, packet.timestamp, packet.payload)
         rendition.bytes += len(packet.payload)
-        if packet.kind == VIDEO and not packet.config:
+        if packet.kind == VIDEO and packet.config:
+            rendition.video_config = packet.payload
+        elif packet.kind == VIDEO:
             rendition.frames += 1
             if packet.timestamp > rendition.last_ts:
                 rendition.last_ts = packet.timestamp
@@ -253,6 +270,43 @@ class Renditions:
             if rung.name == rung_name:
                 return source, rung
         return None
+
+    def variants(self, app: str, source: str) -> list[VariantFacts]:
+        """The renditions source ``app/source`` can have now (:meth:`available`), as an HLS master
+        playlist lists them. Picture size and codec are a running rendition's own; before it runs,
+        the size is the source's scaled and the codec what its encoder will write
+        (:func:`relay.transcode.encoders.expected_codec`)."""
+        video = (self.hub.stats(app, source) or {}).get("video") or {}
+        width, height = video.get("width") or 0, video.get("height") or 0
+        job = self.jobs.get(f"{app}/{source}")
+        out = []
+        for rung in self.available(app, source):
+            stream = f"{source}_{rung.name}"
+            if rung.audio_only:
+                out.append(VariantFacts(stream, 0, 0, 0, 0, rung.fps_cap, ""))
+                continue
+            rendition = job.renditions.get(rung.name) if job is not None else None
+            made = (self.hub.stats(app, stream) or {}).get("video") or {} if rendition is not None else {}
+            size = (
+                (made["width"], made["height"])
+                if made.get("width")
+                else (scaled_width(width, height, rung.height), rung.height)
+            )
+            config = rendition.video_config if rendition is not None else None
+            codec = (h264.codec_string(config) if config else None) or encoders.expected_codec(
+                self.encoder, self.settings.preset, *size, rung.fps_cap, rung.max_rate
+            )
+            out.append(VariantFacts(stream, *size, rung.video_bitrate, rung.max_rate, rung.fps_cap, codec))
+        return out
+
+    def keep_warm(self, app: str, source: str) -> None:
+        """Players may switch to the running renditions of ``app/source`` at any moment (an HLS player
+        that came through the master playlist): they are not stopped as idle meanwhile."""
+        job = self.jobs.get(f"{app}/{source}")
+        if job is not None:
+            now = time.monotonic()
+            for rendition in job.renditions.values():
+                rendition.watched = now
 
     @property
     def running(self) -> int:
