@@ -152,6 +152,7 @@ async def test_on_demand_renditions_cost_nothing_without_viewers_and_stop_when_i
         job = job_of(server, "live", "demo")
         pid = server.renditions.pool.worker_of(job.id).pid
         assert list(job.renditions) == ["360p"], "only the rendition asked for is encoded"
+        assert len(server.renditions.pool.workers) == 1, "worker processes start as jobs need them"
         task.cancel()
         deadline = time.monotonic() + 10
         while server.renditions.jobs and time.monotonic() < deadline:

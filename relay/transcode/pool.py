@@ -157,7 +157,7 @@ class Pool:
         return job_id
 
     async def start(self) -> None:
-        """Start the supervisor; the processes start with the first job."""
+        """Start the supervisor; the processes start as jobs need them."""
         self._supervisor = asyncio.create_task(self._supervise())
 
     async def stop(self) -> None:
@@ -169,22 +169,24 @@ class Pool:
             await worker.stop()
         self.workers.clear()
 
-    async def _ensure_workers(self) -> None:
+    async def open(self, job: JobClient) -> WorkerProcess:
+        """Open ``job`` on an idle worker, a new one while there are fewer than ``size``, else the one
+        with the fewest jobs. (Processes start as jobs need them: each holds about 35 MB idle.)"""
         if self._starting is None:
             self._starting = asyncio.Lock()
-        async with self._starting:
-            while len(self.workers) < self.size:
+        async with self._starting:  # two jobs opening at once must not both start a process
+            idle = [w for w in self.workers if w.alive and not w.jobs]
+            if idle:
+                worker = idle[0]
+            elif len(self.workers) < self.size:
                 worker = WorkerProcess(self, len(self.workers))
                 await worker.start()
                 self.workers.append(worker)
-
-    async def open(self, job: JobClient) -> WorkerProcess:
-        """Open ``job`` on the worker with the fewest jobs."""
-        await self._ensure_workers()
-        worker = min(self.workers, key=lambda w: (not w.alive, len(w.jobs)))
-        self.jobs[job.id] = job
-        self._where[job.id] = worker
-        worker.jobs.add(job.id)
+            else:
+                worker = min(self.workers, key=lambda w: (not w.alive, len(w.jobs)))
+            self.jobs[job.id] = job
+            self._where[job.id] = worker
+            worker.jobs.add(job.id)
         worker.send(wire.control_message(wire.OPEN, job.id, job.spec()))
         return worker
 
