@@ -47,6 +47,8 @@ INIT_TYPE = "video/mp4"
 
 # Distinct players an HLS packager remembers for its audience count; past this, new ones are not counted.
 MAX_TRACKED_CLIENTS = 100_000
+# A stream that could not be packaged (video HLS cannot carry) is answered 503 this long without trying again.
+REFUSAL_SECONDS = 5.0
 # A rendition's bitrate in a master playlist before its segments measure it: its rung's, plus audio
 # (64 kbit/s a channel, what live encoders default to for AAC) and 10 % of TS or fMP4 overhead.
 AUDIO_BITRATE_PER_CHANNEL = 64_000
@@ -177,6 +179,7 @@ class HlsPlayback:
         self.authorize_play = authorize_play
         self.renditions = renditions  # None: no transcoding, a master playlist lists the stream alone
         self.packagers: dict[str, _Packager] = {}
+        self._refused: dict[str, tuple[float, str]] = {}  # stream -> (until, why), see REFUSAL_SECONDS
         self._sweeper: asyncio.Task[None] | None = None
 
     def routes(self) -> list[web.RouteDef]:
@@ -209,6 +212,7 @@ class HlsPlayback:
     def sweep(self, now: float) -> None:
         """Forget players gone quiet; stop packaging what nobody asked for lately or what ended; keep
         the renditions of a stream running while players that came through its master playlist play."""
+        self._refused = {key: refused for key, refused in self._refused.items() if refused[0] > now}
         for key, packager in list(self.packagers.items()):
             if self.packagers.get(key) is not packager:
                 continue  # stopped in this sweep with its source
@@ -262,6 +266,11 @@ class HlsPlayback:
         packager = self.packagers.get(key)
         if packager is not None and packager.live:
             return packager
+        refused = self._refused.get(key)
+        if refused is not None:
+            if refused[0] > time.monotonic():
+                return _text(503, refused[1])
+            del self._refused[key]
         try:
             here = self.hub.demand(app, name)
         except StreamRefused as exc:
@@ -283,7 +292,11 @@ class HlsPlayback:
         packager.subscription = self.hub.add_sink(app, name, packager)
         if packager.failure:
             self._stop(packager, packager.failure)
-            return _text(503, f"stream {key} cannot be packaged as HLS: {packager.failure}")
+            reason = f"stream {key} cannot be packaged as HLS: {packager.failure}"
+            # Answered from memory for a while: a player polling the playlist must not make every
+            # request another failed packager, and another log line.
+            self._refused[key] = (time.monotonic() + REFUSAL_SECONDS, reason)
+            return _text(503, reason)
         log.info("hls packaging of %s started%s", key, f" (following {leader.name})" if leader else "")
         return packager
 

@@ -206,7 +206,7 @@ class Renditions:
         await self.pool.start()
         self._ticker = asyncio.create_task(self._tick())
         rungs = ", ".join(r.name for r in self.ladder) or "none"
-        log.info("transcode: renditions %s (%s), %d worker(s), at most %d at once, %s",
+        log.info("transcode: renditions %s (%s), up to %d worker processes, at most %d at once, %s",
                  rungs, self.settings.mode, self.pool.size, self.settings.max_transcodes, self.encoder)  # fmt: skip
 
     async def stop(self) -> None:
