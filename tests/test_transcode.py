@@ -379,3 +379,36 @@ async def test_a_rendition_plays_over_whep_and_counts_its_webrtc_viewer(make_ser
         for reader in readers:
             reader.cancel()
         await pc.close()
+
+
+async def test_a_flood_of_rendition_requests_starts_one_job_and_the_server_keeps_serving(make_server):
+    """Anyone may ask for renditions: 150 requests at once for real, upscaled, unknown and malformed
+    rendition names start one job with the two renditions asked for, answer the rest at once (404), and
+    the server goes on serving."""
+    server = await make_server(max_transcodes=2, renditions=["480p", "360p", "audio"])
+    async with live_source(server) as session:
+        base = f"http://127.0.0.1:{server.http_port}/live"
+        names = ["demo_360p", "demo_audio", "demo_480p", "demo_1080p", "demo_", "_360p", "demo_360p_360p",
+                 "demo_" + "x" * 300, "nobody_360p", "demo_%2e%2e", "demo_h264"]  # fmt: skip
+
+        async def ask(name: str) -> int:
+            try:
+                timeout = aiohttp.ClientTimeout(total=3)
+                async with session.get(f"{base}/{name}.flv", timeout=timeout) as response:
+                    if response.status == 200:
+                        await response.content.read(4096)
+                    return response.status
+            except TimeoutError:
+                return 200  # a rendition streaming
+
+        statuses = await asyncio.gather(*(ask(names[i % len(names)]) for i in range(150)))
+        by_name: dict[str, set[int]] = {}
+        for i, status in enumerate(statuses):
+            by_name.setdefault(names[i % len(names)], set()).add(status)
+        assert by_name["demo_360p"] == {200} and by_name["demo_audio"] == {200}
+        assert all(by_name[name] == {404} for name in names if name not in ("demo_360p", "demo_audio")), by_name
+        assert list(server.renditions.jobs) == ["live/demo"], "one job for the source, whatever the requests"
+        assert sorted(server.renditions.jobs["live/demo"].renditions) == ["360p", "audio"]
+        assert len(server.renditions.pool.workers) == 1
+        async with session.get(f"http://127.0.0.1:{server.http_port}/healthz") as response:
+            assert response.status == 200 and (await response.json())["streams"] == 3  # demo, 360p, audio
