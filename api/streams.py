@@ -31,7 +31,7 @@ def routes(hub: Hub, renditions: Renditions | None = None) -> list[web.RouteDef]
         return web.json_response(body)
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(text=render_metrics(hub), content_type="text/plain", charset="utf-8")
+        return web.Response(text=render_metrics(hub, renditions), content_type="text/plain", charset="utf-8")
 
     return [
         web.get("/api/v1/streams", streams),
@@ -40,7 +40,17 @@ def routes(hub: Hub, renditions: Renditions | None = None) -> list[web.RouteDef]
     ]
 
 
-def render_metrics(hub: Hub) -> str:
+# Transcoding totals in /metrics: (name, type, help).
+_TRANSCODE_METRICS = {
+    "running": ("minilive_renditions_running", "gauge", "Renditions being encoded."),
+    "jobs": ("minilive_transcode_sources", "gauge", "Sources being transcoded (each decoded once)."),
+    "refused": ("minilive_renditions_refused_total", "counter", "Rendition requests refused by max_transcodes."),
+    "worker_restarts": ("minilive_transcode_worker_restarts_total", "counter", "Worker processes restarted."),
+    "decode_errors": ("minilive_transcode_decode_errors", "gauge", "Frames that did not decode, running sources."),
+}
+
+
+def render_metrics(hub: Hub, renditions: Renditions | None = None) -> str:
     """Prometheus text exposition format."""
     totals = hub.totals()
     lines = [
@@ -71,4 +81,8 @@ def render_metrics(hub: Hub) -> str:
         "# TYPE minilive_sink_failures_total counter",
         f"minilive_sink_failures_total {totals['sink_failures']}",
     ]
+    if renditions is not None:
+        transcode = renditions.totals()
+        for key, (name, kind, about) in _TRANSCODE_METRICS.items():
+            lines += [f"# HELP {name} {about}", f"# TYPE {name} {kind}", f"{name} {transcode[key]}"]
     return "\n".join(lines) + "\n"

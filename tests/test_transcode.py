@@ -221,6 +221,9 @@ async def test_always_mode_makes_every_rung_when_the_source_is_published(make_se
             await wait_live(server, name)
         async with session.get(f"http://127.0.0.1:{server.http_port}/api/v1/streams") as response:
             streams = {s["name"]: s for s in (await response.json())["streams"]}
+        async with session.get(f"http://127.0.0.1:{server.http_port}/metrics") as response:
+            metrics = await response.text()
+    assert "minilive_renditions_running 2\n" in metrics and "minilive_transcode_sources 1\n" in metrics
     described = {r["name"]: r for r in streams["demo"]["renditions"]}
     assert set(described) == {"480p", "360p"} and all(r["running"] for r in described.values())
     assert described["480p"]["encoder"] == "libx264" and described["480p"]["width"] == 854
