@@ -20,7 +20,7 @@ def routes(hub: Hub, renditions: Renditions | None = None) -> list[web.RouteDef]
                 if renditions.is_rendition(stream):
                     stream["rendition_of"] = stream["name"].rpartition("_")[0]
                 else:
-                    stream["renditions"] = renditions.describe(stream["app"], stream["name"])
+                    stream["renditions"] = renditions.describe(stream["app"], stream["name"], stream)
         body: dict[str, object] = {"streams": listed}
         if renditions is not None:
             body["transcode"] = renditions.totals()

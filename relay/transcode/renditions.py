@@ -38,6 +38,7 @@ LATENCY_SAMPLES = 512
 # Video that live-player and every FLV/RTMP client play as it is.
 PLAYABLE_VIDEO = "h264"
 
+Stats = dict[str, Any]  # a stream's snapshot (Hub.stats)
 # Which rungs a source gets: (app, source stream) -> its rungs, or None for the server's ladder.
 LadderLookup = Callable[[str, str], list[Rung] | None]
 
@@ -220,13 +221,13 @@ class Renditions:
 
     # ------------------------------------------------------------ what exists
 
-    def rungs_for(self, app: str, source: str) -> list[Rung]:
+    def rungs_for(self, app: str, source: str, stats: Stats | None = None) -> list[Rung]:
         """The rungs source ``app/source`` may have now: its ladder, plus the H.264 one when its video
         is in another codec that can be decoded here. (Rungs at or above its height are listed;
-        :meth:`available` leaves them out.)"""
+        :meth:`available` leaves them out.) ``stats``: the source's snapshot, if the caller has it."""
         custom = self.ladder_for(app, source) if self.ladder_for is not None else None
         rungs = list(custom if custom is not None else self.ladder)
-        if self.compat_needed(app, source):
+        if self.compat_needed(app, source, stats):
             rungs.append(Rung(COMPAT, 1080, source_size=True))
         return rungs
 
@@ -235,31 +236,36 @@ class Renditions:
         ``app/source`` as it is now (its stream is ``{source}_{name}``), or None for the source itself."""
         return COMPAT if self.compat_needed(app, source) else None
 
-    def compat_needed(self, app: str, source: str) -> bool:
+    def compat_needed(self, app: str, source: str, stats: Stats | None = None) -> bool:
         """Whether source ``app/source`` gets the H.264 rendition: compat_rendition is on, and its video
         is in a codec that live-player cannot play and the ladder can decode (HEVC, AV1, VP8, VP9)."""
         if not self.settings.compat_rendition:
             return False
-        codec = ((self.hub.stats(app, source) or {}).get("video") or {}).get("codec", "")
+        if stats is None:
+            stats = self.hub.stats(app, source)
+        codec = ((stats or {}).get("video") or {}).get("codec", "")
         return codec != PLAYABLE_VIDEO and codec in DECODERS
 
-    def available(self, app: str, source: str) -> list[Rung]:
-        """The renditions that source ``app/source`` can have as it is now (none upscaled), as made."""
-        stats = self.hub.stats(app, source)
+    def available(self, app: str, source: str, stats: Stats | None = None) -> list[Rung]:
+        """The renditions that source ``app/source`` can have as it is now (none upscaled), as made.
+        ``stats``: the source's snapshot, if the caller has it (it is read once)."""
+        if stats is None:
+            stats = self.hub.stats(app, source)
         if stats is None or self.is_rendition(stats):
             return []
         video = stats.get("video") or {}
         height = video.get("height") or 0
-        rungs = self.rungs_for(app, source)
+        rungs = self.rungs_for(app, source, stats)
         out = [r.for_source(height) for r in rungs if height and r.fits(height)]
         if stats.get("audio"):
             out += [r for r in rungs if r.audio_only]
         return out
 
     @staticmethod
-    def is_rendition(stats: dict[str, Any]) -> bool:
+    def is_rendition(stats: Stats) -> bool:
+        """Whether the stream of this snapshot is a rendition (its publisher is a transcoder)."""
         publisher = stats.get("publisher")
-        return bool(stats.get("rendition_of")) or bool(publisher and publisher["protocol"] == PROTOCOL)
+        return bool(publisher and publisher["protocol"] == PROTOCOL)
 
     def source_of(self, app: str, name: str) -> tuple[str, Rung] | None:
         """(source stream, rung) when ``name`` names a rendition that source ``app/…`` can have now."""
@@ -276,11 +282,12 @@ class Renditions:
         playlist lists them. Picture size and codec are a running rendition's own; before it runs,
         the size is the source's scaled and the codec what its encoder will write
         (:func:`relay.transcode.encoders.expected_codec`)."""
-        video = (self.hub.stats(app, source) or {}).get("video") or {}
+        stats = self.hub.stats(app, source)
+        video = (stats or {}).get("video") or {}
         width, height = video.get("width") or 0, video.get("height") or 0
         job = self.jobs.get(f"{app}/{source}")
         out = []
-        for rung in self.available(app, source):
+        for rung in self.available(app, source, stats):
             stream = f"{source}_{rung.name}"
             if rung.audio_only:
                 out.append(VariantFacts(stream, 0, 0, 0, 0, rung.fps_cap, ""))
@@ -471,13 +478,13 @@ class Renditions:
                 elif now - rendition.watched > idle:
                     self.stop_rendition(job, rendition, f"no viewer for {idle:.0f} s")
 
-    def describe(self, app: str, source: str) -> list[dict[str, Any]]:
+    def describe(self, app: str, source: str, stats: Stats | None = None) -> list[dict[str, Any]]:
         """Source ``app/source``'s renditions for the API: what can be made, what runs, how well."""
         job = self.jobs.get(f"{app}/{source}")
         report = job.report if job is not None else {}
         worker = self.pool.worker_of(job.id) if job is not None else None
         out = []
-        for rung in self.available(app, source):
+        for rung in self.available(app, source, stats):
             rendition = job.renditions.get(rung.name) if job is not None else None
             entry: dict[str, Any] = {
                 "name": rung.name,
