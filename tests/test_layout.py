@@ -17,6 +17,7 @@ ALLOWED: dict[str, set[str]] = {
     "relay.hub": {"relay.hub", "relay.formats"},
     "relay.http": {"relay.http", "relay.hub", "relay.formats", "aiohttp"},
     "relay.transcode": {"relay.transcode", "relay.hub", "relay.formats"},
+    "relay.cluster": {"relay.cluster", "relay.hub", "relay.formats", "relay.http", "aiohttp"},
     "relay": {"relay"},
     "ingest": {"ingest", "relay"},
     "signaling": {"signaling", "relay", "aiohttp"},
@@ -99,6 +100,8 @@ def test_every_import_follows_the_layout() -> None:
         ("signaling.whip", "from relay.hub.stream import LiveStream"),
         ("relay.formats.hls", "from relay import hub"),
         ("api.store.sqlite", "from api.rooms import Rooms"),
+        ("relay.cluster.registry", "from api.store.redis import RedisStore"),
+        ("relay.cluster.registry", "from relay.transcode import pool"),
     ],
 )
 def test_the_check_sees_each_kind_of_wrong_arrow(module: str, source: str) -> None:
