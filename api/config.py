@@ -11,6 +11,7 @@ from typing import Any
 from api.rooms import RoomSettings
 from ingest.server import RtmpSettings
 from recorder.recorder import RecorderSettings
+from relay.cluster.settings import ClusterSettings
 from relay.formats.hls import HlsSettings
 from relay.hub import RelaySettings
 from relay.transcode.settings import SettingsError, TranscodeSettings
@@ -44,6 +45,7 @@ class Settings:
     recorder: RecorderSettings = field(default_factory=RecorderSettings)
     webrtc: WebRtcSettings = field(default_factory=WebRtcSettings)
     transcode: TranscodeSettings = field(default_factory=TranscodeSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     @property
     def public_host(self) -> str:
@@ -94,6 +96,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
         raise ConfigError(f"[hls] format must be ts or fmp4, not {settings.hls.format!r}")
     try:
         settings.transcode.validate()
-    except SettingsError as exc:
+        settings.cluster.validate()
+    except (SettingsError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     return settings

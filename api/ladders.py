@@ -69,7 +69,7 @@ class Ladders:
     def stream_event(self, event: StreamEvent) -> None:
         if event.app != self.rtmp_app or parse_stream(event.name) is None:
             return
-        if event.type == "publish":
+        if event.type == "publish" and not event.info.get("relayed"):  # a pulled stream is not transcoded here
             task = asyncio.get_running_loop().create_task(self.load(event.name))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

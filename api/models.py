@@ -283,6 +283,7 @@ class Replay(_Record):
     duration: float = 0.0
     size: int = 0
     renditions: list[str] = field(default_factory=list)  # recorded beside the source: master.m3u8
+    node: str = ""  # in a cluster, the node recording it: another finalizes it only once that node is dead
 
 
 @dataclass(slots=True, frozen=True)

@@ -22,11 +22,11 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
-from api.models import ACTIVE_STATUSES, FINAL_STATUSES, LiveStatus, Replay, Room, RoomEvent
+from api.models import ACTIVE_STATUSES, FINAL_STATUSES, LiveStatus, Replay, Room, RoomEvent, parse_stream
 from api.store.base import RoomStore
 from api.urls import Urls
 from api.views import replay_ready
@@ -34,6 +34,10 @@ from api.webhooks import Webhooks
 from recorder.finalize import Finalized
 from recorder.recorder import Recorder
 from relay.http.cors import CORS
+from relay.hub import StreamEvent
+
+if TYPE_CHECKING:
+    from relay.cluster.node import Cluster
 
 log = logging.getLogger("minilive.replays")
 
@@ -84,26 +88,58 @@ class ReplayService:
         self._tasks: list[asyncio.Task[None]] = []
         self._finishing: set[asyncio.Task[None]] = set()
         self._recovered: list[Replay] = []
+        # In a cluster: which nodes are alive. A replay left "recording" by a node that died is
+        # finalized by a node of the box that has its files, once (a registry lock).
+        self.cluster: Cluster | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     async def recover(self) -> None:
         """Finalize the replays that a crash left "recording" (before serving)."""
         for replay in await self.store.replays_in_status("recording"):
+            if self.cluster is not None:
+                await self._recover_orphan(replay)
+                continue
             if not self.recorder.exists(replay.path):
                 room = await self.store.get_room(replay.roomid)
                 if room is not None and room.live_status in ACTIVE_STATUSES:
                     continue  # being recorded by another node
                 await self._save_result(replay, None, "its files are missing")
                 continue
-            log.info("replay %s of room %d was left unfinished: finalizing it", replay.replay_id, replay.roomid)
-            try:
-                result = await self.recorder.recover(replay.path)
-            except Exception as exc:  # whatever stops finalization fails this replay, not the start
-                await self._save_result(replay, None, f"{type(exc).__name__}: {exc}")
-            else:
-                await self._save_result(replay, result, "")
-                self._recovered.append(replay)
+            await self._finalize_left(replay)
+
+    async def _finalize_left(self, replay: Replay) -> None:
+        log.info("replay %s of room %d was left unfinished: finalizing it", replay.replay_id, replay.roomid)
+        try:
+            result = await self.recorder.recover(replay.path)
+        except Exception as exc:  # whatever stops finalization fails this replay, not the start
+            await self._save_result(replay, None, f"{type(exc).__name__}: {exc}")
+        else:
+            await self._save_result(replay, result, "")
+            self._recovered.append(replay)
+
+    async def _recover_orphan(self, replay: Replay) -> None:
+        """In a cluster: finalize ``replay`` if its node is dead and its files are on this box."""
+        cluster = self.cluster
+        assert cluster is not None
+        if (
+            replay.node in cluster.alive
+            or replay.replay_id in self._recording_ids()
+            or not self.recorder.exists(replay.path)
+        ):
+            return
+        lock = f"replay/{replay.replay_id}"
+        if not await cluster.lock(lock):
+            return
+        try:
+            current = await self.store.get_replay(replay.replay_id)
+            if current is not None and current.status == "recording":
+                await self._finalize_left(current)
+        finally:
+            await cluster.unlock(lock)
+
+    def _recording_ids(self) -> set[str]:
+        return {r.replay_id for r in self.active.values()}
 
     async def start(self) -> None:
         """Announce the recovered replays, then follow the rooms and run the retention job."""
@@ -125,6 +161,20 @@ class ReplayService:
         await self.recorder.close()
 
     # ------------------------------------------------------------ recording
+
+    def stream_event(self, event: StreamEvent) -> None:
+        """Hub listener: a stream recorded here whose anchor went on at another node (it is pulled
+        from there now) is finished here; that node records the rest."""
+        if event.type != "publish" or not event.info.get("relayed") or event.app != self.rtmp_app:
+            return
+        parsed = parse_stream(event.name)
+        replay = self.active.pop(parsed[1], None) if parsed is not None else None
+        if replay is not None:
+            log.info("replay %s of room %d: the anchor went on at another node; finishing it here",
+                     replay.replay_id, replay.roomid)  # fmt: skip
+            task = asyncio.create_task(self._finish(replay))
+            self._finishing.add(task)
+            task.add_done_callback(self._finishing.discard)
 
     def _on_room_event(self, event: RoomEvent) -> None:
         if event.type == "status":
@@ -152,6 +202,14 @@ class ReplayService:
             wanted = {r.roomid for r in live if r.close_replay == 0}
             for roomid in wanted ^ self.active.keys():
                 self._checks.put_nowait(roomid)
+            if self.cluster is not None:  # a worker killed while the others go on
+                try:
+                    await self.recover()
+                    for replay in self._recovered:
+                        await self._announce(replay)
+                    self._recovered.clear()
+                except Exception:
+                    log.exception("recovering the replays of a dead node failed")
 
     async def sync(self, roomid: int) -> None:
         """Start or finish the room's recording as its status and replay switch say."""
@@ -183,6 +241,7 @@ class ReplayService:
             created_at=now,
             expire_at=now + days * DAY,
             path=f"{room.appid}/{room.roomid}/{replay_id}",
+            node=self.cluster.node if self.cluster is not None else "",
         )
         await self.store.put_replay(replay)
         kept = self.renditions.keep(stream_app, room.stream_name) if self.renditions is not None else []

@@ -71,11 +71,14 @@ class RoomStatus:
         self.clock = clock
         # Called with each status change this node made (webhooks are sent once, by that node).
         self.on_change: list[Callable[[RoomEvent], Awaitable[None]]] = []
+        # In a cluster: whether a live node originates a stream (None: cannot say now). A live room whose
+        # stream no node holds lost its node (killed, or cut off): it waits for its anchor (106).
+        self.held: Callable[[str], Awaitable[bool | None]] | None = None
         self._stream_events: asyncio.Queue[StreamEvent] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        if not self.store.shared:
+        if not self.store.shared and self.held is None:
             # After a crash, rooms that were live have no publisher: they wait for the anchor (106)
             # like any other interruption, and the usual grace applies.
             for room in await self.store.rooms_in_status(legal_from(Event.SERVER_RESTARTED)):
@@ -142,8 +145,9 @@ class RoomStatus:
     # ------------------------------------------------------------ the anchor's stream
 
     def stream_event(self, event: StreamEvent) -> None:
-        """Hub listener: queue the event so that a room's events are handled in order."""
-        if event.app == self.settings.rtmp_app and parse_stream(event.name):
+        """Hub listener: queue the event so that a room's events are handled in order. A stream pulled
+        from its origin node (``relayed``) is the origin's to report."""
+        if event.app == self.settings.rtmp_app and parse_stream(event.name) and not event.info.get("relayed"):
             self._stream_events.put_nowait(event)
 
     async def _consume_stream_events(self) -> None:
@@ -182,7 +186,8 @@ class RoomStatus:
     # ------------------------------------------------------------ timers
 
     async def sweep(self) -> None:
-        """Time-driven changes: expiry (107), the end of the 106 grace and of the max duration (103)."""
+        """Time-driven changes: expiry (107), the end of the 106 grace and of the max duration (103), and
+        in a cluster a live room whose stream no live node originates (106)."""
         now = self.clock()
         s = self.settings
         for room in await self.store.rooms_in_status(legal_from(Event.END_TIME_PASSED)):
@@ -196,6 +201,10 @@ class RoomStatus:
                 and now - room.interrupted_at >= s.interrupt_grace_seconds
             ):
                 await self.apply(room, Event.INTERRUPTION_TIMED_OUT, f"{s.interrupt_grace_seconds / 60:g} min")
+        if self.held is not None:
+            for room in await self.store.rooms_in_status([LiveStatus.LIVE]):
+                if await self.held(room.stream_name) is False:
+                    await self.apply(room, Event.PUBLISHER_GONE, "its node stopped")
 
     async def _sweeper(self) -> None:
         while True:

@@ -10,7 +10,7 @@ import signal
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from api import keys, rest, streams, wechat
+from api import cluster, keys, rest, streams, wechat
 from api.access import AccessPolicy
 from api.apps import Apps
 from api.audience import Audience
@@ -67,6 +67,29 @@ async def cors_preflight(request: web.Request, handler):  # type: ignore[no-unty
         return web.json_response(body, status=exc.status, headers=CORS)
 
 
+WECHAT_PREFIXES = ("/cgi-bin/", "/wxa/", "/wxaapi/")
+
+
+def store_unavailable(store_errors: tuple[type[Exception], ...]):  # type: ignore[no-untyped-def]
+    """Answers a request that found the store unreachable (Redis down) with the reason, in the shape
+    its API uses: WeChat's errcode -1 ("system error"), or the REST API's 503."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        try:
+            return await handler(request)
+        except store_errors as exc:
+            message = (
+                f"the store is unreachable ({type(exc).__name__}: {exc}); live streams keep flowing, try again shortly"
+            )
+            log.warning("%s %s: %s", request.method, request.path, message)
+            if request.path.startswith(WECHAT_PREFIXES):
+                return web.json_response({"errcode": -1, "errmsg": f"system error: {message}"})
+            return web.json_response({"error": {"code": 503, "message": message}}, status=503, headers=CORS)
+
+    return middleware
+
+
 class HubControl:
     """What room status changes may do to streams on this node."""
 
@@ -85,7 +108,7 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.hub = Hub(settings.relay)
-        self.store = open_store(settings.data_dir, settings.redis)
+        self.store = open_store(settings.data_dir, settings.redis, shared_events=cluster.worker()[1] > 1)
         self.apps = Apps(self.store, settings.rooms)
         self.rooms = Rooms(self.store, settings.rooms)
         transcode = settings.transcode
@@ -115,14 +138,21 @@ class Server:
         self.status = StatusRoutes(self.store, self.audience)
         self.policy = AccessPolicy(settings.allow_anonymous_publish, self.store, settings.rooms, self.room_status)
         self.media = MediaLibrary(self.store, settings.data_dir, settings.rooms.media_ttl_seconds)
-        self.rtmp = RtmpServer(
-            self.hub, self.policy.publish, self.policy.play, settings.rtmp, settings.play_wait_seconds
-        )
-        self.flv = FlvPlayback(self.hub, self.policy.play, settings.play_wait_seconds, settings.http_flv_chunked)
         self.hls = HlsPlayback(self.hub, settings.hls, self.policy.play, self.renditions)
+        # One of several nodes (workers, or boxes behind Redis): a publish claims its stream in the
+        # registry, and viewers here of a stream published elsewhere are served by a pull.
+        self.cluster = (
+            cluster.ClusterPart(settings, self.hub, self.hls, self.policy.play) if cluster.enabled(settings) else None
+        )
+        publish = self.cluster.cluster.gate(self.policy.publish) if self.cluster else self.policy.publish
+        if self.cluster is not None:
+            self.room_status.held = self._held
+            self.replays.cluster = self.cluster.cluster
+        self.rtmp = RtmpServer(self.hub, publish, self.policy.play, settings.rtmp, settings.play_wait_seconds)
+        self.flv = FlvPlayback(self.hub, self.policy.play, settings.play_wait_seconds, settings.http_flv_chunked)
         self.webrtc = WebRtc(
             self.hub,
-            self.policy.publish,
+            publish,
             self.policy.play,
             settings.webrtc,
             settings.rooms.rtmp_app,
@@ -137,14 +167,27 @@ class Server:
 
     def audience(self, stream: str) -> Audience:
         """The audience of a room's stream on this node, every protocol (HLS players and WHEP sessions too)."""
-        by_protocol = self.hub.audience(self.settings.rooms.rtmp_app, stream)
+        app = self.settings.rooms.rtmp_app
+        by_protocol = self.hub.audience(app, stream)
+        by_protocol.pop("relay", None)  # other nodes' pulls: their viewers are counted there
+        if self.cluster is not None:
+            for protocol, count in self.cluster.cluster.audience_elsewhere(app, stream).items():
+                by_protocol[protocol] = by_protocol.get(protocol, 0) + count
         return {"total": sum(by_protocol.values()), "by_protocol": by_protocol}
 
+    async def _held(self, stream: str) -> bool | None:
+        """Whether a live node originates a room's stream (None: the registry cannot say now)."""
+        assert self.cluster is not None
+        return await self.cluster.cluster.held_anywhere(self.settings.rooms.rtmp_app, stream)
+
     def build_app(self) -> web.Application:
-        app = web.Application(middlewares=[cors_preflight], client_max_size=4 * 1024 * 1024)
+        middlewares = [cors_preflight]
+        if self.store.unavailable:
+            middlewares.append(store_unavailable(self.store.unavailable))
+        app = web.Application(middlewares=middlewares, client_max_size=4 * 1024 * 1024)
         # HLS first: relay.http.fast claims these paths ahead of every other route, and so does aiohttp.
-        app.add_routes(self.hls.routes())
-        app.add_routes(streams.routes(self.hub, self.renditions))
+        app.add_routes((self.cluster.gateway if self.cluster else self.hls).routes())
+        app.add_routes(streams.routes(self.hub, self.renditions, self.cluster))
         app.add_routes(self.flv.routes())
         app[keys.APPS], app[keys.ROOMS], app[keys.ROOM_STATUS] = self.apps, self.rooms, self.room_status
         app[keys.URLS], app[keys.MEDIA], app[keys.AUDIENCE] = self.urls, self.media, self.audience
@@ -162,6 +205,8 @@ class Server:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.open()
+        if self.cluster is not None:
+            await self.cluster.start()  # before recovery: it must know which nodes are alive
         await self.replays.recover()
         await self.hub.start()
         if self.renditions is not None:
@@ -171,7 +216,12 @@ class Server:
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         site = self.http_site = FastPathListener(
-            self._runner, s.host, s.http_port, self.hls.fast_routes(), backlog=1024, reuse_address=True
+            self._runner,
+            s.host,
+            s.http_port,
+            (self.cluster.gateway if self.cluster else self.hls).fast_routes(),
+            backlog=1024,
+            reuse_address=True,
         )
         await site.start()
         self.http_port = site.addresses[0][1]
@@ -181,6 +231,7 @@ class Server:
         self.urls.rtmp_base, self.urls.http_base = rtmp_base, http_base
         self.hub.add_listener(self.room_status.stream_event)
         self.hub.add_listener(self.ladders.stream_event)
+        self.hub.add_listener(self.replays.stream_event)
         await self.room_status.start()
         await self.replays.start()
         log.info(
@@ -206,6 +257,8 @@ class Server:
             return
         self._stopped = True
         log.info("shutting down")
+        if self.cluster is not None:
+            self.cluster.cluster.stopping()
         await self.rtmp.close()
         await self.webrtc.close()
         if self.renditions is not None:
@@ -215,6 +268,8 @@ class Server:
         await self.replays.stop()
         await self.webhooks.close()
         await self.status.close()
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self.http_site is not None:
             await self.http_site.stop()
         if self._runner is not None:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from relay.hub import Hub
 from relay.transcode.renditions import Renditions
 
+if TYPE_CHECKING:
+    from api.cluster import ClusterPart
+
 START = time.time()
 
 
-def routes(hub: Hub, renditions: Renditions | None = None) -> list[web.RouteDef]:
+def routes(hub: Hub, renditions: Renditions | None = None, cluster: ClusterPart | None = None) -> list[web.RouteDef]:
     async def streams(request: web.Request) -> web.Response:
         listed = hub.all_stats()
         if renditions is not None:
@@ -24,6 +28,8 @@ def routes(hub: Hub, renditions: Renditions | None = None) -> list[web.RouteDef]
         body: dict[str, object] = {"streams": listed}
         if renditions is not None:
             body["transcode"] = renditions.totals()
+        if cluster is not None:
+            body["cluster"] = cluster.describe()
         return web.json_response(body)
 
     async def healthz(request: web.Request) -> web.Response:
@@ -31,7 +37,8 @@ def routes(hub: Hub, renditions: Renditions | None = None) -> list[web.RouteDef]
         return web.json_response(body)
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(text=render_metrics(hub, renditions), content_type="text/plain", charset="utf-8")
+        text = render_metrics(hub, renditions, cluster.describe() if cluster is not None else None)
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     return [
         web.get("/api/v1/streams", streams),
@@ -50,7 +57,30 @@ _TRANSCODE_METRICS = {
 }
 
 
-def render_metrics(hub: Hub, renditions: Renditions | None = None) -> str:
+# The cluster in /metrics: (name, type, help).
+_CLUSTER_METRICS = {
+    "nodes_alive": ("minilive_cluster_nodes", "gauge", "Nodes alive in the registry (this one included)."),
+    "registry_ok": ("minilive_cluster_registry_up", "gauge", "1 when the last heartbeat reached the registry."),
+    "pulls_running": ("minilive_cluster_pulls", "gauge", "Streams pulled from their origin for viewers here."),
+    "pulls_started": ("minilive_cluster_pulls_started_total", "counter", "Pulls started."),
+    "streams_lost_to_other_nodes": (
+        "minilive_cluster_streams_moved_total",
+        "counter",
+        "Streams whose anchor went on at another node.",
+    ),
+    "registry_errors": ("minilive_cluster_registry_errors_total", "counter", "Registry calls that failed."),
+    "publishes_refused": ("minilive_cluster_publishes_refused_total", "counter", "Publishes the registry refused."),
+    "credentials_refused": (
+        "minilive_cluster_credentials_refused_total",
+        "counter",
+        "Cluster listener requests without a valid credential.",
+    ),
+    "hls_proxied": ("minilive_cluster_hls_proxied_total", "counter", "HLS requests proxied to their origin."),
+    "hls_cache_hits": ("minilive_cluster_hls_cache_hits_total", "counter", "HLS media answered from the edge cache."),
+}
+
+
+def render_metrics(hub: Hub, renditions: Renditions | None = None, cluster: dict[str, Any] | None = None) -> str:
     """Prometheus text exposition format."""
     totals = hub.totals()
     lines = [
@@ -85,4 +115,7 @@ def render_metrics(hub: Hub, renditions: Renditions | None = None) -> str:
         transcode = renditions.totals()
         for key, (name, kind, about) in _TRANSCODE_METRICS.items():
             lines += [f"# HELP {name} {about}", f"# TYPE {name} {kind}", f"{name} {transcode[key]}"]
+    if cluster is not None:
+        for key, (name, kind, about) in _CLUSTER_METRICS.items():
+            lines += [f"# HELP {name} {about}", f"# TYPE {name} {kind}", f"{name} {int(cluster[key])}"]
     return "\n".join(lines) + "\n"

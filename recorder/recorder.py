@@ -56,7 +56,10 @@ class Recorder:
         return self.root.joinpath(*parts)
 
     def can_record(self, app: str, name: str) -> bool:
-        return self.hub.has(app, name) and (app, name) not in self._streams
+        """Whether stream ``app/name`` is here, originated here (not pulled from another node, whose
+        recording it is) and not recorded yet."""
+        stats = self.hub.stats(app, name)
+        return stats is not None and not stats["relayed"] and (app, name) not in self._streams
 
     def start(self, app: str, name: str, replay_id: str, folder: str, renditions: Sequence[str] = ()) -> bool:
         """Record stream ``app/name`` into ``folder``, and its ``renditions`` (``name_480p``...) each
@@ -80,11 +83,17 @@ class Recorder:
         return True
 
     def _stream_event(self, event: StreamEvent) -> None:
-        # The anchor came back on a new stream (the old one ended during the room's grace).
         if event.type != "publish":
             return
         recording = self._streams.get((event.app, event.name))
-        if recording is not None:
+        if recording is None:
+            return
+        if event.info.get("relayed"):
+            # The anchor went on at another node, which records it now: not a packet of the pull
+            # goes into this recording (the replay service finishes it).
+            recording.detach()
+        else:
+            # The anchor came back on a new stream (the old one ended during the room's grace).
             recording.attach(self.hub, event.app, event.name)
 
     async def finish(self, replay_id: str) -> Finalized:

@@ -225,11 +225,13 @@ def _scripted_room(flat: list[str]) -> Room | None:
 
 class RedisStore(RoomStore):
     shared = True
+    unavailable = (exceptions.ConnectionError, exceptions.TimeoutError)
 
     def __init__(self, url: str, *, prefix: str = "minilive:") -> None:
         self.url = url
         self.prefix = prefix
-        self._redis = aioredis.from_url(url, decode_responses=True)
+        # Short timeouts: with Redis gone, an API call fails in seconds (503 with the reason) rather than hangs.
+        self._redis = aioredis.from_url(url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5)
         self._channel = self._key("events")
         self._pubsub: aioredis.client.PubSub | None = None
         self._listener: asyncio.Task[None] | None = None

@@ -4,7 +4,9 @@ Every database call runs on a single worker thread, so the event loop (which car
 video fan-out) never waits on the disk, and the calls of one store are serialized. Operations that
 read, decide and write (``create_room``, ``transition``, ``incr_counter``, ``claim_live_slot``)
 run in ``BEGIN IMMEDIATE`` transactions, so they stay atomic when several processes share the file.
-Events are single-node: they reach this store object's subscribers only.
+Events reach this store object's subscribers only; with ``shared_events`` (the workers of one box,
+``--workers N``), they go through a table that every process sharing the file polls, so they reach
+the subscribers of every process, in order.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,6 +27,7 @@ from api.models import App, Media, Replay, Room, RoomEvent, Token
 from api.store.base import DELIVERIES_KEPT, RoomStore, check_room_changes
 
 T = TypeVar("T")
+log = logging.getLogger("minilive.store")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS apps (
@@ -81,6 +85,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deliveries_app ON deliveries (appid, id);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    data TEXT NOT NULL
+);
 """
 
 
@@ -88,12 +97,20 @@ def _dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
+# Shared events: how often each process looks for new ones, and how long they are kept.
+EVENT_POLL_SECONDS = 0.1
+EVENTS_KEPT_SECONDS = 300.0
+
+
 class SqliteStore(RoomStore):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, shared_events: bool = False) -> None:
         self.path = path
+        self.shared_events = shared_events
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         self._subscribers: list[Callable[[RoomEvent], None]] = []
+        self._poller: asyncio.Task[None] | None = None
+        self._last_event = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -101,10 +118,18 @@ class SqliteStore(RoomStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilive-sqlite")
         await self._run(self._connect)
+        if self.shared_events:
+            self._last_event = (await self._run(self._rows, "SELECT COALESCE(MAX(id), 0) FROM events"))[0][0]
+            self._poller = asyncio.create_task(self._poll_events())
 
     async def close(self) -> None:
         if self._executor is None:
             return
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
         await self._run(self._disconnect)
         self._executor.shutdown()
         self._executor = None
@@ -380,10 +405,42 @@ class SqliteStore(RoomStore):
     # ------------------------------------------------------------ events
 
     async def publish_event(self, event: RoomEvent) -> None:
+        if self.shared_events:
+            data = _dumps(event.to_dict())
+            await self._run(self._execute, "INSERT INTO events (at, data) VALUES (?, ?)", (time.time(), data))
+            return
         # call_soon keeps publication order and never runs a subscriber inside the publisher's call.
         loop = asyncio.get_running_loop()
         for callback in self._subscribers:
             loop.call_soon(callback, event)
+
+    async def _poll_events(self) -> None:
+        trimmed = time.monotonic()
+        while True:
+            await asyncio.sleep(EVENT_POLL_SECONDS)
+            try:
+                rows = await self._run(
+                    self._rows, "SELECT id, data FROM events WHERE id > ? ORDER BY id LIMIT 1000", (self._last_event,)
+                )
+                if time.monotonic() - trimmed > 60:
+                    trimmed = time.monotonic()
+                    cutoff = time.time() - EVENTS_KEPT_SECONDS
+                    await self._run(self._execute, "DELETE FROM events WHERE at < ?", (cutoff,))
+            except sqlite3.Error as exc:
+                log.warning("reading shared room events failed: %s", exc)
+                continue
+            for event_id, data in rows:
+                self._last_event = event_id
+                try:
+                    event = RoomEvent.from_dict(json.loads(data))
+                except (ValueError, TypeError):
+                    log.warning("ignoring a malformed room event: %.200s", data)
+                    continue
+                for callback in list(self._subscribers):
+                    try:
+                        callback(event)
+                    except Exception:
+                        log.exception("room event subscriber failed")
 
     def subscribe(self, callback: Callable[[RoomEvent], None]) -> None:
         self._subscribers.append(callback)

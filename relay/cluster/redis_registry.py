@@ -278,3 +278,10 @@ class RedisRegistry:
         keys = [self._key("node", node), self._nodes_key, self._key("held", node)]
         with self._reaching():
             await self._forget_node(keys=keys, args=[node])
+
+    async def shared_secret(self, proposed: str) -> str:
+        key = self._key("secret")
+        with self._reaching():
+            await self._redis.set(key, proposed, nx=True)
+            value = await self._redis.get(key)
+        return value.decode() if isinstance(value, bytes) else str(value)

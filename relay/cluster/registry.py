@@ -80,3 +80,8 @@ class Registry(Protocol):
     async def forget_node(self, node: str) -> None:
         """``node`` is known dead (its supervisor saw it exit): drop it and its entries now."""
         ...
+
+    async def shared_secret(self, proposed: str) -> str:
+        """The cluster's node credential: the first node's ``proposed`` one, kept for every node after
+        (whoever can write the registry is a node already)."""
+        ...

@@ -42,6 +42,10 @@ CREATE TABLE IF NOT EXISTS nodes (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS nodes_expires_at ON nodes (expires_at);
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 # How long a call waits for another process's write lock before it fails: a heartbeat that waited
@@ -194,6 +198,14 @@ class SqliteRegistry:
         with self._write() as db:
             db.execute("DELETE FROM streams WHERE node = ?", (node,))
             db.execute("DELETE FROM nodes WHERE node = ?", (node,))
+
+    async def shared_secret(self, proposed: str) -> str:
+        return await self._run(self._shared_secret, proposed)
+
+    def _shared_secret(self, proposed: str) -> str:
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES ('node', ?)", (proposed,))
+            return db.execute("SELECT value FROM secrets WHERE name = 'node'").fetchone()[0]
 
     # ------------------------------------------------------------ helpers
 

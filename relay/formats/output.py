@@ -45,6 +45,12 @@ class ChunkedFlvFormat(FlvFormat):
         return b"%x\r\n%b\r\n" % (len(data), data)
 
 
+class RelayFlvFormat(FlvFormat):
+    """Close-delimited FLV to another node of the cluster, which pulls the stream (counted apart from viewers)."""
+
+    name = "relay"
+
+
 class WebSocketFlvFormat(FlvFormat):
     """FLV in WebSocket binary messages (server frames are unmasked): one message per batch."""
 
@@ -96,5 +102,6 @@ class RtmpFormat:
 
 FLV = FlvFormat()
 CHUNKED_FLV = ChunkedFlvFormat()
+RELAY_FLV = RelayFlvFormat()
 WS_FLV = WebSocketFlvFormat()
 RTMP = RtmpFormat()

@@ -27,7 +27,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
 
@@ -61,10 +61,12 @@ class Reply:
 
 @dataclass(slots=True, frozen=True)
 class Client:
-    """Who asks: the peer's address and its User-Agent (together, how HLS players are told apart)."""
+    """Who asks: the peer's address and its User-Agent (together, how HLS players are told apart).
+    ``trusted``: the request came from another node of the cluster, which authorized its player."""
 
     remote: str
     agent: str = ""
+    trusted: bool = field(default=False, compare=False)
 
 
 # A route: a pattern for the path, and the handler, called with the pattern's named groups, the raw
@@ -161,12 +163,18 @@ def response_head(reply: Reply, keep_alive: bool, http10: bool = False) -> bytes
     )
 
 
-def aiohttp_handler(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """``handler`` as an aiohttp handler, for the connections that aiohttp serves: the same answers."""
+def request_client(request: web.Request) -> Client:
+    return Client(request.remote or "", request.headers.get("User-Agent", ""))
+
+
+def aiohttp_handler(
+    handler: Handler, client_of: Callable[[web.Request], Client] = request_client
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``handler`` as an aiohttp handler, for the connections that aiohttp serves: the same answers.
+    ``client_of`` tells who asks."""
 
     async def handle(request: web.Request) -> web.Response:
-        client = Client(request.remote or "", request.headers.get("User-Agent", ""))
-        reply = await handler(request.match_info, request.rel_url.raw_query_string, client)
+        reply = await handler(request.match_info, request.rel_url.raw_query_string, client_of(request))
         headers = {**CORS, "Content-Type": reply.content_type}
         if reply.cache_control:
             headers["Cache-Control"] = reply.cache_control

@@ -13,7 +13,7 @@ import time
 
 from aiohttp import WSMsgType, web
 
-from relay.formats.output import CHUNKED_FLV, FLV, WS_FLV, OutputFormat
+from relay.formats.output import CHUNKED_FLV, FLV, RELAY_FLV, WS_FLV, OutputFormat
 from relay.http.cors import CORS
 from relay.http.raw import CloseDelimitedResponse, take_transport
 from relay.hub import AccessRequest, Authorizer, Hub, StreamRefused, Viewer, allow_all, decide
@@ -28,11 +28,14 @@ class FlvPlayback:
         authorize_play: Authorizer = allow_all,
         play_wait_seconds: float = 0.0,
         chunked: bool = True,
+        relay: bool = False,
     ) -> None:
         self.hub = hub
         self.authorize_play = authorize_play
         self.play_wait_seconds = play_wait_seconds
-        self.chunked = chunked
+        self.chunked = chunked and not relay
+        # Serving other nodes' pulls (relay.cluster.listener): close-delimited, counted as "relay".
+        self.relay = relay
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get(r"/{app}/{name:[^/]+}.flv", self.handle)]
@@ -67,7 +70,7 @@ class FlvPlayback:
         else:
             response = CloseDelimitedResponse(headers=headers)
             response.force_close()
-            fmt = FLV
+            fmt = RELAY_FLV if self.relay else FLV
         transport = await take_transport(request, response)
         if transport is None:
             return response

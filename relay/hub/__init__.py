@@ -4,7 +4,7 @@ Outside relay.hub, use only the names below; nothing else in it is an interface.
 """
 
 from relay.hub.access import AccessRequest, Authorizer, Decision, allow_all, decide
-from relay.hub.hub import Hub, Provider, StreamBusy, StreamEvent, StreamRefused
+from relay.hub.hub import Hub, Provider, RemoteProvider, StreamBusy, StreamEvent, StreamRefused
 from relay.hub.publisher import PublisherInfo, PublishSession
 from relay.hub.settings import RelaySettings
 from relay.hub.sink import Sink
@@ -20,6 +20,7 @@ __all__ = [
     "PublishSession",
     "PublisherInfo",
     "RelaySettings",
+    "RemoteProvider",
     "Sink",
     "StreamBusy",
     "StreamEvent",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,11 +38,16 @@ class StreamRefused(Exception):
 # Makes a stream that is not here on demand (a rendition of a live stream): (app, name) -> whether it
 # did (the stream is then here, perhaps before its first packet). Raises StreamRefused.
 Provider = Callable[[str, str], bool]
+# Brings a stream that is not here from elsewhere (relay.cluster pulls it from its origin node):
+# (app, name) -> whether it did. Asked by wait_for after every Provider said no.
+RemoteProvider = Callable[[str, str], Awaitable[bool]]
 
 
 @dataclass(slots=True, frozen=True)
 class StreamEvent:
     type: str  # "publish", "unpublish" (publisher gone, grace running) or "end"
+    # info["relayed"]: the stream is (was) pulled from the node that originates it: the origin's
+    # events are the ones that count for its room, its recording and its webhooks.
     app: str
     name: str
     info: dict[str, Any] = field(default_factory=dict)
@@ -57,6 +62,7 @@ class Hub:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._listeners: list[Callable[[StreamEvent], None]] = []
         self._providers: list[Provider] = []
+        self._remotes: list[RemoteProvider] = []
         self._ticker: asyncio.Task[None] | None = None
         self._ended_totals = dict.fromkeys(_TOTALS, 0)
 
@@ -99,6 +105,10 @@ class Hub:
         """``provider`` is asked for a stream that a viewer wants and that is not here."""
         self._providers.append(provider)
 
+    def add_remote(self, provider: RemoteProvider) -> None:
+        """``provider`` is asked (by :meth:`wait_for`) for a stream that no Provider could make here."""
+        self._remotes.append(provider)
+
     # ------------------------------------------------------------ lookup
 
     def has(self, app: str, name: str) -> bool:
@@ -121,7 +131,12 @@ class Hub:
         """Whether stream ``app/name`` is here for a viewer (see :meth:`demand`), waiting up to
         ``timeout`` seconds for a publisher."""
         key = f"{app}/{name}"
-        if self.demand(app, name) or timeout <= 0:
+        if self.demand(app, name):
+            return True
+        for remote in self._remotes:
+            if await remote(app, name) and key in self._streams:
+                return True
+        if timeout <= 0 or key in self._streams:
             return key in self._streams
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._waiters.setdefault(key, [])
@@ -198,7 +213,7 @@ class Hub:
         key = f"{app}/{name}"
         current = self._sessions.get(key)
         if current is not None:
-            if not self.settings.publisher_takeover:
+            if not self.settings.publisher_takeover and not info.relayed:
                 raise StreamBusy(f"stream {key} is already being published from {current.info.remote}")
             log.info("stream %s: publisher %s takes over from %s", key, info.remote, current.info.remote)
             current.kick("another publisher took over the stream")
@@ -211,11 +226,19 @@ class Hub:
         session = PublishSession(self, stream, info, on_kick)
         self._sessions[key] = session
         stream.publisher = info
+        stream.relayed = info.relayed
         stream.publisher_started()
         for future in self._waiters.pop(key, []):
             if not future.done():
                 future.set_result(None)
-        self._emit(StreamEvent("publish", app, name, {"publisher": info, "republish": stream.publish_count > 1}))
+        self._emit(
+            StreamEvent(
+                "publish",
+                app,
+                name,
+                {"publisher": info, "republish": stream.publish_count > 1, "relayed": info.relayed},
+            )
+        )
         return session
 
     def _unpublished(self, session: PublishSession, stream: LiveStream, reason: str) -> None:
@@ -225,7 +248,7 @@ class Hub:
         del self._sessions[key]
         stream.publisher = None
         stream.flush()
-        self._emit(StreamEvent("unpublish", stream.app, stream.name, {"reason": reason}))
+        self._emit(StreamEvent("unpublish", stream.app, stream.name, {"reason": reason, "relayed": stream.relayed}))
         grace = self.settings.grace_seconds
         if grace <= 0 or reason == "end":
             self._end(stream, "publisher ended the stream")
@@ -275,4 +298,5 @@ class Hub:
             stream.bytes_in / 1e6,
             stream.bytes_out / 1e6,
         )
-        self._emit(StreamEvent("end", stream.app, stream.name, {"reason": reason, "stream": stats}))
+        info = {"reason": reason, "stream": stats, "relayed": stream.relayed}
+        self._emit(StreamEvent("end", stream.app, stream.name, info))

@@ -23,6 +23,10 @@ class PublisherInfo:
     # A stream the server makes from another (a rendition): its timestamps are on the source's
     # timeline already and are kept as they are, so that it lines up with the source.
     derived: bool = False
+    # A pull of a stream that another node originates (relay.cluster): the stream goes on here for
+    # this node's viewers, but its anchor, room status and recording belong to the origin. Stream
+    # events say so (``relayed``), and a relayed publisher always takes over.
+    relayed: bool = False
 
 
 class PublishSession:

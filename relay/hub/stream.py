@@ -42,6 +42,7 @@ class LiveStream:
         self.created_at = time.time()
         self.publisher: PublisherInfo | None = None  # the connected publisher, if any
         self.publish_count = 0
+        self.relayed = False  # its publisher (the last one, while none is connected) pulls it from its origin
         self.ended = False
         # headers and cache
         self.metadata: Packet | None = None
@@ -328,6 +329,7 @@ class LiveStream:
             "app": self.app,
             "name": self.name,
             "live": publisher is not None,
+            "relayed": self.relayed,
             "publisher": None
             if publisher is None
             else {

@@ -251,8 +251,8 @@ class Renditions:
         ``stats``: the source's snapshot, if the caller has it (it is read once)."""
         if stats is None:
             stats = self.hub.stats(app, source)
-        if stats is None or self.is_rendition(stats):
-            return []
+        if stats is None or self.is_rendition(stats) or stats["relayed"]:
+            return []  # a pulled stream's renditions are its origin's
         video = stats.get("video") or {}
         height = video.get("height") or 0
         rungs = self.rungs_for(app, source, stats)
@@ -415,7 +415,12 @@ class Renditions:
         if event.type != "publish" or self.settings.mode != "always":
             return
         publisher = event.info.get("publisher")
-        if publisher is None or publisher.protocol == PROTOCOL or f"{event.app}/{event.name}" in self.jobs:
+        if (
+            publisher is None
+            or publisher.protocol == PROTOCOL
+            or publisher.relayed
+            or f"{event.app}/{event.name}" in self.jobs
+        ):
             return
         for rung in self.rungs_for(event.app, event.name):
             if not rung.audio_only and self.running >= self.settings.max_transcodes:

@@ -1,0 +1,160 @@
+"""Origin and edges on one real redis-server: a stream published to one node plays from every other
+one, over RTMP, HTTP-FLV and HLS, pulled once from its origin with a node credential."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from relay.cluster import credential
+from tests.conftest import (
+    flv_url,
+    make_room,
+    needs_ffmpeg,
+    probe_streams,
+    publish,
+    rtmp_url,
+    wait_live,
+)
+
+pytestmark = needs_ffmpeg
+
+
+@pytest.fixture
+async def cluster_url(redis_url):
+    """A Redis database of its own for each test."""
+    url = redis_url.rsplit("/", 1)[0] + "/5"
+    admin = aioredis.from_url(url)
+    await admin.flushdb()
+    await admin.aclose()
+    return url
+
+
+async def wait_for(condition, timeout: float = 10.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+async def test_a_stream_published_to_one_node_plays_from_another(make_server, cluster_url):
+    a = await make_server(redis=cluster_url)
+    b = await make_server(redis=cluster_url)
+    pub = await publish(rtmp_url(a, "edge1"))
+    try:
+        await wait_live(a, "edge1")
+        for url in (flv_url(b, "edge1"), rtmp_url(b, "edge1")):
+            streams = await probe_streams(url)
+            assert sorted(s["codec_name"] for s in streams) == ["aac", "h264"], url
+        stats = b.hub.stats("live", "edge1")
+        assert stats is not None and stats["relayed"], "node B pulls the stream rather than originating it"
+        assert a.hub.stats("live", "edge1")["relayed"] is False
+        # Both probes above went through one pull: node A served node B once at a time.
+        assert b.cluster.cluster.counters["pulls_started"] == 1
+
+        # HLS from B is A's HLS: the same playlist, segment names and bytes.
+        async with aiohttp.ClientSession() as session:
+
+            async def get(server, path: str) -> tuple[int, bytes]:
+                url = f"http://127.0.0.1:{server.http_port}{path}"
+                async with session.get(url, headers={"Connection": "close"}) as response:
+                    return response.status, await response.read()
+
+            status, playlist_b = await get(b, "/live/edge1/index.m3u8")
+            assert status == 200, playlist_b
+            segment = next(line for line in playlist_b.decode().splitlines() if line and not line.startswith("#"))
+            status_a, body_a = await get(a, f"/live/edge1/{segment}")
+            status_b, body_b = await get(b, f"/live/edge1/{segment}")
+            assert status_a == status_b == 200
+            assert body_a == body_b and len(body_a) > 1000
+        assert b.cluster.gateway.proxied >= 2
+    finally:
+        await pub.stop()
+
+
+async def test_the_cluster_listener_refuses_requests_without_a_node_credential(make_server, cluster_url):
+    a = await make_server(redis=cluster_url)
+    pub = await publish(rtmp_url(a, "guarded"))
+    try:
+        await wait_live(a, "guarded")
+        base = a.cluster.cluster.url
+        path = "/live/guarded.flv"
+        async with aiohttp.ClientSession() as session:
+            for headers in (
+                {},
+                {credential.HEADER: credential.sign("not the secret", "intruder", path)},
+                {credential.HEADER: credential.sign(a.cluster.cluster.secret, "n", "/live/other.flv")},
+                {credential.HEADER: credential.sign(a.cluster.cluster.secret, "n", path, now=0)},  # expired
+                {credential.HEADER: "x;y;z"},
+            ):
+                async with session.get(base + path, headers=headers) as response:
+                    assert response.status == 403, headers
+                    assert "node credential" in (await response.json())["error"]
+            good = {credential.HEADER: credential.sign(a.cluster.cluster.secret, "n", path)}
+            async with session.get(base + path, headers=good) as response:
+                assert response.status == 200
+                assert (await response.content.readexactly(3)) == b"FLV"
+        assert a.cluster.listener.refused == 5
+    finally:
+        await pub.stop()
+
+
+async def test_a_room_is_the_same_on_every_node_and_its_audience_counts_everywhere(make_server, cluster_url):
+    a = await make_server(redis=cluster_url, allow_anonymous_publish=False)
+    b = await make_server(redis=cluster_url, allow_anonymous_publish=False)
+    app, room = await make_room(a)
+    pub = await publish(a.urls.push_url(app, room))
+    try:
+        await wait_for(lambda: a.hub.has("live", room.stream_name), what="publish")
+        play = b.urls.play_urls(app, room)["flv"]  # signed for the room, played at node B
+        async with aiohttp.ClientSession() as session, session.get(play) as response:
+            assert response.status == 200, await response.text()
+            await response.content.readexactly(13)
+
+            async def counted() -> bool:
+                seen = [node.audience(room.stream_name)["total"] for node in (a, b)]
+                return seen == [1, 1]
+
+            # One viewer, at node B: both nodes count it (B at once, A after a heartbeat); the
+            # pull that feeds B is not a viewer.
+            await wait_for(counted, what="the audience seen the same on both nodes")
+            assert a.hub.audience("live", room.stream_name) == {"relay": 1}
+            status = [(await node.store.get_room(room.roomid)).live_status for node in (a, b)]
+            assert status == [101, 101]
+    finally:
+        await pub.stop()
+
+
+async def test_an_edge_stops_pulling_after_its_last_viewer_and_the_linger(make_server, cluster_url):
+    a = await make_server(redis=cluster_url)
+    b = await make_server(redis=cluster_url, cluster_linger_seconds=1.0)
+    pub = await publish(rtmp_url(a, "linger"))
+    try:
+        await wait_live(a, "linger")
+        await probe_streams(flv_url(b, "linger"))
+        assert b.hub.has("live", "linger")
+        await wait_for(lambda: not b.hub.has("live", "linger"), timeout=8, what="the edge's pull to stop")
+        await wait_for(lambda: not a.hub.audience("live", "linger"), what="the origin to lose its relay viewer")
+        assert a.hub.has("live", "linger"), "the origin goes on"
+    finally:
+        await pub.stop()
+
+
+async def test_a_stream_nobody_publishes_is_404_on_every_node(make_server, cluster_url):
+    a = await make_server(redis=cluster_url)
+    b = await make_server(redis=cluster_url)
+    async with aiohttp.ClientSession() as session:
+        for node in (a, b):
+            for path in ("/live/nothing.flv", "/live/nothing/index.m3u8"):
+                async with session.get(f"http://127.0.0.1:{node.http_port}{path}") as response:
+                    assert response.status == 404, path
+    assert not b.cluster.cluster.pulls
