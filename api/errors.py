@@ -105,6 +105,18 @@ class ApiError(Exception):
         return {"errcode": self.errcode, "errmsg": self.errmsg, **self.extra}
 
 
+class StoreUnavailable(ApiError):
+    """The store's server (Redis) cannot be reached now: a system error (-1) that says why; HTTP 503.
+    Live streams keep flowing meanwhile."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(SYSTEM_ERROR, f"{detail}; live streams keep flowing, try again shortly")
+
+    @property
+    def http_status(self) -> int:
+        return 503
+
+
 def json_error(exc: ApiError) -> web.Response:
     """The error shape of every ``/api/v1`` route: ``{"error": {"code", "message"}}`` with the HTTP
     status the errcode maps to."""

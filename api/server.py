@@ -15,6 +15,7 @@ from api.access import AccessPolicy
 from api.apps import Apps
 from api.audience import Audience
 from api.config import Settings
+from api.errors import StoreUnavailable, json_error
 from api.ladders import Ladders
 from api.media import MediaLibrary
 from api.replays import ReplayService
@@ -70,24 +71,17 @@ async def cors_preflight(request: web.Request, handler):  # type: ignore[no-unty
 WECHAT_PREFIXES = ("/cgi-bin/", "/wxa/", "/wxaapi/")
 
 
-def store_unavailable(store_errors: tuple[type[Exception], ...]):  # type: ignore[no-untyped-def]
-    """Answers a request that found the store unreachable (Redis down) with the reason, in the shape
-    its API uses: WeChat's errcode -1 ("system error"), or the REST API's 503."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
-        try:
-            return await handler(request)
-        except store_errors as exc:
-            message = (
-                f"the store is unreachable ({type(exc).__name__}: {exc}); live streams keep flowing, try again shortly"
-            )
-            log.warning("%s %s: %s", request.method, request.path, message)
-            if request.path.startswith(WECHAT_PREFIXES):
-                return web.json_response({"errcode": -1, "errmsg": f"system error: {message}"})
-            return web.json_response({"error": {"code": 503, "message": message}}, status=503, headers=CORS)
-
-    return middleware
+@web.middleware
+async def store_unavailable(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """A request that found the store unreachable (Redis down) is answered with the reason, in the shape
+    of its API: WeChat's errcode -1, or the REST API's 503 (routes that shape their own errors do so)."""
+    try:
+        return await handler(request)
+    except StoreUnavailable as exc:
+        log.warning("%s %s: %s", request.method, request.path, exc.errmsg)
+        if request.path.startswith(WECHAT_PREFIXES):
+            return web.json_response(exc.body())
+        return json_error(exc)
 
 
 class HubControl:
@@ -181,10 +175,7 @@ class Server:
         return await self.cluster.cluster.held_anywhere(self.settings.rooms.rtmp_app, stream)
 
     def build_app(self) -> web.Application:
-        middlewares = [cors_preflight]
-        if self.store.unavailable:
-            middlewares.append(store_unavailable(self.store.unavailable))
-        app = web.Application(middlewares=middlewares, client_max_size=4 * 1024 * 1024)
+        app = web.Application(middlewares=[cors_preflight, store_unavailable], client_max_size=4 * 1024 * 1024)
         # HLS first: relay.http.fast claims these paths ahead of every other route, and so does aiohttp.
         app.add_routes((self.cluster.gateway if self.cluster else self.hls).routes())
         app.add_routes(streams.routes(self.hub, self.renditions, self.cluster))

@@ -4,20 +4,27 @@ one, over RTMP, HTTP-FLV and HLS, pulled once from its origin with a node creden
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
+from pathlib import Path
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
 from relay.cluster import credential
+from relay.formats.flv import VIDEO, FlvReader
 from tests.conftest import (
+    REDIS_SERVER,
     flv_url,
+    free_port,
     make_room,
     needs_ffmpeg,
     probe_streams,
     publish,
     rtmp_url,
     wait_live,
+    wait_redis,
 )
 
 pytestmark = needs_ffmpeg
@@ -158,3 +165,133 @@ async def test_a_stream_nobody_publishes_is_404_on_every_node(make_server, clust
                 async with session.get(f"http://127.0.0.1:{node.http_port}{path}") as response:
                     assert response.status == 404, path
     assert not b.cluster.cluster.pulls
+
+
+class FlvWatcher:
+    """An HTTP-FLV viewer that keeps every tag's kind and timestamp, and notes if its connection ends."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.tags: list[tuple[int, int]] = []
+        self.closed = False
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        reader = FlvReader()
+        async with aiohttp.ClientSession() as session, session.get(self.url) as response:
+            assert response.status == 200, await response.text()
+            async for chunk in response.content.iter_any():
+                self.tags += [(tag.kind, tag.timestamp) for tag in reader.feed(chunk)]
+        self.closed = True
+
+    def video_after(self, count: int) -> list[int]:
+        return [ts for kind, ts in self.tags[count:] if kind == VIDEO]
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, AssertionError):
+            await self.task
+
+
+async def test_viewers_of_an_edge_go_on_when_the_anchor_republishes_on_another_node(make_server, cluster_url):
+    a = await make_server(redis=cluster_url, cluster_heartbeat_seconds=0.5)
+    b = await make_server(redis=cluster_url, cluster_heartbeat_seconds=0.5)
+    c = await make_server(redis=cluster_url, cluster_heartbeat_seconds=0.5)
+    pub = await publish(rtmp_url(a, "moving"))
+    watcher = None
+    try:
+        await wait_live(a, "moving")
+        watcher = FlvWatcher(flv_url(c, "moving"))
+        await wait_for(lambda: len(watcher.video_after(0)) > 25, what="video at the edge")
+        await pub.stop()  # the anchor's connection to A breaks...
+        await wait_for(lambda: not a.hub.stats("live", "moving")["live"], what="A to notice")
+        before = len(watcher.tags)
+        pub = await publish(rtmp_url(b, "moving"))  # ...and it comes back on B
+        await wait_for(lambda: len(watcher.video_after(before)) > 50, timeout=15, what="video again at the edge")
+        assert not watcher.closed, "the edge's viewer kept its connection"
+        video = watcher.video_after(0)
+        assert all(later >= earlier for earlier, later in zip(video, video[1:], strict=False)), "monotonic"
+        holder = await b.cluster.registry.lookup("live/moving")
+        assert holder is not None and holder.node == b.cluster.cluster.node, "B originates the stream now"
+        # A, whose anchor left, pulls from B for the viewers it still serves (C's pull).
+        await wait_for(lambda: a.hub.stats("live", "moving")["relayed"], what="A to become an edge")
+    finally:
+        if watcher is not None:
+            await watcher.close()
+        await pub.stop()
+
+
+class RedisProcess:
+    """A redis-server of the test's own, with an append-only file, that the test stops and starts again."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.folder)]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_redis(self.process, self.port)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path):  # type: ignore[no-untyped-def]
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server not installed: run scripts/dev test, which installs it")
+    redis = RedisProcess(tmp_path)
+    redis.start()
+    yield redis
+    redis.stop()
+
+
+async def test_with_redis_down_streams_flow_the_api_says_why_and_the_node_comes_back(make_server, own_redis):
+    a = await make_server(redis=own_redis.url, cluster_heartbeat_seconds=0.5)
+    b = await make_server(redis=own_redis.url, cluster_heartbeat_seconds=0.5)
+    app, room = await make_room(a)
+    pub = await publish(rtmp_url(a, "steady"), seconds=60)
+    watcher = None
+    try:
+        await wait_live(a, "steady")
+        watcher = FlvWatcher(flv_url(b, "steady"))
+        await wait_for(lambda: len(watcher.tags) > 50, what="video at node B")
+        own_redis.stop()
+        stopped = asyncio.get_running_loop().time()
+        await wait_for(lambda: not a.cluster.cluster.registry_ok, what="node A to notice")
+        async with aiohttp.ClientSession() as session:
+            token = f"http://127.0.0.1:{b.http_port}/cgi-bin/token?grant_type=client_credential"
+            async with session.get(f"{token}&appid={app.appid}&secret={app.secret}") as response:
+                body = await response.json()
+                assert body["errcode"] == -1 and "unreachable" in body["errmsg"] and "redis at" in body["errmsg"], body
+            async with session.get(f"http://127.0.0.1:{b.http_port}/api/v1/rooms/{room.roomid}/status") as response:
+                assert response.status == 503
+                assert "unreachable" in (await response.json())["error"]["message"]
+        # A new publish is refused while the registry cannot say whether the stream is live elsewhere.
+        decision = await a.cluster.cluster.claim("live", "newcomer")
+        assert not decision.allowed and "registry is unreachable" in decision.reason
+        # Ten seconds without Redis: the stream goes on, at the origin and at the edge.
+        during = len(watcher.tags)
+        await asyncio.sleep(max(0.0, 10 - (asyncio.get_running_loop().time() - stopped)))
+        assert len(watcher.tags) > during + 200 and not watcher.closed
+        own_redis.start()
+        await wait_for(lambda: a.cluster.cluster.registry_ok and b.cluster.cluster.registry_ok, what="reconnection")
+        # The entry that expired meanwhile is written again, and what was stored before is all there.
+        holder = await b.cluster.registry.lookup("live/steady")
+        assert holder is not None and holder.node == a.cluster.cluster.node
+        assert (await b.store.get_room(room.roomid)).name == room.name
+        assert (await a.cluster.cluster.claim("live", "newcomer")).allowed
+    finally:
+        if watcher is not None:
+            await watcher.close()
+        await pub.stop()

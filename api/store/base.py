@@ -38,9 +38,6 @@ def check_room_changes(changes: dict[str, Any]) -> None:
 class RoomStore(abc.ABC):
     # True when other processes may hold publishers of the same rooms (a cluster over Redis).
     shared = False
-    # The errors that mean the store's server cannot be reached now (the API answers them 503, with
-    # the reason, and the media keeps flowing).
-    unavailable: tuple[type[Exception], ...] = ()
 
     # ------------------------------------------------------------ lifecycle
 

@@ -28,15 +28,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import json
 import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions
 
+from api.errors import StoreUnavailable
 from api.models import App, Media, Replay, Room, RoomEvent, Token
 from api.store.base import DELIVERIES_KEPT, RoomStore, check_room_changes
 
@@ -223,11 +227,34 @@ def _scripted_room(flat: list[str]) -> Room | None:
     return _room(dict(zip(flat[::2], flat[1::2], strict=True)))
 
 
+def _reaching_redis(cls: type[RedisStore]) -> type[RedisStore]:
+    """Every public coroutine method of ``cls`` but open/close raises StoreUnavailable, which names
+    the server and the reason, when Redis cannot be reached (the API answers it; nothing else breaks)."""
+
+    def translated(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        async def call(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(self, *args, **kwargs)
+            except (exceptions.ConnectionError, exceptions.TimeoutError) as exc:
+                raise StoreUnavailable(f"the store (redis at {self.shown_url}) is unreachable: {exc}") from exc
+
+        return call
+
+    for name, method in list(vars(cls).items()):
+        if not name.startswith("_") and name not in ("open", "close") and inspect.iscoroutinefunction(method):
+            setattr(cls, name, translated(method))
+    return cls
+
+
+@_reaching_redis
 class RedisStore(RoomStore):
     shared = True
-    unavailable = (exceptions.ConnectionError, exceptions.TimeoutError)
 
     def __init__(self, url: str, *, prefix: str = "minilive:") -> None:
+        parts = urlsplit(url)
+        # The URL as logs and errors show it: without a password.
+        self.shown_url = f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
         self.url = url
         self.prefix = prefix
         # Short timeouts: with Redis gone, an API call fails in seconds (503 with the reason) rather than hangs.
