@@ -9,12 +9,16 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from api import config
+from api import config, supervisor
 from api.apps import Apps
 from api.errors import ApiError
 from api.models import App
 from api.store import open_store
+
+if TYPE_CHECKING:
+    from api.server import Server
 
 
 def _store_options() -> argparse.ArgumentParser:
@@ -34,6 +38,11 @@ def _serve_parser(sub: argparse._SubParsersAction, store: argparse.ArgumentParse
     p.add_argument("--public-url", help="base URL written into push/play/replay URLs")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="server processes sharing the ports under a supervisor (default 1; auto: one per CPU)",
+    )
+    p.add_argument(
         "--allow-anonymous-publish",
         action="store_true",
         default=None,
@@ -47,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     store = _store_options()
     _serve_parser(sub, store)
     _app_parser(sub, store)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return serve(args)
+        return serve(args, argv)
     if args.command == "app":
         return manage_apps(args)
     return 2
@@ -127,7 +137,8 @@ def _print_apps(apps: list[App], as_json: bool) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, argv: list[str]) -> int:
+    """``argv``: the command line (``serve ...``), which a supervisor gives its workers."""
     overrides = {
         key: getattr(args, key)
         for key in (
@@ -139,6 +150,7 @@ def serve(args: argparse.Namespace) -> int:
             "redis",
             "log_level",
             "allow_anonymous_publish",
+            "workers",
         )
     }
     try:
@@ -150,6 +162,10 @@ def serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    if settings.workers > 1:
+        from api.cluster import forget_worker
+
+        return supervisor.run(settings, argv, forget_worker(settings))
     from api.server import Server
 
     try:
@@ -158,7 +174,7 @@ def serve(args: argparse.Namespace) -> int:
         uvloop = None
     runner = uvloop.run if uvloop is not None else asyncio.run
     try:
-        runner(Server(settings).run_forever())
+        runner(_run_server(Server(settings)))
     except OSError as exc:
         print(
             f"minilive: cannot start: {exc} (is another server using the port? try --rtmp-port/--http-port)",
@@ -166,6 +182,18 @@ def serve(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+async def _run_server(server: Server) -> None:
+    """The server until SIGTERM or SIGINT; a supervisor's worker also stops when its supervisor is gone."""
+    if supervisor.worker_index() is None:
+        await server.run_forever()
+        return
+    watch = asyncio.create_task(supervisor.stop_when_orphaned())
+    try:
+        await server.run_forever()
+    finally:
+        watch.cancel()
 
 
 if __name__ == "__main__":

@@ -9,31 +9,30 @@ Which registry: Redis with ``--redis`` (nodes on many boxes), else a SQLite file
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import secrets
 import socket
 from typing import TYPE_CHECKING, Any
 
+from api import supervisor
 from relay.cluster.hls import HlsGateway
 from relay.cluster.listener import ClusterListener
 from relay.cluster.node import Cluster
-from relay.cluster.registry import Registry
+from relay.cluster.registry import Registry, RegistryUnavailable
 from relay.http.hls import HlsPlayback
 from relay.hub import Authorizer, Hub
 
 if TYPE_CHECKING:
     from api.config import Settings
 
-# Set by api.supervisor for each worker process it starts.
-WORKER_INDEX_ENV = "MINILIVE_WORKER_INDEX"
-WORKERS_ENV = "MINILIVE_WORKERS"
-SECRET_ENV = "MINILIVE_NODE_SECRET"
+log = logging.getLogger("minilive.cluster")
 
 
 def worker() -> tuple[int, int]:
     """(this process's index, how many workers) under a supervisor; (0, 1) for a lone server."""
     try:
-        return int(os.environ.get(WORKER_INDEX_ENV, "0")), int(os.environ.get(WORKERS_ENV, "1"))
+        return int(os.environ.get(supervisor.ENV_INDEX, "0")), int(os.environ.get(supervisor.ENV_WORKERS, "1"))
     except ValueError:
         return 0, 1
 
@@ -65,6 +64,23 @@ def open_registry(settings: Settings) -> Registry:
     return SqliteRegistry(settings.data_dir / "cluster.sqlite", ttl=ttl)
 
 
+def forget_worker(settings: Settings) -> supervisor.WorkerExitHook:
+    """The supervisor's hook: a worker that died leaves the registry at once, not a TTL later, so its
+    streams may publish on another worker and its replays are finalized without delay."""
+
+    async def forget(index: int, pid: int) -> None:
+        registry = open_registry(settings)
+        try:
+            await registry.open()
+            await registry.forget_node(node_id(pid))
+        except RegistryUnavailable as exc:
+            log.warning("worker %d (pid %d) stays in the registry until its entries expire: %s", index, pid, exc)
+        finally:
+            await registry.close()
+
+    return forget
+
+
 class ClusterPart:
     def __init__(self, settings: Settings, hub: Hub, hls: HlsPlayback, authorize_play: Authorizer) -> None:
         self.settings = settings
@@ -77,9 +93,8 @@ class ClusterPart:
         s = self.settings
         c = s.cluster
         await self.registry.open()
-        self.cluster.secret = (
-            c.secret or os.environ.get(SECRET_ENV) or await self.registry.shared_secret(secrets.token_hex(16))
-        )
+        secret = c.secret or os.environ.get(supervisor.ENV_NODE_SECRET)
+        self.cluster.secret = secret or await self.registry.shared_secret(secrets.token_hex(16))
         port = c.port + worker()[0] if c.port else 0
         host = c.listen_host or (s.host if s.redis else "127.0.0.1")
         bound = await self.listener.start(host, port)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from api.rooms import RoomSettings
+from api.supervisor import SupervisorSettings
 from ingest.server import RtmpSettings
 from recorder.recorder import RecorderSettings
 from relay.cluster.settings import ClusterSettings
@@ -38,6 +41,9 @@ class Settings:
     play_wait_seconds: float = 0.0
     # HTTP/1.1 HTTP-FLV in chunked transfer coding; off: close-delimited bodies for every client.
     http_flv_chunked: bool = True
+    # Server processes sharing the ports (SO_REUSEPORT) under a supervisor; 1: one process, no supervisor.
+    # The TOML file and --workers also take "auto": one per CPU.
+    workers: int = 1
     relay: RelaySettings = field(default_factory=RelaySettings)
     rtmp: RtmpSettings = field(default_factory=RtmpSettings)
     rooms: RoomSettings = field(default_factory=RoomSettings)
@@ -46,6 +52,7 @@ class Settings:
     webrtc: WebRtcSettings = field(default_factory=WebRtcSettings)
     transcode: TranscodeSettings = field(default_factory=TranscodeSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
 
     @property
     def public_host(self) -> str:
@@ -77,6 +84,22 @@ def _coerce(target: Any, name: str, value: Any, where: str) -> Any:
     return value
 
 
+def _workers(value: Any, where: str) -> int:
+    """A ``workers`` setting: a whole number from 1, or "auto" (one per CPU)."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    if isinstance(value, str):  # from the command line
+        with contextlib.suppress(ValueError):
+            value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f'{where}: workers must be a whole number from 1, or "auto", not {value!r}')
+    return value
+
+
+def _setting(settings: Settings, name: str, value: Any, where: str) -> Any:
+    return _workers(value, where) if name == "workers" else _coerce(settings, name, value, where)
+
+
 def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
     """Defaults, then the TOML file (if any), then ``overrides`` (flags that were given)."""
     settings = Settings()
@@ -86,12 +109,17 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
         for key, value in data.items():
-            setattr(settings, key.replace("-", "_"), _coerce(settings, key.replace("-", "_"), value, str(path)))
+            setattr(settings, key.replace("-", "_"), _setting(settings, key.replace("-", "_"), value, str(path)))
     for key, value in overrides.items():
         if value is not None:
-            setattr(settings, key, _coerce(settings, key, value, "command line"))
+            setattr(settings, key, _setting(settings, key, value, "command line"))
     if settings.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, not {settings.log_level!r}")
+    if settings.workers > 1 and 0 in (settings.rtmp_port, settings.http_port):
+        raise ConfigError(
+            f"workers = {settings.workers} needs fixed ports, which the workers share: rtmp_port and http_port"
+            f" cannot be 0 (they are {settings.rtmp_port} and {settings.http_port})"
+        )
     if settings.hls.format not in ("ts", "fmp4"):
         raise ConfigError(f"[hls] format must be ts or fmp4, not {settings.hls.format!r}")
     try:

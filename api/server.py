@@ -23,6 +23,7 @@ from api.room_status import RoomStatus
 from api.rooms import Rooms
 from api.status import StatusRoutes
 from api.store import open_store
+from api.supervisor import worker_index
 from api.urls import Urls
 from api.webhooks import Webhooks
 from ingest.server import RtmpServer
@@ -202,7 +203,8 @@ class Server:
         await self.hub.start()
         if self.renditions is not None:
             await self.renditions.start()
-        rtmp_addrs = await self.rtmp.start(s.host, s.rtmp_port)
+        shared = worker_index() is not None  # the supervisor's other workers listen on the same ports
+        rtmp_addrs = await self.rtmp.start(s.host, s.rtmp_port, reuse_port=shared)
         self.rtmp_port = rtmp_addrs[0][1]
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
@@ -213,6 +215,7 @@ class Server:
             (self.cluster.gateway if self.cluster else self.hls).fast_routes(),
             backlog=1024,
             reuse_address=True,
+            reuse_port=shared,
         )
         await site.start()
         self.http_port = site.addresses[0][1]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from api import supervisor
 from relay.hub import Hub
 from relay.transcode.renditions import Renditions
 
@@ -32,8 +34,17 @@ def routes(hub: Hub, renditions: Renditions | None = None, cluster: ClusterPart 
             body["cluster"] = cluster.describe()
         return web.json_response(body)
 
+    worker = supervisor.worker_index()
+
     async def healthz(request: web.Request) -> web.Response:
-        body = {"status": "ok", "streams": hub.stream_count, "uptime": round(time.time() - START, 1)}
+        # pid and worker (index under a supervisor, else null): which process answered.
+        body = {
+            "status": "ok",
+            "streams": hub.stream_count,
+            "uptime": round(time.time() - START, 1),
+            "pid": os.getpid(),
+            "worker": worker,
+        }
         return web.json_response(body)
 
     async def metrics(request: web.Request) -> web.Response:

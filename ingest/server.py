@@ -62,9 +62,12 @@ class RtmpServer:
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
 
-    async def start(self, host: str, port: int) -> list[tuple[str, int]]:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> list[tuple[str, int]]:
+        """Listen on ``host:port``; ``reuse_port``: share the port with other processes (SO_REUSEPORT)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: RtmpProtocol(self), host, port, backlog=1024)
+        self._server = await loop.create_server(
+            lambda: RtmpProtocol(self), host, port, backlog=1024, reuse_port=reuse_port
+        )
         self._ticker = asyncio.create_task(self._tick())
         return [s.getsockname()[:2] for s in self._server.sockets]
 

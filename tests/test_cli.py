@@ -8,6 +8,7 @@ import socket
 import sys
 
 import aiohttp
+import pytest
 
 from tests.conftest import free_port, needs_ffmpeg, publish
 from tests.test_playback import FlvClient, play_http
@@ -96,14 +97,18 @@ async def test_bad_settings_are_named(tmp_path):
     assert "flush_window_ms" in out.decode(), "the error lists the settings that exist"
 
 
-async def test_port_in_use_says_what_to_do(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_port_in_use_says_what_to_do(tmp_path, workers):
+    """With workers, the supervisor finds the port taken before it starts any."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         server = await start_cli(
-            "--host", "127.0.0.1", "--rtmp-port", str(port), "--http-port", "0", "--data-dir", str(tmp_path)
-        )
+            "--workers", workers, "--host", "127.0.0.1", "--rtmp-port", str(port),
+            "--http-port", str(free_port()), "--data-dir", str(tmp_path),
+        )  # fmt: skip
         out, _ = await asyncio.wait_for(server.communicate(), 10)
     assert server.returncode == 1
     assert "--rtmp-port" in out.decode()
+    assert "worker 0 started" not in out.decode()

@@ -338,6 +338,7 @@ class FastPathListener:
         *,
         backlog: int = 128,
         reuse_address: bool | None = None,
+        reuse_port: bool = False,  # share the port with other processes (SO_REUSEPORT)
         keepalive_seconds: float = 75.0,  # aiohttp's default
     ) -> None:
         self.runner = runner
@@ -345,6 +346,7 @@ class FastPathListener:
         self.port = port
         self.backlog = backlog
         self.reuse_address = reuse_address
+        self.reuse_port = reuse_port
         self.routes = list(routes)
         self.keepalive_seconds = keepalive_seconds
         self.connections: set[FastHttpProtocol] = set()
@@ -370,6 +372,7 @@ class FastPathListener:
             self.port,
             backlog=self.backlog,
             reuse_address=self.reuse_address,
+            reuse_port=self.reuse_port,
         )
         self._sweeper = asyncio.create_task(self._sweep())
 
