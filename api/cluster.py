@@ -8,6 +8,7 @@ Which registry: Redis with ``--redis`` (nodes on many boxes), else a SQLite file
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -15,11 +16,16 @@ import secrets
 import socket
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
+from aiohttp import web
+
 from api import supervisor
+from relay.cluster import credential
 from relay.cluster.hls import HlsGateway
 from relay.cluster.listener import ClusterListener
-from relay.cluster.node import Cluster
+from relay.cluster.node import HOPS, Cluster
 from relay.cluster.registry import Registry, RegistryUnavailable
+from relay.http.cors import CORS
 from relay.http.hls import HlsPlayback
 from relay.hub import Authorizer, Hub
 
@@ -81,6 +87,67 @@ def forget_worker(settings: Settings) -> supervisor.WorkerExitHook:
     return forget
 
 
+# What a forwarded WebRTC session request may carry, and which of its answer's headers go back.
+MAX_FORWARDED_BODY = 64 * 1024
+FORWARDED_HEADERS = ("Content-Type", "Allow", "ETag", "Location", "Link")
+
+
+class SessionLocator:
+    """signaling.sessions.Locator for a cluster: each WebRTC session is held in the registry (as
+    ``webrtc/ID``) by its process, and a DELETE or PATCH that lands on another process goes there."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._client: aiohttp.ClientSession | None = None
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def opened(self, session_id: str) -> None:
+        self._spawn(self.cluster.lock(f"webrtc/{session_id}"))
+
+    def closed(self, session_id: str) -> None:
+        self._spawn(self.cluster.unlock(f"webrtc/{session_id}"))
+
+    async def forward(self, request: web.Request) -> web.StreamResponse | None:
+        if HOPS.get():  # forwarded here already: the session is nowhere
+            return None
+        try:
+            holder = await self.cluster.registry.lookup(f"webrtc/{request.match_info['session']}")
+        except RegistryUnavailable:
+            return None
+        if holder is None or holder.node == self.cluster.node:
+            return None
+        if (request.content_length or 0) > MAX_FORWARDED_BODY:
+            return web.Response(status=413, text="request body too large\n", headers=CORS)
+        path = request.rel_url.raw_path
+        headers = {
+            credential.HEADER: credential.sign(self.cluster.secret, self.cluster.node, path),
+            credential.HOPS_HEADER: "1",
+        }
+        if request.content_type:
+            headers["Content-Type"] = request.content_type
+        body = await request.read() if request.can_read_body else None
+        if self._client is None:
+            self._client = aiohttp.ClientSession()
+        try:
+            async with self._client.request(
+                request.method, holder.url + path, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=10)
+            ) as answer:
+                kept = {name: answer.headers[name] for name in FORWARDED_HEADERS if name in answer.headers}
+                return web.Response(status=answer.status, body=await answer.read(), headers={**CORS, **kept})
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return web.Response(status=502, text=f"the node holding this session did not answer: {exc}\n", headers=CORS)
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
+
+
 class ClusterPart:
     def __init__(self, settings: Settings, hub: Hub, hls: HlsPlayback, authorize_play: Authorizer) -> None:
         self.settings = settings
@@ -88,6 +155,7 @@ class ClusterPart:
         self.cluster = Cluster(hub, settings.cluster, self.registry, node_id(), secret="")
         self.gateway = HlsGateway(hls, self.cluster, authorize_play)
         self.listener = ClusterListener(self.cluster, hub, self.gateway, settings.play_wait_seconds)
+        self.sessions = SessionLocator(self.cluster)
 
     async def start(self) -> None:
         s = self.settings
@@ -102,6 +170,7 @@ class ClusterPart:
         await self.cluster.start(f"http://{advertise}:{bound}")
 
     async def stop(self) -> None:
+        await self.sessions.close()
         await self.listener.stop()
         await self.cluster.stop()
         await self.gateway.close()

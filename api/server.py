@@ -152,7 +152,10 @@ class Server:
             settings.webrtc,
             settings.rooms.rtmp_app,
             settings.play_wait_seconds,
+            self.cluster.sessions if self.cluster else None,
         )
+        if self.cluster is not None:
+            self.cluster.listener.extra_routes = self.webrtc.session_routes()
         self.app = self.build_app()
         self._runner: web.AppRunner | None = None
         self.http_site: FastPathListener | None = None

@@ -94,19 +94,27 @@ class Endpoint:
             headers["Link"] = ", ".join(links)
         return web.Response(status=201, body=answer.encode(), content_type="application/sdp", headers=headers)
 
-    def _session(self, request: web.Request) -> Session:
-        session = self.registry.find(self.protocol, request.match_info["name"], request.match_info["session"])
-        if session is None:
-            raise web.HTTPNotFound(text="no such session\n", headers=CORS)
-        return session
+    def _session(self, request: web.Request) -> Session | None:
+        return self.registry.find(self.protocol, request.match_info["name"], request.match_info["session"])
 
-    async def delete(self, request: web.Request) -> web.Response:
+    async def _elsewhere(self, request: web.Request) -> web.StreamResponse:
+        """A session this process does not hold: the answer of the one that does (a cluster), or 404."""
+        if self.registry.locator is not None:
+            response = await self.registry.locator.forward(request)
+            if response is not None:
+                return response
+        raise web.HTTPNotFound(text="no such session\n", headers=CORS)
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
         session = self._session(request)
+        if session is None:
+            return await self._elsewhere(request)
         await session.close("ended by the client (DELETE)")
         return web.Response(status=200, headers=CORS)
 
-    async def patch(self, request: web.Request) -> web.Response:
-        self._session(request)
+    async def patch(self, request: web.Request) -> web.StreamResponse:
+        if self._session(request) is None:
+            return await self._elsewhere(request)
         return error(
             405,
             "trickle ICE and ICE restarts are not supported: the answer holds every candidate; "

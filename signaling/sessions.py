@@ -12,7 +12,9 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from aiohttp import web
 from aiortc import RTCPeerConnection
 
 from signaling.ice import IceSettings
@@ -106,10 +108,25 @@ class Session:
         )
 
 
+class Locator(Protocol):
+    """Where sessions live when several server processes share the HTTP port (a cluster, injected by
+    the composition root): a session's DELETE or PATCH may land on a process that does not hold it."""
+
+    def opened(self, session_id: str) -> None:
+        """This process holds ``session_id`` now."""
+
+    def closed(self, session_id: str) -> None:
+        """It does not any more."""
+
+    async def forward(self, request: web.Request) -> web.StreamResponse | None:
+        """The answer of the process that holds the session ``request`` names; None if none does."""
+
+
 class Registry:
-    def __init__(self, settings: WebRtcSettings) -> None:
+    def __init__(self, settings: WebRtcSettings, locator: Locator | None = None) -> None:
         self.settings = settings
         self.sessions: dict[str, Session] = {}
+        self.locator = locator
 
     @property
     def full(self) -> bool:
@@ -117,10 +134,14 @@ class Registry:
 
     def add(self, session: Session) -> None:
         self.sessions[session.id] = session
+        if self.locator is not None:
+            self.locator.opened(session.id)
 
     def remove(self, session: Session) -> None:
         if self.sessions.get(session.id) is session:
             del self.sessions[session.id]
+            if self.locator is not None:
+                self.locator.closed(session.id)
 
     def find(self, protocol: str, name: str, session_id: str) -> Session | None:
         """The session behind a resource URL; None unless every part of the URL matches."""

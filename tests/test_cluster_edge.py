@@ -296,3 +296,51 @@ async def test_with_redis_down_streams_flow_the_api_says_why_and_the_node_comes_
         if watcher is not None:
             await watcher.close()
         await pub.stop()
+
+
+async def test_a_webrtc_session_ends_whichever_node_its_delete_lands_on(make_server, cluster_url):
+    from tests.test_webrtc import delete, webrtc_settings, whip_publish
+
+    a = await make_server(redis=cluster_url, webrtc=webrtc_settings())
+    b = await make_server(redis=cluster_url, webrtc=webrtc_settings())
+    pc, resource = await whip_publish(a, "webcam")
+    try:
+        await wait_live(a, "webcam", timeout=15)
+        assert sorted(s["codec_name"] for s in await probe_streams(flv_url(b, "webcam"))) == ["aac", "h264"]
+        at_b = resource.replace(f":{a.http_port}/", f":{b.http_port}/")
+        await wait_for(lambda: b.cluster.registry.lookup(f"webrtc/{resource.rsplit('/', 1)[1]}"), what="registration")
+        assert await delete(at_b) == 200, "node B forwards the DELETE to node A, which holds the session"
+        assert not a.webrtc.registry.sessions
+        await wait_for(lambda: not a.hub.stats("live", "webcam")["live"], what="the publisher to leave")
+        assert await delete(at_b) == 404
+    finally:
+        await pc.close()
+
+
+async def test_edges_chain_and_a_loop_of_origin_settings_ends(make_server, cluster_url):
+    a = await make_server(redis=cluster_url)
+    b = await make_server(redis=cluster_url)
+    c = await make_server(redis=cluster_url, cluster_origin=b.cluster.cluster.url)  # a second tier: pulls from B
+    pub = await publish(rtmp_url(a, "tiers"))
+    try:
+        await wait_live(a, "tiers")
+        assert sorted(s["codec_name"] for s in await probe_streams(flv_url(c, "tiers"))) == ["aac", "h264"]
+        assert c.cluster.cluster.pulls["live/tiers"].upstream == b.cluster.cluster.url
+        assert b.hub.stats("live", "tiers")["relayed"], "B pulls from A for C"
+        status, _ = await http_get(c, "/live/tiers/index.m3u8")
+        assert status == 200, "C's HLS comes from A through B"
+
+        # Two edges whose origin settings point at each other: a request ends in a 404, not a loop.
+        d = await make_server(redis=cluster_url)
+        e = await make_server(redis=cluster_url, cluster_origin=d.cluster.cluster.url)
+        d.settings.cluster.origin = e.cluster.cluster.url
+        status, _ = await http_get(e, "/live/loop.flv")
+        assert status == 404
+        await wait_for(lambda: not d.cluster.cluster.pulls and not e.cluster.cluster.pulls, what="the pulls to stop")
+    finally:
+        await pub.stop()
+
+
+async def http_get(server, path: str) -> tuple[int, bytes]:  # type: ignore[no-untyped-def]
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{server.http_port}{path}") as r:
+        return r.status, await r.read()

@@ -30,11 +30,13 @@ async def fresh_get(port: int, path: str) -> tuple[int, bytes]:
     """GET on a connection of its own (the kernel picks a worker for each); of a live FLV stream, the
     first bytes."""
     connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        async with session.get(f"http://127.0.0.1:{port}{path}") as response:
-            if path.endswith(".flv") and response.status == 200:
-                return response.status, await response.content.readexactly(13)
-            return response.status, await response.read()
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(f"http://127.0.0.1:{port}{path}") as response,
+    ):
+        if path.endswith(".flv") and response.status == 200:
+            return response.status, await response.content.readexactly(13)
+        return response.status, await response.read()
 
 
 async def ok(port: int, path: str) -> bool:
@@ -129,7 +131,7 @@ async def test_fifty_viewers_play_whichever_worker_they_land_on(tmp_path):
         views = await stream_view(http, "fifty")
         counts = {node: s.get("viewers_by_protocol", {}).get("http-flv", 0) for node, s in views.items()}
         assert sum(counts.values()) == 50 and all(counts.values()), f"viewers on both workers: {counts}"
-        origin, edge = await origin_and_edge(http, "fifty")
+        origin, _ = await origin_and_edge(http, "fifty")
         assert views[origin]["viewers_by_protocol"].get("relay") == 1, "the edge worker pulls the stream once"
         for url in (f"rtmp://127.0.0.1:{rtmp}/live/fifty", f"http://127.0.0.1:{http}/live/fifty.flv"):
             assert sorted(s["codec_name"] for s in await probe_streams(url)) == ["aac", "h264"]
@@ -145,7 +147,7 @@ async def watchers_on_both(http: int, name: str, count: int = 16) -> tuple[list[
     watchers: list[Watcher] = []
     for _ in range(4):
         watchers += [Watcher(f"http://127.0.0.1:{http}/live/{name}.flv") for _ in range(count)]
-        await wait_for(lambda: all(len(w.video) >= 10 or w.closed for w in watchers), what="viewers playing")
+        await wait_for(lambda ws=watchers: all(len(w.video) >= 10 or w.closed for w in ws), what="viewers playing")
         assert not [w.failed for w in watchers if w.closed]
         views = await stream_view(http, name)
         counts = {node: s.get("viewers_by_protocol", {}).get("http-flv", 0) for node, s in views.items()}

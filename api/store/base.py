@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from api.models import App, Media, Replay, Room, RoomEvent, Token
+
+log = logging.getLogger("minilive.store")
 
 # Webhook delivery records kept per app.
 DELIVERIES_KEPT = 1000
@@ -26,6 +29,15 @@ DELIVERIES_KEPT = 1000
 # Room fields that ``transition`` may not set: the identity, and the status it sets itself.
 _FIXED_ROOM_FIELDS = frozenset(("roomid", "appid", "live_status"))
 _ROOM_FIELDS = frozenset(f.name for f in dataclasses.fields(Room))
+
+
+def deliver(subscribers: list[Callable[[RoomEvent], None]], event: RoomEvent) -> None:
+    """Hand ``event`` to every subscriber; one that fails is logged, and the others still hear it."""
+    for callback in list(subscribers):
+        try:
+            callback(event)
+        except Exception:
+            log.exception("room event subscriber failed")
 
 
 def check_room_changes(changes: dict[str, Any]) -> None:

@@ -42,7 +42,7 @@ from redis import exceptions
 
 from api.errors import StoreUnavailable
 from api.models import App, Media, Replay, Room, RoomEvent, Token
-from api.store.base import DELIVERIES_KEPT, RoomStore, check_room_changes
+from api.store.base import DELIVERIES_KEPT, RoomStore, check_room_changes, deliver
 
 log = logging.getLogger("minilive.store")
 
@@ -465,11 +465,7 @@ class RedisStore(RoomStore):
             except (ValueError, TypeError):
                 log.warning("ignoring a malformed room event: %.200s", message["data"])
                 continue
-            for callback in list(self._subscribers):
-                try:
-                    callback(event)
-                except Exception:
-                    log.exception("room event subscriber failed")
+            deliver(self._subscribers, event)
 
     async def log_delivery(self, appid: str, record: dict[str, Any]) -> None:
         key = self._key("deliveries", appid)

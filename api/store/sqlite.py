@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from api.models import App, Media, Replay, Room, RoomEvent, Token
-from api.store.base import DELIVERIES_KEPT, RoomStore, check_room_changes
+from api.store.base import DELIVERIES_KEPT, RoomStore, check_room_changes, deliver
 
 T = TypeVar("T")
 log = logging.getLogger("minilive.store")
@@ -436,11 +436,7 @@ class SqliteStore(RoomStore):
                 except (ValueError, TypeError):
                     log.warning("ignoring a malformed room event: %.200s", data)
                     continue
-                for callback in list(self._subscribers):
-                    try:
-                        callback(event)
-                    except Exception:
-                        log.exception("room event subscriber failed")
+                deliver(self._subscribers, event)
 
     def subscribe(self, callback: Callable[[RoomEvent], None]) -> None:
         self._subscribers.append(callback)

@@ -24,8 +24,8 @@ from aiohttp import web
 
 from relay.cluster import credential
 from relay.cluster.node import HOPS, Cluster
-from relay.http.fast import Client, Handler, Reply, Route, aiohttp_handler
-from relay.http.hls import MASTER_PATH, MEDIA_PATH, PLAYLIST_PATH, HlsPlayback
+from relay.http.fast import Client, Handler, Reply, Route
+from relay.http.hls import MASTER_PATH, MEDIA_PATH, PLAYLIST_PATH, HlsPlayback, aiohttp_routes
 from relay.hub import AccessRequest, Authorizer, decide
 
 log = logging.getLogger("minilive.cluster")
@@ -87,11 +87,7 @@ class HlsGateway:
 
     def routes(self) -> list[web.RouteDef]:
         """The aiohttp routes (the same paths as HlsPlayback's)."""
-        return [
-            web.get(r"/{app}/{name}/index.m3u8", aiohttp_handler(self.playlist)),
-            web.get(r"/{app}/{name}/master.m3u8", aiohttp_handler(self.master)),
-            web.get(r"/{app}/{name}/{file:[0-9a-f]{8}-[0-9a-z.]+\.(?:ts|m4s|mp4)}", aiohttp_handler(self.media)),
-        ]
+        return aiohttp_routes(self)
 
     def fast_routes(self) -> list[Route]:
         return [(PLAYLIST_PATH, self.playlist), (MASTER_PATH, self.master), (MEDIA_PATH, self.media)]

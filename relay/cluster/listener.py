@@ -15,8 +15,9 @@ from aiohttp import web
 from relay.cluster import credential
 from relay.cluster.hls import HlsGateway
 from relay.cluster.node import HOPS, Cluster
-from relay.http.fast import Client, aiohttp_handler
+from relay.http.fast import Client
 from relay.http.flv import FlvPlayback
+from relay.http.hls import aiohttp_routes
 from relay.hub import Hub, allow_all
 
 log = logging.getLogger("minilive.cluster")
@@ -35,22 +36,18 @@ class ClusterListener:
         self.flv = FlvPlayback(hub, allow_all, play_wait_seconds, relay=True)
         self.gateway = gateway
         self.refused = 0
+        self.extra_routes: list[web.RouteDef] = []  # more of this node that other nodes may reach
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._credential])
-        handler = aiohttp_handler
         app.add_routes(
             [
                 web.get("/_cluster/ping", self._ping),
-                web.get(r"/{app}/{name}/index.m3u8", handler(self.gateway.playlist, _trusted_client)),
-                web.get(r"/{app}/{name}/master.m3u8", handler(self.gateway.master, _trusted_client)),
-                web.get(
-                    r"/{app}/{name}/{file:[0-9a-f]{8}-[0-9a-z.]+\.(?:ts|m4s|mp4)}",
-                    handler(self.gateway.media, _trusted_client),
-                ),
+                *aiohttp_routes(self.gateway, _trusted_client),
                 web.get(r"/{app}/{name:[^/]+}.flv", self.flv.handle),
+                *self.extra_routes,
             ]
         )
         return app

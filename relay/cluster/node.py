@@ -232,11 +232,8 @@ class Cluster:
                 for protocol, count in counts.items():
                     mine[protocol] = mine.get(protocol, 0) + int(count)
         self._elsewhere = elsewhere
-        for key, pull in list(self.pulls.items()):
-            if pull.stopped:
-                del self.pulls[key]
-            elif pull.idle(now, self.settings.linger_seconds):
-                del self.pulls[key]
+        for pull in list(self.pulls.values()):
+            if pull.idle(now, self.settings.linger_seconds):
                 pull.stop(f"no viewer here for {self.settings.linger_seconds:g} s")
 
     def _local_audience(self) -> dict[str, dict[str, int]]:
@@ -273,15 +270,25 @@ class Cluster:
 
     def _new_pull(self, app: str, name: str, hops: int) -> Pull:
         self.counters["pulls_started"] += 1
-        pull = self.pulls[f"{app}/{name}"] = Pull(self.hub, app, name, self.upstream, self.node, self.secret, hops)
+        key = f"{app}/{name}"
+        pull = self.pulls[key] = Pull(self.hub, app, name, self.upstream, self.node, self.secret, hops, self._forget)
         return pull
+
+    def _forget(self, pull: Pull) -> None:
+        if self.pulls.get(pull.key) is pull:
+            del self.pulls[pull.key]
 
     async def pull(self, app: str, name: str) -> bool:
         """The hub's remote provider: bring stream ``app/name`` here from its origin."""
         key = f"{app}/{name}"
         pull = self.pulls.get(key)
+        hops = HOPS.get()
+        if pull is not None and not pull.first.done() and hops > pull.hops:
+            # Asked by another node for a stream this node is still looking for: its own request came
+            # back around (a loop of [cluster] origin settings).
+            log.warning("not pulling %s for another node: a pull of it from here came back (a loop?)", key)
+            return False
         if pull is None or pull.stopped:
-            hops = HOPS.get()
             if hops >= credential.MAX_HOPS:
                 log.warning("not pulling %s: it came through %d nodes already (a loop of [cluster] origin?)", key, hops)
                 return False
@@ -294,8 +301,6 @@ class Cluster:
             pull = self._new_pull(app, name, hops)
             pull.start()
         found = await pull.wait_first(FIRST_PULL_SECONDS)
-        if pull.stopped and self.pulls.get(key) is pull:
-            del self.pulls[key]
         return found and self.hub.has(app, name)
 
     async def upstream(self, app: str, name: str) -> str | None:

@@ -50,6 +50,8 @@ class _Connection(asyncio.Protocol):
         self.reader = FlvReader()
         self.transport: asyncio.Transport | None = None
         self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Read here even when nobody waits for it any more (the request timed out first).
+        self.started.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.bytes_in = 0
 
@@ -128,7 +130,7 @@ class Pull:
         node: str,
         secret: str,
         hops: int = 0,
-        session: PublishSession | None = None,
+        on_stop: Callable[[Pull], None] | None = None,
     ) -> None:
         self.hub = hub
         self.app = app
@@ -139,7 +141,8 @@ class Pull:
         self.secret = secret
         self.hops = hops
         # A pull that takes a stream over from this node's anchor (its origin moved) publishes at once.
-        self.session = session
+        self.session: PublishSession | None = None
+        self.on_stop = on_stop
         self.upstream = ""
         self.connection: _Connection | None = None
         self.first: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -164,6 +167,8 @@ class Pull:
             return
         self.stopped = True
         log.info("pull of %s stopped (%s)", self.key, reason)
+        if self.on_stop is not None:
+            self.on_stop(self)
         self._resolve_first(False)
         if self.connection is not None:
             self.connection._close("stopped")
@@ -198,7 +203,11 @@ class Pull:
                 try:
                     clean_end = await self._pull(upstream) == "eof"
                 except PullRefused as exc:
-                    log.info("pull of %s from %s refused: %s", self.key, upstream, exc)
+                    if exc.status == 403:
+                        log.warning("pull of %s from %s refused: %s (do the nodes share one [cluster] secret?)",
+                                    self.key, upstream, exc)  # fmt: skip
+                    else:
+                        log.info("pull of %s from %s refused: %s", self.key, upstream, exc)
                     if not self.first.done():
                         self.stop("not found upstream")
                         return

@@ -18,7 +18,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode
 
@@ -27,7 +27,7 @@ from aiohttp import web
 from relay.formats import h264
 from relay.formats.codecs import video_info
 from relay.formats.hls import HlsSettings, LivePlaylist, RenditionReport, Variant, codecs_of, master_playlist
-from relay.http.fast import Body, Client, Reply, Route, aiohttp_handler
+from relay.http.fast import Body, Client, Reply, Route, aiohttp_handler, request_client
 from relay.hub import AccessRequest, Authorizer, Hub, StreamRefused, Subscription, allow_all, decide
 
 log = logging.getLogger("minilive.hls")
@@ -184,11 +184,7 @@ class HlsPlayback:
 
     def routes(self) -> list[web.RouteDef]:
         """The aiohttp routes, for connections that aiohttp serves (see ``fast_routes``)."""
-        return [
-            web.get(r"/{app}/{name}/index.m3u8", aiohttp_handler(self.playlist)),
-            web.get(r"/{app}/{name}/master.m3u8", aiohttp_handler(self.master)),
-            web.get(r"/{app}/{name}/{file:[0-9a-f]{8}-[0-9a-z.]+\.(?:ts|m4s|mp4)}", aiohttp_handler(self.media)),
-        ]
+        return aiohttp_routes(self)
 
     def fast_routes(self) -> list[Route]:
         """The same routes for ``relay.http.fast``, which answers most HLS requests."""
@@ -402,6 +398,29 @@ class HlsPlayback:
         if part >= len(segment.parts):
             return _text(404, "no such part")
         return _media(segment.parts[part].data, MEDIA_TYPES[match["ext"]])
+
+
+class HlsHandlers(Protocol):
+    """The three handlers behind HLS's paths (HlsPlayback's, or relay.cluster's that proxy them)."""
+
+    async def playlist(self, path: Mapping[str, str], query: str, client: Client) -> Reply: ...
+
+    async def master(self, path: Mapping[str, str], query: str, client: Client) -> Reply: ...
+
+    async def media(self, path: Mapping[str, str], query: str, client: Client) -> Reply: ...
+
+
+def aiohttp_routes(
+    handlers: HlsHandlers, client_of: Callable[[web.Request], Client] = request_client
+) -> list[web.RouteDef]:
+    """HLS's aiohttp routes to ``handlers``; ``client_of`` tells who asks."""
+    return [
+        web.get(r"/{app}/{name}/index.m3u8", aiohttp_handler(handlers.playlist, client_of)),
+        web.get(r"/{app}/{name}/master.m3u8", aiohttp_handler(handlers.master, client_of)),
+        web.get(
+            r"/{app}/{name}/{file:[0-9a-f]{8}-[0-9a-z.]+\.(?:ts|m4s|mp4)}", aiohttp_handler(handlers.media, client_of)
+        ),
+    ]
 
 
 def _passed_on(params: list[tuple[str, str]]) -> str:
