@@ -1,13 +1,18 @@
-"""deploy/Dockerfile and deploy/edge.Dockerfile: no container runtime runs here, so each file is read and
-checked against the code: the command gives the settings it means, the ports are the ones the server
-and the edge use, the health check asks a route that exists, and the image that runs has no build tools."""
+"""deploy/Dockerfile, deploy/edge.Dockerfile, deploy/compose.yaml and deploy/k8s: no container runtime runs
+here, so each file is read and checked against the code: the commands give the settings they mean,
+the ports and the Redis address are the ones the server and the edge use, probes ask a route that
+exists, and the image that runs has no build tools."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 import tomllib
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from tests.deploy_kit import DEPLOY, ROOT, has_route, serve
 
@@ -130,3 +135,175 @@ def test_edge_image_is_the_nginx_the_edge_config_is_tested_on():
     assert "nginx" in install.split() and "libnginx-mod-stream" in install.split()
     assert last(stage, "COPY") == f"{EDGE_CONF.name} /etc/nginx/nginx.conf"
     assert {int(port) for port in last(stage, "EXPOSE").split()} == edge_listens()
+
+
+# ------------------------------------------------------------------ compose
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def mounted(service: dict[str, Any], folder: Path) -> dict[str, Path]:
+    """The files a service gets from the tree (``./x:/in/container[:ro]``), by their path inside."""
+    files = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("."):
+            files[target] = (folder / source).resolve()
+    return files
+
+
+def upstream_servers(name: str) -> list[tuple[str, int]]:
+    block = re.search(r"upstream " + name + r" \{(.*?)\}", EDGE_CONF.read_text(), re.DOTALL)
+    assert block, name
+    return [(host, int(port)) for host, port in re.findall(r"server ([\w.-]+):(\d+);", block[1])]
+
+
+def sysctl_file() -> dict[str, str]:
+    pairs = re.findall(r"^([a-z0-9_.]+) = (.+)$", (DEPLOY / "sysctl.d" / "90-minilive.conf").read_text(), re.MULTILINE)
+    return dict(pairs)
+
+
+def redis_address(url: str) -> tuple[str, int]:
+    found = re.fullmatch(r"redis://([\w.-]+):(\d+)/\d+", url)
+    assert found, url
+    return found[1], int(found[2])
+
+
+def test_compose_nodes_share_redis_and_are_the_edge_upstreams(monkeypatch):
+    services = compose()["services"]
+    nodes = [name for name, service in services.items() if service.get("command", [None])[0] == "serve"]
+    assert nodes == ["node1", "node2"]
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:") and "--appendonly" in redis["command"], "rooms survive a restart"
+    for name in nodes:
+        node = services[name]
+        assert node["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+        started = serve(node["command"], mounted(node, DEPLOY), monkeypatch)
+        settings = started.settings
+        assert redis_address(settings.redis) == ("redis", 6379), "the redis service, on redis-server's port"
+        assert node["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert (name, settings.http_port) in upstream_servers("minilive_any")
+        assert (name, settings.http_port) in upstream_servers("minilive_hls")
+        assert (name, settings.rtmp_port) in upstream_servers("minilive_rtmp")
+        volumes = [v.split(":")[1] for v in node["volumes"] if not v.startswith(".")]
+        assert volumes == [str(settings.data_dir)], "recordings in a volume of the node's own"
+    for upstream in ("minilive_any", "minilive_hls", "minilive_rtmp"):
+        assert {host for host, _ in upstream_servers(upstream)} == set(nodes), f"{upstream} names the nodes"
+    started.skip_if_pending()
+
+
+def test_compose_edge_publishes_the_public_ports_with_its_config_and_certificates():
+    services = compose()["services"]
+    edge = services["edge"]
+    assert edge["build"] == {"context": ".", "dockerfile": "edge.Dockerfile"}
+    published = {int(port.split(":")[0]) for port in edge["ports"]}
+    assert published == edge_listens() == {443, 1935, 1936}
+    tls = next(v for v in edge["volumes"] if v.startswith("./tls:"))
+    assert tls.split(":")[1] == "/etc/nginx/tls"
+    assert re.findall(r"ssl_certificate(?:_key)? /etc/nginx/tls/", EDGE_CONF.read_text()), "the config reads them there"
+    assert set(edge["depends_on"]) == {"node1", "node2"}
+    assert "/deploy/tls/" in (ROOT / ".gitignore").read_text().split(), "private keys are never committed"
+
+
+def test_compose_limits_and_sysctls_are_the_deploy_kits():
+    services = compose()["services"]
+    wanted = sysctl_file()
+    for name in ("node1", "node2", "edge"):
+        service = services[name]
+        assert service["ulimits"]["nofile"] == {"soft": 100_000, "hard": 100_000}
+        for key, value in service["sysctls"].items():
+            assert key in wanted and str(value) == wanted[key], f"{name}: {key} = {value}, the sysctl file says so?"
+
+
+# ------------------------------------------------------------------ Kubernetes
+
+
+def k8s() -> dict[tuple[str, str], dict[str, Any]]:
+    documents = yaml.safe_load_all((DEPLOY / "k8s" / "minilive.yaml").read_text())
+    return {(d["kind"], d["metadata"]["name"]): d for d in documents}
+
+
+def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert workload["spec"]["selector"]["matchLabels"] == labels
+    return labels
+
+
+def container_ports(workload: dict[str, Any]) -> dict[str, int]:
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    return {port["name"]: port["containerPort"] for port in container["ports"]}
+
+
+def config_files(workload: dict[str, Any], objects: dict[tuple[str, str], Any], folder: Path) -> dict[str, Path]:
+    """The ConfigMap files a pod sees, written to ``folder``, by their path in the pod."""
+    spec = workload["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    files = {}
+    for mount in container["volumeMounts"]:
+        config_map = volumes[mount["name"]].get("configMap")
+        if config_map is None:
+            continue
+        for key, text in objects["ConfigMap", config_map["name"]]["data"].items():
+            files[f"{mount['mountPath']}/{key}"] = folder / key
+            (folder / key).write_text(text)
+    return files
+
+
+def test_kubernetes_pods_run_the_server_on_the_ports_the_service_names(monkeypatch, tmp_path):
+    objects = k8s()
+    deployment = objects["Deployment", "minilive"]
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    started = serve(container["args"], config_files(deployment, objects, tmp_path), monkeypatch)
+    settings = started.settings
+    ports = container_ports(deployment)
+    assert ports == {"rtmp": settings.rtmp_port, "http": settings.http_port}
+
+    service = objects["Service", "minilive"]
+    assert service["spec"]["selector"] == pod_labels(deployment)
+    assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {(1935, "rtmp"), (8080, "http")}
+    assert service["spec"]["sessionAffinity"] == "ClientIP", "a player's HLS requests reach one pod"
+
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["port"] == "http" and has_route("GET", get["path"]), probe
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+
+    assert spec["securityContext"]["runAsUser"] == image_uid(), "the image's own user"
+    mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
+    assert str(settings.data_dir) in mounts and "/tmp" in mounts, "writable places under a read-only root"
+    workers = container["args"][container["args"].index("--workers") + 1]
+    assert workers == container["resources"]["requests"]["cpu"], "a server process per CPU the pod asks for"
+    started.skip_if_pending()
+
+
+def test_kubernetes_redis_is_where_the_pods_look_for_it(monkeypatch, tmp_path):
+    objects = k8s()
+    deployment = objects["Deployment", "minilive"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    settings = serve(container["args"], config_files(deployment, objects, tmp_path), monkeypatch).settings
+    host, port = redis_address(settings.redis)
+    service = objects["Service", host]
+    redis = objects["StatefulSet", host]
+    assert redis["spec"]["serviceName"] == host
+    assert service["spec"]["selector"] == pod_labels(redis)
+    (redis_port,) = service["spec"]["ports"]
+    assert redis_port["port"] == port and container_ports(redis)[redis_port["targetPort"]] == 6379
+    (redis_container,) = redis["spec"]["template"]["spec"]["containers"]
+    assert "--appendonly" in redis_container["args"] and redis["spec"]["volumeClaimTemplates"], "rooms survive"
+
+
+def test_commands_in_deploy_files_are_quoted_as_one_word_per_argument():
+    """YAML turns a bare ``--workers 2`` into one string; every argument must be its own list item."""
+    commands = [service["command"] for service in compose()["services"].values() if "command" in service]
+    commands += [
+        container["args"]
+        for workload in k8s().values()
+        if workload["kind"] in ("Deployment", "StatefulSet")
+        for container in workload["spec"]["template"]["spec"]["containers"]
+    ]
+    for command in commands:
+        assert all(isinstance(word, str) and shlex.split(word) == [word] for word in command), command
