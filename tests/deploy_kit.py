@@ -1,5 +1,5 @@
-"""What the deploy kit's tests share: the settings a `minilive serve` command line in a deploy file gives,
-and the flags the kit uses before `minilive serve` has them."""
+"""What the deploy kit's tests share: the settings a `minilive serve` command line in a deploy file gives
+(and the flags the kit uses before `minilive serve` has them), the sysctl file's settings, the edge's ports."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from relay.hub import Hub
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
+EDGE = DEPLOY / "nginx-edge.conf"
+SYSCTLS = DEPLOY / "sysctl.d" / "90-minilive.conf"
 
 # Flags of the interface issue 13 fixes that `minilive serve` does not have yet. Each takes one value.
 # A deploy file that uses one is checked in every other respect, then its test is skipped with the
@@ -96,3 +98,29 @@ def serve(argv: str | Sequence[str], files: Mapping[str, Path], monkeypatch: pyt
 def has_route(method: str, path: str) -> bool:
     """Whether the server answers ``method path`` (the health and metrics routes, which a hub alone makes)."""
     return any(route.method == method and route.path == path for route in routes(Hub()))
+
+
+def sysctl_entries() -> list[tuple[str, str, list[str]]]:
+    """(key, value, the comment above it) for each setting of the sysctl file. A blank line ends a
+    comment; settings on consecutive lines share the one above them."""
+    entries = []
+    comment: list[str] = []
+    for line in SYSCTLS.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            comment = []
+        elif line.startswith("#"):
+            comment.append(line)
+        else:
+            key, _, value = line.partition("=")
+            entries.append((key.strip(), value.strip(), comment))
+    return entries
+
+
+def sysctl_settings() -> dict[str, str]:
+    return {key: value for key, value, _ in sysctl_entries()}
+
+
+def edge_listens() -> set[int]:
+    """The ports the edge listens on."""
+    return {int(port) for port in re.findall(r"^\s*listen (\d+)", EDGE.read_text(), re.MULTILINE)}

@@ -20,9 +20,8 @@ import pytest
 
 from api.server import Server
 from tests.conftest import free_port, needs_ffmpeg, probe_streams, publish, rtmp_url, wait_live
-from tests.deploy_kit import DEPLOY
+from tests.deploy_kit import EDGE
 
-EDGE = DEPLOY / "nginx-edge.conf"
 NGINX = shutil.which("nginx")
 OPENSSL = shutil.which("openssl")
 MODULES = (Path("/usr/lib/nginx/modules"), Path("/usr/share/nginx/modules"))

@@ -14,10 +14,8 @@ from typing import Any
 
 import yaml
 
-from tests.deploy_kit import DEPLOY, ROOT, has_route, serve
+from tests.deploy_kit import DEPLOY, EDGE, ROOT, edge_listens, has_route, serve, sysctl_settings
 
-CONFIG = DEPLOY / "minilive.toml"
-EDGE_CONF = DEPLOY / "nginx-edge.conf"
 BUILD_TOOLS = ("gcc", "g++", "clang", "make", "build-essential", "libc6-dev", "python3-dev")
 
 
@@ -106,8 +104,8 @@ def test_image_runs_the_server_as_a_user_of_its_own(monkeypatch):
     final = instructions(dockerfile)[-1]
     uid, _, gid = last(final, "USER").partition(":")
     assert uid.isdigit() and int(uid) != 0 and gid == uid
-    assert f"--uid {uid}" in last(final, "RUN")
-    assert image_uid() == int(uid)
+    made = last(final, "RUN")
+    assert f"groupadd --system --gid {gid} " in made and f"useradd --system --uid {uid} --gid {gid} " in made
     started = serve(exec_form(last(final, "ENTRYPOINT"))[1:] + exec_form(last(final, "CMD")), {}, monkeypatch)
     settings = started.settings
     assert exec_form(last(final, "ENTRYPOINT"))[0] == "minilive"
@@ -119,13 +117,9 @@ def test_image_runs_the_server_as_a_user_of_its_own(monkeypatch):
     started.skip_if_pending()
 
 
-def image_uid() -> int:
-    final = instructions(DEPLOY / "Dockerfile")[-1]
-    return int(last(final, "USER").split(":")[0])
-
-
-def edge_listens() -> set[int]:
-    return {int(port) for port in re.findall(r"^\s*listen (\d+)", EDGE_CONF.read_text(), re.MULTILINE)}
+def image_user() -> tuple[int, int]:
+    uid, gid = last(instructions(DEPLOY / "Dockerfile")[-1], "USER").split(":")
+    return int(uid), int(gid)
 
 
 def test_edge_image_is_the_nginx_the_edge_config_is_tested_on():
@@ -133,7 +127,7 @@ def test_edge_image_is_the_nginx_the_edge_config_is_tested_on():
     assert base_image(DEPLOY / "edge.Dockerfile", stage) == "debian:bookworm-slim", "Debian 12's nginx"
     install = last(stage, "RUN")
     assert "nginx" in install.split() and "libnginx-mod-stream" in install.split()
-    assert last(stage, "COPY") == f"{EDGE_CONF.name} /etc/nginx/nginx.conf"
+    assert last(stage, "COPY") == f"{EDGE.name} /etc/nginx/nginx.conf"
     assert {int(port) for port in last(stage, "EXPOSE").split()} == edge_listens()
 
 
@@ -155,14 +149,9 @@ def mounted(service: dict[str, Any], folder: Path) -> dict[str, Path]:
 
 
 def upstream_servers(name: str) -> list[tuple[str, int]]:
-    block = re.search(r"upstream " + name + r" \{(.*?)\}", EDGE_CONF.read_text(), re.DOTALL)
+    block = re.search(r"upstream " + name + r" \{(.*?)\}", EDGE.read_text(), re.DOTALL)
     assert block, name
     return [(host, int(port)) for host, port in re.findall(r"server ([\w.-]+):(\d+);", block[1])]
-
-
-def sysctl_file() -> dict[str, str]:
-    pairs = re.findall(r"^([a-z0-9_.]+) = (.+)$", (DEPLOY / "sysctl.d" / "90-minilive.conf").read_text(), re.MULTILINE)
-    return dict(pairs)
 
 
 def redis_address(url: str) -> tuple[str, int]:
@@ -202,14 +191,14 @@ def test_compose_edge_publishes_the_public_ports_with_its_config_and_certificate
     assert published == edge_listens() == {443, 1935, 1936}
     tls = next(v for v in edge["volumes"] if v.startswith("./tls:"))
     assert tls.split(":")[1] == "/etc/nginx/tls"
-    assert re.findall(r"ssl_certificate(?:_key)? /etc/nginx/tls/", EDGE_CONF.read_text()), "the config reads them there"
+    assert re.findall(r"ssl_certificate(?:_key)? /etc/nginx/tls/", EDGE.read_text()), "the config reads them there"
     assert set(edge["depends_on"]) == {"node1", "node2"}
     assert "/deploy/tls/" in (ROOT / ".gitignore").read_text().split(), "private keys are never committed"
 
 
 def test_compose_limits_and_sysctls_are_the_deploy_kits():
     services = compose()["services"]
-    wanted = sysctl_file()
+    wanted = sysctl_settings()
     for name in ("node1", "node2", "edge"):
         service = services[name]
         assert service["ulimits"]["nofile"] == {"soft": 100_000, "hard": 100_000}
@@ -272,7 +261,8 @@ def test_kubernetes_pods_run_the_server_on_the_ports_the_service_names(monkeypat
         assert get["port"] == "http" and has_route("GET", get["path"]), probe
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
 
-    assert spec["securityContext"]["runAsUser"] == image_uid(), "the image's own user"
+    security = spec["securityContext"]
+    assert (security["runAsUser"], security["runAsGroup"]) == image_user(), "the image's own user"
     mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
     assert str(settings.data_dir) in mounts and "/tmp" in mounts, "writable places under a read-only root"
     workers = container["args"][container["args"].index("--workers") + 1]

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from api import config
-from tests.deploy_kit import DEPLOY, ROOT, serve
+from tests.deploy_kit import DEPLOY, EDGE, ROOT, edge_listens, serve, sysctl_entries, sysctl_settings
 
 UNIT = DEPLOY / "systemd" / "minilive.service"
 DROP_IN = DEPLOY / "systemd" / "minilive.service.d" / "hardening.conf"
-SYSCTLS = DEPLOY / "sysctl.d" / "90-minilive.conf"
 CONFIG = DEPLOY / "minilive.toml"
 SYSTEMD = next((p for p in (Path("/usr/lib/systemd/systemd"), Path("/lib/systemd/systemd")) if p.exists()), None)
 ANALYZE = shutil.which("systemd-analyze")
@@ -131,27 +130,6 @@ def test_descriptor_limit_covers_the_connections_configured():
         assert limit <= int(nr_open.read_text()), "a process cannot have more than fs.nr_open"
 
 
-def sysctl_entries() -> list[tuple[str, str, list[str]]]:
-    """(key, value, the comment above it) for each setting of the sysctl file. A blank line ends a
-    comment; settings on consecutive lines share the one above them."""
-    entries = []
-    comment: list[str] = []
-    for line in SYSCTLS.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            comment = []
-        elif line.startswith("#"):
-            comment.append(line)
-        else:
-            key, _, value = line.partition("=")
-            entries.append((key.strip(), value.strip(), comment))
-    return entries
-
-
-def sysctls() -> dict[str, str]:
-    return {key: value for key, value, _ in sysctl_entries()}
-
-
 def test_every_sysctl_exists_and_says_why():
     entries = sysctl_entries()
     assert len({key for key, _, _ in entries}) == len(entries), "a key set twice"
@@ -168,22 +146,20 @@ def listen_backlogs() -> list[int]:
     sources = [ROOT / "ingest" / "server.py", ROOT / "api" / "server.py"]
     asked = [int(n) for path in sources for n in re.findall(r"backlog=(\d+)", path.read_text())]
     assert len(asked) == 2, "minilive's RTMP and HTTP listeners each ask for a backlog"
-    return asked + [int(n) for n in re.findall(r"backlog=(\d+)", (DEPLOY / "nginx-edge.conf").read_text())]
+    return asked + [int(n) for n in re.findall(r"backlog=(\d+)", EDGE.read_text())]
 
 
 def test_somaxconn_lets_every_listener_have_its_backlog():
-    values = sysctls()
+    values = sysctl_settings()
     assert int(values["net.core.somaxconn"]) >= max(listen_backlogs())
     assert int(values["net.ipv4.tcp_max_syn_backlog"]) >= int(values["net.core.somaxconn"])
 
 
 def test_outgoing_ports_stay_clear_of_every_listener():
-    values = sysctls()
+    values = sysctl_settings()
     low, high = map(int, values["net.ipv4.ip_local_port_range"].split())
-    edge = (DEPLOY / "nginx-edge.conf").read_text()
-    listened = {int(n) for n in re.findall(r"^\s*listen (?:[\d.]+:)?(\d+)", edge, re.MULTILINE)}
     defaults = config.Settings()
-    listened |= {defaults.rtmp_port, defaults.http_port}
+    listened = edge_listens() | {defaults.rtmp_port, defaults.http_port}
     assert all(port < low for port in listened), f"{sorted(listened)} inside {low}-{high}"
     reserved_low, reserved_high = map(int, values["net.ipv4.ip_local_reserved_ports"].split("-"))
     assert low <= reserved_low <= reserved_high <= high
