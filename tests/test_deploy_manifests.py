@@ -265,8 +265,10 @@ def test_kubernetes_pods_run_the_server_on_the_ports_the_service_names(monkeypat
     assert (security["runAsUser"], security["runAsGroup"]) == image_user(), "the image's own user"
     mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
     assert str(settings.data_dir) in mounts and "/tmp" in mounts, "writable places under a read-only root"
+    cpus = int(container["resources"]["requests"]["cpu"])
+    assert settings.transcode.workers == cpus, "transcoding processes: as many as the pod's CPUs, not the node's"
     workers = container["args"][container["args"].index("--workers") + 1]
-    assert workers == container["resources"]["requests"]["cpu"], "a server process per CPU the pod asks for"
+    assert int(workers) == cpus, "a server process per CPU the pod asks for"
     started.skip_if_pending()
 
 
