@@ -1,0 +1,126 @@
+"""What the deploy kit's tests share: the settings a `minilive serve` command line in a deploy file gives
+(and the flags the kit uses before `minilive serve` has them), the sysctl file's settings, the edge's ports."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from api import cli
+from api.config import Settings
+from api.streams import routes
+from relay.hub import Hub
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+EDGE = DEPLOY / "nginx-edge.conf"
+SYSCTLS = DEPLOY / "sysctl.d" / "90-minilive.conf"
+
+# Flags of the interface issue 13 fixes that `minilive serve` does not have yet. Each takes one value.
+# A deploy file that uses one is checked in every other respect, then its test is skipped with the
+# reason; once the flag exists the skip goes away by itself.
+PENDING = {"--workers": "`minilive serve --workers N|auto` (issue 13: a server process per core) is not built yet"}
+
+
+def serve_flags() -> set[str]:
+    """The flags `minilive serve --help` lists."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        cli.main(["serve", "--help"])
+    return set(re.findall(r"--[a-z][a-z0-9-]*", out.getvalue()))
+
+
+@dataclass
+class Serve:
+    """A `minilive serve` command line from a deploy file, as the server would run it."""
+
+    settings: Settings
+    pending: list[str] = field(default_factory=list)  # flags left out because serve lacks them
+
+    def skip_if_pending(self) -> None:
+        if self.pending:
+            pytest.skip("; ".join(PENDING[flag] for flag in self.pending))
+
+
+def serve(argv: str | Sequence[str], files: Mapping[str, Path], monkeypatch: pytest.MonkeyPatch) -> Serve:
+    """Runs ``minilive serve`` with ``argv`` (the words after the program) up to the point where the server
+    would start, and returns its settings. ``files`` maps the paths the command names (its --config) to
+    the files in this tree that are installed there. Flags of ``PENDING`` are left out and noted."""
+    words = shlex.split(argv) if isinstance(argv, str) else list(argv)
+    assert words[:1] == ["serve"], f"not a `minilive serve` command: {words}"
+    known = serve_flags()
+    kept: list[str] = []
+    pending: list[str] = []
+    skip_value = False
+    for word in words[1:]:
+        if skip_value:
+            skip_value = False
+            continue
+        flag = word.split("=", 1)[0]
+        if flag.startswith("--") and flag not in known and flag in PENDING:
+            pending.append(flag)
+            skip_value = "=" not in word
+            continue
+        assert not flag.startswith("--") or flag in known, f"`minilive serve` has no flag {flag}"
+        kept.append(str(files.get(word, word)))
+    for name, path in files.items():
+        assert name in words, f"the command does not use {name}"
+        assert path.is_file(), f"{path} (installed as {name}) is missing"
+    started: list[Settings] = []
+
+    class Server:
+        """Stands in for api.server.Server: keeps the settings, serves nothing."""
+
+        def __init__(self, settings: Settings) -> None:
+            started.append(settings)
+
+        async def run_forever(self) -> None:
+            return None
+
+    monkeypatch.setattr("api.server.Server", Server)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(["serve", *kept])
+        except SystemExit as exc:
+            code = exc.code
+    assert code == 0 and started, f"minilive serve {shlex.join(kept)}: exit {code}: {err.getvalue()}"
+    return Serve(started[0], pending)
+
+
+def has_route(method: str, path: str) -> bool:
+    """Whether the server answers ``method path`` (the health and metrics routes, which a hub alone makes)."""
+    return any(route.method == method and route.path == path for route in routes(Hub()))
+
+
+def sysctl_entries() -> list[tuple[str, str, list[str]]]:
+    """(key, value, the comment above it) for each setting of the sysctl file. A blank line ends a
+    comment; settings on consecutive lines share the one above them."""
+    entries = []
+    comment: list[str] = []
+    for line in SYSCTLS.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            comment = []
+        elif line.startswith("#"):
+            comment.append(line)
+        else:
+            key, _, value = line.partition("=")
+            entries.append((key.strip(), value.strip(), comment))
+    return entries
+
+
+def sysctl_settings() -> dict[str, str]:
+    return {key: value for key, value, _ in sysctl_entries()}
+
+
+def edge_listens() -> set[int]:
+    """The ports the edge listens on."""
+    return {int(port) for port in re.findall(r"^\s*listen (\d+)", EDGE.read_text(), re.MULTILINE)}
