@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -85,6 +86,19 @@ def forget_worker(settings: Settings) -> supervisor.WorkerExitHook:
             await registry.close()
 
     return forget
+
+
+def address_towards(url: str) -> str:
+    """This machine's address on the way to ``url``'s host (the Redis every node reaches): where the
+    other nodes can reach this one too, in a container network as on a LAN, unless told otherwise
+    (``[cluster] advertise_host``)."""
+    parts = urlsplit(url)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((parts.hostname or "127.0.0.1", parts.port or 6379))  # no packet is sent
+            return probe.getsockname()[0]
+    except OSError:
+        return socket.gethostname()
 
 
 # What a forwarded WebRTC session request may carry, and which of its answer's headers go back.
@@ -166,7 +180,7 @@ class ClusterPart:
         port = c.port + worker()[0] if c.port else 0
         host = c.listen_host or (s.host if s.redis else "127.0.0.1")
         bound = await self.listener.start(host, port)
-        advertise = c.advertise_host or (s.public_host if s.redis else "127.0.0.1")
+        advertise = c.advertise_host or (address_towards(s.redis) if s.redis else "127.0.0.1")
         await self.cluster.start(f"http://{advertise}:{bound}")
 
     async def stop(self) -> None:

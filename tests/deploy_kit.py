@@ -8,7 +8,7 @@ import io
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,11 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 EDGE = DEPLOY / "nginx-edge.conf"
 SYSCTLS = DEPLOY / "sysctl.d" / "90-minilive.conf"
-
-# Flags of the interface issue 13 fixes that `minilive serve` does not have yet. Each takes one value.
-# A deploy file that uses one is checked in every other respect, then its test is skipped with the
-# reason; once the flag exists the skip goes away by itself.
-PENDING = {"--workers": "`minilive serve --workers N|auto` (issue 13: a server process per core) is not built yet"}
 
 
 def serve_flags() -> set[str]:
@@ -42,38 +37,26 @@ class Serve:
     """A `minilive serve` command line from a deploy file, as the server would run it."""
 
     settings: Settings
-    pending: list[str] = field(default_factory=list)  # flags left out because serve lacks them
-
-    def skip_if_pending(self) -> None:
-        if self.pending:
-            pytest.skip("; ".join(PENDING[flag] for flag in self.pending))
+    supervised: bool  # it starts a supervisor of workers, not one server
 
 
 def serve(argv: str | Sequence[str], files: Mapping[str, Path], monkeypatch: pytest.MonkeyPatch) -> Serve:
     """Runs ``minilive serve`` with ``argv`` (the words after the program) up to the point where the server
     would start, and returns its settings. ``files`` maps the paths the command names (its --config) to
-    the files in this tree that are installed there. Flags of ``PENDING`` are left out and noted."""
+    the files in this tree that are installed there."""
     words = shlex.split(argv) if isinstance(argv, str) else list(argv)
     assert words[:1] == ["serve"], f"not a `minilive serve` command: {words}"
     known = serve_flags()
     kept: list[str] = []
-    pending: list[str] = []
-    skip_value = False
     for word in words[1:]:
-        if skip_value:
-            skip_value = False
-            continue
         flag = word.split("=", 1)[0]
-        if flag.startswith("--") and flag not in known and flag in PENDING:
-            pending.append(flag)
-            skip_value = "=" not in word
-            continue
         assert not flag.startswith("--") or flag in known, f"`minilive serve` has no flag {flag}"
         kept.append(str(files.get(word, word)))
     for name, path in files.items():
         assert name in words, f"the command does not use {name}"
         assert path.is_file(), f"{path} (installed as {name}) is missing"
     started: list[Settings] = []
+    supervised: list[Settings] = []
 
     class Server:
         """Stands in for api.server.Server: keeps the settings, serves nothing."""
@@ -84,15 +67,21 @@ def serve(argv: str | Sequence[str], files: Mapping[str, Path], monkeypatch: pyt
         async def run_forever(self) -> None:
             return None
 
+    def supervise(settings: Settings, argv: list[str], on_worker_exit: object = None) -> int:
+        """Stands in for api.supervisor.run: keeps the settings, starts no worker."""
+        supervised.append(settings)
+        return 0
+
     monkeypatch.setattr("api.server.Server", Server)
+    monkeypatch.setattr("api.supervisor.run", supervise)
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
             code = cli.main(["serve", *kept])
         except SystemExit as exc:
             code = exc.code
-    assert code == 0 and started, f"minilive serve {shlex.join(kept)}: exit {code}: {err.getvalue()}"
-    return Serve(started[0], pending)
+    assert code == 0 and (started or supervised), f"minilive serve {shlex.join(kept)}: exit {code}: {err.getvalue()}"
+    return Serve((started or supervised)[0], bool(supervised))
 
 
 def has_route(method: str, path: str) -> bool:

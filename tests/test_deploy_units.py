@@ -117,7 +117,8 @@ def test_execstart_runs_the_server_with_its_state_directory(monkeypatch):
     assert started.settings.data_dir == state, "the data directory is the one systemd makes for the user"
     assert setting(UNIT, "WorkingDirectory") == str(state)
     assert Path("/etc") / setting(UNIT, "ConfigurationDirectory") == Path("/etc/minilive")
-    started.skip_if_pending()
+    assert started.settings.workers == os.cpu_count(), "--workers auto: a server process per core"
+    assert started.supervised == (started.settings.workers > 1), "more than one worker runs under a supervisor"
 
 
 def test_descriptor_limit_covers_the_connections_configured():

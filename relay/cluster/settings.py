@@ -17,7 +17,8 @@ class ClusterSettings:
     # --workers N, worker i listens on port + i.
     listen_host: str = ""
     port: int = 0
-    # How other nodes reach the cluster listener (a name or address); empty: the public host.
+    # How other nodes reach the cluster listener (a name or address); empty: 127.0.0.1 for the
+    # workers of one box, and across boxes this machine's address on its way to Redis.
     advertise_host: str = ""
     # A chained edge: pull every stream from this node's cluster listener (http://HOST:PORT)
     # instead of from the stream's origin, as an SRS edge or a CDN's second tier does.
