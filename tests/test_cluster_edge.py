@@ -84,7 +84,9 @@ async def test_a_stream_published_to_one_node_plays_from_another(make_server, cl
             status_b, body_b = await get(b, f"/live/edge1/{segment}")
             assert status_a == status_b == 200
             assert body_a == body_b and len(body_a) > 1000
-        assert b.cluster.gateway.proxied >= 2
+            assert b.cluster.gateway.proxied >= 2
+            status, metrics = await get(b, "/metrics")
+            assert "\nminilive_cluster_pulls 1\n" in metrics.decode() and "minilive_cluster_nodes 2" in metrics.decode()
     finally:
         await pub.stop()
 
@@ -344,3 +346,52 @@ async def test_edges_chain_and_a_loop_of_origin_settings_ends(make_server, clust
 async def http_get(server, path: str) -> tuple[int, bytes]:  # type: ignore[no-untyped-def]
     async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{server.http_port}{path}") as r:
         return r.status, await r.read()
+
+
+async def test_a_node_killed_mid_live_and_the_anchor_on_another_node_keep_a_third_nodes_viewers(redis_url, tmp_path):
+    """Three `minilive serve --redis` processes: the origin is killed with SIGKILL (it never
+    deregisters), the anchor pushes again to another node, and a third node's viewer goes on."""
+    from tests.test_cli import start_cli, wait_http
+    from tests.test_workers import Workers
+
+    url = redis_url.rsplit("/", 1)[0] + "/6"
+    admin = aioredis.from_url(url)
+    await admin.flushdb()
+    await admin.aclose()
+    nodes = []
+    for name in "abc":
+        rtmp, http = free_port(), free_port()
+        args = ["--redis", url, "--allow-anonymous-publish", "--host", "127.0.0.1", "--data-dir", str(tmp_path / name)]
+        nodes.append((Workers(await start_cli(*args, "--rtmp-port", str(rtmp), "--http-port", str(http))), rtmp, http))
+    (a, a_rtmp, a_http), (_, b_rtmp, _), (_, _, c_http) = nodes
+    pub = watcher = None
+    try:
+        for _, _, http in nodes:
+            await wait_http(http, timeout=20)
+        pub = await publish(f"rtmp://127.0.0.1:{a_rtmp}/live/phoenix", seconds=60)
+
+        async def live_at_a() -> bool:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{a_http}/api/v1/streams") as response,
+            ):
+                return any(s["name"] == "phoenix" and s["live"] for s in (await response.json())["streams"])
+
+        await wait_for(live_at_a, what="the anchor at node A")
+        watcher = FlvWatcher(f"http://127.0.0.1:{c_http}/live/phoenix.flv")
+        await wait_for(lambda: len(watcher.video_after(0)) > 25, what="video at node C")
+        a.process.kill()  # no deregistration: node A's entry lives on until its TTL
+        await pub.stop()
+        before = len(watcher.tags)
+        pub = await publish(f"rtmp://127.0.0.1:{b_rtmp}/live/phoenix", seconds=60)
+        await wait_for(lambda: len(watcher.video_after(before)) > 50, timeout=20, what="video again at node C")
+        assert not watcher.closed, "node C's viewer kept its connection"
+        video = watcher.video_after(0)
+        assert all(later >= earlier for earlier, later in itertools.pairwise(video)), "monotonic timestamps"
+    finally:
+        if watcher is not None:
+            await watcher.close()
+        if pub is not None:
+            await pub.stop()
+        for workers, _, _ in nodes:
+            await workers.stop()
