@@ -257,8 +257,10 @@ class RedisStore(RoomStore):
         self.shown_url = f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
         self.url = url
         self.prefix = prefix
-        # Short timeouts: with Redis gone, an API call fails in seconds (503 with the reason) rather than hangs.
-        self._redis = aioredis.from_url(url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5)
+        # A short connect timeout: with Redis gone, an API call fails at once (503 with the reason). No
+        # read timeout: with one, a task cancelled while it waited for Redis (a server stopping) could
+        # miss its cancellation inside redis-py and never end.
+        self._redis = aioredis.from_url(url, decode_responses=True, socket_connect_timeout=2)
         self._channel = self._key("events")
         self._pubsub: aioredis.client.PubSub | None = None
         self._listener: asyncio.Task[None] | None = None

@@ -90,8 +90,9 @@ class Cluster:
         self._stopping = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(close_quietly(pull) for pull in self.pulls.values()))
+        if self._tasks:  # bounded: a registry call must not hold the server's shutdown
+            await asyncio.wait(self._tasks, timeout=3)
+        await asyncio.gather(*(close_quietly(pull) for pull in list(self.pulls.values())))
         self.pulls.clear()
         with contextlib.suppress(RegistryUnavailable):
             await asyncio.wait_for(

@@ -1,7 +1,9 @@
 """Pulling a stream from the node that originates it, for this node's viewers (an edge).
 
 The pull is an HTTP-FLV request to the origin's cluster listener, which answers with the stream's
-headers and GOP cache at once and then the live stream, close-delimited. Its tags go into a hub
+headers and GOP cache at once and then the live stream, in chunked transfer coding: its last chunk
+says that the origin ended the stream, where a connection that just closes says that the origin died
+(a killed process's sockets close as cleanly as a finished response's). Its tags go into a hub
 publish session marked ``relayed``, so the stream lives here as if an anchor published it: the
 hub's timeline keeps timestamps monotonic when the pull moves to another origin, and its grace
 period keeps viewers waiting while the anchor reconnects anywhere in the cluster.
@@ -24,6 +26,7 @@ from relay.hub import Hub, PublisherInfo, PublishSession
 log = logging.getLogger("minilive.cluster")
 
 MAX_HEAD = 16 * 1024
+MAX_CHUNK_LINE = 64
 RETRY_SECONDS = 0.5
 CONNECT_TIMEOUT = 3.0
 # A cold pull answers its first viewer when the first keyframe (or, for audio, packet) is in, or
@@ -40,7 +43,9 @@ class PullRefused(Exception):
 
 
 class _Connection(asyncio.Protocol):
-    """One HTTP-FLV response, read straight off the socket: the head, then FLV tags into ``on_tag``."""
+    """One HTTP-FLV response, read straight off the socket: the head, then FLV tags into ``on_tag``.
+    ``done`` tells how it ended: "end" (the last chunk: the origin ended the stream), else how the
+    connection went."""
 
     def __init__(self, on_tag: Callable[[int, int, bytes], None]) -> None:
         self.on_tag = on_tag
@@ -54,6 +59,10 @@ class _Connection(asyncio.Protocol):
         self.started.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.bytes_in = 0
+        self.chunked = False
+        self._chunks = bytearray()  # chunked body not decoded yet
+        self._left = 0  # bytes of the current chunk still to come
+        self._crlf = False  # the CRLF after a chunk's data is next
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -67,7 +76,8 @@ class _Connection(asyncio.Protocol):
                 if len(self.head) > MAX_HEAD:
                     self._fail("response head too large")
                 return
-            status_line = bytes(self.head[: self.head.find(b"\r\n")]).decode("latin-1")
+            status_head = bytes(self.head[:end])
+            status_line = status_head[: status_head.find(b"\r\n")].decode("latin-1")
             parts = status_line.split(" ", 2)
             body = bytes(self.head[end + 4 :])
             self.head.clear()
@@ -80,8 +90,58 @@ class _Connection(asyncio.Protocol):
                 self.started.set_exception(PullRefused(self.status, self.reason))
                 self._close("refused")
                 return
+            self.chunked = b"\r\ntransfer-encoding: chunked" in status_head.lower()
             self.started.set_result(None)
             data = body
+        if self.chunked:
+            data = self._dechunk(data)
+            if data is None:
+                return
+        self._deliver(data)
+
+    def _dechunk(self, data: bytes) -> bytes | None:
+        """The body bytes in ``data`` (chunked transfer coding); None once the response failed or ended."""
+        buf = self._chunks
+        buf += data
+        out = []
+        pos, size = 0, len(buf)
+        while pos < size:
+            if self._left:
+                take = min(self._left, size - pos)
+                out.append(bytes(buf[pos : pos + take]))
+                pos += take
+                self._left -= take
+                self._crlf = not self._left
+            elif self._crlf:
+                if size - pos < 2:
+                    break
+                if buf[pos : pos + 2] != b"\r\n":
+                    self._fail("bad chunked coding from upstream")
+                    return None
+                pos += 2
+                self._crlf = False
+            else:
+                line_end = buf.find(b"\r\n", pos, pos + MAX_CHUNK_LINE)
+                if line_end < 0:
+                    if size - pos >= MAX_CHUNK_LINE:
+                        self._fail("bad chunk size line from upstream")
+                        return None
+                    break
+                try:
+                    self._left = int(bytes(buf[pos:line_end]).split(b";")[0], 16)
+                except ValueError:
+                    self._fail("bad chunk size from upstream")
+                    return None
+                pos = line_end + 2
+                if not self._left:  # the last chunk: the origin ended the stream
+                    del buf[:]
+                    self._deliver(b"".join(out))
+                    self._close("end")
+                    return None
+        del buf[:pos]
+        return b"".join(out)
+
+    def _deliver(self, data: bytes) -> None:
         try:
             tags = self.reader.feed(data)
         except FlvError as exc:
@@ -201,7 +261,7 @@ class Pull:
                     return
             else:
                 try:
-                    clean_end = await self._pull(upstream) == "eof"
+                    clean_end = await self._pull(upstream) == "end"
                 except PullRefused as exc:
                     if exc.status == 403:
                         log.warning("pull of %s from %s refused: %s (do the nodes share one [cluster] secret?)",
@@ -229,7 +289,7 @@ class Pull:
             await asyncio.sleep(RETRY_SECONDS)
 
     async def _pull(self, upstream: str) -> str:
-        """One pull from ``upstream`` until it ends: why it ended ("eof" when cleanly)."""
+        """One pull from ``upstream`` until it ends: why it ended ("end": the origin ended the stream)."""
         url = urlsplit(upstream)
         path = f"/{quote(self.app)}/{quote(self.name)}.flv"
         loop = asyncio.get_running_loop()

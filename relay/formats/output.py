@@ -45,8 +45,8 @@ class ChunkedFlvFormat(FlvFormat):
         return b"%x\r\n%b\r\n" % (len(data), data)
 
 
-class RelayFlvFormat(FlvFormat):
-    """Close-delimited FLV to another node of the cluster, which pulls the stream (counted apart from viewers)."""
+class RelayFlvFormat(ChunkedFlvFormat):
+    """Chunked HTTP-FLV to another node of the cluster, which pulls the stream (counted apart from viewers)."""
 
     name = "relay"
 

@@ -33,8 +33,9 @@ class FlvPlayback:
         self.hub = hub
         self.authorize_play = authorize_play
         self.play_wait_seconds = play_wait_seconds
-        self.chunked = chunked and not relay
-        # Serving other nodes' pulls (relay.cluster.listener): close-delimited, counted as "relay".
+        self.chunked = chunked or relay
+        # Serving other nodes' pulls (relay.cluster.listener): chunked (the last chunk says the stream
+        # ended), counted as "relay".
         self.relay = relay
 
     def routes(self) -> list[web.RouteDef]:
@@ -66,11 +67,11 @@ class FlvPlayback:
         if chunked:
             response = web.StreamResponse(headers=headers)
             response.enable_chunked_encoding()
-            fmt: OutputFormat = CHUNKED_FLV
+            fmt: OutputFormat = RELAY_FLV if self.relay else CHUNKED_FLV
         else:
             response = CloseDelimitedResponse(headers=headers)
             response.force_close()
-            fmt = RELAY_FLV if self.relay else FLV
+            fmt = FLV
         transport = await take_transport(request, response)
         if transport is None:
             return response
