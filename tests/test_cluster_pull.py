@@ -65,7 +65,7 @@ async def test_a_connection_that_closes_without_the_last_chunk_is_an_origin_that
     ],
 )
 async def test_bad_chunked_coding_ends_the_pull_with_a_reason(body):
-    conn, tags = connection()
+    conn, _ = connection()
     conn.data_received(HEAD + chunked(header(), 13))
     conn.data_received(body)
     assert conn.done.done() and "upstream" in conn.done.result()
