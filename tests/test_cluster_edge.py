@@ -395,3 +395,32 @@ async def test_a_node_killed_mid_live_and_the_anchor_on_another_node_keep_a_thir
             await pub.stop()
         for workers, _, _ in nodes:
             await workers.stop()
+
+
+async def test_status_webhooks_fire_once_while_the_anchor_moves_between_nodes(make_server, cluster_url):
+    from tests.test_webhooks import Receiver
+
+    hook = Receiver([])
+    await hook.start()
+    a = await make_server(redis=cluster_url, allow_anonymous_publish=False, cluster_heartbeat_seconds=0.5)
+    b = await make_server(redis=cluster_url, allow_anonymous_publish=False, cluster_heartbeat_seconds=0.5)
+    app, room = await make_room(a)
+    app = await a.apps.update_app(app, {"webhook_url": hook.url})
+    pub = await publish(a.urls.push_url(app, room))
+    watcher = None
+    try:
+        await wait_for(lambda: a.hub.has("live", room.stream_name), what="the anchor at A")
+        watcher = FlvWatcher(b.urls.play_urls(app, room)["flv"])  # B pulls the stream from A
+        await wait_for(lambda: len(watcher.tags) > 20, what="video at B")
+        await pub.stop()
+        await wait_for(lambda: len(hook.calls) >= 2, what="the interruption")
+        pub = await publish(b.urls.push_url(app, room))  # the anchor comes back at B
+        await wait_for(lambda: len(hook.calls) >= 3, what="live again")
+        await asyncio.sleep(2.0)  # any duplicate, from the node that pulls or the one that lost the stream
+        statuses = [body["live_status"] for _, body in hook.calls if body["event"] == "status"]
+        assert statuses == [101, 106, 101], hook.calls
+    finally:
+        if watcher is not None:
+            await watcher.close()
+        await pub.stop()
+        await hook.stop()
