@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
+from api.aio import cancel_and_wait
 from api.models import ACTIVE_STATUSES, FINAL_STATUSES, LiveStatus, Replay, Room, RoomEvent, parse_stream
 from api.store.base import RoomStore
 from api.urls import Urls
@@ -154,9 +155,7 @@ class ReplayService:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         await asyncio.gather(*self._finishing, return_exceptions=True)
         await self.recorder.close()
 

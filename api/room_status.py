@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from api import errors
+from api.aio import cancel_and_wait
 from api.errors import ApiError
 from api.models import FINAL_STATUSES, App, LiveStatus, Room, RoomEvent, parse_stream
 from api.rooms import Rooms, RoomSettings
@@ -90,9 +91,7 @@ class RoomStatus:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
 
     async def apply(self, room: Room, event: Event, detail: str = "") -> Room | None:
         """Make ``event`` happen to ``room`` as the transition table says, atomically in the store, and
