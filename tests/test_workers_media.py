@@ -259,7 +259,10 @@ async def test_a_replay_survives_its_origin_worker_killed_mid_live(tmp_path):
             replays = await wait_for(finalized, timeout=30, what="the replay to be finalized")
             assert [r.status for r in replays] == ["ready"], "one replay, recorded once, not lost"
             assert replays[0].duration >= 4
-            assert (await store.get_room(room.roomid)).live_status == 106, "the room waits for its anchor"
+            async def waiting() -> bool:  # the status sweep (every 5 s) finds the room's node gone
+                return (await store.get_room(room.roomid)).live_status == 106
+
+            await wait_for(waiting, timeout=12, what="the room to wait for its anchor (106)")
         finally:
             await pub.stop()
             await workers.stop()
