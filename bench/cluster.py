@@ -111,13 +111,13 @@ def wait_for_quiet(options: Options) -> dict[str, Any]:
 
 def _processes(step: dict[str, Any]) -> list[str]:
     """How the work spread over the server's processes, as 'a / b / c' columns: each one's CPU in % of a
-    core and TCP connections (root first: minilive's supervisor, nginx's master), and the latency p99
-    of the sampled viewers on each (the publisher's process first)."""
+    core and sockets (root first: minilive's supervisor, nginx's master), and the latency p99 of the
+    sampled viewers on each (the publisher's process first)."""
     window = step["window_s"]
     procs = step["server_processes"]
     return [
         " / ".join(f"{100 * p['cpu_s'] / window:.0f}" for p in procs),
-        " / ".join(str(p["connections"]) for p in procs),
+        " / ".join(str(p["sockets"]) for p in procs),
         " / ".join(_fmt(p["p99_ms"]) for p in step["latency_by_process"] if p["pid"] is not None),
     ]
 
@@ -171,7 +171,7 @@ def _same_count(steps: list[dict[str, Any]], name: str, count: int) -> dict[str,
 def steps_table(steps: list[dict[str, Any]]) -> str:
     headers = [
         "server", "viewers", "delivered Gbit/s", "CPU-s per Gbit", f"vs {PEER}", "server CPU %",
-        "CPU % per process", "connections per process", "latency p50 / p99 ms", "p99 per process ms",
+        "CPU % per process", "sockets per process", "latency p50 / p99 ms", "p99 per process ms",
         "1st key p50 / p95 ms", "behind", "client CPU %", "machine busy %", "others %",
     ]  # fmt: skip
     rows = []
@@ -180,12 +180,12 @@ def steps_table(steps: list[dict[str, Any]]) -> str:
             rows.append(run._error_row([s["server"], str(s["count"])], s["error"], len(headers)))
             continue
         peer = _same_count(steps, PEER, s["count"])
-        cpu, connections, p99s = _processes(s)
+        cpu, sockets, p99s = _processes(s)
         rows.append(
             [
                 s["server"], str(s["count"]), _fmt(s["delivered_gbit_per_s"], 2), _fmt(s["cpu_s_per_gbit"], 3),
                 run._ratio(s["cpu_s_per_gbit"], peer["cpu_s_per_gbit"] if peer else None),
-                _fmt(100 * s["server_cpu_s"] / s["window_s"], 0), cpu, connections,
+                _fmt(100 * s["server_cpu_s"] / s["window_s"], 0), cpu, sockets,
                 f"{_fmt(s['latency_p50_ms'])} / {_fmt(s['latency_p99_ms'])}", p99s,
                 f"{_fmt(s['first_keyframe_p50_ms'], 0)} / {_fmt(s['first_keyframe_p95_ms'], 0)}",
                 str(s["viewers_behind"]), _fmt(s["client_cpu_pct"], 0), _fmt(s["machine_busy_pct"], 0),

@@ -218,12 +218,13 @@ def measure(
         everyone_first = peers.processes()
         peak_rss, peak_files = first.rss_bytes, first.files_bytes
         owners: dict[int, int] = {}
+        sockets: dict[int, int] = {}
         while (left := schedule.end - time.monotonic()) > 0:
             time.sleep(min(1.0, left))
             now = server.sample()
             peak_rss, peak_files = max(peak_rss, now.rss_bytes), max(peak_files, now.files_bytes)
-            if not owners and left < (schedule.end - schedule.measure) / 2:
-                owners = peers.connection_owners(server.pids)
+            if not sockets and left < (schedule.end - schedule.measure) / 2:
+                owners, sockets = peers.connections(server.pids)
         last = server.sample()
         server_window = time.monotonic() - first_at
         machine_busy, softirq = MachineCpu.read().percent_since(machine_first)
@@ -246,9 +247,6 @@ def measure(
     server_cpu = (last.cpu_seconds - first.cpu_seconds) * scale
     main_cpu = (last.main_cpu_seconds - first.main_cpu_seconds) * scale
     client_cpu = sum(o["cpu_seconds"] for o in outputs)
-    held: dict[int, int] = {}
-    for pid in owners.values():
-        held[pid] = held.get(pid, 0) + 1
     for client in (c for o in outputs for c in (*o["viewers"], *o["publishers"])):
         client["server_pid"] = owners.get(client.get("port", 0))
     return {
@@ -259,10 +257,10 @@ def measure(
         "server_rss_mb": peak_rss / 1e6,
         "server_files_mb": peak_files / 1e6 if server.hls_dir is not None else None,
         "server_alive": server.alive(),
-        # Each of the server's processes (root first): its CPU in the window and the TCP connections it
-        # held in the middle of it, which show how clients spread over workers.
+        # Each of the server's processes (root first): its CPU in the window and the sockets it held in
+        # the middle of it, which show how clients spread over workers.
         "server_processes": [
-            {"pid": pid, "cpu_s": (cpu - first.by_pid.get(pid, 0.0)) * scale, "connections": held.get(pid, 0)}
+            {"pid": pid, "cpu_s": (cpu - first.by_pid.get(pid, 0.0)) * scale, "sockets": sockets.get(pid)}
             for pid, cpu in last.by_pid.items()
         ],
         "client_cpu_pct": 100 * client_cpu / window,
