@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -368,22 +369,33 @@ def start_chain(options: Options) -> Chain:
 # ------------------------------------------------------------------ edge: first keyframe
 
 
+async def play(url: str, on_tag: Callable[[Tag], None]) -> load.FlvViewer:
+    """An HTTP-FLV viewer of ``url``, once the server has answered its request."""
+    loop = asyncio.get_running_loop()
+    viewer = load.FlvViewer(url, on_tag)
+    parts = urlsplit(url)
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            await loop.create_connection(lambda: viewer, parts.hostname, parts.port)
+            await viewer.started
+    except BaseException:
+        viewer.close()
+        raise
+    return viewer
+
+
 async def first_keyframe(url: str) -> float:
     """ms from starting to connect to HTTP-FLV ``url`` to receiving its first video keyframe."""
-    loop = asyncio.get_running_loop()
-    got: asyncio.Future[float] = loop.create_future()
+    got: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
     def on_tag(tag: Tag) -> None:
         if tag.kind == VIDEO and load.is_keyframe(tag.payload) and not got.done():
             got.set_result(time.monotonic())
 
-    viewer = load.FlvViewer(url, on_tag)
-    parts = urlsplit(url)
     started = time.monotonic()
+    viewer = await play(url, on_tag)
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):
-            await loop.create_connection(lambda: viewer, parts.hostname, parts.port)
-            await viewer.started
             await asyncio.wait([got, viewer.closed], return_when=asyncio.FIRST_COMPLETED)
     finally:
         viewer.close()
@@ -394,12 +406,7 @@ async def first_keyframe(url: str) -> float:
 
 async def hold(url: str) -> load.FlvViewer:
     """A viewer of ``url`` that stays (so that its node keeps pulling), counting bytes only."""
-    loop = asyncio.get_running_loop()
-    viewer = load.FlvViewer(url, lambda tag: None)
-    parts = urlsplit(url)
-    async with asyncio.timeout(PROBE_TIMEOUT):
-        await loop.create_connection(lambda: viewer, parts.hostname, parts.port)
-        await viewer.started
+    viewer = await play(url, lambda tag: None)
     viewer.stop_parsing()
     return viewer
 
