@@ -85,6 +85,7 @@ class Options:
     wait_load: float  # wait for the 1-minute load average to fall under this before measuring
     wait_max: float  # ... at most this many seconds
     retries: int  # capacity: runs of a step again while other processes disturbed it
+    confirm: int  # capacity: more runs of a step that reaches the limit (it counts by their median)
 
     def run_options(self, viewers: int) -> run.Options:
         """bench.run's options for a fan-out with ``viewers``, with this run's timing and clients."""
@@ -161,21 +162,35 @@ def capacity_step(name: str, count: int, options: Options) -> dict[str, Any]:
         wait_idle(options)
 
 
+def _report(step: dict[str, Any]) -> None:
+    if "error" in step:
+        _progress(f"  error: {step['error'].splitlines()[0]}")
+        return
+    _progress(
+        f"  {step['delivered_gbit_per_s']:.2f} Gbit/s, p99 {_fmt(step['latency_p99_ms'])} ms, "
+        f"{_fmt(step['cpu_s_per_gbit'], 3)} CPU-s/Gbit, {step['viewers_behind']} behind"
+    )
+
+
 def capacity(options: Options) -> list[dict[str, Any]]:
-    """Each server at each step, until its sampled viewers' p99 reaches the limit."""
+    """Each server at each step, until its sampled viewers' p99 reaches the limit: a step that reaches
+    it runs ``confirm`` more times, and counts by the run with the median p99 (one slow run is noise
+    on this machine often enough); the others' main figures are kept in ``confirm_runs``."""
     steps = []
     for name in options.servers:
         for count in options.steps:
             _progress(f"capacity: {name}, {count} viewers ...")
-            step = capacity_step(name, count, options)
+            runs = [capacity_step(name, count, options)]
+            _report(runs[0])
+            if "error" not in runs[0] and not under_limit(runs[0], options):
+                for _ in range(options.confirm):
+                    _progress(f"  at or over {options.p99_limit_ms:g} ms: {name}, {count} viewers again ...")
+                    runs.append(capacity_step(name, count, options))
+                    _report(runs[-1])
+            ranked = sorted(runs, key=lambda r: math.inf if r.get("latency_p99_ms") is None else r["latency_p99_ms"])
+            step = ranked[len(ranked) // 2]
+            step["confirm_runs"] = [{k: r.get(k) for k in DISTURBED_KEYS} for r in runs] if len(runs) > 1 else []
             steps.append(step)
-            if "error" in step:
-                _progress(f"  error: {step['error'].splitlines()[0]}")
-                break
-            _progress(
-                f"  {step['delivered_gbit_per_s']:.2f} Gbit/s, p99 {_fmt(step['latency_p99_ms'])} ms, "
-                f"{_fmt(step['cpu_s_per_gbit'], 3)} CPU-s/Gbit, {step['viewers_behind']} behind"
-            )
             if not under_limit(step, options):
                 break
     return steps
@@ -230,6 +245,12 @@ def steps_table(steps: list[dict[str, Any]]) -> str:
         f"viewers (busiest: {s['busiest_others'] or 'short-lived'}); its numbers may be disturbed"
         for s in steps
         if s.get("other_cpu_pct", 0) > run.DISTURBED_PCT
+    ]
+    notes += [
+        f"note: {s['server']} with {s['count']} viewers reached the limit and ran {len(s['confirm_runs'])} times: "
+        f"p99 {', '.join(_fmt(r['latency_p99_ms']) for r in s['confirm_runs'])} ms; the row is the median run"
+        for s in steps
+        if s.get("confirm_runs")
     ]
     notes += [
         f"note: {s['server']} with {s['count']} viewers ran {len(s['disturbed_runs']) + 1} times: other processes "
@@ -627,6 +648,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--retries", default=2, type=int, help="capacity: runs of a step again while other processes disturbed it"
     )
+    parser.add_argument(
+        "--confirm", default=2, type=int, help="capacity: more runs of a step that reaches the limit (median counts)"
+    )
     args = parser.parse_args(argv)
     try:
         parts = run.names(args.parts, PARTS, "part")
@@ -638,7 +662,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     return Options(
         parts, args.servers, steps, args.duration, args.warmup, args.connect_rate, args.client_procs, args.sampled,
         args.p99_limit_ms, args.edge_viewers, args.edge_sampled, args.edge_duration, args.probes, args.linger,
-        args.wait_load, args.wait_max, args.retries,
+        args.wait_load, args.wait_max, args.retries, args.confirm,
     )  # fmt: skip
 
 
