@@ -95,6 +95,10 @@ def versions() -> dict[str, str]:
         ["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-rtmp"], capture_output=True, text=True
     ).stdout
     found["libnginx-mod-rtmp"] = rtmp
+    static = NGINX_STATIC / "nginx"
+    if static.exists():  # more than one worker runs this one: Debian's nginx with the module compiled in
+        built = subprocess.run([str(static), "-v"], capture_output=True, text=True).stderr.strip()
+        found["nginx-static"] = f"{built.split('/', 1)[-1]} + nginx-rtmp {rtmp} compiled in"
     if (NMS_PACKAGE / "package.json").exists():
         found["node-media-server"] = json.loads((NMS_PACKAGE / "package.json").read_text())["version"]
         found["node"] = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
