@@ -112,16 +112,16 @@ def wait_for_quiet(options: Options) -> dict[str, Any]:
     return seen
 
 
-def wait_idle(options: Options) -> float:
+def wait_idle(options: Options) -> None:
     """Between runs, when nothing of ours runs: wait (up to ``wait_max``) for a QUIET_PROBE_S window in
-    which the machine is less than DISTURBED_PCT of a core busy. The last busy figure, % of a core."""
+    which the machine is less than DISTURBED_PCT of a core busy."""
     deadline = time.monotonic() + options.wait_max
     while True:
         before = run.MachineCpu.read()
         time.sleep(QUIET_PROBE_S)
         busy = run.MachineCpu.read().percent_since(before)[0]
         if busy < run.DISTURBED_PCT or time.monotonic() > deadline:
-            return busy
+            return
         _progress(f"  other processes keep {busy:.0f} % of a core busy: waiting ...")
 
 
