@@ -65,6 +65,11 @@ def is_config(tag: Tag) -> bool:
     return tag.kind in (AUDIO, VIDEO) and len(tag.payload) > 1 and tag.payload[1] == 0
 
 
+def _local_port(connection: RtmpClient | FlvViewer) -> int:
+    transport = connection._transport
+    return transport.get_extra_info("sockname")[1] if transport is not None else 0
+
+
 def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
@@ -82,11 +87,16 @@ async def _sleep_until(deadline: float) -> None:
 class ViewerResult:
     protocol: str
     sampled: bool
+    group: str = ""  # the plan's label for it (bench.cluster: the node it plays from)
+    port: int = 0  # its connection's local port, by which bench.run.measure finds the server process holding it
     first_keyframe_ms: float | None = None
     window_bytes: int = 0  # received between the plan's measure and end times
     total_bytes: int = 0
     closed_early: bool = False
     error: str | None = None
+    # A sampled viewer's video frames in the window: (when the publisher sent it, in ms of
+    # time.monotonic(), which names the frame; its latency in ms).
+    latency: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -96,6 +106,7 @@ class PublisherResult:
     max_unsent_bytes: int = 0
     behind: bool = False
     error: str | None = None
+    port: int = 0  # as a viewer's
 
 
 @dataclass(slots=True)
@@ -232,7 +243,6 @@ class Viewer:
     url: str
     stream: str
     connection: RtmpClient | FlvViewer | None = None
-    latencies: list[float] = field(default_factory=list)
     measured_from: int = 0
     stopping: bool = False  # we are closing it: the end of the connection is not the server's doing
 
@@ -247,7 +257,7 @@ class Viewer:
         if self.result.sampled and payload[1:2] == b"\x01" and timeline.in_window(now):
             sent_at = sent.get(frame_key(payload))
             if sent_at is not None:
-                self.latencies.append((now - sent_at) * 1000)
+                self.result.latency.append((round(sent_at * 1000, 3), round((now - sent_at) * 1000, 2)))
 
     async def run(self, sent: dict[FrameKey, float], timeline: Timeline, timeout: float) -> None:
         await _sleep_until(self.start)
@@ -262,6 +272,7 @@ class Viewer:
                         self.on_video(message.payload, connected_at, sent, timeline)
 
                 client.on_message = on_message
+                self.result.port = _local_port(client)
                 await client.play(self.stream, timeout=timeout)
             else:
                 loop = asyncio.get_running_loop()
@@ -275,6 +286,7 @@ class Viewer:
                 viewer = self.connection = FlvViewer(self.url, on_tag)
                 async with asyncio.timeout(timeout):
                     await loop.create_connection(lambda: viewer, parts.hostname, parts.port)
+                    self.result.port = _local_port(viewer)
                     await viewer.started
             await self.connection.closed
             self.result.closed_early = not self.stopping
@@ -318,6 +330,7 @@ async def publish(
     await _sleep_until(start)
     try:
         client = await connect(url, timeout=timeout)
+        result.port = _local_port(client)
         await client.publish(result.stream, timeout=timeout)
         for tag in source.config:
             client.send_media(tag.kind, 0, tag.payload)
@@ -387,7 +400,7 @@ async def run(plan: dict[str, Any]) -> dict[str, Any]:
                 )
             )
     viewers = [
-        Viewer(ViewerResult(v["protocol"], v["sampled"]), v["start"], v["url"], v["stream"])
+        Viewer(ViewerResult(v["protocol"], v["sampled"], v.get("group", "")), v["start"], v["url"], v["stream"])
         for v in plan.get("viewers", [])
     ]
     tasks.extend(viewer.run(sent, timeline, timeout) for viewer in viewers)
@@ -427,7 +440,7 @@ async def run(plan: dict[str, Any]) -> dict[str, Any]:
     return {
         "cpu_seconds": cpu_seconds,
         "viewers": [asdict(viewer.result) for viewer in viewers],
-        "latency_ms": [round(ms, 2) for viewer in viewers for ms in viewer.latencies],
+        "latency_ms": [ms for viewer in viewers for _, ms in viewer.result.latency],
         "publishers": [asdict(result) for result in publishers],
         "hls": hls,
     }

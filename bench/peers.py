@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,10 @@ RTMP_MODULE_PATHS = (
     Path("/usr/lib/nginx/modules/ngx_rtmp_module.so"),
     Path("/usr/share/nginx/modules/ngx_rtmp_module.so"),
 )
+# nginx with nginx-rtmp compiled in, from the sources of the Debian packages above, for more than one
+# worker (see build_nginx): Debian's module is loaded dynamically, which breaks rtmp_auto_push.
+NGINX_STATIC = CACHE / "nginx-rtmp-static"
+NGINX_BUILD_PACKAGES = ("gcc", "make", "libssl-dev")
 STARTUP_TIMEOUT = 20.0
 # nginx-rtmp writes HLS to files: on tmpfs they cost what an in-memory server's segments cost.
 HLS_TMPFS = Path("/dev/shm")
@@ -55,9 +61,12 @@ def _apt_missing(packages: tuple[str, ...]) -> list[str]:
     return missing
 
 
-def install() -> None:
-    """Install whatever of the peers and tools is missing; a no-op when all are there."""
-    packages = APT_PACKAGES if shutil.which("npm") else (*APT_PACKAGES, "nodejs", "npm")
+def install(extra: tuple[str, ...] = (), nms: bool = True) -> None:
+    """Install whatever of the peers and tools (and the Debian packages ``extra``) is missing; a no-op
+    when all are there. ``nms``: node-media-server too."""
+    packages = (*APT_PACKAGES, *extra)
+    if nms and not shutil.which("npm"):
+        packages += ("nodejs", "npm")
     missing = _apt_missing(packages)
     if missing:
         sudo = [] if os.geteuid() == 0 else ["sudo"]
@@ -68,7 +77,7 @@ def install() -> None:
             check=True,
             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
         )
-    if not (NMS_PACKAGE / "package.json").exists():
+    if nms and not (NMS_PACKAGE / "package.json").exists():
         print("installing node-media-server@4", file=sys.stderr)
         NMS_PREFIX.mkdir(parents=True, exist_ok=True)
         subprocess.run(
@@ -86,6 +95,10 @@ def versions() -> dict[str, str]:
         ["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-rtmp"], capture_output=True, text=True
     ).stdout
     found["libnginx-mod-rtmp"] = rtmp
+    static = NGINX_STATIC / "nginx"
+    if static.exists():  # more than one worker runs this one: Debian's nginx with the module compiled in
+        built = subprocess.run([str(static), "-v"], capture_output=True, text=True).stderr.strip()
+        found["nginx-static"] = f"{built.split('/', 1)[-1]} + nginx-rtmp {rtmp} compiled in"
     if (NMS_PACKAGE / "package.json").exists():
         found["node-media-server"] = json.loads((NMS_PACKAGE / "package.json").read_text())["version"]
         found["node"] = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
@@ -102,6 +115,7 @@ class Sample:
     files_bytes: int = 0  # HLS files the server keeps on tmpfs (nginx-rtmp)
     main_cpu_seconds: float = 0.0  # the first process's own share (the root of the tree: minilive's
     # server, nginx's master), without its helpers (minilive's transcoding workers, nginx's worker)
+    by_pid: dict[int, float] = field(default_factory=dict)  # each process's cpu_seconds
 
 
 @dataclass(slots=True)
@@ -145,8 +159,7 @@ def process_tree(root: int) -> list[int]:
 
 def sample(pids: list[int]) -> Sample:
     """CPU and memory of ``pids`` together; ``main_cpu_seconds`` is the first one's."""
-    cpu = 0
-    main = None
+    by_pid = {}
     rss = 0
     for pid in pids:
         try:
@@ -154,18 +167,40 @@ def sample(pids: list[int]) -> Sample:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
-        ticks = int(fields[11]) + int(fields[12])  # utime, stime
-        cpu += ticks
-        if pid == pids[0]:
-            main = ticks
+        by_pid[pid] = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
         for line in status.splitlines():
             if line.startswith("VmRSS:"):
                 rss += int(line.split()[1]) * 1024
                 break
-    return Sample(cpu / _TICKS, rss, main_cpu_seconds=(main or 0) / _TICKS)
+    main = by_pid.get(pids[0], 0.0) if pids else 0.0
+    return Sample(sum(by_pid.values()), rss, main_cpu_seconds=main, by_pid=by_pid)
 
 
-# ------------------------------------------------------------------ servers
+def connections(pids: list[int]) -> tuple[dict[int, int], dict[int, int]]:
+    """How many sockets each of ``pids`` holds, and which of them holds each TCP connection, by the port
+    of the connection's other end (on loopback, a client's local port): which worker a client landed on.
+
+    /proc/net/tcp is read while the connections carry traffic, and then it misses a few percent of them
+    (with a few thousand): a port not found is a client not placed, the socket counts are exact."""
+    holders: dict[int, int] = {}  # socket inode -> pid
+    sockets = dict.fromkeys(pids, 0)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        holders[int(link[8:-1])] = pid
+                        sockets[pid] += 1
+    owners = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()  # sl, local, remote, state, ..., inode (10th)
+                pid = holders.get(int(fields[9]))
+                if pid is not None:
+                    owners[int(fields[2].rsplit(":", 1)[1], 16)] = pid
+    return owners, sockets
 
 
 @dataclass(slots=True)
@@ -203,16 +238,56 @@ class Server:
                     found.files_bytes += entry.stat().st_size
         return found
 
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
     def stop(self) -> None:
-        if self.process.poll() is None:
+        # Read first: a supervisor's workers run in process groups of their own, so the signal to
+        # the server's group does not reach them, and they are no longer its children once it exits.
+        tree = process_tree(self.process.pid) if self.alive() else []
+        if self.alive():
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        left = [pid for pid in tree[1:] if pid in processes()]
+        deadline = time.monotonic() + 5
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = [pid for pid in left if pid in processes()]
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if self.hls_dir is not None:
             shutil.rmtree(self.hls_dir, ignore_errors=True)
+
+
+@dataclass(slots=True)
+class Group:
+    """Several servers (a cluster's nodes) measured as one: their CPU and memory summed."""
+
+    servers: list[Server]
+    hls_dir: Path | None = None
+    pids: list[int] = field(default_factory=list)
+
+    def alive(self) -> bool:
+        return all(server.alive() for server in self.servers)
+
+    def sample(self) -> Sample:
+        samples = [server.sample() for server in self.servers]
+        self.pids = [pid for server in self.servers for pid in server.pids]
+        return Sample(
+            sum(s.cpu_seconds for s in samples),
+            sum(s.rss_bytes for s in samples),
+            main_cpu_seconds=sum(s.main_cpu_seconds for s in samples),
+            by_pid={pid: cpu for s in samples for pid, cpu in s.by_pid.items()},
+        )
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
 
 
 def free_port() -> int:
@@ -288,18 +363,101 @@ def _nginx_hls(http_port: int) -> tuple[str, str, Path]:
     return application, http, hls_dir
 
 
-def start_nginx(rtmp_port: int, http_port: int, hls: bool) -> Server:
-    """nginx-rtmp, one worker (its live streams are per worker). No HTTP-FLV; with ``hls``, HLS files
-    on tmpfs (2 s fragments, 12 s playlists) served by the same nginx at /hls/NAME.m3u8."""
-    module = next((path for path in RTMP_MODULE_PATHS if path.exists()), None)
-    if module is None:
-        raise RuntimeError("ngx_rtmp_module.so not found; run `python -m bench.peers install`")
-    workdir = _fresh_dir("nginx")
+def _apt_source(package: str, into: Path) -> Path:
+    """The upstream source tarball of the installed version of Debian package ``package``, downloaded
+    into ``into`` with apt (its own source index there: the system's apt configuration is not touched)."""
+    version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True).stdout
+    if not version:
+        raise RuntimeError(f"{package} is not installed; run `python -m bench.peers install`")
+    sources, lists = into / "sources", into / "lists"
+    (lists / "partial").mkdir(parents=True, exist_ok=True)
+    sources.mkdir(exist_ok=True)
+    (sources / "debian.sources").write_text(
+        "".join(
+            f"Types: deb-src\nURIs: {uri}\nSuites: {suite}\nComponents: main\n"
+            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+            for uri, suite in (
+                ("http://deb.debian.org/debian", "bookworm"),
+                ("http://deb.debian.org/debian-security", "bookworm-security"),
+            )
+        )
+    )
+    apt = ["apt-get", "-qq", "-o", f"Dir::Etc::SourceList={sources / 'none'}"]
+    apt += ["-o", f"Dir::Etc::SourceParts={sources}", "-o", f"Dir::State::Lists={lists}"]
+    if not any(lists.glob("*Sources*")):
+        subprocess.run([*apt, "update"], check=True, cwd=into)
+    # --tar-only: the upstream tarball, checked against the signed index; Debian's patches are left out.
+    subprocess.run([*apt, "source", "--download-only", "--tar-only", f"{package}={version}"], check=True, cwd=into)
+    upstream = version.split(":", 1)[-1].rsplit("-", 1)[0]
+    return next(into.glob(f"*_{upstream}.orig.tar.*"))
+
+
+def build_nginx() -> Path:
+    """nginx with nginx-rtmp compiled in (once, cached), from the upstream sources of the installed
+    Debian packages (nginx 1.22.1, nginx-rtmp 1.2.2) and with Debian's compiler and linker flags.
+
+    Why: ``rtmp_auto_push`` does not work with nginx-rtmp loaded as a dynamic module, as Debian ships
+    it. The module makes each worker's unix socket in its init_process hook, which runs after the
+    event module has put the listening sockets in epoll: that socket is never accepted on, so a
+    publisher's pushes to the other workers wait forever and their viewers get nothing (upstream
+    issues arut/nginx-rtmp-module#773 and #782)."""
+    binary = NGINX_STATIC / "nginx"
+    if binary.exists():
+        return binary
+    missing = _apt_missing(NGINX_BUILD_PACKAGES)
+    if missing:
+        install(missing, nms=False)
+    print("building nginx with nginx-rtmp compiled in (for rtmp_auto_push), about a minute", file=sys.stderr)
+    work = NGINX_STATIC / "build"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for package in ("nginx", "libnginx-mod-rtmp"):
+        subprocess.run(["tar", "xf", str(_apt_source(package, NGINX_STATIC))], check=True, cwd=work)
+    nginx_src = next(work.glob("nginx-[0-9]*"))
+    rtmp_src = next(work.glob("nginx-rtmp-module-*"))
+    installed = subprocess.run(["nginx", "-V"], capture_output=True, text=True).stderr
+    flags = [
+        arg
+        for arg in shlex.split(installed.split("configure arguments:", 1)[-1])
+        if arg.startswith(("--with-cc-opt=", "--with-ld-opt="))
+    ]
+    # Debian's flags warn about __DATE__, which the module's stat page uses (Debian patches it out).
+    flags = [f"{arg} -Wno-error=date-time" if arg.startswith("--with-cc-opt=") else arg for arg in flags]
+    configure = ["./configure", f"--prefix={NGINX_STATIC}", *flags, f"--add-module={rtmp_src}"]
+    configure += ["--without-http_rewrite_module", "--without-http_gzip_module"]  # no PCRE, zlib needed
+    subprocess.run(configure, check=True, cwd=nginx_src, stdout=subprocess.DEVNULL)
+    subprocess.run(["make", f"-j{os.cpu_count() or 1}"], check=True, cwd=nginx_src, stdout=subprocess.DEVNULL)
+    shutil.copy2(nginx_src / "objs" / "nginx", binary)
+    shutil.rmtree(work)
+    return binary
+
+
+def start_nginx(rtmp_port: int, http_port: int, hls: bool, workers: int = 1) -> Server:
+    """nginx-rtmp, one worker by default (its live streams are per worker). No HTTP-FLV; with ``hls``,
+    HLS files on tmpfs (2 s fragments, 12 s playlists) served by the same nginx at /hls/NAME.m3u8.
+
+    With more ``workers``, ``rtmp_auto_push on``: the worker a publisher lands on pushes its stream
+    to every other worker over a unix socket (in the work dir), so viewers on any worker see it.
+    The workers share one listening socket (nginx-rtmp's ``listen`` has no ``reuseport``). That runs
+    the build of :func:`build_nginx`, Debian's nginx with the same sources compiled in."""
+    workdir = _fresh_dir("nginx" if workers == 1 else f"nginx-w{workers}")
+    if workers == 1:
+        binary = "nginx"
+        module = next((path for path in RTMP_MODULE_PATHS if path.exists()), None)
+        if module is None:
+            raise RuntimeError("ngx_rtmp_module.so not found; run `python -m bench.peers install`")
+        main = f"load_module {module};\n"
+    else:
+        binary = str(build_nginx())
+        (workdir / "logs").mkdir()  # its default access log's place (Debian's is /var/log/nginx)
+        sockets = workdir / "sockets"
+        sockets.mkdir()
+        sockets.chmod(0o777)  # nginx's workers make their sockets there, as nobody when started by root
+        main = f"rtmp_auto_push on;\nrtmp_socket_dir {sockets};\n"
     application, http, hls_dir = _nginx_hls(http_port) if hls else ("", "", None)
     conf = workdir / "nginx.conf"
     conf.write_text(
-        f"""load_module {module};
-worker_processes 1;
+        f"""{main}worker_processes {workers};
 worker_rlimit_nofile 65536;
 daemon off;
 master_process on;
@@ -315,10 +473,10 @@ rtmp {{
 }}
 {http}"""
     )
-    argv = ["nginx", "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)]
+    argv = [binary, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)]
     process, log = _launch(argv, workdir)
     server = Server(
-        "nginx-rtmp",
+        "nginx-rtmp" if workers == 1 else f"nginx-rtmp:{workers}",
         process,
         rtmp_port,
         http_port if hls else None,
@@ -330,10 +488,12 @@ rtmp {{
     return server
 
 
-def start_nms(rtmp_port: int, http_port: int, hls: bool) -> Server:
+def start_nms(rtmp_port: int, http_port: int, hls: bool, workers: int = 1) -> Server:
     """node-media-server 4.x: RTMP, and HTTP-FLV at /live/NAME.flv; no admin console, API or recording.
 
-    It has no HLS: ``hls`` changes nothing."""
+    It has no HLS: ``hls`` changes nothing. It runs one process: ``workers`` must be 1."""
+    if workers != 1:
+        raise ValueError("node-media-server runs one process; it has no workers setting")
     workdir = _fresh_dir("nms-run")
     config = {
         "bind": "127.0.0.1",
@@ -372,12 +532,21 @@ def checkout(revision: str) -> Path:
 
 
 def start_minilive(
-    rtmp_port: int, http_port: int, hls: bool = False, config: str = "", name: str = "minilive"
+    rtmp_port: int,
+    http_port: int,
+    hls: bool = False,
+    workers: int = 1,
+    config: str = "",
+    name: str = "minilive",
+    args: tuple[str, ...] = (),
 ) -> Server:
-    """minilive with its defaults (plus the TOML ``config``, if any); it packages HLS / LL-HLS for a
-    stream on the first request, so ``hls`` changes nothing. ``name`` ``minilive@REV`` runs the code of
-    git revision REV (see :func:`checkout`) instead of the work tree's."""
-    workdir = _fresh_dir(name)
+    """minilive with its defaults (plus the TOML ``config`` and the ``serve`` flags ``args``, if any);
+    it packages HLS / LL-HLS for a stream on the first request, so ``hls`` changes nothing. With more
+    ``workers``, ``--workers N``: a supervisor and N server processes. ``name`` ``minilive@REV`` runs
+    the code of git revision REV (see :func:`checkout`) instead of the work tree's."""
+    if workers > 1:
+        args = ("--workers", str(workers), *args)
+    workdir = _fresh_dir(name if workers == 1 else f"{name}-w{workers}")
     settings = []
     if config:
         (workdir / "minilive.toml").write_text(config)
@@ -391,10 +560,11 @@ def start_minilive(
         "--allow-anonymous-publish",
         "--data-dir", str(workdir / "data"),
         "--log-level", "warning",
+        *args,
     ]  # fmt: skip
     process, log = _launch(argv, workdir, minilive_env(tree))
     server = Server(
-        name,
+        name if workers == 1 else f"{name}:{workers}",
         process,
         rtmp_port,
         http_port,
@@ -404,7 +574,24 @@ def start_minilive(
         ll_hls=True,
     )
     _wait_listening(server)
+    if workers > 1:
+        _wait_workers(server, workers)
     return server
+
+
+def _wait_workers(server: Server, count: int) -> None:
+    """Until each of ``count`` workers has answered /healthz (fresh connections, which SO_REUSEPORT
+    spreads over the workers): a worker listens on RTMP before HTTP, so then every one takes viewers."""
+    url = f"http://127.0.0.1:{server.http_port}/healthz"
+    seen: set[int] = set()
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while len(seen) < count:
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"{server.name}: only workers {sorted(seen)} of {count} answered")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
+            seen.add(json.loads(response.read())["worker"])
+        time.sleep(0.02)
 
 
 def minilive_env(tree: Path = ROOT) -> dict[str, str]:
@@ -413,23 +600,32 @@ def minilive_env(tree: Path = ROOT) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{path}" if path else str(tree)}
 
 
-STARTERS: dict[str, Callable[[int, int, bool], Server]] = {
+STARTERS: dict[str, Callable[[int, int, bool, int], Server]] = {
     "minilive": start_minilive,
     "nginx-rtmp": start_nginx,
     "nms": start_nms,
 }
 
 
+def split_name(name: str) -> tuple[str, int]:
+    """A server name without its processes, and how many: ``minilive:2`` is minilive with two workers
+    (``--workers 2``), ``nginx-rtmp:2`` nginx with ``worker_processes 2``; without ``:N``, one."""
+    base, _, count = name.rpartition(":")
+    return (base, int(count)) if base and count.isdigit() and int(count) > 0 else (name, 1)
+
+
 def kind(name: str) -> str:
-    """The server a name runs: ``minilive@REV`` is minilive."""
-    return name.split("@", 1)[0]
+    """The server a name runs: ``minilive@REV`` and ``minilive:2`` are minilive."""
+    return split_name(name)[0].split("@", 1)[0]
 
 
 def start(name: str, hls: bool = False) -> Server:
-    """Start server ``name`` on free ports; with ``hls``, configured to serve HLS if it needs to be."""
-    if kind(name) == "minilive":
-        return start_minilive(free_port(), free_port(), hls, name=name)
-    return STARTERS[name](free_port(), free_port(), hls)
+    """Start server ``name`` (``NAME[@REV][:WORKERS]``) on free ports; with ``hls``, configured to serve
+    HLS if it needs to be."""
+    base, count = split_name(name)
+    if kind(base) == "minilive":
+        return start_minilive(free_port(), free_port(), hls, count, name=base)
+    return STARTERS[base](free_port(), free_port(), hls, count)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -183,7 +184,9 @@ class MachineCpu:
         return scale * (self.busy - earlier.busy), scale * (self.softirq - earlier.softirq)
 
 
-def measure(server: peers.Server, plans: list[dict], schedule: Schedule, client: str = "bench.load") -> dict[str, Any]:
+def measure(
+    server: peers.Server | peers.Group, plans: list[dict], schedule: Schedule, client: str = "bench.load"
+) -> dict[str, Any]:
     """Run one load process per plan (``python -m CLIENT PLAN RESULT``) against ``server``; sample the
     server over the window."""
     shutil.rmtree(LOAD_DIR, ignore_errors=True)
@@ -214,10 +217,14 @@ def measure(server: peers.Server, plans: list[dict], schedule: Schedule, client:
         machine_first = MachineCpu.read()
         everyone_first = peers.processes()
         peak_rss, peak_files = first.rss_bytes, first.files_bytes
+        owners: dict[int, int] = {}
+        sockets: dict[int, int] = {}
         while (left := schedule.end - time.monotonic()) > 0:
             time.sleep(min(1.0, left))
             now = server.sample()
             peak_rss, peak_files = max(peak_rss, now.rss_bytes), max(peak_files, now.files_bytes)
+            if not sockets and left < (schedule.end - schedule.measure) / 2:
+                owners, sockets = peers.connections(server.pids)
         last = server.sample()
         server_window = time.monotonic() - first_at
         machine_busy, softirq = MachineCpu.read().percent_since(machine_first)
@@ -236,9 +243,12 @@ def measure(server: peers.Server, plans: list[dict], schedule: Schedule, client:
                 process.wait()
     window = schedule.end - schedule.measure
     # Scaled to the planned window, in case this process woke a little late for its samples.
-    server_cpu = (last.cpu_seconds - first.cpu_seconds) * window / server_window
-    main_cpu = (last.main_cpu_seconds - first.main_cpu_seconds) * window / server_window
+    scale = window / server_window
+    server_cpu = (last.cpu_seconds - first.cpu_seconds) * scale
+    main_cpu = (last.main_cpu_seconds - first.main_cpu_seconds) * scale
     client_cpu = sum(o["cpu_seconds"] for o in outputs)
+    for client in (c for o in outputs for c in (*o["viewers"], *o["publishers"])):
+        client["server_pid"] = owners.get(client.get("port", 0))
     return {
         "window_s": window,
         "server_cpu_s": server_cpu,
@@ -246,7 +256,13 @@ def measure(server: peers.Server, plans: list[dict], schedule: Schedule, client:
         "server_main_cpu_s": main_cpu,
         "server_rss_mb": peak_rss / 1e6,
         "server_files_mb": peak_files / 1e6 if server.hls_dir is not None else None,
-        "server_alive": server.process.poll() is None,
+        "server_alive": server.alive(),
+        # Each of the server's processes (root first): its CPU in the window and the sockets it held in
+        # the middle of it, which show how clients spread over workers.
+        "server_processes": [
+            {"pid": pid, "cpu_s": (cpu - first.by_pid.get(pid, 0.0)) * scale, "sockets": sockets.get(pid)}
+            for pid, cpu in last.by_pid.items()
+        ],
         "client_cpu_pct": 100 * client_cpu / window,
         "machine_busy_pct": machine_busy,
         # Loopback TCP work in softirq context: with tick accounting it is charged to whichever
@@ -322,6 +338,12 @@ def summarize_fanout(raw: dict[str, Any]) -> dict[str, Any]:
             behind[key] = behind.get(key, 0) + 1
     keyframes = [v["first_keyframe_ms"] for v in viewers if v["first_keyframe_ms"] is not None]
     gbit = delivered * 8 / 1e9
+    # The sampled viewers' latency by the server process that served them (one per worker), the
+    # publisher's first: with workers, those on another one get the stream through a relay.
+    by_process: dict[int | None, list[float]] = {p["server_pid"]: [] for p in publishers if "server_pid" in p}
+    for v in viewers:
+        if v["sampled"]:
+            by_process.setdefault(v.get("server_pid"), []).extend(ms for _, ms in v["latency"])
     return {
         **raw,
         "delivered_gbit": gbit,
@@ -332,6 +354,10 @@ def summarize_fanout(raw: dict[str, Any]) -> dict[str, Any]:
         "latency_p50_ms": _percentile(latency, 50),
         "latency_p99_ms": _percentile(latency, 99),
         "latency_samples": len(latency),
+        "latency_by_process": [
+            {"pid": pid, "p50_ms": _percentile(ms, 50), "p99_ms": _percentile(ms, 99), "samples": len(ms)}
+            for pid, ms in by_process.items()
+        ],
         "viewers_behind": sum(behind.values()),
         "behind_reasons": behind,
         "publisher_errors": _errors(publishers),
@@ -418,9 +444,7 @@ def run_one(name: str, scenario: str, count: int, options: Options) -> dict[str,
         return {**record, "error": f"could not start: {exc}"}
     try:
         if scenario == "fanout":
-            schedule = _schedule(count, options, with_viewers=True)
-            raw = measure(server, fanout_plans(server, count, options, schedule), schedule)
-            return {**record, **summarize_fanout(raw)}
+            return {**record, **fanout(server, count, options)}
         if scenario == "hls":
             schedule = _schedule(count, options, with_viewers=True)
             raw = measure(server, hls_plans(server, count, options, schedule), schedule)
@@ -436,6 +460,13 @@ def run_one(name: str, scenario: str, count: int, options: Options) -> dict[str,
         return {**record, "error": str(exc)}
     finally:
         server.stop()
+
+
+def fanout(server: peers.Server, count: int, options: Options) -> dict[str, Any]:
+    """The fan-out scenario with ``count`` viewers against a running ``server``, summarized."""
+    schedule = _schedule(count, options, with_viewers=True)
+    raw = measure(server, fanout_plans(server, count, options, schedule), schedule)
+    return summarize_fanout(raw)
 
 
 def run_rounds(scenario: str, count: int, servers: list[str], options: Options) -> list[dict[str, Any]]:
@@ -517,6 +548,16 @@ def _table(headers: list[str], rows: list[list[str]], runs: list[dict[str, Any]]
                 f"note: the machine was {r['machine_busy_pct'] / cpus:.0f} % busy during the {r['server']} "
                 f"run with {r['count']}: the server may have been short of CPU"
             )
+    return "\n".join(lines)
+
+
+def markdown_table(headers: list[str], rows: list[list[str]], text: int = 1) -> str:
+    """A markdown table, its first ``text`` columns left-aligned and the numbers right-aligned."""
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" if i < text else "---:" for i in range(len(headers))) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -672,16 +713,37 @@ def _counts(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part]
 
 
-def parse_args(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--servers", default="minilive,nginx-rtmp,nms", help="comma-separated, in run order")
-    parser.add_argument("--viewers", default="100,300,1000", type=_counts, help="fan-out scenarios ('' for none)")
-    parser.add_argument("--publishers", default="50,200", type=_counts, help="ingest scenarios ('' for none)")
-    parser.add_argument("--duration", default=20.0, type=float, help="measured seconds per run")
+def names(text: str, known: Collection[str], what: str, kind: Callable[[str], str] = str) -> list[str]:
+    """Comma-separated names, each one of ``known`` (once made its ``kind``); for argparse's ``type``."""
+    chosen = [name for name in text.split(",") if name]
+    unknown = [name for name in chosen if kind(name) not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {what}: {', '.join(unknown)} (choose from {', '.join(known)})")
+    return chosen
+
+
+def server_names(text: str) -> list[str]:
+    """A --servers list: ``NAME[@REV][:WORKERS]`` of servers bench.peers starts."""
+    return names(text, peers.STARTERS, "servers", peers.kind)
+
+
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the viewers' load: timing, processes, sampled viewers."""
     parser.add_argument("--warmup", default=3.0, type=float, help="seconds after the last connect before measuring")
     parser.add_argument("--connect-rate", default=500.0, type=float, help="new connections per second")
     parser.add_argument("--client-procs", default=0, type=int, help="load processes for bulk clients (0: auto)")
     parser.add_argument("--sampled", default=20, type=int, help="viewers that measure latency per frame")
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--servers", default="minilive,nginx-rtmp,nms", type=server_names, help="comma-separated, in run order"
+    )
+    parser.add_argument("--viewers", default="100,300,1000", type=_counts, help="fan-out scenarios ('' for none)")
+    parser.add_argument("--publishers", default="50,200", type=_counts, help="ingest scenarios ('' for none)")
+    parser.add_argument("--duration", default=20.0, type=float, help="measured seconds per run")
+    add_load_arguments(parser)
     parser.add_argument("--hls-streams", default="50,200", type=_counts, help="HLS scenarios ('' for none)")
     parser.add_argument(
         "--hls-latency", default=60.0, type=float, help="seconds measured in the HLS latency scenario (0: none)"
@@ -696,27 +758,21 @@ def parse_args(argv: list[str] | None = None) -> Options:
         "--repeat", default=1, type=int, help="rounds of each CPU scenario, in alternating server order (medians)"
     )
     args = parser.parse_args(argv)
-    servers = [name for name in args.servers.split(",") if name]
-    unknown = {name for name in servers if peers.kind(name) not in peers.STARTERS}
-    if unknown:
-        parser.error(f"unknown servers: {', '.join(sorted(unknown))}; choose from {', '.join(peers.STARTERS)}")
     return Options(
-        servers, args.viewers, args.publishers, args.duration, args.warmup, args.connect_rate,
+        args.servers, args.viewers, args.publishers, args.duration, args.warmup, args.connect_rate,
         args.client_procs, args.sampled, args.hls_streams, args.hls_latency, args.hls_client, max(1, args.repeat),
     )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
     options = parse_args(argv)
-    # Servers and load processes inherit this: a thousand viewers need more than 1024 descriptors.
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
     peers.install()
     fixture.ensure()
     started = datetime.now()
     report: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": sys.version.split()[0]},
+        "machine": machine(),
         "versions": peers.versions(),
         "fixture": {"path": str(fixture.PATH), "bit_rate": fixture.bitrate(fixture.PATH)},
         "options": {
@@ -766,6 +822,17 @@ def main(argv: list[str] | None = None) -> None:
         title = f"HLS live-edge latency, 1 stream, {options.hls_latency:g} s measured"
         print(f"\n{title}\n{hls_latency_table(runs)}\n")
     save_report(report, "", started)
+
+
+def raise_fd_limit() -> None:
+    """Servers and load processes inherit this: a thousand viewers need more than 1024 descriptors."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def machine() -> dict[str, Any]:
+    """This machine, for a results file."""
+    return {"cpus": os.cpu_count(), "kernel": platform.release(), "python": sys.version.split()[0]}
 
 
 def save_report(report: dict[str, Any], prefix: str, started: datetime) -> None:

@@ -24,9 +24,7 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
-import resource
 import shlex
 import shutil
 import signal
@@ -680,16 +678,6 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return run._fmt(value, digits)
 
 
-def _table(headers: list[str], rows: list[list[str]], text: int = 1) -> str:
-    """A markdown table, its first ``text`` columns left-aligned and the numbers right-aligned."""
-    lines = [
-        "| " + " | ".join(headers) + " |",
-        "|" + "|".join("---" if i < text else "---:" for i in range(len(headers))) + "|",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def throughput_table(results: list[dict[str, Any]], rounds: int) -> str:
     headers = ["ladder", "ffmpeg CPU-s per s of media", "minilive", "minilive / ffmpeg", "kbit/s ffmpeg",
                "kbit/s minilive", "max RSS MB ffmpeg", "worker RSS MB for the ladder"]  # fmt: skip
@@ -715,7 +703,7 @@ def throughput_table(results: list[dict[str, Any]], rounds: int) -> str:
         for r in results
     ]
     notes += disturbed([{**one, "case": r["case"]} for r in results for one in r["rounds"]], "round")
-    return "\n".join([_table(headers, rows), "", *notes])
+    return "\n".join([run.markdown_table(headers, rows), "", *notes])
 
 
 def disturbed(runs: list[dict[str, Any]], key: str) -> list[str]:
@@ -756,7 +744,7 @@ def capacity_table(steps: list[dict[str, Any]]) -> str:
             f"as many: {verdict}"
         )
     notes += disturbed(steps, "count")
-    return "\n".join([_table(headers, rows, text=2), "", *notes])
+    return "\n".join([run.markdown_table(headers, rows, text=2), "", *notes])
 
 
 def latency_table(steps: list[dict[str, Any]]) -> str:
@@ -788,7 +776,7 @@ def latency_table(steps: list[dict[str, Any]]) -> str:
                     f"target: {CASES[name].label}, {count} ladder(s): latency p99 {s['latency_p99_ms']:.0f} ms "
                     f"< {LATENCY_TARGET_MS:.0f} ms: {met}"
                 )
-    return "\n".join([_table(headers, rows), "", *notes])
+    return "\n".join([run.markdown_table(headers, rows), "", *notes])
 
 
 def ladders_server_cpu_pct(steps: list[dict[str, Any]], case: str, ladders: int) -> float | None:
@@ -858,7 +846,7 @@ def fanout_table(results: list[dict[str, Any]], steps: list[dict[str, Any]]) -> 
         if r["fanout_stream_transcoded"]:
             notes.append(f"note: the fan-out stream itself was transcoded: {r['fanout_stream_transcoded']}")
     notes += disturbed(results, "ladders")
-    return "\n".join([_table(headers, rows), "", *notes])
+    return "\n".join([run.markdown_table(headers, rows), "", *notes])
 
 
 # ------------------------------------------------------------------ command line
@@ -875,14 +863,6 @@ def versions() -> dict[str, Any]:
         "pyav_libraries": {name: ".".join(map(str, v)) for name, v in av.library_versions.items()},
         "pyav_libx264": bundled,
     }
-
-
-def _names(text: str, known: dict[str, Any] | tuple[str, ...], what: str) -> list[str]:
-    names = [name for name in text.split(",") if name]
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown {what}: {', '.join(unknown)} (choose from {', '.join(known)})")
-    return names
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -905,8 +885,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--fanout-case", default="720p", choices=list(CASES), help="the ladder beside the fan-out")
     args = parser.parse_args(argv)
     try:
-        cases = [CASES[name] for name in _names(args.cases, CASES, "case")]
-        parts = _names(args.parts, PARTS, "part")
+        cases = [CASES[name] for name in run.names(args.cases, CASES, "case")]
+        parts = run.names(args.parts, PARTS, "part")
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
     if args.rounds < 1 or args.max_ladders < 1 or args.duration <= 0 or args.media_seconds <= 0:
@@ -920,8 +900,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
 
 def main(argv: list[str] | None = None) -> None:
     options = parse_args(argv)
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    run.raise_fd_limit()
     # The offline worker (relay.transcode.pool starts it) runs this tree's code, as the server does.
     os.environ["PYTHONPATH"] = peers.minilive_env()["PYTHONPATH"]
     if shutil.which("ffmpeg") is None:
@@ -932,7 +911,7 @@ def main(argv: list[str] | None = None) -> None:
     report: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
         "command": " ".join(["python -m bench.transcode", *(sys.argv[1:] if argv is None else argv)]),
-        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": sys.version.split()[0]},
+        "machine": run.machine(),
         "versions": versions(),
         "options": {
             "cases": [case.name for case in options.cases], "parts": options.parts, "preset": options.preset,

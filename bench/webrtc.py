@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from bench import fixture, peers
-from bench.run import DISTURBED_PCT, SATURATED_PCT, Schedule, _fmt, _percentile, measure, save_report
+from bench.run import DISTURBED_PCT, SATURATED_PCT, Schedule, _fmt, _percentile, machine, measure, save_report
 
 FPS = 30  # the fixture's
 OPUS_FPS = 50  # 20 ms packets
@@ -332,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"target WHIP > WHEP p95 < {WHEP_TARGET_MS:g} ms: {verdict} ({whip_whep['p95_ms']:.1f} ms)")
     report = {
         "started": started.isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": sys.version.split()[0]},
+        "machine": machine(),
         "fixture": {"path": str(fixture.PATH), "bit_rate": fixture.bitrate(fixture.PATH)},
         "options": {
             "whip_publishers": options.whip_publishers, "whep_viewers": options.whep_viewers,
