@@ -424,3 +424,30 @@ async def test_status_webhooks_fire_once_while_the_anchor_moves_between_nodes(ma
             await watcher.close()
         await pub.stop()
         await hook.stop()
+
+
+async def test_a_crowd_asking_for_a_stream_not_live_yet_does_not_exhaust_the_registry(make_server, cluster_url):
+    """Found by the bench: 400 players polling for a stream before its anchor made a lookup each, took
+    every Redis connection, and the anchor's publish was refused. Lookups of one stream are one call."""
+    a = await make_server(redis=cluster_url)
+    calls = 0
+    lookup = a.cluster.registry.lookup
+
+    async def counted(key: str):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return await lookup(key)
+
+    a.cluster.registry.lookup = counted
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def play() -> int:
+            async with session.get(flv_url(a, "soon")) as response:
+                return response.status
+
+        for _ in range(3):
+            assert set(await asyncio.gather(*(play() for _ in range(400)))) == {404}
+    assert calls <= 6, f"{calls} registry lookups for 1200 plays of one stream"
+    assert (await a.cluster.cluster.claim("live", "soon")).allowed
+    assert a.cluster.cluster.counters["registry_errors"] == 0

@@ -259,6 +259,7 @@ async def test_a_replay_survives_its_origin_worker_killed_mid_live(tmp_path):
             replays = await wait_for(finalized, timeout=30, what="the replay to be finalized")
             assert [r.status for r in replays] == ["ready"], "one replay, recorded once, not lost"
             assert replays[0].duration >= 4
+
             async def waiting() -> bool:  # the status sweep (every 5 s) finds the room's node gone
                 return (await store.get_room(room.roomid)).live_status == 106
 

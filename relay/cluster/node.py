@@ -36,8 +36,10 @@ HOPS: contextvars.ContextVar[int] = contextvars.ContextVar("minilive_cluster_hop
 CLAIM_SECONDS = 10.0
 # A cold pull answers its first viewer within this (the first keyframe at an edge).
 FIRST_PULL_SECONDS = 3.0
-# HLS requests look a stream's origin up at most this often.
+# Plays and HLS requests look a stream's origin up at most this often (a stream found nowhere: at most
+# NOT_FOUND_CACHE_SECONDS, so that a stream published elsewhere a moment ago is found soon).
 LOOKUP_CACHE_SECONDS = 1.0
+NOT_FOUND_CACHE_SECONDS = 0.25
 LOOKUP_CACHE_SIZE = 10_000
 RELAY_PROTOCOL = "relay"  # how an origin counts the pulls of its edges
 
@@ -60,6 +62,7 @@ class Cluster:
         self.locks: set[str] = set()  # held in the registry for a job only one node may do (lock())
         self.pulls: dict[str, Pull] = {}
         self._lookups: dict[str, tuple[float, Holder | None]] = {}
+        self._inflight: dict[str, asyncio.Future[Holder | None]] = {}  # one registry lookup per key at a time
         self._elsewhere: dict[str, dict[str, int]] = {}  # audience on the other nodes, by stream key
         self.alive: set[str] = set()  # nodes alive at the last heartbeat
         self.registry_ok = True
@@ -294,7 +297,7 @@ class Cluster:
                 log.warning("not pulling %s: it came through %d nodes already (a loop of [cluster] origin?)", key, hops)
                 return False
             try:
-                if await self.upstream(app, name) is None:
+                if self.settings.origin == "" and await self._holder(app, name, cached=True) is None:
                     return False
             except RegistryUnavailable as exc:
                 log.warning("cannot look up the origin of %s: %s", key, exc)
@@ -323,15 +326,30 @@ class Cluster:
         return None
 
     async def _lookup(self, key: str, cached: bool) -> Holder | None:
+        """The holder of ``key``; concurrent lookups of one key make one registry call (a crowd of players
+        asking for a stream must not take every connection to Redis), and with ``cached`` a recent answer."""
         now = time.monotonic()
         if cached:
             hit = self._lookups.get(key)
             if hit is not None and hit[0] > now:
                 return hit[1]
-        holder = await self.registry.lookup(key)
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Holder | None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            holder = await self.registry.lookup(key)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: the callers waiting on it get it
+            raise
+        finally:
+            del self._inflight[key]
+        future.set_result(holder)
         if len(self._lookups) >= LOOKUP_CACHE_SIZE:
             self._lookups.clear()
-        self._lookups[key] = (now + LOOKUP_CACHE_SECONDS, holder)
+        self._lookups[key] = (now + (LOOKUP_CACHE_SECONDS if holder else NOT_FOUND_CACHE_SECONDS), holder)
         return holder
 
     # ------------------------------------------------------------ HLS

@@ -193,13 +193,18 @@ class RedisRegistry:
         self.ttl = ttl
         self.prefix = prefix
         self._ttl_ms = max(1, round(ttl * 1000))
-        self._redis = aioredis.from_url(
+        # A pool that waits for a free connection (up to 2 s) rather than failing at once: a burst of
+        # lookups must not refuse a publish with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=64,
+            timeout=2,
             decode_responses=True,
             socket_connect_timeout=1,
             socket_timeout=2,
             retry=Retry(NoBackoff(), 0),
         )
+        self._redis = aioredis.Redis(connection_pool=pool)
         self._nodes_key = self._key("nodes")
         script = self._redis.register_script
         self._lookup = script(_LOOKUP)
@@ -218,7 +223,7 @@ class RedisRegistry:
             await self._redis.ping()
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)
 
     def _key(self, *parts: str) -> str:
         return self.prefix + "cluster:" + ":".join(parts)
