@@ -36,8 +36,9 @@ HOPS: contextvars.ContextVar[int] = contextvars.ContextVar("minilive_cluster_hop
 CLAIM_SECONDS = 10.0
 # A cold pull answers its first viewer within this (the first keyframe at an edge).
 FIRST_PULL_SECONDS = 3.0
-# Plays and HLS requests look a stream's origin up at most this often (a stream found nowhere: at most
-# NOT_FOUND_CACHE_SECONDS, so that a stream published elsewhere a moment ago is found soon).
+# HLS requests look a stream's origin up at most this often (a stream found nowhere: at most
+# NOT_FOUND_CACHE_SECONDS, so that a stream published elsewhere a moment ago is found soon). Plays look
+# it up each time, one lookup per stream at a time however many players ask.
 LOOKUP_CACHE_SECONDS = 1.0
 NOT_FOUND_CACHE_SECONDS = 0.25
 LOOKUP_CACHE_SIZE = 10_000
@@ -297,7 +298,7 @@ class Cluster:
                 log.warning("not pulling %s: it came through %d nodes already (a loop of [cluster] origin?)", key, hops)
                 return False
             try:
-                if self.settings.origin == "" and await self._holder(app, name, cached=True) is None:
+                if await self.upstream(app, name) is None:
                     return False
             except RegistryUnavailable as exc:
                 log.warning("cannot look up the origin of %s: %s", key, exc)
