@@ -123,10 +123,15 @@ def render_metrics(hub: Hub, renditions: Renditions | None = None, cluster: dict
         f"minilive_sink_failures_total {totals['sink_failures']}",
     ]
     if renditions is not None:
-        transcode = renditions.totals()
-        for key, (name, kind, about) in _TRANSCODE_METRICS.items():
-            lines += [f"# HELP {name} {about}", f"# TYPE {name} {kind}", f"{name} {transcode[key]}"]
+        lines += _described(_TRANSCODE_METRICS, renditions.totals())
     if cluster is not None:
-        for key, (name, kind, about) in _CLUSTER_METRICS.items():
-            lines += [f"# HELP {name} {about}", f"# TYPE {name} {kind}", f"{name} {int(cluster[key])}"]
+        lines += _described(_CLUSTER_METRICS, cluster)
     return "\n".join(lines) + "\n"
+
+
+def _described(table: dict[str, tuple[str, str, str]], values: dict[str, Any]) -> list[str]:
+    """The lines of a table of metrics (key -> name, type, help), with their ``values``."""
+    lines = []
+    for key, (name, kind, about) in table.items():
+        lines += [f"# HELP {name} {about}", f"# TYPE {name} {kind}", f"{name} {int(values[key])}"]
+    return lines
