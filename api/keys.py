@@ -13,6 +13,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from api.apps import Apps
     from api.audience import AudienceOf
+    from api.bus import RoomBus
     from api.ladders import Ladders
     from api.media import MediaLibrary
     from api.room_status import RoomStatus
@@ -26,3 +27,4 @@ URLS: web.AppKey[Urls] = web.AppKey("urls")
 MEDIA: web.AppKey[MediaLibrary] = web.AppKey("media")
 AUDIENCE: web.AppKey[AudienceOf] = web.AppKey("audience")
 LADDERS: web.AppKey[Ladders] = web.AppKey("ladders")
+BUS: web.AppKey[RoomBus] = web.AppKey("bus")

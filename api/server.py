@@ -14,6 +14,7 @@ from api import cluster, keys, rest, streams, wechat
 from api.access import AccessPolicy
 from api.apps import Apps
 from api.audience import Audience
+from api.bus import RoomBus
 from api.config import Settings
 from api.errors import StoreUnavailable, json_error
 from api.ladders import Ladders
@@ -105,6 +106,7 @@ class Server:
         self.hub = Hub(settings.relay)
         self.store = open_store(settings.data_dir, settings.redis, shared_events=cluster.worker()[1] > 1)
         self.apps = Apps(self.store, settings.rooms)
+        self.bus = RoomBus(self.store)
         self.rooms = Rooms(self.store, settings.rooms)
         transcode = settings.transcode
         self.ladders = Ladders(self.store, settings.rooms.rtmp_app)
@@ -186,7 +188,7 @@ class Server:
         app.add_routes(self.flv.routes())
         app[keys.APPS], app[keys.ROOMS], app[keys.ROOM_STATUS] = self.apps, self.rooms, self.room_status
         app[keys.URLS], app[keys.MEDIA], app[keys.AUDIENCE] = self.urls, self.media, self.audience
-        app[keys.LADDERS] = self.ladders
+        app[keys.LADDERS], app[keys.BUS] = self.ladders, self.bus
         app.add_routes(wechat.routes())
         app.add_routes(self.status.routes())
         app.add_routes(rest.routes())

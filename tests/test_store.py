@@ -411,6 +411,100 @@ async def test_deliveries_capped_newest_first(store: RoomStore) -> None:
     assert await store.deliveries("wx3") == []
 
 
+# ------------------------------------------------------------ documents, logs and messages
+
+
+async def test_documents_by_collection_and_key(store: RoomStore, make_store: StoreFactory) -> None:
+    other = await make_store()  # another process or node
+    await store.put_doc("goods:wx1", "1", {"name": "茶杯", "price": 1990})
+    await store.put_doc("goods:wx1", "2", {"name": "茶壶"})
+    await store.put_doc("goods:wx2", "1", {"name": "other app"})
+    assert await other.get_doc("goods:wx1", "1") == {"name": "茶杯", "price": 1990}
+    assert await other.list_docs("goods:wx1") == {"1": {"name": "茶杯", "price": 1990}, "2": {"name": "茶壶"}}
+    assert await other.count_docs("goods:wx1") == 2
+    await other.put_doc("goods:wx1", "1", {"name": "replaced"})
+    assert await store.get_doc("goods:wx1", "1") == {"name": "replaced"}
+    assert await store.add_doc("goods:wx1", "1", {"name": "not added"}) is False
+    assert await store.get_doc("goods:wx1", "1") == {"name": "replaced"}
+    assert await store.add_doc("goods:wx1", "3", {"name": "added"}) is True
+    assert await store.delete_doc("goods:wx1", "3") is True
+    assert await store.delete_doc("goods:wx1", "3") is False
+    assert await store.get_doc("goods:wx1", "3") is None
+    await store.drop_docs("goods:wx1")
+    assert await store.list_docs("goods:wx1") == {}
+    assert await store.count_docs("goods:wx1") == 0
+    assert await store.list_docs("goods:wx2") == {"1": {"name": "other app"}}
+
+
+async def test_add_doc_and_next_id_race_across_processes(store: RoomStore, make_store: StoreFactory) -> None:
+    stores = [store, *[await make_store() for _ in range(3)]]
+    added = await asyncio.gather(*(s.add_doc("roles:wx1", "alice", {"by": n}) for n, s in enumerate(stores)))
+    assert sorted(added) == [False, False, False, True]
+    ids = await asyncio.gather(*(s.next_id("goods") for s in stores for _ in range(5)))
+    assert sorted(ids) == list(range(1, 21))
+    assert await store.next_id("other") == 1
+
+
+async def test_logs_ordered_by_score_then_sequence(store: RoomStore, make_store: StoreFactory) -> None:
+    other = await make_store()
+    seqs = [
+        await s.append_log("comments:7", score, {"text": text})
+        for s, score, text in [
+            (store, 2.5, "b"),
+            (other, 1.0, "a"),
+            (store, 2.5, "c"),
+            (other, 10.0, "d"),
+            (store, -1.0, "z"),
+        ]
+    ]
+    assert seqs == [1, 2, 3, 4, 5]
+    assert [e["text"] for e in await store.read_log("comments:7")] == ["z", "a", "b", "c", "d"]
+    assert await other.read_log("comments:7", 1.0, 2.5) == [
+        {"text": "a", "seq": 2},
+        {"text": "b", "seq": 1},
+        {"text": "c", "seq": 3},
+    ]
+    assert [e["text"] for e in await store.read_log("comments:7", 2.0, limit=2)] == ["b", "c"]
+    assert await store.read_log("comments:8") == []
+    await store.append_log("comments:8", 0, {"text": "kept"})
+    await store.drop_log("comments:7")
+    assert await store.read_log("comments:7") == []
+    assert await store.append_log("comments:7", 0, {"text": "again"}) >= 1
+    assert [e["text"] for e in await store.read_log("comments:8")] == ["kept"]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+async def test_messages_in_order_beside_events(store: RoomStore, make_store: StoreFactory, shared: bool) -> None:
+    if shared:
+        if isinstance(store, RedisStore):
+            pytest.skip("a Redis store is always shared")
+        path = store.path  # type: ignore[attr-defined]
+        store, other = SqliteStore(path, shared_events=True), SqliteStore(path, shared_events=True)
+        await store.open()
+        await other.open()
+    else:
+        other = await make_store() if isinstance(store, RedisStore) else store
+    try:
+        here: list[tuple[str, dict[str, object]]] = []
+        there: list[tuple[str, dict[str, object]]] = []
+        events: list[RoomEvent] = []
+        store.subscribe_messages(lambda topic, message: here.append((topic, message)))
+        other.subscribe_messages(lambda topic, message: there.append((topic, message)))
+        other.subscribe(events.append)
+        sent = [(f"room:{n % 2}", {"type": "comment", "n": n, "text": "评论"}) for n in range(30)]
+        for topic, message in sent:
+            await store.publish_message(topic, message)
+        await store.publish_event(RoomEvent("status", "wx1", 1, LIVE, NOT_STARTED))
+        await eventually(lambda: len(here) == len(there) == len(sent) and events)
+        assert here == sent
+        assert there == sent
+        assert [e.roomid for e in events] == [1]  # messages are not events
+    finally:
+        if shared:
+            await store.close()
+            await other.close()
+
+
 # ------------------------------------------------------------ durability
 
 

@@ -5,10 +5,11 @@ Rules every implementation keeps:
   record written (``from_dict(to_dict())``).
 - Everything that decides a limit or a status is atomic across processes and nodes:
   ``create_room`` ids, ``transition``, ``incr_counter``, ``claim_live_slot``.
-- ``publish_event`` reaches the subscribers of every process sharing the store, this one included,
-  in publication order per room. The SQLite store is single-node: its events reach the subscribers
-  of the publishing store object only (several processes on one file share data and limits, not
-  events; a cluster uses Redis).
+- ``add_doc``, ``next_id`` and ``append_log`` are atomic across processes and nodes too.
+- ``publish_event`` and ``publish_message`` reach the subscribers of every process sharing the
+  store, this one included, in publication order per room (per topic). The SQLite store's reach
+  the publishing store object only, unless it was opened with ``shared_events`` (the workers of
+  one box); a cluster of boxes uses Redis.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from api.models import App, Media, Replay, Room, RoomEvent, Token
 
 log = logging.getLogger("minilive.store")
 
+Doc = dict[str, Any]
+
 # Webhook delivery records kept per app.
 DELIVERIES_KEPT = 1000
 
@@ -31,13 +34,14 @@ _FIXED_ROOM_FIELDS = frozenset(("roomid", "appid", "live_status"))
 _ROOM_FIELDS = frozenset(f.name for f in dataclasses.fields(Room))
 
 
-def deliver(subscribers: list[Callable[[RoomEvent], None]], event: RoomEvent) -> None:
-    """Hand ``event`` to every subscriber; one that fails is logged, and the others still hear it."""
+def deliver(subscribers: list[Callable[..., None]], *args: Any) -> None:
+    """Hand an event (or a message's topic and body) to every subscriber; one that fails is logged,
+    and the others still hear it."""
     for callback in list(subscribers):
         try:
-            callback(event)
+            callback(*args)
         except Exception:
-            log.exception("room event subscriber failed")
+            log.exception("store subscriber failed")
 
 
 def check_room_changes(changes: dict[str, Any]) -> None:
@@ -190,3 +194,65 @@ class RoomStore(abc.ABC):
     @abc.abstractmethod
     async def deliveries(self, appid: str, limit: int = 100) -> list[dict[str, Any]]:
         """Recent webhook delivery records of an app, newest first."""
+
+    # ------------------------------------------------------------ documents
+    # The room's features (an app's goods library and roles, a room's subscribers, muted users...)
+    # are JSON objects in named collections ("goods:wx1"), by key. Order is the caller's to impose.
+
+    @abc.abstractmethod
+    async def put_doc(self, collection: str, key: str, data: Doc) -> None:
+        """Create or replace one document."""
+
+    @abc.abstractmethod
+    async def add_doc(self, collection: str, key: str, data: Doc) -> bool:
+        """Atomically create the document if the key is free; False (and nothing written) if it is taken."""
+
+    @abc.abstractmethod
+    async def get_doc(self, collection: str, key: str) -> Doc | None: ...
+
+    @abc.abstractmethod
+    async def delete_doc(self, collection: str, key: str) -> bool:
+        """True if it existed."""
+
+    @abc.abstractmethod
+    async def list_docs(self, collection: str) -> dict[str, Doc]:
+        """Every document of the collection by key (empty if there is none)."""
+
+    @abc.abstractmethod
+    async def count_docs(self, collection: str) -> int: ...
+
+    @abc.abstractmethod
+    async def drop_docs(self, collection: str) -> None:
+        """Delete the whole collection."""
+
+    @abc.abstractmethod
+    async def next_id(self, sequence: str) -> int:
+        """The next number of a named sequence: 1, 2, 3... unique across processes and nodes."""
+
+    # ------------------------------------------------------------ logs
+    # Append-only records ordered by a score the caller chooses (a room's comments by stream time).
+
+    @abc.abstractmethod
+    async def append_log(self, name: str, score: float, entry: Doc) -> int:
+        """Append ``entry``; returns its sequence number in the log (1, 2, 3...), which ``read_log``
+        adds to the entry as ``seq``."""
+
+    @abc.abstractmethod
+    async def read_log(
+        self, name: str, low: float = float("-inf"), high: float = float("inf"), limit: int = 1000
+    ) -> list[Doc]:
+        """Entries with ``low <= score <= high`` ordered by score then ``seq``, at most ``limit``."""
+
+    @abc.abstractmethod
+    async def drop_log(self, name: str) -> None: ...
+
+    # ------------------------------------------------------------ messages
+    # Realtime room traffic (comments, likes, goods pushed): like events, every process sharing the
+    # store hears every message, in publication order per topic; nothing is kept.
+
+    @abc.abstractmethod
+    async def publish_message(self, topic: str, message: Doc) -> None: ...
+
+    @abc.abstractmethod
+    def subscribe_messages(self, callback: Callable[[str, Doc], None]) -> None:
+        """Call ``callback(topic, message)`` (on the event loop) for every message from now on."""

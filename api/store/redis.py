@@ -18,6 +18,11 @@ Layout (after the prefix):
                             replay_status:{status}, replay_expiry (scored by expire_at)
   deliveries:{appid}        list of delivery JSON, newest first, capped
   events                    the pub/sub channel of RoomEvent JSON
+  messages                  the pub/sub channel of {"topic", "message"} JSON (publish_message)
+  doc:{collection}          hash key -> document JSON
+  seq:{name}                INCR counter (next_id)
+  log:{name}                sorted set scored by the entry's score; members are the zero-padded
+                            seq followed by the entry JSON; logseq:{name} counts the seqs
 
 A room is a hash of JSON values rather than one JSON string so that ``transition`` changes only
 the fields it is given, inside Redis, without Lua re-encoding the whole record (Redis's cjson turns
@@ -42,7 +47,7 @@ from redis import exceptions
 
 from api.errors import StoreUnavailable
 from api.models import App, Media, Replay, Room, RoomEvent, Token
-from api.store.base import DELIVERIES_KEPT, RoomStore, check_room_changes, deliver
+from api.store.base import DELIVERIES_KEPT, Doc, RoomStore, check_room_changes, deliver
 
 log = logging.getLogger("minilive.store")
 
@@ -204,6 +209,15 @@ if unindex(ARGV[2]) then redis.call('DEL', p .. 'replay:' .. ARGV[2]) end
 )
 
 
+# ARGV: prefix, log name, score, entry JSON. Returns the entry's seq.
+_APPEND_LOG = """
+local seq = redis.call('INCR', ARGV[1] .. 'logseq:' .. ARGV[2])
+redis.call('ZADD', ARGV[1] .. 'log:' .. ARGV[2], ARGV[3], string.format('%020d', seq) .. ARGV[4])
+return seq
+"""
+SEQ_DIGITS = 20
+
+
 def _dumps(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
@@ -262,6 +276,8 @@ class RedisStore(RoomStore):
         # miss its cancellation inside redis-py and never end.
         self._redis = aioredis.from_url(url, decode_responses=True, socket_connect_timeout=2)
         self._channel = self._key("events")
+        self._messages = self._key("messages")
+        self._message_subscribers: list[Callable[[str, Doc], None]] = []
         self._pubsub: aioredis.client.PubSub | None = None
         self._listener: asyncio.Task[None] | None = None
         self._subscribers: list[Callable[[RoomEvent], None]] = []
@@ -276,16 +292,18 @@ class RedisStore(RoomStore):
         self._claim_live_slot = script(_CLAIM_LIVE_SLOT)
         self._put_replay = script(_PUT_REPLAY)
         self._delete_replay = script(_DELETE_REPLAY)
+        self._append_log = script(_APPEND_LOG)
 
     # ------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
         self._pubsub = self._redis.pubsub()
-        await self._pubsub.subscribe(self._channel)
-        # Wait for the confirmation: an event published once open() returns must reach us.
-        confirmation = await self._pubsub.get_message(timeout=10)
-        if confirmation is None or confirmation["type"] != "subscribe":
-            raise exceptions.ConnectionError(f"no confirmation of the subscription to {self._channel}")
+        await self._pubsub.subscribe(self._channel, self._messages)
+        # Wait for the confirmations: an event published once open() returns must reach us.
+        for _ in range(2):
+            confirmation = await self._pubsub.get_message(timeout=10)
+            if confirmation is None or confirmation["type"] != "subscribe":
+                raise exceptions.ConnectionError(f"no confirmation of the subscription to {self._channel}")
         self._listener = asyncio.create_task(self._listen(), name="minilive-redis-events")
 
     async def close(self) -> None:
@@ -463,8 +481,12 @@ class RedisStore(RoomStore):
             if message is None:
                 continue
             try:
-                event = RoomEvent.from_dict(json.loads(message["data"]))
-            except (ValueError, TypeError):
+                record = json.loads(message["data"])
+                if message["channel"] == self._messages:
+                    deliver(self._message_subscribers, str(record["topic"]), dict(record["message"]))
+                    continue
+                event = RoomEvent.from_dict(record)
+            except (ValueError, TypeError, KeyError):
                 log.warning("ignoring a malformed room event: %.200s", message["data"])
                 continue
             deliver(self._subscribers, event)
@@ -480,3 +502,59 @@ class RedisStore(RoomStore):
         if limit <= 0:
             return []
         return [json.loads(raw) for raw in await self._redis.lrange(self._key("deliveries", appid), 0, limit - 1)]
+
+    # ------------------------------------------------------------ messages
+
+    async def publish_message(self, topic: str, message: Doc) -> None:
+        await self._redis.publish(self._messages, _dumps({"topic": topic, "message": message}))
+
+    def subscribe_messages(self, callback: Callable[[str, Doc], None]) -> None:
+        self._message_subscribers.append(callback)
+
+    # ------------------------------------------------------------ documents
+
+    async def put_doc(self, collection: str, key: str, data: Doc) -> None:
+        await self._redis.hset(self._key("doc", collection), key, _dumps(data))
+
+    async def add_doc(self, collection: str, key: str, data: Doc) -> bool:
+        return bool(await self._redis.hsetnx(self._key("doc", collection), key, _dumps(data)))
+
+    async def get_doc(self, collection: str, key: str) -> Doc | None:
+        raw = await self._redis.hget(self._key("doc", collection), key)
+        return None if raw is None else json.loads(raw)
+
+    async def delete_doc(self, collection: str, key: str) -> bool:
+        return bool(await self._redis.hdel(self._key("doc", collection), key))
+
+    async def list_docs(self, collection: str) -> dict[str, Doc]:
+        return {key: json.loads(raw) for key, raw in (await self._redis.hgetall(self._key("doc", collection))).items()}
+
+    async def count_docs(self, collection: str) -> int:
+        return await self._redis.hlen(self._key("doc", collection))
+
+    async def drop_docs(self, collection: str) -> None:
+        await self._redis.delete(self._key("doc", collection))
+
+    async def next_id(self, sequence: str) -> int:
+        return await self._redis.incr(self._key("seq", sequence))
+
+    # ------------------------------------------------------------ logs
+
+    async def append_log(self, name: str, score: float, entry: Doc) -> int:
+        return int(await self._append_log(args=[self.prefix, name, repr(float(score)), _dumps(entry)]))
+
+    async def read_log(
+        self, name: str, low: float = float("-inf"), high: float = float("inf"), limit: int = 1000
+    ) -> list[Doc]:
+        if limit <= 0:
+            return []
+        members = await self._redis.zrangebyscore(self._key("log", name), _bound(low), _bound(high), start=0, num=limit)
+        return [{**json.loads(m[SEQ_DIGITS:]), "seq": int(m[:SEQ_DIGITS])} for m in members]
+
+    async def drop_log(self, name: str) -> None:
+        await self._redis.delete(self._key("log", name), self._key("logseq", name))
+
+
+def _bound(value: float) -> str:
+    """A score bound as Redis spells it (``-inf``/``+inf`` for the open ends)."""
+    return "-inf" if value == float("-inf") else "+inf" if value == float("inf") else repr(float(value))

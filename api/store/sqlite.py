@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from api.models import App, Media, Replay, Room, RoomEvent, Token
-from api.store.base import DELIVERIES_KEPT, RoomStore, check_room_changes, deliver
+from api.store.base import DELIVERIES_KEPT, Doc, RoomStore, check_room_changes, deliver
 
 T = TypeVar("T")
 log = logging.getLogger("minilive.store")
@@ -85,6 +85,24 @@ CREATE TABLE IF NOT EXISTS deliveries (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deliveries_app ON deliveries (appid, id);
+CREATE TABLE IF NOT EXISTS docs (
+    collection TEXT NOT NULL,
+    key TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (collection, key)
+);
+CREATE TABLE IF NOT EXISTS sequences (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS logs (
+    name TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    score REAL NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (name, seq)
+);
+CREATE INDEX IF NOT EXISTS logs_score ON logs (name, score, seq);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -97,6 +115,8 @@ def _dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
+# A shared record with this key is a message (``publish_message``), not a room event.
+_TOPIC = "$topic"
 # Shared events: how often each process looks for new ones, and how long they are kept.
 EVENT_POLL_SECONDS = 0.1
 EVENTS_KEPT_SECONDS = 300.0
@@ -109,6 +129,7 @@ class SqliteStore(RoomStore):
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         self._subscribers: list[Callable[[RoomEvent], None]] = []
+        self._message_subscribers: list[Callable[[str, Doc], None]] = []
         self._poller: asyncio.Task[None] | None = None
         self._last_event = 0
 
@@ -406,13 +427,27 @@ class SqliteStore(RoomStore):
 
     async def publish_event(self, event: RoomEvent) -> None:
         if self.shared_events:
-            data = _dumps(event.to_dict())
-            await self._run(self._execute, "INSERT INTO events (at, data) VALUES (?, ?)", (time.time(), data))
+            await self._share(event.to_dict())
             return
         # call_soon keeps publication order and never runs a subscriber inside the publisher's call.
         loop = asyncio.get_running_loop()
         for callback in self._subscribers:
             loop.call_soon(callback, event)
+
+    async def publish_message(self, topic: str, message: Doc) -> None:
+        if self.shared_events:
+            await self._share({_TOPIC: topic, "message": message})
+            return
+        loop = asyncio.get_running_loop()
+        for callback in self._message_subscribers:
+            loop.call_soon(callback, topic, message)
+
+    def subscribe_messages(self, callback: Callable[[str, Doc], None]) -> None:
+        self._message_subscribers.append(callback)
+
+    async def _share(self, record: Doc) -> None:
+        """An event or message for every process sharing the file (``_poll_events`` delivers it)."""
+        await self._run(self._execute, "INSERT INTO events (at, data) VALUES (?, ?)", (time.time(), _dumps(record)))
 
     async def _poll_events(self) -> None:
         trimmed = time.monotonic()
@@ -432,8 +467,12 @@ class SqliteStore(RoomStore):
             for event_id, data in rows:
                 self._last_event = event_id
                 try:
-                    event = RoomEvent.from_dict(json.loads(data))
-                except (ValueError, TypeError):
+                    record = json.loads(data)
+                    if _TOPIC in record:
+                        deliver(self._message_subscribers, str(record[_TOPIC]), dict(record["message"]))
+                        continue
+                    event = RoomEvent.from_dict(record)
+                except (ValueError, TypeError, KeyError):
                     log.warning("ignoring a malformed room event: %.200s", data)
                     continue
                 deliver(self._subscribers, event)
@@ -460,3 +499,73 @@ class SqliteStore(RoomStore):
             "SELECT data FROM deliveries WHERE appid = ? ORDER BY id DESC LIMIT ?",
             (appid, max(limit, 0)),
         )
+
+    # ------------------------------------------------------------ documents
+
+    async def put_doc(self, collection: str, key: str, data: Doc) -> None:
+        await self._run(
+            self._execute,
+            "INSERT INTO docs (collection, key, data) VALUES (?, ?, ?) "
+            "ON CONFLICT (collection, key) DO UPDATE SET data = excluded.data",
+            (collection, key, _dumps(data)),
+        )
+
+    async def add_doc(self, collection: str, key: str, data: Doc) -> bool:
+        added = await self._run(
+            self._execute,
+            "INSERT INTO docs (collection, key, data) VALUES (?, ?, ?) ON CONFLICT (collection, key) DO NOTHING",
+            (collection, key, _dumps(data)),
+        )
+        return added == 1
+
+    async def get_doc(self, collection: str, key: str) -> Doc | None:
+        return await self._run(self._one, "SELECT data FROM docs WHERE collection = ? AND key = ?", (collection, key))
+
+    async def delete_doc(self, collection: str, key: str) -> bool:
+        deleted = await self._run(self._execute, "DELETE FROM docs WHERE collection = ? AND key = ?", (collection, key))
+        return deleted == 1
+
+    async def list_docs(self, collection: str) -> dict[str, Doc]:
+        rows = await self._run(self._rows, "SELECT key, data FROM docs WHERE collection = ?", (collection,))
+        return {key: json.loads(data) for key, data in rows}
+
+    async def count_docs(self, collection: str) -> int:
+        return (await self._run(self._rows, "SELECT COUNT(*) FROM docs WHERE collection = ?", (collection,)))[0][0]
+
+    async def drop_docs(self, collection: str) -> None:
+        await self._run(self._execute, "DELETE FROM docs WHERE collection = ?", (collection,))
+
+    async def next_id(self, sequence: str) -> int:
+        rows = await self._run(
+            self._rows,
+            "INSERT INTO sequences (name, value) VALUES (?, 1) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value",
+            (sequence,),
+        )
+        return rows[0][0]
+
+    # ------------------------------------------------------------ logs
+
+    async def append_log(self, name: str, score: float, entry: Doc) -> int:
+        return await self._run(self._append_log, name, score, entry)
+
+    def _append_log(self, name: str, score: float, entry: Doc) -> int:
+        with self._write() as db:
+            (seq,) = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM logs WHERE name = ?", (name,)).fetchone()
+            db.execute(
+                "INSERT INTO logs (name, seq, score, data) VALUES (?, ?, ?, ?)", (name, seq, score, _dumps(entry))
+            )
+        return seq
+
+    async def read_log(
+        self, name: str, low: float = float("-inf"), high: float = float("inf"), limit: int = 1000
+    ) -> list[Doc]:
+        rows = await self._run(
+            self._rows,
+            "SELECT seq, data FROM logs WHERE name = ? AND score >= ? AND score <= ? ORDER BY score, seq LIMIT ?",
+            (name, low, high, max(limit, 0)),
+        )
+        return [{**json.loads(data), "seq": seq} for seq, data in rows]
+
+    async def drop_log(self, name: str) -> None:
+        await self._run(self._execute, "DELETE FROM logs WHERE name = ?", (name,))
