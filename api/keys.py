@@ -16,8 +16,10 @@ if TYPE_CHECKING:
     from api.bus import RoomBus
     from api.ladders import Ladders
     from api.media import MediaLibrary
+    from api.replays import ReplayService
     from api.room_status import RoomStatus
     from api.rooms import Rooms
+    from api.subscribers import Subscribers
     from api.urls import Urls
 
 APPS: web.AppKey[Apps] = web.AppKey("apps")
@@ -28,3 +30,6 @@ MEDIA: web.AppKey[MediaLibrary] = web.AppKey("media")
 AUDIENCE: web.AppKey[AudienceOf] = web.AppKey("audience")
 LADDERS: web.AppKey[Ladders] = web.AppKey("ladders")
 BUS: web.AppKey[RoomBus] = web.AppKey("bus")
+REPLAYS: web.AppKey[ReplayService] = web.AppKey("replays")
+# Set once api/subscribers.py exists (issue 14); the room channel looks it up with app.get().
+SUBSCRIBERS: web.AppKey[Subscribers] = web.AppKey("subscribers")

@@ -188,7 +188,7 @@ class Server:
         app.add_routes(self.flv.routes())
         app[keys.APPS], app[keys.ROOMS], app[keys.ROOM_STATUS] = self.apps, self.rooms, self.room_status
         app[keys.URLS], app[keys.MEDIA], app[keys.AUDIENCE] = self.urls, self.media, self.audience
-        app[keys.LADDERS], app[keys.BUS] = self.ladders, self.bus
+        app[keys.LADDERS], app[keys.BUS], app[keys.REPLAYS] = self.ladders, self.bus, self.replays
         app.add_routes(wechat.routes())
         app.add_routes(self.status.routes())
         app.add_routes(rest.routes())
