@@ -99,6 +99,10 @@ class HubControl:
     def end(self, stream: str, reason: str) -> bool:
         return self.hub.end_stream(self.app, stream, reason)
 
+    def publishing(self, stream: str) -> bool:
+        stats = self.hub.stats(self.app, stream)
+        return bool(stats and stats["live"] and not stats["relayed"])  # a pull is not the anchor
+
 
 class Server:
     def __init__(self, settings: Settings) -> None:
