@@ -9,7 +9,7 @@ from aiohttp import web
 from relay.http.cors import CORS
 
 SYSTEM_ERROR = -1
-INVALID_CREDENTIAL = 40001  # bad or expired access_token
+INVALID_CREDENTIAL = 40001  # unknown, forged or replaced access_token (an expired one: 42001)
 INVALID_MEDIA_TYPE = 40004
 INVALID_FILE_TYPE = 40005
 INVALID_FILE_SIZE = 40006
@@ -36,6 +36,8 @@ SHARE_IMG_INVALID = 300032
 ANCHOR_NAME_LENGTH = 300034
 FEEDS_IMG_INVALID = 300037
 EMPTY_ROOM_LIST = 9410000
+ACCESS_TOKEN_EXPIRED = 42001
+API_UNAUTHORIZED = 48001
 
 MESSAGES = {
     SYSTEM_ERROR: "system error",
@@ -66,12 +68,15 @@ MESSAGES = {
     ANCHOR_NAME_LENGTH: "anchorName length is invalid",
     FEEDS_IMG_INVALID: "feedsImg invalid",
     EMPTY_ROOM_LIST: "empty room list",
+    ACCESS_TOKEN_EXPIRED: "access_token expired",
+    API_UNAUTHORIZED: "api unauthorized",
 }
 
 # How the REST surface maps an errcode to an HTTP status.
 HTTP_STATUS = {
     SYSTEM_ERROR: 500,
     INVALID_CREDENTIAL: 401,
+    ACCESS_TOKEN_EXPIRED: 401,
     ACCESS_TOKEN_MISSING: 401,
     INVALID_APPID: 401,
     INVALID_SECRET: 401,

@@ -21,7 +21,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     meaning = {
         400: "invalid arguments (errcode 200002, 47001, 300002, 300031...)",
-        401: "missing or invalid access token (41001, 40001)",
+        401: "missing, invalid or expired access token (41001, 40001, 42001)",
         404: "no such room for this app (300022)",
         409: "the room's status forbids this (300023)",
     }
@@ -288,7 +288,8 @@ PATHS: dict[str, Any] = {
     "/api/v1/rooms/{id}": {
         "get": _operation("One room", _ROOM_RESPONSE, errors=(401, 404), params=[ROOM_ID]),
         "patch": _operation(
-            "Edit a room (the official editRoom rules)",
+            "Edit a room that has not started (the official editRoom rules; fields left out keep their"
+            " values; 409 once the room has gone live)",
             _ROOM_RESPONSE,
             errors=(400, 401, 404, 409),
             body="RoomPatch",

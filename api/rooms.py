@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from api import errors, validation
 from api.errors import ApiError
@@ -24,14 +25,17 @@ from api.models import (
     App,
     Assistant,
     Goods,
+    LiveStatus,
     Replay,
     Room,
+    RoomField,
 )
 from api.store.base import RoomStore
 
 log = logging.getLogger("minilive.rooms")
 
 DAY = 86400
+OFFICIAL_TIME_ZONE = "Asia/Shanghai"  # China Standard Time, in which the official service writes times
 
 
 @dataclass(slots=True)
@@ -58,6 +62,15 @@ class RoomSettings:
     # Waits between webhook attempts (exponential backoff): one attempt more than waits.
     webhook_retry_seconds: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0])
     webhook_timeout_seconds: float = 10.0
+    # The zone of the times the API writes out (get_replay's ISO strings, the share poster) and of the
+    # day that daily quotas count: the official service's (China Standard Time), whatever the host's.
+    time_zone: str = OFFICIAL_TIME_ZONE
+    # getcallbackip's ip_list; empty: the addresses this server's HTTP listener is reached at.
+    callback_ips: list[str] = field(default_factory=list)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)  # cached by zoneinfo
 
 
 class Rooms:
@@ -78,42 +91,43 @@ class Rooms:
 
     async def create_room(self, app: App, body: dict[str, Any]) -> Room:
         """createRoom: a new room of ``app`` from the official (camelCase) fields."""
-        values = validation.read_room(body, ROOM_INPUTS)
-        validation.check_times(values["start_time"], values["end_time"], self.clock(), self.settings.times)
+        values = self._read(body, ROOM_INPUTS)
         for image in ROOM_MEDIA:
             values[image.name] = await self._adopt_media(app, values[image.name], image.wire.errcode)
-        if not values["anchor_wechat"]:
-            raise ApiError(errors.INVALID_ARGS, "anchorWechat is required")
         room = await self.store.create_room(Room(roomid=0, appid=app.appid, **values))
         log.info("room %d created for app %s: %r", room.roomid, app.appid, room.name)
         return room
 
     async def edit_room(self, app: App, body: dict[str, Any]) -> Room:
-        """editRoom: every editable field (official names) of a room that is not over."""
+        """editRoom: every editable field (official names) of a room that has not started, with the
+        rules of createRoom: the same required fields, the same defaults for the optional switches
+        (isFeedsPublic 1, closeReplay 1, closeShare 0, closeKf 1), startTime 10 minutes ahead. Once the
+        room has gone live, only the switch endpoints (updatereplay...) change it."""
         room = await self.room(app, validation.Fields(body).room_id("id", "roomId"))
         status = room.live_status
-        if status in FINAL_STATUSES:
-            raise ApiError(errors.ROOM_STATUS_FORBIDS, f"room {room.roomid} has ended ({status}); it cannot be edited")
-        values = validation.read_room(body, ROOM_EDITABLE, current=room)
-        live = status in ACTIVE_STATUSES
-        start, end = values["start_time"], values["end_time"]
-        if live and start != room.start_time:
-            raise ApiError(errors.ROOM_STATUS_FORBIDS, "startTime cannot change once the room has gone live")
-        validation.check_times(start, end, self.clock(), self.settings.times, check_lead=start != room.start_time)
-        if live:
-            # Official rule: likes, goods and comments closed at creation cannot be opened once live,
-            # and sharing cannot change at all.
-            for key in ("close_like", "close_goods", "close_comment"):
-                if getattr(room, key) == 1 and values[key] == 0:
-                    raise ApiError(errors.ROOM_STATUS_FORBIDS, f"{key} cannot be re-enabled once the room is live")
-            if values["close_share"] != room.close_share:
-                raise ApiError(errors.ROOM_STATUS_FORBIDS, "closeShare cannot change once the room is live")
+        if status != LiveStatus.NOT_STARTED:
+            state = "has ended" if status in FINAL_STATUSES else "has gone live"
+            raise ApiError(
+                errors.ROOM_STATUS_FORBIDS,
+                f"room {room.roomid} {state} ({status}): editroom changes only rooms that have not started (102);"
+                " switch replay, comments, customer service or feeds with updatereplay, updatecomment,"
+                " updatekf or updatefeedpublic",
+            )
+        values = self._read(body, ROOM_EDITABLE)
         for image in ROOM_MEDIA:
             current = getattr(room, image.name)
             values[image.name] = await self._adopt_media(app, values[image.name], image.wire.errcode, current)
         for name, value in values.items():
             setattr(room, name, value)
         return await self._save(room, list(values))
+
+    def _read(self, body: dict[str, Any], fields: tuple[RoomField, ...]) -> dict[str, Any]:
+        """The fields of a createRoom/editRoom body, checked as createRoom checks them."""
+        values = validation.read_room(body, fields)
+        validation.check_times(values["start_time"], values["end_time"], self.clock(), self.settings.times)
+        if not values["anchor_wechat"]:
+            raise ApiError(errors.INVALID_ARGS, "anchorWechat is required")
+        return values
 
     async def set_renditions(self, app: App, roomid: int, entries: Any) -> Room:
         """The room's own ladder (None: its app's, else the server's), checked as the config's is."""
