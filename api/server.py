@@ -10,7 +10,7 @@ import signal
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from api import cluster, errors, keys, rest, streams, wechat
+from api import cluster, errors, keys, rest, role_routes, streams, wechat
 from api.access import AccessPolicy
 from api.apps import Apps
 from api.audience import Audience
@@ -20,6 +20,7 @@ from api.errors import ApiError, StoreUnavailable, json_error
 from api.ladders import Ladders
 from api.media import MediaLibrary
 from api.replays import ReplayService
+from api.roles import Roles
 from api.room_status import RoomStatus
 from api.rooms import Rooms
 from api.status import StatusRoutes
@@ -146,6 +147,8 @@ class Server:
             self.store, settings.rooms.webhook_retry_seconds, settings.rooms.webhook_timeout_seconds
         )
         self.room_status.on_change.append(self.webhooks.send)
+        self.roles = Roles(self.store, settings.rooms.require_anchor_role)
+        self.rooms.check_anchor = self.roles.check_anchor
         self.recorder = Recorder(self.hub, settings.data_dir / "replays", settings.recorder)
         self.replays = ReplayService(
             self.store,
@@ -214,7 +217,9 @@ class Server:
         app[keys.APPS], app[keys.ROOMS], app[keys.ROOM_STATUS] = self.apps, self.rooms, self.room_status
         app[keys.URLS], app[keys.MEDIA], app[keys.AUDIENCE] = self.urls, self.media, self.audience
         app[keys.LADDERS], app[keys.BUS], app[keys.REPLAYS] = self.ladders, self.bus, self.replays
+        app[keys.ROLES] = self.roles
         app.add_routes(wechat.routes())
+        app.add_routes(role_routes.routes())
         app.add_routes(self.status.routes())
         app.add_routes(rest.routes())
         app.add_routes(self.webrtc.routes())
