@@ -150,7 +150,7 @@ class Server:
         self.room_status.on_change.append(self.webhooks.send)
         self.roles = Roles(self.store, settings.rooms.require_anchor_role)
         self.rooms.check_anchor = self.roles.check_anchor
-        self.subscribers = Subscribers(self.store, self.bus, self.webhooks)
+        self.subscribers = Subscribers(self.store, self.bus, self.webhooks, settings.rooms.zone)
         self.room_status.on_change.append(self.subscribers.room_changed)
         self.recorder = Recorder(self.hub, settings.data_dir / "replays", settings.recorder)
         self.replays = ReplayService(

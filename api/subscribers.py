@@ -39,9 +39,6 @@ FOLLOWERS_DEFAULT, FOLLOWERS_MAX = 200, 2000  # get_wxa_followers' limit
 PUSH_MAX = 2000  # push_message: openids per call (群发订阅用户个数限制：2000/次)
 NOTIFY_BATCH = 1000  # openids per subscribers_notify webhook event
 LIST_MAX = 100  # REST page size
-# The day push_message counts in. [rooms] time_zone (branch wechat-fixes) will replace this default:
-# Server passes the time zone in, this is the one place that names it.
-DEFAULT_TIME_ZONE = "Asia/Shanghai"
 
 FOLLOW_EVENT = "wxalive_follow_notify"
 NOTIFY_EVENT = "subscribers_notify"
@@ -79,13 +76,13 @@ class Subscribers:
         store: RoomStore,
         bus: RoomBus,
         webhooks: Webhooks,
-        time_zone: str = DEFAULT_TIME_ZONE,
+        zone: ZoneInfo,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.bus = bus
         self.webhooks = webhooks
-        self.zone = ZoneInfo(time_zone)
+        self.zone = zone  # the day push_message counts in: [rooms] time_zone, China Standard Time by default
         self.clock = clock
 
     # ------------------------------------------------------------ one viewer

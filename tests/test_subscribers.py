@@ -18,9 +18,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from api import subscribers as subscribers_module
+from api.errors import ApiError
 from api.models import LiveStatus
 from api.server import Server
-from tests.conftest import make_room, needs_ffmpeg, publish
+from tests.conftest import make_room, needs_ffmpeg, official_room_body, publish
 from tests.test_openapi_responses import Api
 from tests.test_rest_api import go_live
 from tests.test_rooms_live import wait_status
@@ -239,6 +240,24 @@ async def test_push_message_once_a_day_per_app(wx, hook):
         (b_id, users),
     ]
     assert pushes[0]["data"]["message_id"] == pushed["message_id"] and all(signed(p, wx.app.push_key) for p in pushes)
+
+
+async def test_push_day_follows_the_time_zone_setting(make_server):
+    server = await make_server(time_zone="UTC")
+    app, a = await make_room(server)
+    b = await server.rooms.create_room(app, official_room_body(app.appid))
+    await go_live(server, a)
+    await go_live(server, b)
+    a, b = await server.rooms.room(app, a.roomid), await server.rooms.room(app, b.roomid)
+    evening = datetime(2026, 12, 3, 15, 59, tzinfo=ZoneInfo("UTC")).timestamp()  # 23:59 in Shanghai
+    server.subscribers.clock = lambda: evening
+    assert await server.subscribers.push(app, a, ["o_user_1"])
+    server.subscribers.clock = lambda: evening + 120  # a new day in Shanghai, not in UTC
+    with pytest.raises(ApiError) as refused:
+        await server.subscribers.push(app, b, ["o_user_1"])
+    assert refused.value.errcode == 9410005 and "(UTC)" in refused.value.errmsg
+    server.subscribers.clock = lambda: evening + 8 * 3600 + 120
+    assert await server.subscribers.push(app, b, ["o_user_1"])
 
 
 @needs_ffmpeg
