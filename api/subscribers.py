@@ -100,11 +100,10 @@ class Subscribers:
         number = await self.store.next_id(_log(room.appid))
         # The log entry first: one whose document never got written is skipped when listed.
         await self.store.append_log(_log(room.appid), number, {"id": number, "roomid": room.roomid, "openid": openid})
-        status = follow_status(room.live_status)
-        subscriber = Subscriber(openid, nickname, now, status, number)
+        subscriber = Subscriber(openid, nickname, now, follow_status(room.live_status), number)
         if not await self.store.add_doc(_collection(room.roomid), openid, _doc(subscriber)):
             return False
-        await self._announce(room, openid, "subscribe", "add_follow", status, now)
+        await self._announce(room, openid, "subscribe", "add_follow")
         return True
 
     async def unsubscribe(self, room: Room, openid: str) -> bool:
@@ -112,18 +111,19 @@ class Subscribers:
         _check_openid(openid)
         if not await self.store.delete_doc(_collection(room.roomid), openid):
             return False
-        await self._announce(room, openid, "unsubscribe", "del_follow", follow_status(room.live_status), None)
+        await self._announce(room, openid, "unsubscribe", "del_follow")
         return True
 
-    async def _announce(self, room: Room, openid: str, kind: str, action: str, status: int, at: int | None) -> None:
+    async def _announce(self, room: Room, openid: str, kind: str, action: str) -> None:
+        """The room channel's members hear the new count; the app's webhook gets wxalive_follow_notify."""
         count = await self.count(room)
         await self.bus.publish(room.roomid, {"type": kind, "openid": openid, "subscribers": count})
         now = self.clock()
         official = {
             "room_id": room.roomid,
             "user_openid": openid,
-            "time": at if at is not None else int(now),
-            "live_status": status,
+            "time": int(now),
+            "live_status": follow_status(room.live_status),
             "action": action,
         }
         event = RoomEvent(FOLLOW_EVENT, room.appid, room.roomid, room.live_status, time=now, data=official)
