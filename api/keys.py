@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from api.ladders import Ladders
     from api.media import MediaLibrary
     from api.replays import ReplayService
+    from api.roles import Roles
     from api.room_status import RoomStatus
     from api.rooms import Rooms
     from api.subscribers import Subscribers
@@ -33,3 +34,5 @@ BUS: web.AppKey[RoomBus] = web.AppKey("bus")
 REPLAYS: web.AppKey[ReplayService] = web.AppKey("replays")
 # Set once api/subscribers.py exists (issue 14); the room channel looks it up with app.get().
 SUBSCRIBERS: web.AppKey[Subscribers] = web.AppKey("subscribers")
+# Roles of an app's members (issue 14, roles-subscribers).
+ROLES: web.AppKey[Roles] = web.AppKey("roles")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -30,6 +30,7 @@ from api.models import (
     Room,
     RoomField,
 )
+from api.roles import check_wechat_id
 from api.store.base import RoomStore
 
 log = logging.getLogger("minilive.rooms")
@@ -72,12 +73,17 @@ class RoomSettings:
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.time_zone)  # cached by zoneinfo
 
+    # createRoom/editRoom refuse an anchorWechat that does not hold the anchor role (300030), as WeChat does.
+    require_anchor_role: bool = False
+
 
 class Rooms:
     def __init__(self, store: RoomStore, settings: RoomSettings, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
+        # createRoom/editRoom's check of anchorWechat (``Roles.check_anchor``, set by the composition root).
+        self.check_anchor: Callable[[App, str], Awaitable[None]] | None = None
 
     async def find(self, roomid: int) -> Room | None:
         """Any app's room: for the URLs that viewers load without a token."""
@@ -92,6 +98,8 @@ class Rooms:
     async def create_room(self, app: App, body: dict[str, Any]) -> Room:
         """createRoom: a new room of ``app`` from the official (camelCase) fields."""
         values = self._read(body, ROOM_INPUTS)
+        if self.check_anchor is not None:
+            await self.check_anchor(app, values["anchor_wechat"])
         for image in ROOM_MEDIA:
             values[image.name] = await self._adopt_media(app, values[image.name], image.wire.errcode)
         room = await self.store.create_room(Room(roomid=0, appid=app.appid, **values))
@@ -114,6 +122,8 @@ class Rooms:
                 " updatekf or updatefeedpublic",
             )
         values = self._read(body, ROOM_EDITABLE)
+        if self.check_anchor is not None and values["anchor_wechat"] != room.anchor_wechat:
+            await self.check_anchor(app, values["anchor_wechat"])
         for image in ROOM_MEDIA:
             current = getattr(room, image.name)
             values[image.name] = await self._adopt_media(app, values[image.name], image.wire.errcode, current)
@@ -195,31 +205,34 @@ class Rooms:
                 known.add(goods_id)
         return await self._save(room, ["goods"])
 
-    # assistants and the sub-anchor are stored and listed; WeChat's real-name checks do not apply
+    # Assistants and the sub-anchor: WeChat's real-name checks (500002) do not apply here.
 
     async def add_assistants(self, app: App, roomid: int, users: list[dict[str, Any]]) -> Room:
+        """addassistant: all of ``users`` or none; those already assistants keep their nickname."""
         room = await self.room(app, roomid)
         names = {a["username"] for a in room.assistants}
         for user in users:
-            username = str(user.get("username") or "")
-            if not username:
-                raise ApiError(errors.INVALID_ARGS, "every user needs a username")
+            username, nickname = _assistant(user.get("username"), user.get("nickname"))
             if username in names:
                 continue
             if len(room.assistants) >= self.settings.max_assistants:
-                raise ApiError(errors.INVALID_ARGS, f"a room has at most {self.settings.max_assistants} assistants")
-            nickname = str(user.get("nickname") or "")
+                raise ApiError(
+                    errors.INVALID_ARGS,
+                    f"a room has at most {self.settings.max_assistants} assistants: remove one with removeassistant",
+                )
             room.assistants.append(Assistant(username, nickname, int(self.clock()), alias=username).to_dict())
             names.add(username)
         return await self._save(room, ["assistants"])
 
     async def modify_assistant(self, app: App, roomid: int, username: str, nickname: str) -> Room:
+        username, nickname = _assistant(username, nickname)
         room = await self.room(app, roomid)
         for assistant in room.assistants:
             if assistant["username"] == username:
                 assistant["nickname"] = nickname
+                assistant["timestamp"] = int(self.clock())
                 return await self._save(room, ["assistants"])
-        raise ApiError(errors.INVALID_ARGS, f"{username} is not an assistant of room {roomid}")
+        raise ApiError(errors.INVALID_ARGS, f"{username} is not an assistant of room {roomid}: add it first")
 
     async def remove_assistant(self, app: App, roomid: int, username: str) -> Room:
         room = await self.room(app, roomid)
@@ -229,11 +242,27 @@ class Rooms:
         room.assistants = kept
         return await self._save(room, ["assistants"])
 
-    async def set_sub_anchor(self, app: App, roomid: int, username: str) -> Room:
+    async def set_sub_anchor(self, app: App, roomid: int, username: str, replace: bool) -> Room:
+        """addsubanchor (``replace`` False: the room has none yet) or modifysubanchor (it has one)."""
+        check_wechat_id(username, errors.SUB_ANCHOR_INVALID)
         room = await self.room(app, roomid)
-        if username and username == room.anchor_wechat:
-            raise ApiError(500005, "the sub-anchor cannot be the anchor")
+        if username == room.anchor_wechat:
+            raise ApiError(errors.SUB_ANCHOR_IS_ANCHOR, f"{username} is room {roomid}'s anchor")
+        current = room.sub_anchor_wechat
+        if current and not replace:
+            raise ApiError(
+                errors.SUB_ANCHOR_DUPLICATE, f"room {roomid} has sub-anchor {current}: change it with modifysubanchor"
+            )
+        if not current and replace:
+            raise ApiError(errors.INVALID_ARGS, f"room {roomid} has no sub-anchor: add one with addsubanchor")
         room.sub_anchor_wechat = username
+        return await self._save(room, ["sub_anchor_wechat"])
+
+    async def delete_sub_anchor(self, app: App, roomid: int) -> Room:
+        room = await self.room(app, roomid)
+        if not room.sub_anchor_wechat:
+            raise ApiError(errors.INVALID_ARGS, f"room {roomid} has no sub-anchor")
+        room.sub_anchor_wechat = ""
         return await self._save(room, ["sub_anchor_wechat"])
 
     async def _adopt_media(self, app: App, media_id: str, errcode: int, current: str = "") -> str:
@@ -249,3 +278,14 @@ class Rooms:
             media.pinned = True
             await self.store.put_media(media)
         return media_id
+
+
+MAX_ASSISTANT_NICKNAME = 32  # not documented; WeChat nicknames are short
+
+
+def _assistant(username: Any, nickname: Any) -> tuple[str, str]:
+    """An assistant's WeChat id and nickname (both required, as the official API has them), checked."""
+    check_wechat_id(username, errors.INVALID_ARGS)
+    if not isinstance(nickname, str) or not 1 <= len(nickname) <= MAX_ASSISTANT_NICKNAME:
+        raise ApiError(errors.INVALID_ARGS, f"{username}'s nickname is required, 1-{MAX_ASSISTANT_NICKNAME} characters")
+    return username, nickname

@@ -10,7 +10,7 @@ import signal
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from api import cluster, errors, keys, rest, streams, wechat
+from api import cluster, errors, keys, rest, role_routes, streams, subscriber_routes, wechat
 from api.access import AccessPolicy
 from api.apps import Apps
 from api.audience import Audience
@@ -20,10 +20,12 @@ from api.errors import ApiError, StoreUnavailable, json_error
 from api.ladders import Ladders
 from api.media import MediaLibrary
 from api.replays import ReplayService
+from api.roles import Roles
 from api.room_status import RoomStatus
 from api.rooms import Rooms
 from api.status import StatusRoutes
 from api.store import open_store
+from api.subscribers import Subscribers
 from api.supervisor import worker_index
 from api.urls import Urls
 from api.webhooks import Webhooks
@@ -146,6 +148,10 @@ class Server:
             self.store, settings.rooms.webhook_retry_seconds, settings.rooms.webhook_timeout_seconds
         )
         self.room_status.on_change.append(self.webhooks.send)
+        self.roles = Roles(self.store, settings.rooms.require_anchor_role)
+        self.rooms.check_anchor = self.roles.check_anchor
+        self.subscribers = Subscribers(self.store, self.bus, self.webhooks, settings.rooms.zone)
+        self.room_status.on_change.append(self.subscribers.room_changed)
         self.recorder = Recorder(self.hub, settings.data_dir / "replays", settings.recorder)
         self.replays = ReplayService(
             self.store,
@@ -214,7 +220,10 @@ class Server:
         app[keys.APPS], app[keys.ROOMS], app[keys.ROOM_STATUS] = self.apps, self.rooms, self.room_status
         app[keys.URLS], app[keys.MEDIA], app[keys.AUDIENCE] = self.urls, self.media, self.audience
         app[keys.LADDERS], app[keys.BUS], app[keys.REPLAYS] = self.ladders, self.bus, self.replays
+        app[keys.SUBSCRIBERS], app[keys.ROLES] = self.subscribers, self.roles
         app.add_routes(wechat.routes())
+        app.add_routes(role_routes.routes())
+        app.add_routes(subscriber_routes.routes())
         app.add_routes(self.status.routes())
         app.add_routes(rest.routes())
         app.add_routes(self.webrtc.routes())

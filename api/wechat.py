@@ -263,16 +263,15 @@ async def assistant_list(request: web.Request, app: App, f: Fields) -> Reply:
 
 @official("POST")
 async def set_sub_anchor(request: web.Request, app: App, f: Fields) -> Reply:
-    username = f.string("username")
-    if not username:
-        raise ApiError(errors.INVALID_ARGS, "username is required")
-    await request.app[ROOMS].set_sub_anchor(app, f.room_id("roomId"), username)
+    """addsubanchor and modifysubanchor (the room has none yet / has one)."""
+    replace = _endpoint_name(request) == "modifysubanchor"
+    await request.app[ROOMS].set_sub_anchor(app, f.room_id("roomId"), f.string("username"), replace)
     return {}
 
 
 @official("POST")
 async def delete_sub_anchor(request: web.Request, app: App, f: Fields) -> Reply:
-    await request.app[ROOMS].set_sub_anchor(app, f.room_id("roomId"), "")
+    await request.app[ROOMS].delete_sub_anchor(app, f.room_id("roomId"))
     return {}
 
 

@@ -859,7 +859,7 @@ async def test_assistants(wx):
     assert errcode(await wx.post(ROOM + "modifyassistant", {"roomId": roomid, "username": "helper1"})) == 200002
     for bad in ([], [{"nickname": "x"}], ["helper3"], {"username": "x"}):
         assert errcode(await wx.post(ROOM + "addassistant", {"roomId": roomid, "users": bad})) == 200002, bad
-    many = [{"username": f"u{n}", "nickname": ""} for n in range(10)]
+    many = [{"username": f"user_{n:02}", "nickname": "n"} for n in range(10)]
     assert errcode(await wx.post(ROOM + "addassistant", {"roomId": roomid, "users": many})) == 200002
 
 
@@ -871,7 +871,7 @@ async def test_sub_anchor(wx):
     assert errcode(await wx.post(ROOM + "modifysubanchor", {"roomId": roomid, "username": "third_wx"})) == 0
     assert (await wx.get(ROOM + "getsubanchor", roomId=roomid))["username"] == "third_wx"
     assert errcode(await wx.post(ROOM + "addsubanchor", {"roomId": roomid, "username": "anchor_wx"})) == 500005
-    assert errcode(await wx.post(ROOM + "addsubanchor", {"roomId": roomid, "username": ""})) == 200002
+    assert errcode(await wx.post(ROOM + "addsubanchor", {"roomId": roomid, "username": ""})) == 300039
     assert errcode(await wx.post(ROOM + "deletesubanchor", {"roomId": roomid})) == 0
     assert (await wx.get(ROOM + "getsubanchor", roomId=roomid))["username"] == ""
 
