@@ -117,7 +117,7 @@ class AccessPolicy:
             return Decision.deny(f"app {app.appid} already has {limit} rooms live")
         if status == LiveStatus.NOT_STARTED:
             per_day = self.settings.max_lives_per_day
-            if not await count_daily(self.store, f"lives:{app.appid}", per_day, now):
+            if not await count_daily(self.store, f"lives:{app.appid}", per_day, now, self.settings.zone):
                 await self.store.release_live_slot(app.appid, roomid)
                 return Decision.deny(f"app {app.appid} started {per_day} lives today")
         return Decision.allow()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from api.rooms import RoomSettings
 from api.supervisor import SupervisorSettings
@@ -122,6 +124,21 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
         )
     if settings.hls.format not in ("ts", "fmp4"):
         raise ConfigError(f"[hls] format must be ts or fmp4, not {settings.hls.format!r}")
+    try:
+        ZoneInfo(settings.rooms.time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"[rooms] time_zone {settings.rooms.time_zone!r} is not a time zone: use an IANA name such as"
+            ' "Asia/Shanghai" (the official service\'s) or "UTC"'
+        ) from None
+    for address in settings.rooms.callback_ips:
+        try:
+            ipaddress.ip_network(address, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"[rooms] callback_ips: {address!r} is not an IP address or network"
+                " (e.g. 203.0.113.7 or 203.0.113.0/24)"
+            ) from None
     try:
         settings.transcode.validate()
         settings.cluster.validate()

@@ -9,7 +9,7 @@ from aiohttp import web
 from relay.http.cors import CORS
 
 SYSTEM_ERROR = -1
-INVALID_CREDENTIAL = 40001  # bad or expired access_token
+INVALID_CREDENTIAL = 40001  # unknown, forged or replaced access_token (an expired one: 42001)
 INVALID_MEDIA_TYPE = 40004
 INVALID_FILE_TYPE = 40005
 INVALID_FILE_SIZE = 40006
@@ -54,6 +54,20 @@ PUSH_IN_PROGRESS = 300047
 GOODS_BEING_PUSHED = 300049
 GOODS_OFF_SALE = 300052
 GOODS_NOT_IN_ROOM = 300053
+ACCESS_TOKEN_EXPIRED = 42001
+API_UNAUTHORIZED = 48001
+# Roles, sub-anchors and subscribers (issue 14, roles-subscribers)
+ROLE_NOT_HELD = 2003  # deleterole: the official page lists 2003 without a meaning; here, nothing to delete
+ANCHOR_WITHOUT_ROLE = 300030
+SUB_ANCHOR_INVALID = 300039
+ROLE_USERNAME_INVALID = 400001
+ROLE_LIMIT = 400003
+ROLE_DUPLICATE = 400004
+ANCHOR_HAS_ROOMS = 400005
+SUB_ANCHOR_DUPLICATE = 500004
+SUB_ANCHOR_IS_ANCHOR = 500005
+PUSHED_TODAY = 9410005
+PUSH_NOT_LIVE = 9410006
 
 MESSAGES = {
     SYSTEM_ERROR: "system error",
@@ -102,12 +116,27 @@ MESSAGES = {
     GOODS_BEING_PUSHED: "goods being pushed cannot change sale",
     GOODS_OFF_SALE: "goods off sale cannot be pushed",
     GOODS_NOT_IN_ROOM: "goods not in room",
+    ACCESS_TOKEN_EXPIRED: "access_token expired",
+    API_UNAUTHORIZED: "api unauthorized",
+    # Roles, sub-anchors and subscribers (issue 14, roles-subscribers)
+    ROLE_NOT_HELD: "the user does not hold this role",
+    ANCHOR_WITHOUT_ROLE: "room wxnumber not have an anchor role",
+    SUB_ANCHOR_INVALID: "sub-anchor wechat id is invalid",
+    ROLE_USERNAME_INVALID: "wechat id is invalid (微信号不合规)",
+    ROLE_LIMIT: "role limit reached (管理员10个，运营者500个，主播500个)",
+    ROLE_DUPLICATE: "the user already holds this role (重复添加角色)",
+    ANCHOR_HAS_ROOMS: "the anchor has rooms not started yet (该主播存在未开播的直播间)",
+    SUB_ANCHOR_DUPLICATE: "cannot set a duplicate sub-anchor (不能设置重复的副号)",
+    SUB_ANCHOR_IS_ANCHOR: "the sub-anchor cannot be the anchor (副号不能和主号重复)",
+    PUSHED_TODAY: "another room of the app was already pushed today (当日另外一个房间已推送过)",
+    PUSH_NOT_LIVE: "the room is not live (推送的直播间非直播中状态)",
 }
 
 # How the REST surface maps an errcode to an HTTP status.
 HTTP_STATUS = {
     SYSTEM_ERROR: 500,
     INVALID_CREDENTIAL: 401,
+    ACCESS_TOKEN_EXPIRED: 401,
     ACCESS_TOKEN_MISSING: 401,
     INVALID_APPID: 401,
     INVALID_SECRET: 401,

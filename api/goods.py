@@ -336,7 +336,7 @@ class GoodsLibrary:
 
     async def _count_review(self, app: App) -> None:
         limit = self.settings.goods_reviews_per_day
-        if not await count_daily(self.store, f"goods_reviews:{app.appid}", limit, self.clock()):
+        if not await count_daily(self.store, f"goods_reviews:{app.appid}", limit, self.clock(), self.settings.zone):
             raise ApiError(errors.NO_AUDIT_QUOTA, f"goods may be submitted for review {limit} times a day")
 
     async def _submit(self, app: App, goods: LibraryGoods) -> None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from api.ladders import Ladders
     from api.media import MediaLibrary
     from api.replays import ReplayService
+    from api.roles import Roles
     from api.room_status import RoomStatus
     from api.rooms import Rooms
     from api.subscribers import Subscribers
@@ -35,3 +36,5 @@ REPLAYS: web.AppKey[ReplayService] = web.AppKey("replays")
 # Set once api/subscribers.py exists (issue 14); the room channel looks it up with app.get().
 SUBSCRIBERS: web.AppKey[Subscribers] = web.AppKey("subscribers")
 GOODS: web.AppKey[GoodsLibrary] = web.AppKey("goods")
+# Roles of an app's members (issue 14, roles-subscribers).
+ROLES: web.AppKey[Roles] = web.AppKey("roles")

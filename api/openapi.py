@@ -29,7 +29,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     meaning = {
         400: "invalid arguments (errcode 200002, 47001, 300002, 300031...)",
-        401: "missing or invalid access token (41001, 40001)",
+        401: "missing, invalid or expired access token (41001, 40001, 42001)",
         404: "no such room for this app (300022)",
         409: "the room's status forbids this (300023)",
     }
@@ -302,7 +302,8 @@ PATHS: dict[str, Any] = {
     "/api/v1/rooms/{id}": {
         "get": _operation("One room", _ROOM_RESPONSE, errors=(401, 404), params=[ROOM_ID]),
         "patch": _operation(
-            "Edit a room (the official editRoom rules)",
+            "Edit a room that has not started (the official editRoom rules; fields left out keep their"
+            " values; 409 once the room has gone live)",
             _ROOM_RESPONSE,
             errors=(400, 401, 404, 409),
             body="RoomPatch",
@@ -463,6 +464,57 @@ PATHS["/api/v1/apps/{appid}/goods/{goods_id}/audit"] = {
         params=[_APPID, _GOODS_ID],
     )
 }
+# ---------------------------------------------------------------- a room's subscribers (issue 14)
+
+SCHEMAS["Subscriber"] = _object(
+    {
+        "openid": STR,
+        "nickname": STR,
+        "subscribe_time": {**INT, "description": "Unix seconds"},
+        "room_status": {**INT, "description": "the room's status when they subscribed: 101, 102 or 103"},
+    }
+)
+SCHEMAS["SubscribeRequest"] = {
+    "type": "object",
+    "properties": {"openid": {**STR, "description": "the viewer's openid (the back end vouches)"}, "nickname": STR},
+    "required": ["openid"],
+}
+_SUBSCRIBED = _object(
+    {"subscribed": {"type": "boolean", "description": "false: already subscribed"}, "subscribers": INT}
+)
+_SUBSCRIBE = _operation(
+    "Subscribe a viewer to the room's start reminder (201; 200 if already subscribed): the room channel hears "
+    "it and the app's webhook gets wxalive_follow_notify",
+    _json(_SUBSCRIBED, "subscribed now"),
+    status=201,
+    errors=(400, 401, 404, 409),
+    body="SubscribeRequest",
+    params=[ROOM_ID],
+)
+_SUBSCRIBE["responses"]["200"] = _json(_SUBSCRIBED, "already subscribed")
+SUBSCRIBER_PATHS: dict[str, Any] = {
+    "/api/v1/rooms/{id}/subscribers": {
+        "post": _SUBSCRIBE,
+        "get": _operation(
+            "The room's subscribers, in the order they subscribed",
+            _json(
+                _object({"subscribers": {"type": "array", "items": _ref("Subscriber")}, "total": INT, "start": INT}),
+                "one page and the total",
+            ),
+            errors=(400, 401, 404),
+            params=[ROOM_ID, _query("start", "offset", 0), _query("limit", "page size (1-100)", 20)],
+        ),
+    },
+    "/api/v1/rooms/{id}/subscribers/{openid}": {
+        "delete": _operation(
+            "Unsubscribe a viewer (unsubscribed false: was not subscribed)",
+            _json(_object({"unsubscribed": {"type": "boolean"}, "subscribers": INT}), "the count after"),
+            errors=(400, 401, 404),
+            params=[ROOM_ID, {"name": "openid", "in": "path", "required": True, "schema": STR}],
+        )
+    },
+}
+PATHS.update(SUBSCRIBER_PATHS)
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",

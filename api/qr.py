@@ -16,6 +16,7 @@ import qrcode
 from aiohttp import web
 
 from api.keys import ROOMS
+from api.models import Room
 from api.urls import page_path
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -55,18 +56,24 @@ def png(text: str, scale: int = SCALE) -> bytes:
     )
 
 
-def image_url(http_base: str, roomid: int, params: str = "") -> str:
-    """Where the share code of a room (with getsharedcode's custom params) is served."""
+def image_url(http_base: str, roomid: int, params: str = "", image: str = "qrcode") -> str:
+    """Where the share code of a room (with getsharedcode's custom params) is served, or its poster
+    (``image="poster"``)."""
     query = f"?params={quote(params, safe='')}" if params else ""
-    return f"{http_base}/qrcode/{roomid}.png{query}"
+    return f"{http_base}/{image}/{roomid}.png{query}"
 
 
-async def share_code(request: web.Request) -> web.Response:
-    # No token: this is an image URL that the mini-program and share posters load.
+async def shared_room(request: web.Request) -> tuple[Room, str]:
+    """The room of a share image's URL and the page its code leads to (404 for no such room). No
+    token: these are image URLs that the mini-program and share posters load."""
     room = await request.app[ROOMS].find(int(request.match_info["roomid"]))
     if room is None:
         raise web.HTTPNotFound(text="no such room")
-    page = page_path(room.roomid, request.query.get("params", ""))
+    return room, page_path(room.roomid, request.query.get("params", ""))
+
+
+async def share_code(request: web.Request) -> web.Response:
+    _, page = await shared_room(request)
     body = await asyncio.to_thread(png, page)
     return web.Response(body=body, content_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
 

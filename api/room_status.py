@@ -37,6 +37,8 @@ class MediaControl(Protocol):
 
     def end(self, stream: str, reason: str) -> bool: ...
 
+    def publishing(self, stream: str) -> bool: ...
+
 
 def _records(room: Room, to: int, now: float) -> dict[str, Any]:
     """What a room records about entering status ``to``, besides the status and its reason."""
@@ -134,7 +136,10 @@ class RoomStatus:
                     f"its push URL (GET /api/v1/rooms/{roomid}/push_url)",
                 )
             action = "resume"
-        updated = await self.apply(room, ADMIN_ACTIONS[action])
+        event = ADMIN_ACTIONS[action]
+        if event is Event.RESUME and await self._pushing(room):
+            event = Event.RESUME_PUSHING
+        updated = await self.apply(room, event)
         if updated is None:
             raise ApiError(
                 errors.ROOM_STATUS_FORBIDS, f"room {roomid} is {room.live_status}: {action} is not allowed then"
@@ -142,6 +147,12 @@ class RoomStatus:
         return updated
 
     # ------------------------------------------------------------ the anchor's stream
+
+    async def _pushing(self, room: Room) -> bool:
+        """Whether the room's anchor is pushing now, to this node or (in a cluster) to any live node."""
+        if self.media is not None and self.media.publishing(room.stream_name):
+            return True
+        return self.held is not None and await self.held(room.stream_name) is True
 
     def stream_event(self, event: StreamEvent) -> None:
         """Hub listener: queue the event so that a room's events are handled in order. A stream pulled

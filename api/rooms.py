@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from api import errors, validation
 from api.errors import ApiError
@@ -23,14 +24,18 @@ from api.models import (
     ROOM_MEDIA,
     App,
     Assistant,
+    LiveStatus,
     Replay,
     Room,
+    RoomField,
 )
+from api.roles import check_wechat_id
 from api.store.base import RoomStore
 
 log = logging.getLogger("minilive.rooms")
 
 DAY = 86400
+OFFICIAL_TIME_ZONE = "Asia/Shanghai"  # China Standard Time, in which the official service writes times
 T = TypeVar("T")
 
 
@@ -63,6 +68,18 @@ class RoomSettings:
     max_room_goods: int = 200
     goods_reviews_per_day: int = 500
     goods_push_seconds: float = 3.0
+    # The zone of the times the API writes out (get_replay's ISO strings, the share poster) and of the
+    # day that daily quotas count: the official service's (China Standard Time), whatever the host's.
+    time_zone: str = OFFICIAL_TIME_ZONE
+    # getcallbackip's ip_list; empty: the addresses this server's HTTP listener is reached at.
+    callback_ips: list[str] = field(default_factory=list)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)  # cached by zoneinfo
+
+    # createRoom/editRoom refuse an anchorWechat that does not hold the anchor role (300030), as WeChat does.
+    require_anchor_role: bool = False
 
 
 class Rooms:
@@ -70,6 +87,8 @@ class Rooms:
         self.store = store
         self.settings = settings
         self.clock = clock
+        # createRoom/editRoom's check of anchorWechat (``Roles.check_anchor``, set by the composition root).
+        self.check_anchor: Callable[[App, str], Awaitable[None]] | None = None
 
     async def find(self, roomid: int) -> Room | None:
         """Any app's room: for the URLs that viewers load without a token."""
@@ -90,42 +109,47 @@ class Rooms:
 
     async def create_room(self, app: App, body: dict[str, Any]) -> Room:
         """createRoom: a new room of ``app`` from the official (camelCase) fields."""
-        values = validation.read_room(body, ROOM_INPUTS)
-        validation.check_times(values["start_time"], values["end_time"], self.clock(), self.settings.times)
+        values = self._read(body, ROOM_INPUTS)
+        if self.check_anchor is not None:
+            await self.check_anchor(app, values["anchor_wechat"])
         for image in ROOM_MEDIA:
             values[image.name] = await self._adopt_media(app, values[image.name], image.wire.errcode)
-        if not values["anchor_wechat"]:
-            raise ApiError(errors.INVALID_ARGS, "anchorWechat is required")
         room = await self.store.create_room(Room(roomid=0, appid=app.appid, **values))
         log.info("room %d created for app %s: %r", room.roomid, app.appid, room.name)
         return room
 
     async def edit_room(self, app: App, body: dict[str, Any]) -> Room:
-        """editRoom: every editable field (official names) of a room that is not over."""
+        """editRoom: every editable field (official names) of a room that has not started, with the
+        rules of createRoom: the same required fields, the same defaults for the optional switches
+        (isFeedsPublic 1, closeReplay 1, closeShare 0, closeKf 1), startTime 10 minutes ahead. Once the
+        room has gone live, only the switch endpoints (updatereplay...) change it."""
         room = await self.room(app, validation.Fields(body).room_id("id", "roomId"))
         status = room.live_status
-        if status in FINAL_STATUSES:
-            raise ApiError(errors.ROOM_STATUS_FORBIDS, f"room {room.roomid} has ended ({status}); it cannot be edited")
-        values = validation.read_room(body, ROOM_EDITABLE, current=room)
-        live = status in ACTIVE_STATUSES
-        start, end = values["start_time"], values["end_time"]
-        if live and start != room.start_time:
-            raise ApiError(errors.ROOM_STATUS_FORBIDS, "startTime cannot change once the room has gone live")
-        validation.check_times(start, end, self.clock(), self.settings.times, check_lead=start != room.start_time)
-        if live:
-            # Official rule: likes, goods and comments closed at creation cannot be opened once live,
-            # and sharing cannot change at all.
-            for key in ("close_like", "close_goods", "close_comment"):
-                if getattr(room, key) == 1 and values[key] == 0:
-                    raise ApiError(errors.ROOM_STATUS_FORBIDS, f"{key} cannot be re-enabled once the room is live")
-            if values["close_share"] != room.close_share:
-                raise ApiError(errors.ROOM_STATUS_FORBIDS, "closeShare cannot change once the room is live")
+        if status != LiveStatus.NOT_STARTED:
+            state = "has ended" if status in FINAL_STATUSES else "has gone live"
+            raise ApiError(
+                errors.ROOM_STATUS_FORBIDS,
+                f"room {room.roomid} {state} ({status}): editroom changes only rooms that have not started (102);"
+                " switch replay, comments, customer service or feeds with updatereplay, updatecomment,"
+                " updatekf or updatefeedpublic",
+            )
+        values = self._read(body, ROOM_EDITABLE)
+        if self.check_anchor is not None and values["anchor_wechat"] != room.anchor_wechat:
+            await self.check_anchor(app, values["anchor_wechat"])
         for image in ROOM_MEDIA:
             current = getattr(room, image.name)
             values[image.name] = await self._adopt_media(app, values[image.name], image.wire.errcode, current)
         for name, value in values.items():
             setattr(room, name, value)
         return await self._save(room, list(values))
+
+    def _read(self, body: dict[str, Any], fields: tuple[RoomField, ...]) -> dict[str, Any]:
+        """The fields of a createRoom/editRoom body, checked as createRoom checks them."""
+        values = validation.read_room(body, fields)
+        validation.check_times(values["start_time"], values["end_time"], self.clock(), self.settings.times)
+        if not values["anchor_wechat"]:
+            raise ApiError(errors.INVALID_ARGS, "anchorWechat is required")
+        return values
 
     async def set_renditions(self, app: App, roomid: int, entries: Any) -> Room:
         """The room's own ladder (None: its app's, else the server's), checked as the config's is."""
@@ -193,31 +217,34 @@ class Rooms:
                 return result
         raise ApiError(errors.ROOM_STATUS_FORBIDS, f"room {roomid} keeps changing status: retry")
 
-    # assistants and the sub-anchor are stored and listed; WeChat's real-name checks do not apply
+    # Assistants and the sub-anchor: WeChat's real-name checks (500002) do not apply here.
 
     async def add_assistants(self, app: App, roomid: int, users: list[dict[str, Any]]) -> Room:
+        """addassistant: all of ``users`` or none; those already assistants keep their nickname."""
         room = await self.room(app, roomid)
         names = {a["username"] for a in room.assistants}
         for user in users:
-            username = str(user.get("username") or "")
-            if not username:
-                raise ApiError(errors.INVALID_ARGS, "every user needs a username")
+            username, nickname = _assistant(user.get("username"), user.get("nickname"))
             if username in names:
                 continue
             if len(room.assistants) >= self.settings.max_assistants:
-                raise ApiError(errors.INVALID_ARGS, f"a room has at most {self.settings.max_assistants} assistants")
-            nickname = str(user.get("nickname") or "")
+                raise ApiError(
+                    errors.INVALID_ARGS,
+                    f"a room has at most {self.settings.max_assistants} assistants: remove one with removeassistant",
+                )
             room.assistants.append(Assistant(username, nickname, int(self.clock()), alias=username).to_dict())
             names.add(username)
         return await self._save(room, ["assistants"])
 
     async def modify_assistant(self, app: App, roomid: int, username: str, nickname: str) -> Room:
+        username, nickname = _assistant(username, nickname)
         room = await self.room(app, roomid)
         for assistant in room.assistants:
             if assistant["username"] == username:
                 assistant["nickname"] = nickname
+                assistant["timestamp"] = int(self.clock())
                 return await self._save(room, ["assistants"])
-        raise ApiError(errors.INVALID_ARGS, f"{username} is not an assistant of room {roomid}")
+        raise ApiError(errors.INVALID_ARGS, f"{username} is not an assistant of room {roomid}: add it first")
 
     async def remove_assistant(self, app: App, roomid: int, username: str) -> Room:
         room = await self.room(app, roomid)
@@ -227,11 +254,27 @@ class Rooms:
         room.assistants = kept
         return await self._save(room, ["assistants"])
 
-    async def set_sub_anchor(self, app: App, roomid: int, username: str) -> Room:
+    async def set_sub_anchor(self, app: App, roomid: int, username: str, replace: bool) -> Room:
+        """addsubanchor (``replace`` False: the room has none yet) or modifysubanchor (it has one)."""
+        check_wechat_id(username, errors.SUB_ANCHOR_INVALID)
         room = await self.room(app, roomid)
-        if username and username == room.anchor_wechat:
-            raise ApiError(500005, "the sub-anchor cannot be the anchor")
+        if username == room.anchor_wechat:
+            raise ApiError(errors.SUB_ANCHOR_IS_ANCHOR, f"{username} is room {roomid}'s anchor")
+        current = room.sub_anchor_wechat
+        if current and not replace:
+            raise ApiError(
+                errors.SUB_ANCHOR_DUPLICATE, f"room {roomid} has sub-anchor {current}: change it with modifysubanchor"
+            )
+        if not current and replace:
+            raise ApiError(errors.INVALID_ARGS, f"room {roomid} has no sub-anchor: add one with addsubanchor")
         room.sub_anchor_wechat = username
+        return await self._save(room, ["sub_anchor_wechat"])
+
+    async def delete_sub_anchor(self, app: App, roomid: int) -> Room:
+        room = await self.room(app, roomid)
+        if not room.sub_anchor_wechat:
+            raise ApiError(errors.INVALID_ARGS, f"room {roomid} has no sub-anchor")
+        room.sub_anchor_wechat = ""
         return await self._save(room, ["sub_anchor_wechat"])
 
     async def _adopt_media(self, app: App, media_id: str, errcode: int, current: str = "") -> str:
@@ -247,3 +290,14 @@ class Rooms:
             media.pinned = True
             await self.store.put_media(media)
         return media_id
+
+
+MAX_ASSISTANT_NICKNAME = 32  # not documented; WeChat nicknames are short
+
+
+def _assistant(username: Any, nickname: Any) -> tuple[str, str]:
+    """An assistant's WeChat id and nickname (both required, as the official API has them), checked."""
+    check_wechat_id(username, errors.INVALID_ARGS)
+    if not isinstance(nickname, str) or not 1 <= len(nickname) <= MAX_ASSISTANT_NICKNAME:
+        raise ApiError(errors.INVALID_ARGS, f"{username}'s nickname is required, 1-{MAX_ASSISTANT_NICKNAME} characters")
+    return username, nickname

@@ -10,21 +10,23 @@ import signal
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from api import cluster, goods_api, keys, rest, streams, wechat
+from api import cluster, errors, goods_api, keys, rest, role_routes, streams, subscriber_routes, wechat
 from api.access import AccessPolicy
 from api.apps import Apps
 from api.audience import Audience
 from api.bus import RoomBus
 from api.config import Settings
-from api.errors import StoreUnavailable, json_error
+from api.errors import ApiError, StoreUnavailable, json_error
 from api.goods import GoodsLibrary
 from api.ladders import Ladders
 from api.media import MediaLibrary
 from api.replays import ReplayService
+from api.roles import Roles
 from api.room_status import RoomStatus
 from api.rooms import Rooms
 from api.status import StatusRoutes
 from api.store import open_store
+from api.subscribers import Subscribers
 from api.supervisor import worker_index
 from api.urls import Urls
 from api.webhooks import Webhooks
@@ -75,6 +77,25 @@ WECHAT_PREFIXES = ("/cgi-bin/", "/wxa/", "/wxaapi/")
 
 
 @web.middleware
+async def wechat_unknown_path(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """An official-API path that no route serves gets WeChat's JSON, not aiohttp's plain-text 404/405:
+    SDKs parse every reply for its errcode. An unknown endpoint is 48001 (api.weixin.qq.com's answer to
+    an API the caller may not use), a known one called with the wrong method 43001/43002. Only aiohttp's
+    own "no route" exceptions are answered, so endpoints added later are unaffected."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        if exc is not request.match_info.http_exception or not request.path.startswith(WECHAT_PREFIXES):
+            raise  # a handler's own refusal, or not the official API's path
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            code = errors.REQUIRE_GET if "GET" in exc.allowed_methods else errors.REQUIRE_POST
+            methods = "/".join(sorted(exc.allowed_methods))
+            return web.json_response(ApiError(code, f"{request.path} takes {methods}").body())
+        detail = f"{request.path} is not an endpoint of this server (see GET /api/v1/openapi.json)"
+        return web.json_response(ApiError(errors.API_UNAUTHORIZED, detail).body())
+
+
+@web.middleware
 async def store_unavailable(request: web.Request, handler):  # type: ignore[no-untyped-def]
     """A request that found the store unreachable (Redis down) is answered with the reason, in the shape
     of its API: WeChat's errcode -1, or the REST API's 503 (routes that shape their own errors do so)."""
@@ -100,6 +121,10 @@ class HubControl:
     def end(self, stream: str, reason: str) -> bool:
         return self.hub.end_stream(self.app, stream, reason)
 
+    def publishing(self, stream: str) -> bool:
+        stats = self.hub.stats(self.app, stream)
+        return bool(stats and stats["live"] and not stats["relayed"])  # a pull is not the anchor
+
 
 class Server:
     def __init__(self, settings: Settings) -> None:
@@ -124,6 +149,10 @@ class Server:
             self.store, settings.rooms.webhook_retry_seconds, settings.rooms.webhook_timeout_seconds
         )
         self.room_status.on_change.append(self.webhooks.send)
+        self.roles = Roles(self.store, settings.rooms.require_anchor_role)
+        self.rooms.check_anchor = self.roles.check_anchor
+        self.subscribers = Subscribers(self.store, self.bus, self.webhooks, settings.rooms.zone)
+        self.room_status.on_change.append(self.subscribers.room_changed)
         self.recorder = Recorder(self.hub, settings.data_dir / "replays", settings.recorder)
         self.replays = ReplayService(
             self.store,
@@ -183,7 +212,9 @@ class Server:
         return await self.cluster.cluster.held_anywhere(self.settings.rooms.rtmp_app, stream)
 
     def build_app(self) -> web.Application:
-        app = web.Application(middlewares=[cors_preflight, store_unavailable], client_max_size=4 * 1024 * 1024)
+        app = web.Application(
+            middlewares=[cors_preflight, wechat_unknown_path, store_unavailable], client_max_size=4 * 1024 * 1024
+        )
         # HLS first: relay.http.fast claims these paths ahead of every other route, and so does aiohttp.
         app.add_routes((self.cluster.gateway if self.cluster else self.hls).routes())
         app.add_routes(streams.routes(self.hub, self.renditions, self.cluster))
@@ -191,7 +222,10 @@ class Server:
         app[keys.APPS], app[keys.ROOMS], app[keys.ROOM_STATUS] = self.apps, self.rooms, self.room_status
         app[keys.URLS], app[keys.MEDIA], app[keys.AUDIENCE] = self.urls, self.media, self.audience
         app[keys.LADDERS], app[keys.BUS], app[keys.REPLAYS] = self.ladders, self.bus, self.replays
+        app[keys.SUBSCRIBERS], app[keys.ROLES] = self.subscribers, self.roles
         app.add_routes(wechat.routes())
+        app.add_routes(role_routes.routes())
+        app.add_routes(subscriber_routes.routes())
         app.add_routes(self.status.routes())
         app.add_routes(rest.routes())
         app.add_routes(self.webrtc.routes())

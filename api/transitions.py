@@ -9,7 +9,7 @@ Official codes (../shared/reference/wechat-live-semantics.md §3): 101 live, 102
 
     102 --published--> 101 --publisher gone, server restarted--> 106 --published (within the grace)--> 101
     106 --interruption timed out--> 103          101/105/106 --max duration reached--> 103
-    101/106 --pause--> 105 --resume--> 106 (waiting for the anchor)
+    101/106 --pause--> 105 --resume--> 106 (waiting for the anchor), or 101 if the anchor is pushing
     102/101/105/106 --end--> 103      102/101/105/106 --ban--> 104      102 --endTime passed--> 107
 """
 
@@ -29,6 +29,7 @@ class Event(enum.Enum):
     SERVER_RESTARTED = "the server restarted while the room was live"
     PAUSE = "an admin paused the room"
     RESUME = "an admin resumed the room"
+    RESUME_PUSHING = "an admin resumed the room while its anchor was pushing"
     BAN = "an admin banned the room"
     END = "an admin ended the room"
     END_TIME_PASSED = "the room's endTime passed"
@@ -58,6 +59,8 @@ TABLE: dict[tuple[LiveStatus, Event], Transition] = {
     (_S.INTERRUPTED, Event.PAUSE): Transition(_S.PAUSED, "paused by an admin"),
     # A resumed room waits for its anchor like an interrupted one, and the same grace applies.
     (_S.PAUSED, Event.RESUME): Transition(_S.INTERRUPTED, "resumed by an admin; waiting for the anchor"),
+    # The official 105 -> 101: the anchor's stream is there, the room is live again at once.
+    (_S.PAUSED, Event.RESUME_PUSHING): Transition(_S.LIVE, "resumed by an admin"),
     **{(status, Event.BAN): Transition(_S.BANNED, "banned by an admin") for status in _ADMIN_MAY_END},
     **{(status, Event.END): Transition(_S.ENDED, "ended by an admin") for status in _ADMIN_MAY_END},
     (_S.NOT_STARTED, Event.END_TIME_PASSED): Transition(_S.EXPIRED, "endTime passed before the room went live"),

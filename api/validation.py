@@ -14,7 +14,7 @@ from typing import Any
 
 from api import errors
 from api.errors import ApiError
-from api.models import Room, RoomField
+from api.models import RoomField
 
 
 def display_width(text: str) -> int:
@@ -78,16 +78,16 @@ class Fields:
         raise ApiError(errors.INVALID_ARGS, f"{names[0]} is required")
 
 
-def read_room(body: dict[str, Any], fields: Iterable[RoomField], current: Room | None = None) -> dict[str, Any]:
+def read_room(body: dict[str, Any], fields: Iterable[RoomField]) -> dict[str, Any]:
     """The values of ``fields`` in a createRoom/editRoom body (official names), by field name, each
     typed and checked in turn: 200002 for a missing or ill-typed value, the field's own errcode for a
-    width out of range. An optional field that is absent keeps ``current``'s value in an edit, and
-    takes the room's default at creation."""
+    width out of range. An optional field that is absent takes its documented default, in an edit as
+    at creation (editRoom has createRoom's rules: an absent closeKf is 1, not the room's value)."""
     f = Fields(body)
     values: dict[str, Any] = {}
     for field in fields:
         wire = field.wire
-        default = getattr(current, field.name) if current is not None else field.default
+        default = field.default
         if wire.flag:
             value: Any = f.flag(wire.wechat, wire.required, default)
         elif field.kind is int:
@@ -107,16 +107,15 @@ def check_width(name: str, value: str, allowed: tuple[int, int], errcode: int) -
         raise ApiError(errcode, f"{name} is {width} wide; it must be {low}-{high} (a CJK character counts 2)")
 
 
-def check_times(start: int, end: int, now: float, rules: TimeRules, check_lead: bool = True) -> None:
+def check_times(start: int, end: int, now: float, rules: TimeRules) -> None:
     invalid = "parameter startTime or endTime is invalid"
-    if check_lead:
-        if start < now + rules.min_lead_seconds:
-            raise ApiError(
-                errors.INVALID_ARGS,
-                f"{invalid}: startTime must be at least {rules.min_lead_seconds // 60} minutes from now",
-            )
-        if start > now + rules.max_lead_seconds:
-            raise ApiError(errors.INVALID_ARGS, f"{invalid}: startTime must be within 6 months")
+    if start < now + rules.min_lead_seconds:
+        raise ApiError(
+            errors.INVALID_ARGS,
+            f"{invalid}: startTime must be at least {rules.min_lead_seconds // 60} minutes from now",
+        )
+    if start > now + rules.max_lead_seconds:
+        raise ApiError(errors.INVALID_ARGS, f"{invalid}: startTime must be within 6 months")
     duration = end - start
     if duration < rules.min_duration_seconds:
         raise ApiError(

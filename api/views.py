@@ -3,19 +3,25 @@ replay announced in webhooks and room events. Every surface shapes them here."""
 
 from __future__ import annotations
 
-import time
+from datetime import datetime, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from api.audience import Audience
 from api.models import ROOM_FIELDS, ROOM_LISTED, ROOM_MEDIA, App, Goods, Replay, Room, RoomField
+from api.rooms import OFFICIAL_TIME_ZONE
 from api.urls import Urls
 
 View = dict[str, Any]
 
 
-def iso_time(ts: float) -> str:
-    """Zone-less ISO-8601 as the official get_replay returns it."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ts))
+OFFICIAL_ZONE = ZoneInfo(OFFICIAL_TIME_ZONE)
+
+
+def iso_time(ts: float, zone: tzinfo = OFFICIAL_ZONE) -> str:
+    """Zone-less ISO-8601 as the official get_replay returns it: the wall clock of ``zone`` (the
+    configured ``[rooms] time_zone``; the official service writes China Standard Time)."""
+    return datetime.fromtimestamp(ts, zone).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def app_json(app: App) -> View:
@@ -62,8 +68,8 @@ def room_json(room: Room, urls: Urls, audience: Audience) -> View:
 def live_replay(replay: Replay, urls: Urls) -> View:
     """A replay as getliveinfo's get_replay lists it."""
     return {
-        "create_time": iso_time(replay.created_at),
-        "expire_time": iso_time(replay.expire_at),
+        "create_time": iso_time(replay.created_at, urls.settings.zone),
+        "expire_time": iso_time(replay.expire_at, urls.settings.zone),
         "media_url": f"{urls.http_base}/replays/{replay.path}/index.m3u8",
     }
 
@@ -86,5 +92,6 @@ def replay_ready(replay: Replay, urls: Urls) -> View:
     """The data of a ``replay_ready`` event: the REST view plus the get_replay fields."""
     data = replay_json(replay, urls)
     data["media_url"] = data["urls"].get("hls", "")
-    data["create_time"], data["expire_time"] = iso_time(replay.created_at), iso_time(replay.expire_at)
+    zone = urls.settings.zone
+    data["create_time"], data["expire_time"] = iso_time(replay.created_at, zone), iso_time(replay.expire_at, zone)
     return data

@@ -3,8 +3,8 @@
 Handlers parse, call one service function, and shape the reply as api.weixin.qq.com does: HTTP
 200 with ``errcode``/``errmsg`` always (``0``/``"ok"`` on success), official field names and quirks
 (``roomid`` in the list, ``creater_openid``, prices in fen, 9410000 for an empty page). Every
-endpoint but /cgi-bin/token takes ``?access_token=`` and counts against the app's daily quota (the
-``official`` decorator). Services come from ``request.app`` (``api.keys``).
+endpoint but /cgi-bin/token and /cgi-bin/stable_token takes ``?access_token=`` and counts against the
+app's daily quota (the ``official`` decorator). Services come from ``request.app`` (``api.keys``).
 See ../shared/reference/wechat-live-semantics.md §1-§2.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from aiohttp.typedefs import Handler
 
-from api import errors, media, qr
+from api import errors, media, poster, qr
 from api.errors import ApiError
 from api.keys import APPS, GOODS, MEDIA, ROOMS, URLS
 from api.media import MAX_BYTES
@@ -125,6 +125,28 @@ async def token(request: web.Request) -> Reply:
     return {"access_token": issued.token, "expires_in": apps.settings.token_ttl_seconds}
 
 
+@answered
+async def stable_token(request: web.Request) -> Reply:
+    _require(request, "POST")
+    f = Fields(await _json_object(request))
+    if f.string("grant_type", required=False) != "client_credential":
+        raise ApiError(errors.INVALID_GRANT_TYPE, "grant_type must be client_credential")
+    force_refresh = f.body.get("force_refresh", False)
+    if not isinstance(force_refresh, bool):
+        raise ApiError(errors.DATA_FORMAT_ERROR, "force_refresh must be true or false")
+    apps = request.app[APPS]
+    issued = await apps.stable_token(
+        f.string("appid", required=False), f.string("secret", required=False), force_refresh
+    )
+    return {"access_token": issued.token, "expires_in": int(issued.expires_at - apps.clock())}
+
+
+@official("GET")
+async def callback_ip(request: web.Request, app: App, f: Fields) -> Reply:
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return {"ip_list": request.app[APPS].callback_ips(sockname[0] if sockname else "")}
+
+
 @official("POST", json_body=False)
 async def upload(request: web.Request, app: App, f: Fields) -> Reply:
     data = await _media_part(request)
@@ -163,8 +185,12 @@ async def push_url(request: web.Request, app: App, f: Fields) -> Reply:
 async def shared_code(request: web.Request, app: App, f: Fields) -> Reply:
     room = await request.app[ROOMS].room(app, f.room_id("roomId"))
     params = f.string("params", required=False)
-    image = qr.image_url(request.app[URLS].http_base, room.roomid, params)
-    return {"cdnUrl": image, "pagePath": page_path(room.roomid, params), "posterUrl": image}
+    base = request.app[URLS].http_base
+    return {
+        "cdnUrl": qr.image_url(base, room.roomid, params),
+        "pagePath": page_path(room.roomid, params),
+        "posterUrl": qr.image_url(base, room.roomid, params, "poster"),
+    }
 
 
 def _switch(key: str, field: str, *room_keys: str) -> Handler:
@@ -194,9 +220,9 @@ async def add_goods(request: web.Request, app: App, f: Fields) -> Reply:
 async def live_info(request: web.Request, app: App, f: Fields) -> Reply:
     rooms, urls = request.app[ROOMS], request.app[URLS]
     start, limit = f.integer("start"), f.integer("limit")
-    if f.has("action"):
-        if f.string("action") != "get_replay":
-            raise ApiError(errors.INVALID_ARGS, 'action may only be "get_replay"')
+    if action := f.string("action", required=False):  # "" lists rooms, as omitting it does
+        if action != "get_replay":
+            raise ApiError(errors.INVALID_ARGS, 'action may only be "get_replay" (or "" to list rooms)')
         replays, total = await rooms.list_replays(app, f.room_id("room_id"), start, limit)
         return {"room_info": [], "live_replay": [live_replay(r, urls) for r in replays], "total": total}
     page, total = await rooms.list_rooms(app, start, limit)
@@ -237,16 +263,15 @@ async def assistant_list(request: web.Request, app: App, f: Fields) -> Reply:
 
 @official("POST")
 async def set_sub_anchor(request: web.Request, app: App, f: Fields) -> Reply:
-    username = f.string("username")
-    if not username:
-        raise ApiError(errors.INVALID_ARGS, "username is required")
-    await request.app[ROOMS].set_sub_anchor(app, f.room_id("roomId"), username)
+    """addsubanchor and modifysubanchor (the room has none yet / has one)."""
+    replace = _endpoint_name(request) == "modifysubanchor"
+    await request.app[ROOMS].set_sub_anchor(app, f.room_id("roomId"), f.string("username"), replace)
     return {}
 
 
 @official("POST")
 async def delete_sub_anchor(request: web.Request, app: App, f: Fields) -> Reply:
-    await request.app[ROOMS].set_sub_anchor(app, f.room_id("roomId"), "")
+    await request.app[ROOMS].delete_sub_anchor(app, f.room_id("roomId"))
     return {}
 
 
@@ -262,6 +287,8 @@ def routes() -> list[web.RouteDef]:
     r = ROOM_API
     endpoints = {
         "/cgi-bin/token": token,
+        "/cgi-bin/stable_token": stable_token,
+        "/cgi-bin/getcallbackip": callback_ip,
         UPLOAD: upload,
         LIVE_INFO: live_info,
         r + "create": create,
@@ -283,7 +310,8 @@ def routes() -> list[web.RouteDef]:
         r + "deletesubanchor": delete_sub_anchor,
         r + "getsubanchor": sub_anchor,
     }
-    return [*(web.route("*", path, handler) for path, handler in endpoints.items()), *media.routes(), *qr.routes()]
+    images = [*media.routes(), *qr.routes(), *poster.routes()]
+    return [*(web.route("*", path, handler) for path, handler in endpoints.items()), *images]
 
 
 async def _media_part(request: web.Request) -> bytes:

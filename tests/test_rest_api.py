@@ -120,6 +120,14 @@ async def test_room_crud(server, api):
     edited = await api.call("PATCH", f"/api/v1/rooms/{roomid}", 200, json={"name": "改过的直播间名字"})
     assert edited["name"] == "改过的直播间名字" and edited["close_like"] == 1 and edited["anchor_name"] == "主播"
     assert (await api.call("GET", f"/api/v1/rooms/{roomid}", 200))["name"] == "改过的直播间名字"
+    # PATCH is partial (fields left out keep their values) but otherwise editRoom: only before the live.
+    await api.call("PATCH", f"/api/v1/rooms/{roomid}", 200, json={"close_kf": 0})
+    edited = await api.call("PATCH", f"/api/v1/rooms/{roomid}", 200, json={"name": "又改过的直播间"})
+    assert edited["close_kf"] == 0, "unlike editRoom, a PATCH keeps what it leaves out"
+    assert await server.store.transition(roomid, {102}, 101, {}) is not None
+    live = await api.call("PATCH", f"/api/v1/rooms/{roomid}", 409, json={"name": "直播中改名字"})
+    assert live["error"]["code"] == 300023 and "(101)" in live["error"]["message"]
+    assert await server.store.transition(roomid, {101}, 102, {}) is not None
 
     # Service rules and snake_case fields
     assert (await api.call("PATCH", f"/api/v1/rooms/{roomid}", 400, json={"name": "短"}))["error"]["code"] == 300002

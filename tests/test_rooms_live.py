@@ -104,6 +104,22 @@ async def test_pause_kicks_and_refuses_until_resumed(rooms_server):
     await pub.stop()
 
 
+async def test_resume_while_the_anchor_pushes_goes_live(rooms_server):
+    """The official 105 -> 101: a room resumed while its anchor's stream is here is live again at once.
+    (Pausing kicks the anchor here, so this is the anchor that the pause did not reach: the room was
+    paused in the store, with no event to this node.)"""
+    server = rooms_server
+    app, room = await make_room(server)
+    pub = await publish(server.urls.push_url(app, room))
+    await wait_status(server, room, LiveStatus.LIVE)
+    assert await server.store.transition(room.roomid, {LiveStatus.LIVE}, LiveStatus.PAUSED, {}) is not None
+    resumed = await server.room_status.admin_action(app, room.roomid, "resume")
+    assert resumed.live_status == LiveStatus.LIVE and resumed.status_reason == "resumed by an admin"
+    assert pub.process.returncode is None, "the anchor was not disconnected"
+    await pub.stop()
+    await wait_status(server, room, LiveStatus.INTERRUPTED)
+
+
 async def test_ban_is_final(rooms_server):
     server = rooms_server
     app, room = await make_room(server)

@@ -20,6 +20,7 @@ PUBLISHER_GONE            -   106   -    -    -    -    -
 SERVER_RESTARTED          -   106   -    -    -    -    -
 PAUSE                     -   105   -    -    -   105   -
 RESUME                    -    -    -    -   106   -    -
+RESUME_PUSHING            -    -    -    -   101   -    -
 BAN                      104  104   -    -   104  104   -
 END                      103  103   -    -   103  103   -
 END_TIME_PASSED          107   -    -    -    -    -    -
@@ -34,6 +35,7 @@ REASONS: dict[Event, str | dict[int, str]] = {
     Event.SERVER_RESTARTED: "the server restarted while the room was live",
     Event.PAUSE: "paused by an admin",
     Event.RESUME: "resumed by an admin; waiting for the anchor",
+    Event.RESUME_PUSHING: "resumed by an admin",
     Event.BAN: "banned by an admin",
     Event.END: "ended by an admin",
     Event.END_TIME_PASSED: "endTime passed before the room went live",

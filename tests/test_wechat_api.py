@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import io
 import re
 import struct
 import time
@@ -12,13 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
 import qrcode
+from aiohttp import web
+from PIL import Image
 
+from api import poster as poster_module
+from api import qr
+from api.config import ConfigError, load
 from api.media import ImageInfo, image_info
-from api.models import App, LiveStatus, Replay
+from api.models import App, LiveStatus, Replay, Token
 from api.server import Server
 from api.signing import verify_query
 from api.urls import PLUGIN_APPID
@@ -76,6 +82,17 @@ def read_png(data: bytes) -> tuple[int, int, int, int, bytes]:
     assert next(iter(chunks)) == b"IHDR" and b"IEND" in chunks
     width, height, depth, colour = struct.unpack_from(">IIBB", chunks[b"IHDR"])
     return width, height, depth, colour, zlib.decompress(chunks[b"IDAT"])
+
+
+def qr_text(png: bytes) -> str:
+    """What a QR decoder (ZBar) reads in an image; the test is skipped where libzbar0 is missing."""
+    try:
+        from pyzbar import pyzbar
+    except ImportError:
+        pytest.skip("pyzbar/libzbar0 missing: run scripts/dev test, which installs them")
+    found = pyzbar.decode(Image.open(io.BytesIO(png)).convert("L"), symbols=[pyzbar.ZBarSymbol.QRCODE])
+    assert len(found) == 1, f"{len(found)} QR codes in the image"
+    return found[0].data.decode()
 
 
 @dataclass
@@ -220,11 +237,134 @@ async def test_access_token_required(wx):
         assert errcode(await response.json()) == 41001
 
 
-async def test_token_expires(make_server, session):
-    wx = await connect(await make_server(token_ttl_seconds=1), session)
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+async def test_expired_token_is_42001_unknown_stays_40001(make_server, session, request, store):
+    settings = {"redis": request.getfixturevalue("redis_url")} if store == "redis" else {}
+    server = await make_server(**settings)
+    wx = await connect(server, session)
+    other = await connect(server, session, "other shop")
     assert errcode(await wx.live_info(start=0, limit=10)) == 9410000
-    await asyncio.sleep(1.1)
-    assert errcode(await wx.live_info(start=0, limit=10)) == 40001
+    appid, expiry, nonce, mac = wx.token.split(".")
+    forged = [
+        "nope",
+        f"{appid}.{expiry}.{nonce}.{'A' * len(mac)}",  # not signed by the app's secret
+        f"{other.app.appid}.{expiry}.{nonce}.{mac}",  # another app's name on this token
+        f"{appid}.{expiry}.another.{mac}",
+    ]
+    for token in forged:
+        assert errcode(await wx.post(LIVE_INFO, {"start": 0, "limit": 10}, access_token=token)) == 40001, token
+    server.apps.clock = lambda: time.time() + 7201  # two hours on: the token has expired
+    reply = await wx.live_info(start=0, limit=10)
+    assert errcode(reply) == 42001 and "/cgi-bin/token" in reply["errmsg"], reply
+    assert errcode(await wx.post(LIVE_INFO, {"start": 0, "limit": 10}, access_token=forged[1])) == 40001
+    # Once the store has dropped it (both stores purge or filter expired tokens), it is still 42001.
+    await server.store.put_token(Token(wx.token, appid, time.time() - 1))
+    assert await server.store.get_token(wx.token) is None
+    assert errcode(await wx.live_info(start=0, limit=10)) == 42001
+    fresh = await connect(server, session)
+    assert errcode(await fresh.live_info(start=0, limit=10)) == 9410000
+
+
+async def stable(wx: Wx, **body: Any) -> dict[str, Any]:
+    request = {"grant_type": "client_credential", "appid": wx.app.appid, "secret": wx.app.secret, **body}
+    async with wx.session.post(wx.base + "/cgi-bin/stable_token", json=request) as response:
+        assert response.status == 200
+        return await response.json()
+
+
+async def test_stable_token(wx):
+    """The stable token: the same while valid, its successor in its last 5 minutes (both valid then),
+    force_refresh replaces it (the old one stops working) at most every 30 s and 20 times a day."""
+    apps, now = wx.server.apps, time.time()
+    apps.clock = lambda: now
+    first = await stable(wx)
+    assert first["errcode"] == 0 and first["expires_in"] == 7200
+    assert (await stable(wx))["access_token"] == first["access_token"]
+    assert errcode(await wx.live_info(start=0, limit=1, access_token=first["access_token"])) == 9410000
+    assert (await stable(wx, force_refresh=False))["access_token"] == first["access_token"]
+    # A forced refresh sooner than 30 s after the token was issued gives it back unchanged.
+    assert (await stable(wx, force_refresh=True))["access_token"] == first["access_token"]
+
+    apps.clock = lambda: now + 31
+    second = await stable(wx, force_refresh=True)
+    assert second["access_token"] != first["access_token"] and second["expires_in"] == 7200
+    reply = await wx.post(LIVE_INFO, {"start": 0, "limit": 1}, access_token=first["access_token"])
+    assert errcode(reply) == 40001, "a token replaced by a forced refresh is no longer valid"
+    assert errcode(await wx.post(LIVE_INFO, {"start": 0, "limit": 1}, access_token=second["access_token"])) == 9410000
+    assert errcode(await wx.live_info(start=0, limit=1)) == 9410000, "/cgi-bin/token's tokens are apart"
+
+    apps.clock = lambda: now + 31 + 7200 - 200  # the last 5 minutes of the second token
+    third = await stable(wx)
+    assert third["access_token"] != second["access_token"] and third["expires_in"] == 7200
+    assert errcode(await wx.post(LIVE_INFO, {"start": 0, "limit": 1}, access_token=second["access_token"])) == 9410000
+    assert (await stable(wx))["access_token"] == third["access_token"]
+
+    refreshes = 1
+    while refreshes < 20:
+        apps.clock = lambda n=refreshes: now + 7100 + 31 * n
+        assert errcode(await stable(wx, force_refresh=True)) == 0
+        refreshes += 1
+    apps.clock = lambda: now + 7100 + 31 * 21
+    reply = await stable(wx, force_refresh=True)
+    assert errcode(reply) == 45009 and "20 times a day" in reply["errmsg"], reply
+    assert errcode(await stable(wx)) == 0, "the plain mode still answers"
+
+
+async def test_stable_token_refusals(wx):
+    url = wx.base + "/cgi-bin/stable_token"
+    assert errcode(await stable(wx, grant_type="password")) == 40002
+    assert errcode(await stable(wx, force_refresh="yes")) == 47001
+    assert errcode(await stable(wx, secret="0" * 32)) == 40125
+    assert errcode(await stable(wx, appid="")) == 41002
+    async with wx.session.get(url) as response:
+        assert errcode(await response.json()) == 43002
+    async with wx.session.post(url, data=b"not json") as response:
+        assert errcode(await response.json()) == 47001
+
+
+async def test_getcallbackip(make_server, session):
+    wx = await connect(await make_server(), session)
+    assert await wx.get("/cgi-bin/getcallbackip") == {"errcode": 0, "errmsg": "ok", "ip_list": ["127.0.0.1"]}
+    assert errcode(await wx.get("/cgi-bin/getcallbackip", access_token="nope")) == 40001
+    configured = await connect(await make_server(callback_ips=["203.0.113.7", "198.51.100.0/24"]), session)
+    assert (await configured.get("/cgi-bin/getcallbackip"))["ip_list"] == ["203.0.113.7", "198.51.100.0/24"]
+
+
+async def test_unknown_official_paths_answer_json(wx):
+    """SDKs parse every reply of the official API for its errcode: an unknown path there is 48001 in
+    JSON, never aiohttp's plain-text 404; other paths keep their own answers."""
+    for method, path in [
+        ("GET", "/wxaapi/broadcast/room/nosuchthing"),
+        ("POST", "/wxa/business/nosuchthing"),
+        ("GET", "/cgi-bin/nosuchthing"),
+        ("DELETE", "/wxaapi/"),
+    ]:
+        reply = await wx.call(method, path)
+        assert errcode(reply) == 48001 and reply["errmsg"].startswith("api unauthorized"), (method, path, reply)
+        assert path in reply["errmsg"]
+    async with wx.session.get(wx.base + "/nosuchthing") as response:
+        assert response.status == 404 and response.content_type == "text/plain"
+    async with wx.session.get(wx.base + "/api/v1/nosuchthing") as response:
+        assert response.status == 404 and (await response.json())["error"]["code"] == 404
+    async with wx.session.get(wx.base + "/qrcode/9999.png") as response:
+        assert response.status == 404 and await response.text() == "no such room", "a handler's own 404 stays"
+
+
+async def test_wrong_method_on_an_official_path_answers_json(aiohttp_client):
+    """A route under an official prefix that takes one method (endpoints added later may) answers
+    another method with 43001/43002, as WeChat does."""
+    from api.server import wechat_unknown_path
+
+    async def ok(request):
+        return web.json_response({"errcode": 0})
+
+    app = web.Application(middlewares=[wechat_unknown_path])
+    app.add_routes([web.get("/wxaapi/only-get", ok), web.post("/wxaapi/only-post", ok)])
+    client = await aiohttp_client(app)
+    async with client.post("/wxaapi/only-get") as response:
+        assert response.status == 200 and errcode(await response.json()) == 43001
+    async with client.get("/wxaapi/only-post") as response:
+        assert errcode(await response.json()) == 43002
 
 
 async def test_wrong_method_and_bad_bodies(wx):
@@ -400,6 +540,54 @@ async def test_get_replay(wx):
     assert errcode(await other.live_info(action="get_replay", room_id=roomid, start=0, limit=10)) == 300022
 
 
+async def test_empty_action_lists_rooms(wx):
+    roomid, _ = await wx.room()
+    reply = await wx.live_info(action="", start=0, limit=10)
+    assert errcode(reply) == 0 and [r["roomid"] for r in reply["room_info"]] == [roomid]
+    assert reply == await wx.live_info(start=0, limit=10)
+
+
+@pytest.mark.parametrize(
+    ("zone", "created", "expires"),
+    [(None, "2026-12-04T00:30:00", "2026-12-05T00:30:00"), ("UTC", "2026-12-03T16:30:00", "2026-12-04T16:30:00")],
+)
+async def test_replay_times_in_the_configured_zone(make_server, session, zone, created, expires):
+    """get_replay's zone-less times are China Standard Time by default, whatever the host's zone."""
+    server = await make_server(**({"time_zone": zone} if zone else {}))
+    wx = await connect(server, session)
+    roomid, _ = await wx.room()
+    at = 1796315400  # 2026-12-03 16:30 UTC
+    await server.store.put_replay(Replay("r1", roomid, wx.app.appid, 1, "ready", at, at + 86400, "rep/1"))
+    reply = await wx.live_info(action="get_replay", room_id=roomid, start=0, limit=10)
+    assert (reply["live_replay"][0]["create_time"], reply["live_replay"][0]["expire_time"]) == (created, expires)
+
+
+@pytest.mark.parametrize(("zone", "next_day_allowed"), [(None, True), ("UTC", False)])
+async def test_quota_day_in_the_configured_zone(make_server, session, zone, next_day_allowed):
+    """The daily quota starts again at midnight in the configured zone (Beijing midnight is 16:00 UTC)."""
+    server = await make_server(quotas={"default": 1}, **({"time_zone": zone} if zone else {}))
+    wx = await connect(server, session)
+    before, after = 1796313599, 1796313601  # 2026-12-03 15:59:59 and 16:00:01 UTC
+    server.apps.clock = lambda: before
+    assert errcode(await wx.get(ROOM + "getpushurl", roomId=1)) == 300022
+    assert errcode(await wx.get(ROOM + "getpushurl", roomId=1)) == 45009
+    server.apps.clock = lambda: after
+    assert errcode(await wx.get(ROOM + "getpushurl", roomId=1)) == (300022 if next_day_allowed else 45009)
+
+
+def test_time_zone_and_callback_ip_settings(tmp_path):
+    config = tmp_path / "minilive.toml"
+    config.write_text('[rooms]\ntime_zone = "UTC"\n')
+    assert load(config, {}).rooms.zone == ZoneInfo("UTC")
+    assert load(None, {}).rooms.time_zone == "Asia/Shanghai"
+    config.write_text('[rooms]\ncallback_ips = ["203.0.113.7", "wechat.example.com"]\n')
+    with pytest.raises(ConfigError, match=r"'wechat\.example\.com' is not an IP address"):
+        load(config, {})
+    config.write_text('[rooms]\ntime_zone = "Mars/Olympus_Mons"\n')
+    with pytest.raises(ConfigError, match=r"\[rooms\] time_zone 'Mars/Olympus_Mons' is not a time zone.*Asia/Shanghai"):
+        load(config, {})
+
+
 async def test_daily_quota(make_server, session):
     wx = await connect(await make_server(quotas={"getliveinfo": 2, "default": 2}), session)
     assert errcode(await wx.live_info(start=0, limit=10)) == 9410000
@@ -446,22 +634,47 @@ async def test_edit_room(wx):
     assert errcode(await wx.post(ROOM + "editroom", {**edit, "name": "直播"})) == 300002
     assert errcode(await wx.post(ROOM + "editroom", {**edit, "startTime": int(time.time())})) == 200002
     assert errcode(await wx.post(ROOM + "editroom", {**edit, "id": None})) == 200002
+    reply = await wx.post(ROOM + "editroom", {**edit, "anchorWechat": ""})
+    assert errcode(reply) == 200002 and "anchorWechat" in reply["errmsg"], "refused on edit as on create"
 
 
-async def test_editing_a_live_room(wx):
+async def test_edit_takes_the_documented_defaults(wx):
+    """editRoom has createRoom's rules: a switch left out is its documented default (isFeedsPublic 1,
+    closeReplay 1, closeShare 0, closeKf 1), not the value the room had."""
+    switches = {"isFeedsPublic": 0, "closeReplay": 0, "closeShare": 1, "closeKf": 0}
+    roomid, body = await wx.room(**switches)
+    room = await wx.server.store.get_room(roomid)
+    assert (room.is_feeds_public, room.close_replay, room.close_share, room.close_kf) == (0, 0, 1, 0)
+    edit = {key: value for key, value in body.items() if key not in switches}
+    assert errcode(await wx.post(ROOM + "editroom", {**edit, "id": roomid})) == 0
+    room = await wx.server.store.get_room(roomid)
+    assert (room.is_feeds_public, room.close_replay, room.close_share, room.close_kf) == (1, 1, 0, 1)
+
+
+async def test_edit_keeps_the_ten_minute_rule(wx):
+    """startTime must be 10 minutes ahead on every edit, unchanged or not: a room about to start is not
+    edited without moving it."""
+    roomid, body = await wx.room()
+    wx.server.rooms.clock = lambda: body["startTime"] - 300  # five minutes before the start
+    reply = await wx.post(ROOM + "editroom", {**body, "id": roomid, "name": "快开始了改名"})
+    assert errcode(reply) == 200002 and "10 minutes" in reply["errmsg"], reply
+    later = body["startTime"] + 3600
+    assert errcode(await wx.post(ROOM + "editroom", {**body, "id": roomid, "startTime": later})) == 0
+
+
+@pytest.mark.parametrize("status", [LiveStatus.LIVE, LiveStatus.PAUSED, LiveStatus.INTERRUPTED])
+async def test_editing_a_room_that_went_live(wx, status):
+    """Only a room that has not started is edited; once live its switches change through their own
+    endpoints (updatereplay...), which stay allowed."""
     roomid, body = await wx.room(closeLike=1)
     store = wx.server.store
-    assert await store.transition(roomid, {LiveStatus.NOT_STARTED}, LiveStatus.LIVE, {}) is not None
-    edit = {**body, "id": roomid}
-    reply = await wx.post(ROOM + "editroom", {**edit, "closeLike": 0})
-    assert errcode(reply) == 300023 and "close_like" in reply["errmsg"]
-    assert errcode(await wx.post(ROOM + "editroom", {**edit, "closeShare": 1})) == 300023
-    assert errcode(await wx.post(ROOM + "editroom", {**edit, "startTime": body["startTime"] + 600})) == 300023
-    assert errcode(await wx.post(ROOM + "editroom", {**edit, "name": "直播中改名字", "closeComment": 1})) == 0
-    room = await store.get_room(roomid)
-    assert (room.name, room.close_comment, room.close_like) == ("直播中改名字", 1, 1), "closing is allowed"
+    assert await store.transition(roomid, {LiveStatus.NOT_STARTED}, status, {}) is not None
+    reply = await wx.post(ROOM + "editroom", {**body, "id": roomid, "name": "直播中改名字"})
+    assert errcode(reply) == 300023 and f"({status})" in reply["errmsg"] and "updatereplay" in reply["errmsg"]
+    assert (await store.get_room(roomid)).name == body["name"]
     assert errcode(await wx.post(ROOM + "deleteroom", {"id": roomid})) == 300023
     assert errcode(await wx.post(ROOM + "updatereplay", {"roomId": roomid, "closeReplay": 0})) == 0
+    assert errcode(await wx.post(ROOM + "updatekf", {"roomId": roomid, "closeKf": 0})) == 0
 
 
 async def test_ended_room(wx):
@@ -514,26 +727,94 @@ async def test_shared_code(wx):
     bare = await wx.get(ROOM + "getsharedcode", roomId=roomid)
     assert bare["pagePath"] == plugin_page
 
-    for url in (reply["cdnUrl"], reply["posterUrl"]):
-        async with wx.session.get(url) as response:
-            assert response.status == 200 and response.content_type == "image/png"
-            data = await response.read()
-        width, height, depth, colour, raw = read_png(data)
-        code = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, border=4)
-        code.add_data(page)
-        modules = code.get_matrix()
-        scale = width // len(modules)
-        assert width == height == len(modules) * scale and scale >= 4 and (depth, colour) == (1, 0)
-        stride = 1 + (width + 7) // 8  # filter byte, then 8 pixels a byte
-        assert len(raw) == stride * height
-        centres = [n * scale + scale // 2 for n in range(len(modules))]
-        dark = [[not (raw[y * stride + 1 + x // 8] >> (7 - x % 8)) & 1 for x in centres] for y in centres]
-        assert dark == modules, "the PNG shows the module matrix of the page path"
+    assert reply["posterUrl"] == f"{wx.base}/poster/{roomid}.png?params={quote(params, safe='')}"
+    async with wx.session.get(reply["cdnUrl"]) as response:
+        assert response.status == 200 and response.content_type == "image/png"
+        data = await response.read()
+    width, height, depth, colour, raw = read_png(data)
+    code = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, border=4)
+    code.add_data(page)
+    modules = code.get_matrix()
+    scale = width // len(modules)
+    assert width == height == len(modules) * scale and scale >= 4 and (depth, colour) == (1, 0)
+    stride = 1 + (width + 7) // 8  # filter byte, then 8 pixels a byte
+    assert len(raw) == stride * height
+    centres = [n * scale + scale // 2 for n in range(len(modules))]
+    dark = [[not (raw[y * stride + 1 + x // 8] >> (7 - x % 8)) & 1 for x in centres] for y in centres]
+    assert dark == modules, "the PNG shows the module matrix of the page path"
+    assert qr_text(data) == page, "a QR decoder reads the page path with the custom params"
 
     async with wx.session.get(f"{wx.base}/qrcode/9999.png") as response:
         assert response.status == 404
     async with wx.session.get(f"{wx.base}/qrcode/{roomid}.png") as response:
         assert response.status == 200 and response.headers["Cache-Control"] == "public, max-age=86400"
+
+
+async def get_png(wx: Wx, url: str) -> Image.Image:
+    async with wx.session.get(url) as response:
+        assert response.status == 200 and response.content_type == "image/png", await response.text()
+        return Image.open(io.BytesIO(await response.read()))
+
+
+async def test_share_poster(wx):
+    """posterUrl is a poster: the room's cover on top, the title and start time, and the room's QR code
+    (the same code as cdnUrl's, drawn at a whole number of pixels per module)."""
+    roomid, body = await wx.room()
+    params = '{"pid":7}'
+    reply = await wx.get(ROOM + "getsharedcode", roomId=roomid, params=params)
+    poster = await get_png(wx, reply["posterUrl"])
+    assert poster.size == (poster_module.WIDTH, poster_module.HEIGHT) and poster.mode == "RGB"
+    assert poster.getpixel((300, 300)) == (0x80, 0x80, 0x80), "the cover (a grey test image) fills the top"
+    png = io.BytesIO()
+    poster.save(png, "PNG")
+    assert qr_text(png.getvalue()) == reply["pagePath"]
+    # The QR region is exactly the share code, scaled to fit.
+    modules = len(qr.matrix(reply["pagePath"]))
+    scale = poster_module.QR_SIDE // modules
+    code = Image.open(io.BytesIO(qr.png(reply["pagePath"], scale))).convert("RGB")
+    top = poster_module.HEIGHT - poster_module.MARGIN - code.height
+    region = poster.crop((poster_module.MARGIN, top, poster_module.MARGIN + code.width, top + code.height))
+    assert region.tobytes() == code.tobytes()
+    title_band = poster.crop((0, poster_module.COVER_HEIGHT, poster_module.WIDTH, top)).convert("L")
+    assert title_band.getextrema()[0] < 64, "the title and start time are drawn under the cover"
+
+    async with wx.session.get(f"{wx.base}/poster/9999.png") as response:
+        assert response.status == 404
+    hits = poster_module.render.cache_info().hits
+    async with wx.session.get(reply["posterUrl"]) as response:
+        assert response.headers["Cache-Control"] == "public, max-age=300"
+    assert poster_module.render.cache_info().hits == hits + 1, "the same poster is made once"
+    assert errcode(await wx.post(ROOM + "editroom", {**body, "id": roomid, "name": "改过名字的直播间"})) == 0
+    assert (await get_png(wx, reply["posterUrl"])).tobytes() != poster.tobytes(), "an edit makes a new poster"
+
+
+def poster_spec(**fields: Any) -> poster_module.PosterSpec:
+    values = {"title": "测试直播间", "start_time": 1_800_000_000, "time_zone": "Asia/Shanghai", "cover": ""}
+    return poster_module.PosterSpec(**{**values, "page": "plugin-private://x?room_id=1", **fields})
+
+
+def test_poster_time_zone_long_titles_and_big_covers(tmp_path):
+    shanghai = Image.open(io.BytesIO(poster_module.render(poster_spec())))
+    utc = Image.open(io.BytesIO(poster_module.render(poster_spec(time_zone="UTC"))))
+    assert shanghai.tobytes() != utc.tobytes(), "the start time is written in the configured zone"
+    long_title = Image.open(io.BytesIO(poster_module.render(poster_spec(title="很长的直播间名字" * 10))))
+    assert long_title.size == (poster_module.WIDTH, poster_module.HEIGHT)
+    big = tmp_path / "big.png"
+    big.write_bytes(make_png(5000, 5000, pixels=False))  # claims 25 Mpx: not decoded
+    plain = Image.open(io.BytesIO(poster_module.render(poster_spec(cover=str(big)))))
+    assert plain.getpixel((300, 300)) == (40, 40, 48)
+
+
+def test_poster_without_a_cjk_font(monkeypatch, caplog):
+    """Without a CJK font the poster is still made (Pillow's own font), and the log says what to install."""
+    monkeypatch.setattr(poster_module, "FONTS", (Path("/nonexistent/font.ttc"),))
+    poster_module.font.cache_clear()
+    try:
+        data = poster_module.render(poster_spec(title="没有字体的直播间"))
+    finally:
+        poster_module.font.cache_clear()
+    assert Image.open(io.BytesIO(data)).size == (poster_module.WIDTH, poster_module.HEIGHT)
+    assert "fonts-wqy-zenhei" in caplog.text
 
 
 # ---------------------------------------------------------------- switches, goods, assistants, sub-anchor
@@ -588,7 +869,7 @@ async def test_assistants(wx):
     assert errcode(await wx.post(ROOM + "modifyassistant", {"roomId": roomid, "username": "helper1"})) == 200002
     for bad in ([], [{"nickname": "x"}], ["helper3"], {"username": "x"}):
         assert errcode(await wx.post(ROOM + "addassistant", {"roomId": roomid, "users": bad})) == 200002, bad
-    many = [{"username": f"u{n}", "nickname": ""} for n in range(10)]
+    many = [{"username": f"user_{n:02}", "nickname": "n"} for n in range(10)]
     assert errcode(await wx.post(ROOM + "addassistant", {"roomId": roomid, "users": many})) == 200002
 
 
@@ -600,7 +881,7 @@ async def test_sub_anchor(wx):
     assert errcode(await wx.post(ROOM + "modifysubanchor", {"roomId": roomid, "username": "third_wx"})) == 0
     assert (await wx.get(ROOM + "getsubanchor", roomId=roomid))["username"] == "third_wx"
     assert errcode(await wx.post(ROOM + "addsubanchor", {"roomId": roomid, "username": "anchor_wx"})) == 500005
-    assert errcode(await wx.post(ROOM + "addsubanchor", {"roomId": roomid, "username": ""})) == 200002
+    assert errcode(await wx.post(ROOM + "addsubanchor", {"roomId": roomid, "username": ""})) == 300039
     assert errcode(await wx.post(ROOM + "deletesubanchor", {"roomId": roomid})) == 0
     assert (await wx.get(ROOM + "getsubanchor", roomId=roomid))["username"] == ""
 
