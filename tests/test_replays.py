@@ -239,7 +239,7 @@ async def test_hevc_live_becomes_a_replay_of_fmp4_segments(make_server, hevc_med
             playlist = await response.text()
         assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist and playlist.rstrip().endswith("#EXT-X-ENDLIST")
         assert "#EXT-X-VERSION:7" in playlist and playlist.count("#EXT-X-MAP:") == 1
-        assert '#EXT-X-MAP:URI="init00000.mp4"\n#EXTINF:' in playlist and ".ts" not in playlist
+        assert '#EXT-X-MAP:URI="init00000.mp4"\n#EXT-X-PROGRAM-DATE-TIME:' in playlist and ".ts" not in playlist
         async with session.get(f"{base}/init00000.mp4") as response:
             assert response.content_type == "video/mp4"
             assert top_level_boxes(await response.read()) == ["ftyp", "moov"]
@@ -279,15 +279,15 @@ async def test_replay_switched_on_during_the_live_survives_killed_publishers(mak
 
     await server.rooms.set_flag(app, room.roomid, "close_replay", 0)  # updatereplay
     await wait_replay(server.store, room.roomid, "recording", timeout=2)
-    recorded = 0.0
+    recorded = []
     for attempt in (1, 2):
         # The anchor's app dies (SIGKILL: no goodbye); the hub's grace ends its stream, the room's
-        # grace still runs: it comes back once on a new stream, the same session and replay.
+        # grace still runs: it comes back once on a new stream, and each stretch is a replay segment.
         started = time.monotonic()
         await asyncio.sleep(3)
         pub.process.kill()
         await pub.process.wait()
-        recorded += time.monotonic() - started
+        recorded.append(time.monotonic() - started)
         await wait_status(server, room, LiveStatus.INTERRUPTED)
         await wait_stream_gone(server, room.stream_name)
         if attempt == 1:
@@ -295,15 +295,17 @@ async def test_replay_switched_on_during_the_live_survives_killed_publishers(mak
             await wait_status(server, room, LiveStatus.LIVE)
 
     await wait_status(server, room, LiveStatus.ENDED, timeout=10)
-    replay = await wait_replay(server.store, room.roomid, "ready", timeout=5)
-    assert len(await server.store.list_replays(room.roomid)) == 1
-    # From the GOP cache at the switch (up to a GOP earlier) to the last kill.
-    assert recorded - 1.5 <= replay.duration <= recorded + 2, (replay.duration, recorded)
-    base = f"http://127.0.0.1:{server.http_port}/replays/{replay.path}"
-    await check_playable(base, replay.duration)
-    playlist = (server.settings.data_dir / "replays" / replay.path / PLAYLIST).read_text()
-    assert playlist.count("#EXT-X-DISCONTINUITY") == 1, playlist
-    assert_mp4_made_during_the_live(server.settings.data_dir / "replays" / replay.path, caplog)
+    segments = await server.store.list_replays(room.roomid)
+    assert [r.status for r in segments] == ["ready", "ready"], segments
+    assert {r.session for r in segments} == {room.live_sessions + 1}, "one live session"
+    for replay, seconds in zip(segments, recorded, strict=True):
+        # From the GOP cache at the switch or the return (up to a GOP earlier) to the kill.
+        assert seconds - 1.5 <= replay.duration <= seconds + 2, (replay.duration, seconds)
+        base = f"http://127.0.0.1:{server.http_port}/replays/{replay.path}"
+        await check_playable(base, replay.duration)
+        playlist = (server.settings.data_dir / "replays" / replay.path / PLAYLIST).read_text()
+        assert "#EXT-X-DISCONTINUITY" not in playlist, playlist
+        assert_mp4_made_during_the_live(server.settings.data_dir / "replays" / replay.path, caplog)
 
 
 @pytest.mark.parametrize("video", ["h264", "hevc"])
@@ -555,7 +557,7 @@ async def test_a_new_hevc_configuration_gets_a_new_init_segment_and_the_mp4_foll
     playlist = (folder / PLAYLIST).read_text()
     assert re.findall(r'#EXT-X-MAP:URI="([^"]+)"', playlist) == ["init00000.mp4", "init00003.mp4"]
     assert playlist.count("#EXT-X-DISCONTINUITY") == 1
-    assert '#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI="init00003.mp4"\n#EXTINF:' in playlist
+    assert '#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI="init00003.mp4"\n#EXT-X-PROGRAM-DATE-TIME:' in playlist
     assert_mp4_is_the_remux_of_the_files(folder)
 
     mp4 = str(folder / MP4)
