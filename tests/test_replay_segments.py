@@ -6,16 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from api.errors import ApiError
 from api.models import LiveStatus, Replay
 from api.replays import ClipRefused
-from recorder.playlist import PLAYLIST, Entry, read
-from tests.conftest import FFPROBE, decode_cleanly, make_room, needs_ffmpeg, publish, run
+from recorder.clip import cut
+from recorder.finalize import finalize
+from recorder.playlist import PLAYLIST, Entry, read, render
+from recorder.recording import Recording
+from tests.conftest import FFPROBE, decode_cleanly, make_room, needs_ffmpeg, probe_frames, publish, run
+from tests.hevc import FPS
 from tests.test_replays import access_token, get_replay, probe
 from tests.test_rooms_live import wait_status
 from tests.test_webhooks import Receiver
@@ -195,3 +202,53 @@ async def test_a_clip_is_cut_from_the_recording_between_two_wall_clock_times(mak
     )
     assert [p.name for p in both if p is not None] == ["a.mp4", "b.mp4"]
     assert both[0].read_bytes() == both[1].read_bytes() == clip.read_bytes()
+
+
+async def test_a_clip_of_an_hevc_recording_copies_its_fmp4_frames(tmp_path, hevc_media):
+    """fMP4 segments (HEVC) clip as TS ones do: from the keyframe at or before the start, hvc1."""
+    packets, _ = hevc_media
+    folder = tmp_path / "replay"
+    folder.mkdir()
+    with ThreadPoolExecutor(1) as writer:
+        recording = Recording("r", folder, 2.0, writer)
+        for packet in packets:
+            recording.feed(packet)
+        await recording.close()
+        assert recording.mp4 is not None
+        recording.mp4.finish()
+        await asyncio.to_thread(finalize, folder, recording.mp4)
+    # Fed at once, the segments were dated together: date them as a live would have.
+    recorded = 1_800_000_000.0
+    entries, at = [], recorded
+    for entry in read((folder / PLAYLIST).read_text()):
+        entries.append(replace(entry, date=at))
+        at += entry.duration
+    (folder / PLAYLIST).write_text(render(entries, ended=True))
+
+    clip = await asyncio.to_thread(cut, [tmp_path / "elsewhere", folder], recorded + 2.5, recorded + 4.5, "h")
+    assert clip is not None and clip.path == folder / "clips" / "h.mp4"
+    assert abs(clip.start - (recorded + 2)) <= 0.05 and abs(clip.duration - 2.5) <= 0.1, clip
+    (video,) = [s for s in await probe_frames(str(clip.path)) if s["codec_type"] == "video"]
+    assert (video["codec_name"], video["codec_tag_string"]) == ("hevc", "hvc1")
+    assert int(video["nb_read_frames"]) == 2.5 * FPS + 0.5, "the frames at 2.00, 2.04 ... 4.48 s"
+    duration, keyframe = await clip_duration(clip.path)
+    assert keyframe and abs(duration - 2.5) <= 0.1, duration
+    await decode_cleanly(str(clip.path))
+    assert await asyncio.to_thread(cut, [folder], recorded + 60, recorded + 70, "late") is None
+
+
+async def test_only_the_replay_switch_changes_after_the_end(make_server):
+    server = await make_server()
+    app, room = await make_room(server, closeReplay=0)
+    await server.room_status.admin_action(app, room.roomid, "end")  # 102 -> 103
+    assert (await server.rooms.set_flag(app, room.roomid, "close_replay", 1)).close_replay == 1
+    assert (await server.rooms.set_flag(app, room.roomid, "close_replay", 0)).close_replay == 0
+    for key in ("close_kf", "ban_comment", "is_feeds_public"):
+        with pytest.raises(ApiError) as refused:
+            await server.rooms.set_flag(app, room.roomid, key, 1)
+        assert refused.value.errcode == 300023, key
+    other, banned = await make_room(server, "banned", closeReplay=0)
+    await server.room_status.admin_action(other, banned.roomid, "ban")
+    with pytest.raises(ApiError) as refused:
+        await server.rooms.set_flag(other, banned.roomid, "close_replay", 1)
+    assert refused.value.errcode == 300023
