@@ -9,38 +9,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import pytest
 
-from api.apps import Apps
 from api.errors import ApiError
 from api.models import LiveStatus, Replay
 from api.replays import ClipRefused
-from api.rooms import Rooms, RoomSettings
-from api.store import open_store
-from api.urls import Urls
 from recorder.clip import cut
 from recorder.finalize import finalize
 from recorder.playlist import PLAYLIST, Entry, read, render
 from recorder.recording import Recording
-from tests.conftest import (
-    FFPROBE,
-    add_images,
-    decode_cleanly,
-    free_port,
-    make_room,
-    needs_ffmpeg,
-    official_room_body,
-    probe_frames,
-    publish,
-    run,
-)
+from tests.conftest import FFPROBE, decode_cleanly, make_room, needs_ffmpeg, probe_frames, publish, run
 from tests.hevc import FPS
-from tests.test_cli import start_cli, wait_http
-from tests.test_replays import access_token, get_replay, probe, wait_replay
+from tests.test_replays import access_token, cli_room, get_replay, probe, wait_replay
 from tests.test_rooms_live import wait_status
 from tests.test_webhooks import Receiver
 
@@ -274,48 +257,32 @@ async def test_only_the_replay_switch_changes_after_the_end(make_server):
 async def test_a_server_killed_during_the_second_segment_keeps_both(tmp_path):
     """SIGKILL mid-stretch: the finished segment stays as it was, the one being recorded is
     finalized at the next start, and get_replay lists both, in order."""
-    data = tmp_path / "data"
-    rtmp, http = free_port(), free_port()
-    store = open_store(data)
-    await store.open()
-    servers: list[asyncio.subprocess.Process] = []
     pub = None
-    try:
-        settings = RoomSettings()
-        urls = Urls(settings, f"rtmp://127.0.0.1:{rtmp}", f"http://127.0.0.1:{http}")
-        app = await Apps(store, settings).create_app("crash")
-        await add_images(SimpleNamespace(store=store), app.appid)
-        room = await Rooms(store, settings).create_room(app, official_room_body(app.appid, closeReplay=0))
-        args = ("--host", "127.0.0.1", "--rtmp-port", str(rtmp), "--http-port", str(http), "--data-dir", str(data))
-        servers.append(await start_cli(*args))
-        await wait_http(http)
-        pub = await publish(urls.push_url(app, room), seconds=2)
-        await pub.process.wait()
-        first = await wait_replay(store, room.roomid, "ready", timeout=10)
-        pub = await publish(urls.push_url(app, room), seconds=60)
-        await wait_replay(store, room.roomid, "recording", timeout=10)
-        await asyncio.sleep(5)  # a 4 s segment on disk
-        servers[0].kill()
-        await servers[0].wait()
-        await pub.stop()
-
-        servers.append(await start_cli(*args))
-        await wait_http(http, timeout=20)
-        replays = await store.list_replays(room.roomid)
-        assert [r.status for r in replays] == ["ready", "ready"] and replays[0] == first, replays
-        assert replays[1].duration >= 3.5, replays[1]
-        async with aiohttp.ClientSession() as session:
-            token = await access_token(session, f"http://127.0.0.1:{http}", app)
-            reply = await get_replay(session, f"http://127.0.0.1:{http}", token, room.roomid)
-        assert [r["media_url"] for r in reply["live_replay"]] == [
-            f"http://127.0.0.1:{http}/replays/{r.path}/index.m3u8" for r in replays
-        ]
-        await decode_cleanly(f"http://127.0.0.1:{http}/replays/{replays[1].path}/replay.mp4")
-    finally:
-        if pub is not None:
+    async with cli_room(tmp_path) as served:
+        store, app, room, urls = served.store, served.app, served.room, served.urls
+        http = f"http://127.0.0.1:{served.http}"
+        try:
+            server = await served.serve()
+            pub = await publish(urls.push_url(app, room), seconds=2)
+            await pub.process.wait()
+            first = await wait_replay(store, room.roomid, "ready", timeout=10)
+            pub = await publish(urls.push_url(app, room), seconds=60)
+            await wait_replay(store, room.roomid, "recording", timeout=10)
+            await asyncio.sleep(5)  # a 4 s segment on disk
+            server.kill()
+            await server.wait()
             await pub.stop()
-        for process in servers:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-        await store.close()
+
+            await served.serve()
+            replays = await store.list_replays(room.roomid)
+            assert [r.status for r in replays] == ["ready", "ready"] and replays[0] == first, replays
+            assert replays[1].duration >= 3.5, replays[1]
+            async with aiohttp.ClientSession() as session:
+                reply = await get_replay(session, http, await access_token(session, http, app), room.roomid)
+            assert [r["media_url"] for r in reply["live_replay"]] == [
+                f"{http}/replays/{r.path}/index.m3u8" for r in replays
+            ]
+            await decode_cleanly(f"{http}/replays/{replays[1].path}/replay.mp4")
+        finally:
+            if pub is not None:
+                await pub.stop()
