@@ -24,11 +24,13 @@ from api.apps import count_daily
 from api.bus import RoomBus
 from api.errors import ApiError
 from api.models import FINAL_STATUSES, App, Goods, LiveStatus, Room, RoomEvent, _Record
+from api.replays import ClipRefused, ReplayService
 from api.rooms import Rooms, RoomSettings
 from api.store.base import RoomStore
 from api.urls import Urls
 from api.views import goods_view
 from api.webhooks import Webhooks
+from recorder.recorder import RecorderSettings
 
 log = logging.getLogger("minilive.goods")
 
@@ -171,7 +173,9 @@ class GoodsLibrary:
         bus: RoomBus,
         webhooks: Webhooks,
         urls: Urls,
+        replays: ReplayService,
         settings: RoomSettings,
+        recording: RecorderSettings,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -179,7 +183,9 @@ class GoodsLibrary:
         self.bus = bus
         self.webhooks = webhooks
         self.urls = urls
+        self.replays = replays  # cuts the explainer clips
         self.settings = settings
+        self.recording = recording
         self.clock = clock
 
     # ------------------------------------------------------------ the library
@@ -471,6 +477,44 @@ class GoodsLibrary:
         await self.store.append_log(push_log(roomid), now, {"goods_id": goods_id, "time": now})
         await self._announce(roomid, "push", goods=entry)
         return entry
+
+    async def video(self, app: App, roomid: int, goods_id: int) -> str:
+        """goods/getVideo: the URL of the goods' explainer clip, cut from the room's recording between its
+        last push and the next push (or the end of the live). 300044 if it was never pushed; 300045
+        while it is still being explained or recorded, or when nothing recorded it."""
+        room = await self.rooms.room(app, roomid)
+        pushes = await self.pushes(roomid)
+        mine = [i for i, push in enumerate(pushes) if push["goods_id"] == goods_id]
+        if not mine:
+            raise ApiError(errors.NO_EXPLAINER_VIDEO, f"goods {goods_id} was never pushed in room {roomid}")
+        start = pushes[mine[-1]]["time"]
+        later = pushes[mine[-1] + 1 :]
+        end: float | None = later[0]["time"] if later else None
+        if room.live_status not in FINAL_STATUSES:
+            if end is None:
+                raise ApiError(
+                    errors.VIDEO_NOT_READY,
+                    f"goods {goods_id} is still being explained: it ends at the next push or the end",
+                )
+            # The segment holding the end is on disk once it closes: about two segments later at most.
+            wait = end + 2 * self.recording.segment_seconds - self.clock()
+            if wait > 0:
+                raise ApiError(errors.VIDEO_NOT_READY, f"the explainer is being recorded: ask again in {wait:.0f} s")
+        limit = self.recording.clip_max_seconds
+        if end is not None and end - start > limit:
+            end = start + limit  # the first clip_max_seconds of a long explanation
+        try:
+            clip = await self.replays.clip(roomid, start, end, name=f"goods-{goods_id}-{start:.0f}")
+        except ClipRefused as exc:
+            raise ApiError(errors.VIDEO_NOT_READY, str(exc)) from None
+        if clip is None:
+            why = (
+                "its replay is closed (closeReplay 1), so nothing is recorded"
+                if room.close_replay
+                else "no recording covers it yet"
+            )
+            raise ApiError(errors.VIDEO_NOT_READY, f"no explainer video of goods {goods_id}: {why}")
+        return self.replays.clip_url(clip)
 
     async def pushes(self, roomid: int) -> list[dict[str, Any]]:
         """Every push of the room, oldest first: ``goods_id``, ``time`` (wall clock)."""

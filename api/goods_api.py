@@ -157,6 +157,11 @@ async def sort(request: web.Request, app: App, f: Fields) -> Reply:
     return {}
 
 
+@official("POST")
+async def video(request: web.Request, app: App, f: Fields) -> Reply:
+    return {"url": await request.app[GOODS].video(app, f.room_id("roomId"), _goods_id(f))}
+
+
 # ---------------------------------------------------------------- REST: the app's review
 
 
@@ -211,6 +216,7 @@ def routes() -> list[web.RouteDef]:
         g + "deleteInRoom": delete_in_room,
         g + "push": push,
         g + "sort": sort,
+        g + "getVideo": video,
     }
     app_goods = "/api/v1/apps/{appid}/goods"
     return [

@@ -162,7 +162,9 @@ class Server:
             self.webhooks,
             renditions=self.renditions if transcode.record_renditions else None,
         )
-        self.goods = GoodsLibrary(self.store, self.rooms, self.bus, self.webhooks, self.urls, settings.rooms)
+        self.goods = GoodsLibrary(
+            self.store, self.rooms, self.bus, self.webhooks, self.urls, self.replays, settings.rooms, settings.recorder
+        )
         self.status = StatusRoutes(self.store, self.audience)
         self.policy = AccessPolicy(settings.allow_anonymous_publish, self.store, settings.rooms, self.room_status)
         self.media = MediaLibrary(self.store, settings.data_dir, settings.rooms.media_ttl_seconds)

@@ -15,9 +15,11 @@ import aiohttp
 import pytest
 
 from api.models import LiveStatus
-from tests.conftest import run
+from tests.conftest import needs_ffmpeg, publish, run
 from tests.test_openapi_responses import Api
+from tests.test_replay_segments import clip_duration
 from tests.test_rest_api import go_live
+from tests.test_rooms_live import wait_status
 from tests.test_webhooks import receiver  # noqa: F401  (a fixture)
 from tests.test_wechat_api import LIVE_INFO, ROOM, Wx, connect, errcode, make_png, session  # noqa: F401
 
@@ -514,3 +516,58 @@ async def test_rest_answers_match_the_document(wx):
         await api.call("POST", f"/api/v1/apps/wxother/goods/{goods_id}/audit", 401, decision, json={"approve": True})
         await api.call("PATCH", "/api/v1/app", 200, "/api/v1/app", json={"goods_audit": "auto"})
         await api.call("GET", "/api/v1/app", 200, "/api/v1/app")
+
+
+@needs_ffmpeg
+async def test_explainer_video_is_cut_between_two_pushes(make_server, session, tmp_path):  # noqa: F811
+    server = await make_server(allow_anonymous_publish=False, segment_seconds=1.0, goods_push_seconds=0.5)
+    wx = await connect(server, session)
+    media_id = await cover(wx)
+    tea, cup, mat = [await added(wx, media_id, name=name) for name in ("红茶礼盒", "茶杯子", "竹茶席")]
+    roomid, _ = await wx.room(closeReplay=0)  # the room records: the clips come from its recording
+    await wx.post(ROOM + "addgoods", {"ids": [tea, cup, mat], "roomId": roomid})
+    video = GOODS + "getVideo"
+    assert errcode(await wx.post(video, {"roomId": roomid, "goodsId": tea})) == 300044, "never pushed"
+    assert errcode(await wx.post(video, {"roomId": 999999, "goodsId": tea})) == 300022
+
+    room = await server.store.get_room(roomid)
+    pub = await publish((await wx.get(ROOM + "getpushurl", roomId=roomid))["pushAddr"], seconds=12)
+    try:
+        await wait_status(server, room, LiveStatus.LIVE)
+        await asyncio.sleep(1.5)  # the recording has begun
+        assert errcode(await wx.post(GOODS + "push", {"roomId": roomid, "goodsId": tea})) == 0
+        reply = await wx.post(video, {"roomId": roomid, "goodsId": tea})
+        assert errcode(reply) == 300045 and "still being explained" in reply["errmsg"], reply
+        await asyncio.sleep(3)
+        assert errcode(await wx.post(GOODS + "push", {"roomId": roomid, "goodsId": cup})) == 0
+        pushes = await server.goods.pushes(roomid)
+        explained = pushes[1]["time"] - pushes[0]["time"]
+        deadline = time.monotonic() + 15
+        while errcode(reply := await wx.post(video, {"roomId": roomid, "goodsId": tea})) == 300045:
+            assert time.monotonic() < deadline, reply  # until the segment holding the end is on disk
+            await asyncio.sleep(0.3)
+        assert errcode(reply) == 0 and reply["url"].endswith(".mp4"), reply
+        assert reply["url"].startswith(f"{wx.base}/replays/")
+        assert errcode(await wx.post(video, {"roomId": roomid, "goodsId": cup})) == 300045, "still explained"
+        assert errcode(await wx.post(video, {"roomId": roomid, "goodsId": mat})) == 300044
+    finally:
+        await pub.stop()
+    left = time.time() - pushes[1]["time"]  # of the live after the last push
+
+    async with wx.session.get(reply["url"]) as response:
+        assert response.status == 200
+        clip = tmp_path / "explainer.mp4"
+        clip.write_bytes(await response.read())
+    duration, keyframe = await clip_duration(clip)
+    # From the keyframe at or before the push (a GOP is 1 s) to the next push.
+    assert keyframe and explained - 0.2 <= duration <= explained + 1.2, (duration, explained)
+
+    # Once the live is over, the last goods pushed is explained up to the end of the recording.
+    await server.room_status.admin_action(wx.app, roomid, "end")
+    reply = await wx.post(video, {"roomId": roomid, "goodsId": cup})
+    assert errcode(reply) == 0 and reply["url"].endswith(".mp4"), reply
+    async with wx.session.get(reply["url"]) as response:
+        assert response.status == 200
+        (tmp_path / "last.mp4").write_bytes(await response.read())
+    duration, keyframe = await clip_duration(tmp_path / "last.mp4")
+    assert keyframe and left - 1.5 <= duration <= left + 1.2, (duration, left)
