@@ -72,9 +72,15 @@ class LibraryGoods(_Record):
     def in_room(self) -> Goods:
         """The copy a room keeps (getliveinfo's ``goods[]``)."""
         return Goods(
-            self.goods_id, self.name, self.cover_img, self.url, self.price, self.price2, self.price_type,
-            self.third_party_appid,
-        )  # fmt: skip
+            goods_id=self.goods_id,
+            name=self.name,
+            cover_img=self.cover_img,
+            url=self.url,
+            price=self.price,
+            price2=self.price2,
+            price_type=self.price_type,
+            third_party_appid=self.third_party_appid,
+        )
 
 
 def collection(appid: str) -> str:
@@ -448,15 +454,17 @@ class GoodsLibrary:
         if len(set(goods_ids)) != len(goods_ids):
             raise ApiError(errors.INVALID_ARGS, "goods names a goodsId twice")
 
+        named = set(goods_ids)
+
         def edit(room: Room) -> list[int]:
             first = [_entry(room, goods_id) for goods_id in goods_ids]
-            room.goods = first + [g for g in room.goods if g["goods_id"] not in set(goods_ids)]
+            room.goods = first + [g for g in room.goods if g["goods_id"] not in named]
             return [g["goods_id"] for g in room.goods]
 
         order = await self.rooms.edit_goods(app, roomid, edit)
         await self._announce(roomid, "sort", goods_ids=order)
 
-    async def push(self, app: App, roomid: int, goods_id: int) -> dict[str, Any]:
+    async def push(self, app: App, roomid: int, goods_id: int) -> None:
         """goods/push: pin goods of the live room for its viewers (one push at a time per room); the
         push's wall-clock time is kept for the goods' explainer clip."""
         room = await self.rooms.room(app, roomid)
@@ -476,7 +484,6 @@ class GoodsLibrary:
             )
         await self.store.append_log(push_log(roomid), now, {"goods_id": goods_id, "time": now})
         await self._announce(roomid, "push", goods=entry)
-        return entry
 
     async def video(self, app: App, roomid: int, goods_id: int) -> str:
         """goods/getVideo: the URL of the goods' explainer clip, cut from the room's recording between its

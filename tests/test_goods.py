@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from wechatpy.exceptions import WeChatClientException
 
 from api.models import LiveStatus
 from tests.conftest import needs_ffmpeg, publish, run
@@ -22,6 +23,7 @@ from tests.test_rest_api import go_live
 from tests.test_rooms_live import wait_status
 from tests.test_webhooks import receiver  # noqa: F401  (a fixture)
 from tests.test_wechat_api import LIVE_INFO, ROOM, Wx, connect, errcode, make_png, session  # noqa: F401
+from tests.wechat_sdk import call, sdk_client
 
 GOODS = "/wxaapi/broadcast/goods/"
 WAREHOUSE = "/wxa/business/getgoodswarehouse"
@@ -571,3 +573,15 @@ async def test_explainer_video_is_cut_between_two_pushes(make_server, session, t
         (tmp_path / "last.mp4").write_bytes(await response.read())
     duration, keyframe = await clip_duration(tmp_path / "last.mp4")
     assert keyframe and left - 1.5 <= duration <= left + 1.2, (duration, left)
+
+
+async def test_a_wechat_sdk_drives_the_goods_api(wx):
+    """wechatpy (no goods methods of its own: its generic calls, as integrations use them)."""
+    client = sdk_client(wx.server, wx.app)
+    media_id = await cover(wx)
+    reply = await call(client.wxa._post, "wxaapi/broadcast/goods/add", data=info(media_id, price=29.9))
+    listed = await call(client.wxa._get, "wxaapi/broadcast/goods/getapproved", params={"offset": 0, "status": 2})
+    assert [(g["goodsId"], g["price"]) for g in listed["goods"]] == [(reply["goodsId"], 29.9)]
+    with pytest.raises(WeChatClientException) as refused:
+        await call(client.wxa._post, "wxaapi/broadcast/goods/add", data=info(media_id, price=1.001))
+    assert refused.value.errcode == 300003 and "more than two decimals" in refused.value.errmsg
