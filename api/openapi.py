@@ -331,7 +331,8 @@ PATHS: dict[str, Any] = {
     },
     "/api/v1/rooms/{id}/replays": {
         "get": _operation(
-            "The room's replays, oldest first",
+            "The room's replay segments (one per stretch its anchor was on), oldest first, whatever its "
+            "close_replay (while it is 1, get_replay lists none and their files answer 404)",
             _json(
                 _object({"replays": {"type": "array", "items": _ref("Replay")}}),
                 "replays",

@@ -1,16 +1,21 @@
-"""Replays: when a room's live session is recorded, finalized, announced, expired and served.
+"""Replays: when a room's live session is recorded, finalized, announced, expired, served and clipped.
 
-The rule is level-triggered: a room that is live (101) with replay on (``close_replay == 0``), and
-whose stream is on this node, has a recording; a room that is over (103, 104), deleted, or whose
-replay was switched off, has none, and its recording is finalized into a ready (or failed) replay
-and announced with a ``replay_ready`` event (webhook, SSE/WebSocket). A recording goes on while
-the room waits in 105 or 106, also across a new hub stream, so a session is one replay. Rooms are
-checked on every status event of the store (from any node: the one holding the stream acts) and
-every ``live_check_seconds``, which catches ``updatereplay`` during the live and a room still live
-after a restart. At start, replays a crash left "recording" are finalized before serving.
+A live session is recorded as replay segments, one per stretch the anchor is on (the official
+get_replay lists "视频片段"): each is a :class:`~api.models.Replay` of its own, with its own HLS, MP4
+and cover. The rule is level-triggered: a room that is live (101) with replay on
+(``close_replay == 0``), and whose stream is on this node with its publisher, has a recording; a
+room that is not (105, 106, over, deleted, replay switched off) has none, and its recording is
+finalized into a ready (or failed) replay and announced with a ``replay_ready`` event (webhook,
+SSE/WebSocket). The cut is made at the hub's unpublish, at once (so no packet of the anchor's next
+stretch gets in, and the segment is ready within seconds); the anchor's return starts the next
+segment. Rooms are checked on every status event of the store (from any node: the one holding the
+stream acts) and every ``live_check_seconds``, which catches ``updatereplay`` during the live and a
+room still live after a restart. At start, replays a crash left "recording" are finalized before
+serving.
 
 Files are served under ``/replays/{Replay.path}/``: ``index.m3u8`` and its segments, ``replay.mp4``,
-``cover.jpg``, with Range support; nothing outside the replays folder is reachable.
+``cover.jpg``, with Range support; nothing outside the replays folder is reachable, and nothing of a
+room whose replay is closed (``close_replay == 1``) but its clips (``{Replay.path}/clips/``).
 """
 
 from __future__ import annotations
@@ -18,20 +23,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
 from api.aio import cancel_and_wait
-from api.models import ACTIVE_STATUSES, FINAL_STATUSES, LiveStatus, Replay, Room, RoomEvent, parse_stream
+from api.models import ACTIVE_STATUSES, LiveStatus, Replay, Room, RoomEvent, parse_stream
 from api.store.base import RoomStore
 from api.urls import Urls
 from api.views import replay_ready
 from api.webhooks import Webhooks
+from recorder.clip import CLIPS, Clip
 from recorder.finalize import Finalized
 from recorder.recorder import Recorder
 from relay.http.cors import CORS
@@ -50,6 +57,13 @@ CONTENT_TYPES = {
     ".mp4": "video/mp4",
     ".jpg": "image/jpeg",
 }
+
+
+CLIP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ClipRefused(ValueError):
+    """The clip asked for cannot be cut; the message says why and what to ask instead."""
 
 
 class KeptRenditions(Protocol):
@@ -89,6 +103,7 @@ class ReplayService:
         self._tasks: list[asyncio.Task[None]] = []
         self._finishing: set[asyncio.Task[None]] = set()
         self._recovered: list[Replay] = []
+        self._clipping: dict[int, tuple[asyncio.Lock, int]] = {}  # by room: its lock, and how many use it
         # In a cluster: which nodes are alive. A replay left "recording" by a node that died is
         # finalized by a node of the box that has its files, once (a registry lock).
         self.cluster: Cluster | None = None
@@ -162,18 +177,28 @@ class ReplayService:
     # ------------------------------------------------------------ recording
 
     def stream_event(self, event: StreamEvent) -> None:
-        """Hub listener: a stream recorded here whose anchor went on at another node (it is pulled
-        from there now) is finished here; that node records the rest."""
-        if event.type != "publish" or not event.info.get("relayed") or event.app != self.rtmp_app:
+        """Hub listener: the anchor of a stream recorded here left (the segment ends now, before
+        any packet of a next publisher), or went on at another node (it is pulled from there now,
+        and that node records the rest)."""
+        if event.app != self.rtmp_app:
+            return
+        relayed = bool(event.info.get("relayed"))
+        if (event.type, relayed) not in (("unpublish", False), ("publish", True)):
             return
         parsed = parse_stream(event.name)
-        replay = self.active.pop(parsed[1], None) if parsed is not None else None
+        replay = self.active.get(parsed[1]) if parsed is not None else None
         if replay is not None:
-            log.info("replay %s of room %d: the anchor went on at another node; finishing it here",
-                     replay.replay_id, replay.roomid)  # fmt: skip
-            task = asyncio.create_task(self._finish(replay))
-            self._finishing.add(task)
-            task.add_done_callback(self._finishing.discard)
+            why = "the anchor went on at another node" if relayed else "the anchor left"
+            log.info("replay %s of room %d: %s; finishing it", replay.replay_id, replay.roomid, why)
+            self._end_recording(replay)
+
+    def _end_recording(self, replay: Replay) -> None:
+        """Stop the replay's recording now and finalize it in the background."""
+        del self.active[replay.roomid]
+        self.recorder.stop(replay.replay_id)
+        task = asyncio.create_task(self._finish(replay))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
 
     def _on_room_event(self, event: RoomEvent) -> None:
         if event.type == "status":
@@ -215,11 +240,8 @@ class ReplayService:
         room = await self.store.get_room(roomid)
         replay = self.active.get(roomid)
         if replay is not None:
-            if room is None or room.live_status in FINAL_STATUSES or room.close_replay:
-                del self.active[roomid]
-                task = asyncio.create_task(self._finish(replay))
-                self._finishing.add(task)
-                task.add_done_callback(self._finishing.discard)
+            if room is None or room.live_status != LiveStatus.LIVE or room.close_replay:
+                self._end_recording(replay)
         elif room is not None and room.live_status == LiveStatus.LIVE and room.close_replay == 0:
             await self._begin(room)
 
@@ -244,8 +266,13 @@ class ReplayService:
         )
         await self.store.put_replay(replay)
         kept = self.renditions.keep(stream_app, room.stream_name) if self.renditions is not None else []
-        self.recorder.start(stream_app, room.stream_name, replay_id, replay.path, kept)
-        self.active[room.roomid] = replay
+        if self.recorder.start(stream_app, room.stream_name, replay_id, replay.path, kept):
+            self.active[room.roomid] = replay
+            return
+        # The anchor left while the replay was being saved: nothing to record.
+        if self.renditions is not None:
+            self.renditions.release(stream_app, room.stream_name)
+        await self.store.delete_replay(replay_id)
 
     async def _finish(self, replay: Replay) -> None:
         if self.renditions is not None:
@@ -254,6 +281,10 @@ class ReplayService:
             result = await self.recorder.finish(replay.replay_id)
         except Exception as exc:  # FinalizeError, OSError, av.FFmpegError...
             await self._save_result(replay, None, f"{type(exc).__name__}: {exc}")
+            return
+        if result is None:
+            log.info("replay %s of room %d recorded nothing: dropped", replay.replay_id, replay.roomid)
+            await self.store.delete_replay(replay.replay_id)
             return
         await self._save_result(replay, result, "")
         await self._announce(replay)
@@ -305,10 +336,19 @@ class ReplayService:
         return [web.get("/replays/{path:.*}", self.serve)]
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
-        path = self.resolve(request.match_info["path"])
-        if path is None:
+        relative = request.match_info["path"]
+        path = self.resolve(relative)
+        if path is None or await self._closed(relative):
             raise web.HTTPNotFound(headers=CORS)
         return web.FileResponse(path, headers={**CORS, "Content-Type": CONTENT_TYPES[path.suffix]})
+
+    async def _closed(self, relative: str) -> bool:
+        """Whether the file is a replay's (not a clip's) of a room whose replay is closed."""
+        parts = relative.split("/")  # appid/roomid/replay_id/...
+        if len(parts) < 4 or parts[3] == CLIPS or not parts[1].isdigit():
+            return False
+        room = await self.store.get_room(int(parts[1]))
+        return room is not None and room.appid == parts[0] and room.close_replay == 1
 
     def resolve(self, relative: str) -> Path | None:
         """The file a request names, or None if it is not a replay file below the root."""
@@ -320,3 +360,48 @@ class ReplayService:
             if real.is_relative_to(self.root) and real.suffix in CONTENT_TYPES and real.is_file():
                 return real
         return None
+
+    # ------------------------------------------------------------ clips
+
+    async def clip(self, roomid: int, start: float, end: float | None = None, name: str = "") -> Path | None:
+        """An MP4 of room ``roomid``'s recording from ``start`` to ``end`` (Unix times; ``end`` None:
+        up to the end of what is recorded, at most ``clip_max_seconds``), stream copy from the video
+        keyframe at or before ``start``, written to ``{Replay.path}/clips/{name}.mp4`` (``name``
+        defaults to the times) and returned; None when no replay of the room (ready or still being
+        recorded) covers that time. One cut at a time per room: a second call waits. Raises
+        ClipRefused for times or a name that cannot be cut."""
+        limit = self.recorder.settings.clip_max_seconds
+        if end is not None and end <= start:
+            raise ClipRefused(f"the clip ends ({end}) before it starts ({start}): give end > start")
+        if end is not None and end - start > limit:
+            raise ClipRefused(f"a clip is at most {limit:g} s ([recorder] clip_max_seconds), not {end - start:g} s")
+        name = name or (f"{start:.0f}-{end:.0f}" if end is not None else f"{start:.0f}")
+        if not CLIP_NAME.match(name):
+            raise ClipRefused(f"clip name {name!r}: use 1 to 64 letters, digits, '-' or '_'")
+        replays = [r for r in await self.store.list_replays(roomid) if r.status in ("ready", "recording") and r.path]
+        replays.sort(key=lambda r: r.created_at)
+        async with self._clip_lock(roomid):
+            clip: Clip | None = await self.recorder.clip(
+                [r.path for r in replays], start, start + limit if end is None else end, name
+            )
+        if clip is not None:
+            log.info("room %d: clip %s, %.1f s from %.3f", roomid, clip.path.name, clip.duration, clip.start)
+        return clip.path if clip is not None else None
+
+    def clip_url(self, path: Path) -> str:
+        """Where a clip that :meth:`clip` made is served."""
+        return f"{self.urls.http_base}/replays/{path.resolve().relative_to(self.root).as_posix()}"
+
+    @contextlib.asynccontextmanager
+    async def _clip_lock(self, roomid: int) -> AsyncIterator[None]:
+        lock, users = self._clipping.get(roomid, (asyncio.Lock(), 0))
+        self._clipping[roomid] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._clipping[roomid]
+            if users == 1:
+                del self._clipping[roomid]
+            else:
+                self._clipping[roomid] = (lock, users - 1)

@@ -171,10 +171,13 @@ class Rooms:
         return await self.store.list_rooms(app.appid, start, limit)
 
     async def list_replays(self, app: App, roomid: int, start: int, limit: int) -> tuple[list[Replay], int]:
-        """One page of a room's ready replays, oldest first (get_replay), and their number."""
+        """One page of a room's ready replay segments, oldest first (get_replay), and their number;
+        none while the room's replay is closed (they are kept, and listed again once it is opened)."""
         if start < 0 or limit <= 0:
             raise ApiError(errors.INVALID_ARGS, "start must be >= 0 and limit > 0")
-        await self.room(app, roomid)
+        room = await self.room(app, roomid)
+        if room.close_replay:
+            return [], 0
         ready = [r for r in await self.store.list_replays(roomid) if r.status == "ready"]
         return ready[start : start + min(limit, self.settings.list_limit)], len(ready)
 
@@ -185,11 +188,13 @@ class Rooms:
 
     async def set_flag(self, app: App, roomid: int, key: str, value: int) -> Room:
         """updatereplay / updatekf / updatefeedpublic / updatecomment: switches allowed at any time
-        before the room is over (replay and customer service may be opened during the live)."""
+        before the room is over (replay and customer service may be opened during the live). The
+        replay switch also after the live ended (103), to hide or show its replays."""
         if value not in (0, 1):
             raise ApiError(errors.INVALID_ARGS, "the switch must be 0 or 1")
         room = await self.room(app, roomid)
-        if room.live_status in FINAL_STATUSES:
+        replay_after_end = key == "close_replay" and room.live_status == LiveStatus.ENDED
+        if room.live_status in FINAL_STATUSES and not replay_after_end:
             raise ApiError(errors.ROOM_STATUS_FORBIDS, f"room {roomid} has ended ({room.live_status})")
         setattr(room, key, value)
         return await self._save(room, [key])

@@ -4,8 +4,9 @@ Works from what is on disk only, so it serves a normal end and a crash alike: te
 removed, a segment that is not whole is dropped (MPEG-TS: whole 188-byte packets; fMP4: whole
 top-level boxes, from a ``moof`` to an ``mdat``, after a whole init segment), and so is an init
 segment that no segment left needs. The playlist is rebuilt from the segments (the EVENT one may be
-stale; only its discontinuities are kept, and one goes where the init segment changes, as the
-Segmenter puts one at every change of codec configuration); durations come from the segments'
+stale; only its discontinuities and dates are kept, and one goes where the init segment changes, as
+the Segmenter puts one at every change of codec configuration; a segment it has no date for is
+dated after the one before it); durations come from the segments'
 timestamps (PES headers; ``tfdt`` and sample durations in fMP4). The MP4 (``recorder.mp4``) is the one
 the recording made while the live went on, when it holds every segment found, else it is remuxed
 from the segments here; the cover is the first keyframe, encoded as JPEG. Running it again on a
@@ -27,7 +28,7 @@ from typing import BinaryIO
 import av
 
 from recorder.mp4 import MP4, LiveMp4, RemuxError, SegmentReader, demuxer, remux
-from recorder.playlist import PLAYLIST, Entry, discontinuities, render
+from recorder.playlist import PLAYLIST, Entry, read, render
 from recorder.recording import atomic_write
 from relay.formats.fmp4 import decode_times, timescales
 
@@ -73,8 +74,9 @@ def finalize(folder: Path, live_mp4: LiveMp4 | None = None, mp4: bool = True) ->
     if not segments:
         raise FinalizeError(f"no complete segment in {folder}")
     playlist = folder / PLAYLIST
-    marked = discontinuities(playlist.read_text(errors="replace")) if playlist.exists() else set()
-    entries = []
+    listed = {e.name: e for e in read(playlist.read_text(errors="replace"))} if playlist.exists() else {}
+    marked = {name for name, e in listed.items() if e.discontinuity}
+    entries: list[Entry] = []
     previous: _Segment | None = None
     for segment, following in zip(segments, [*segments[1:], None], strict=True):
         if (
@@ -87,7 +89,12 @@ def finalize(folder: Path, live_mp4: LiveMp4 | None = None, mp4: bool = True) ->
             duration = _span(segment) / CLOCK
         new_init = previous is not None and segment.init != previous.init
         init = segment.init.name if segment.init else None
-        entries.append(Entry(segment.path.name, duration, segment.path.name in marked or new_init, init))
+        mark = listed.get(segment.path.name)
+        date = mark.date if mark is not None else None
+        if date is None and entries and entries[-1].date is not None:
+            date = entries[-1].date + entries[-1].duration
+        discontinuity = segment.path.name in marked or new_init
+        entries.append(Entry(segment.path.name, duration, discontinuity, init, date))
         previous = segment
     atomic_write(playlist, render(entries, ended=True).encode())
     mp4_during_live = live_segments == [s.path.name for s in segments]

@@ -197,15 +197,9 @@ class _Tracks:
         tracks = [s for s in src.streams if s.type in ("video", "audio")]
         if not self.outputs:
             for s in tracks:
-                output = self.outputs[s.type] = self.dst.add_stream_from_template(s)
-                if s.codec_tag == "hvc1":
-                    output.codec_tag = "hvc1"  # FFmpeg's muxer would write hev1, which Apple players refuse
+                self.outputs[s.type] = add_track(self.dst, s)
                 self.configs[s.type] = (s.codec.name, s.codec_context.extradata)
-            # The MP4 starts at 0, every track moved by the same amount (keeps them in sync).
-            self.origin = min(
-                (s.start_time * s.time_base for s in tracks if s.start_time is not None and s.time_base),
-                default=Fraction(0),
-            )
+            self.origin = origin(tracks)
         # A track whose codec changed has no place in the MP4 (the VOD playlist still has it all).
         tracks = [s for s in tracks if s.type in self.configs and s.codec.name == self.configs[s.type][0]]
         outputs = {s.index: self.outputs[s.type] for s in tracks}
@@ -222,6 +216,23 @@ class _Tracks:
                 packet.pts -= shift[index]
             packet.stream = outputs[index]
             self.dst.mux(packet)
+
+
+def origin(tracks: list[av.stream.Stream]) -> Fraction:
+    """Where the earliest of ``tracks`` starts: time 0 of an MP4 made of them (every track is moved by
+    as much, which keeps them in sync)."""
+    return min(
+        (s.start_time * s.time_base for s in tracks if s.start_time is not None and s.time_base),
+        default=Fraction(0),
+    )
+
+
+def add_track(dst: av.container.OutputContainer, stream: av.stream.Stream) -> av.stream.Stream:
+    """A track of the MP4 ``dst`` for the frames of ``stream``, copied as they are."""
+    output = dst.add_stream_from_template(stream)
+    if stream.codec_tag == "hvc1":
+        output.codec_tag = "hvc1"  # FFmpeg's muxer would write hev1, which Apple players refuse
+    return output
 
 
 def _in_band(stream: av.stream.Stream) -> bytes:

@@ -4,15 +4,19 @@ Segments are ``segNNNNN.ts`` (MPEG-TS, H.264) or ``segNNNNN.m4s`` (fMP4, HEVC) f
 folder, listed from the first. An fMP4 segment needs the init segment before it (EXT-X-MAP):
 ``initNNNNN.mp4`` is the one of segment NNNNN and those after it, up to the next init segment, so
 the files alone say which init segment each segment needs. The playlist is the only place that
-remembers where a discontinuity (a new publisher or stream) starts.
+remembers where a discontinuity (a new publisher or stream) starts, and when each segment was
+recorded (EXT-X-PROGRAM-DATE-TIME, the wall-clock time of its first frame), which clips look up.
 """
 
 from __future__ import annotations
 
+import calendar
+import time
 from dataclasses import dataclass
 
 PLAYLIST = "index.m3u8"
 DISCONTINUITY = "#EXT-X-DISCONTINUITY"
+DATE = "#EXT-X-PROGRAM-DATE-TIME:"
 
 
 @dataclass(slots=True, frozen=True)
@@ -21,6 +25,7 @@ class Entry:
     duration: float
     discontinuity: bool = False
     init: str | None = None  # fMP4: the name of its init segment
+    date: float | None = None  # Unix time of its first frame
 
 
 def segment_name(index: int, extension: str) -> str:
@@ -51,6 +56,8 @@ def render(entries: list[Entry], ended: bool) -> str:
         if entry.init is not None and entry.init != init:
             lines.append(f'#EXT-X-MAP:URI="{entry.init}"')
         init = entry.init
+        if entry.date is not None:
+            lines.append(DATE + format_date(entry.date))
         lines.append(f"#EXTINF:{entry.duration:.3f},")
         lines.append(entry.name)
     if ended:
@@ -58,16 +65,38 @@ def render(entries: list[Entry], ended: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def discontinuities(text: str) -> set[str]:
-    """The names of the segments that a playlist marks with EXT-X-DISCONTINUITY."""
-    found: set[str] = set()
-    marked = False
+def format_date(ts: float) -> str:
+    """RFC 3339 in UTC with milliseconds, as EXT-X-PROGRAM-DATE-TIME wants it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+
+
+def parse_date(text: str) -> float | None:
+    """The Unix time of a date that :func:`format_date` wrote; None for anything else."""
+    try:
+        whole, millis = text.removesuffix("Z").split(".")
+        return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + int(millis) / 1000
+    except ValueError:
+        return None
+
+
+def read(text: str) -> list[Entry]:
+    """The entries of a playlist that :func:`render` wrote (an EVENT one may end without ENDLIST)."""
+    entries = []
+    discontinuity, init, date, duration = False, None, None, 0.0
     for line in text.splitlines():
         line = line.strip()
         if line == DISCONTINUITY:
-            marked = True
+            discontinuity = True
+        elif line.startswith('#EXT-X-MAP:URI="'):
+            init = line.split('"')[1]
+        elif line.startswith(DATE):
+            date = parse_date(line.removeprefix(DATE))
+        elif line.startswith("#EXTINF:"):
+            try:
+                duration = float(line.removeprefix("#EXTINF:").split(",")[0])
+            except ValueError:
+                duration = 0.0
         elif line and not line.startswith("#"):
-            if marked:
-                found.add(line)
-            marked = False
-    return found
+            entries.append(Entry(line, duration, discontinuity, init, date))
+            discontinuity, date, duration = False, None, 0.0
+    return entries

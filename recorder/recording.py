@@ -8,10 +8,13 @@ the EVENT playlist is replaced the same way. So after a crash every segment on d
 most the segment still in memory is lost. Each segment on disk then goes on to the replay's MP4,
 which is remuxed while the live goes on (:class:`~recorder.mp4.LiveMp4`).
 
-A live session may outlive its hub stream: the publisher drops, the hub's grace ends the stream,
-and the anchor comes back within the room's grace on a new stream. The recording then attaches
-to the new stream and goes on in the same replay, after a discontinuity, with the new stream's
-timestamps moved to follow the old ones (one timeline for the whole replay, as MP4 needs).
+A recording is one stretch of a live session (a replay segment): it stops when its publisher
+leaves (the recorder detaches it at the hub's unpublish), and the anchor's return starts another
+recording. A publisher that takes over without a gap goes on in the same one, after a
+discontinuity. A recording started on a stream recorded before (the anchor came back within the
+hub's grace, whose GOP cache may still hold the last stretch's end) skips what that one took
+(``after``): nothing is in two replays. Each segment is dated in the playlist (the wall-clock time
+of its first frame), which clips look up.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from concurrent.futures import Executor, Future
 from pathlib import Path
 
@@ -29,9 +33,6 @@ from relay.formats.packet import DATA, Packet
 from relay.hub import Hub, Subscription
 
 log = logging.getLogger("minilive.recorder")
-
-# Between the last packet of one stream and the first of the next, on the replay's timeline.
-STREAM_GAP_MS = 100
 
 
 def atomic_write(path: Path, data: bytes | memoryview) -> None:
@@ -46,7 +47,13 @@ def atomic_write(path: Path, data: bytes | memoryview) -> None:
 
 class Recording:
     def __init__(
-        self, replay_id: str, folder: Path, segment_seconds: float, writer: Executor, mp4: bool = True
+        self,
+        replay_id: str,
+        folder: Path,
+        segment_seconds: float,
+        writer: Executor,
+        mp4: bool = True,
+        after: int = -1,
     ) -> None:
         self.replay_id = replay_id
         self.make_mp4 = mp4  # a rendition's recording makes none: the replay's MP4 is the source's
@@ -56,9 +63,9 @@ class Recording:
         self.subscription: Subscription | None = None
         self.entries: list[Entry] = []
         self._write_failed = False  # logged once
-        self._offset = 0
-        self._last_ts = -1
-        self._rebase = False
+        # Media up to this stream time is another recording's (the stretch before, on the same stream).
+        self.after = after
+        self.last_ts = -1  # the stream time of the last media packet taken
         self._last_write: Future[None] | None = None
         self._init: tuple[InitSegment, str] | None = None  # the last init segment and its file name
         # The replay's MP4, remuxed while the live goes on (made by the writer at the first segment).
@@ -67,14 +74,14 @@ class Recording:
     # ------------------------------------------------------------ the stream
 
     def attach(self, hub: Hub, app: str, name: str) -> bool:
-        """Record stream ``app/name`` from its GOP cache on, unless this recording is on it already; a
-        later stream continues after a discontinuity. False when the hub has no such stream."""
+        """Record stream ``app/name`` from its GOP cache on, unless this recording is on it already;
+        False when the hub has no such stream. A rendition published again (its worker restarted)
+        goes on after a discontinuity, on the same timeline (its source's), without what it had."""
         if self.subscription is not None and not self.subscription.ended:
             return True
-        self.detach()
-        if self._last_ts >= 0:
+        if self.last_ts >= 0:
             self.segmenter.discontinuity()
-            self._rebase = True
+            self.after = self.last_ts
         self.subscription = hub.add_sink(app, name, self)
         return self.subscription is not None
 
@@ -91,22 +98,20 @@ class Recording:
 
     def feed(self, packet: Packet) -> None:
         if not packet.config and packet.kind != DATA:
-            if self._rebase:
-                self._offset = self._last_ts + STREAM_GAP_MS - packet.timestamp
-                self._rebase = False
-            if self._offset:
-                packet = packet.retimed(packet.timestamp + self._offset)
-            self._last_ts = max(self._last_ts, packet.timestamp)
+            if packet.timestamp <= self.after:
+                return
+            self.last_ts = max(self.last_ts, packet.timestamp)
         self.segmenter.feed(packet)
 
     def end(self) -> None:
-        """The hub stream is over (the recording may go on with the next one)."""
+        """The hub stream is over."""
         self.subscription = None
         self.segmenter.finish()
 
     def failed(self, error: Exception) -> None:
-        """The hub detached this recording: what is buffered is kept, and the next publish goes on."""
-        log.warning("replay %s: recording stopped until the next publish: %s", self.replay_id, error)
+        """The hub detached this recording: what is buffered is kept, and the replay is finished as
+        usual when its publisher leaves."""
+        log.warning("replay %s: recording stopped: %s", self.replay_id, error)
         self.end()
 
     # ------------------------------------------------------------ disk
@@ -114,7 +119,10 @@ class Recording:
     def _on_segment(self, segment: Segment) -> None:
         name = segment_name(segment.msn, extension(segment))
         init = self._init_file(segment)
-        self.entries.append(Entry(name, segment.duration, segment.discontinuity, init[0] if init else None))
+        # A segment closes as the frame after it arrives (or as its publisher leaves): live, so its
+        # first frame was taken its duration ago.
+        date = time.time() - segment.duration
+        self.entries.append(Entry(name, segment.duration, segment.discontinuity, init[0] if init else None, date))
         playlist = render(self.entries, ended=False).encode()
         self._last_write = self.writer.submit(self._write, name, segment.data, playlist, init)
 

@@ -6,13 +6,16 @@ replay folder."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +23,10 @@ import aiohttp
 import pytest
 
 from api.apps import Apps
-from api.models import LiveStatus, Media, Replay
+from api.models import App, LiveStatus, Media, Replay, Room
 from api.rooms import Rooms, RoomSettings
 from api.store import open_store
+from api.store.base import RoomStore
 from api.urls import Urls
 from api.views import iso_time
 from recorder.finalize import finalize
@@ -239,7 +243,7 @@ async def test_hevc_live_becomes_a_replay_of_fmp4_segments(make_server, hevc_med
             playlist = await response.text()
         assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist and playlist.rstrip().endswith("#EXT-X-ENDLIST")
         assert "#EXT-X-VERSION:7" in playlist and playlist.count("#EXT-X-MAP:") == 1
-        assert '#EXT-X-MAP:URI="init00000.mp4"\n#EXTINF:' in playlist and ".ts" not in playlist
+        assert '#EXT-X-MAP:URI="init00000.mp4"\n#EXT-X-PROGRAM-DATE-TIME:' in playlist and ".ts" not in playlist
         async with session.get(f"{base}/init00000.mp4") as response:
             assert response.content_type == "video/mp4"
             assert top_level_boxes(await response.read()) == ["ftyp", "moov"]
@@ -279,15 +283,15 @@ async def test_replay_switched_on_during_the_live_survives_killed_publishers(mak
 
     await server.rooms.set_flag(app, room.roomid, "close_replay", 0)  # updatereplay
     await wait_replay(server.store, room.roomid, "recording", timeout=2)
-    recorded = 0.0
+    recorded = []
     for attempt in (1, 2):
         # The anchor's app dies (SIGKILL: no goodbye); the hub's grace ends its stream, the room's
-        # grace still runs: it comes back once on a new stream, the same session and replay.
+        # grace still runs: it comes back once on a new stream, and each stretch is a replay segment.
         started = time.monotonic()
         await asyncio.sleep(3)
         pub.process.kill()
         await pub.process.wait()
-        recorded += time.monotonic() - started
+        recorded.append(time.monotonic() - started)
         await wait_status(server, room, LiveStatus.INTERRUPTED)
         await wait_stream_gone(server, room.stream_name)
         if attempt == 1:
@@ -295,28 +299,46 @@ async def test_replay_switched_on_during_the_live_survives_killed_publishers(mak
             await wait_status(server, room, LiveStatus.LIVE)
 
     await wait_status(server, room, LiveStatus.ENDED, timeout=10)
-    replay = await wait_replay(server.store, room.roomid, "ready", timeout=5)
-    assert len(await server.store.list_replays(room.roomid)) == 1
-    # From the GOP cache at the switch (up to a GOP earlier) to the last kill.
-    assert recorded - 1.5 <= replay.duration <= recorded + 2, (replay.duration, recorded)
-    base = f"http://127.0.0.1:{server.http_port}/replays/{replay.path}"
-    await check_playable(base, replay.duration)
-    playlist = (server.settings.data_dir / "replays" / replay.path / PLAYLIST).read_text()
-    assert playlist.count("#EXT-X-DISCONTINUITY") == 1, playlist
-    assert_mp4_made_during_the_live(server.settings.data_dir / "replays" / replay.path, caplog)
+    segments = await server.store.list_replays(room.roomid)
+    assert [r.status for r in segments] == ["ready", "ready"], segments
+    assert {r.session for r in segments} == {room.live_sessions + 1}, "one live session"
+    for replay, seconds in zip(segments, recorded, strict=True):
+        # From the GOP cache at the switch or the return (up to a GOP earlier) to the kill.
+        assert seconds - 1.5 <= replay.duration <= seconds + 2, (replay.duration, seconds)
+        base = f"http://127.0.0.1:{server.http_port}/replays/{replay.path}"
+        await check_playable(base, replay.duration)
+        playlist = (server.settings.data_dir / "replays" / replay.path / PLAYLIST).read_text()
+        assert "#EXT-X-DISCONTINUITY" not in playlist, playlist
+        assert_mp4_made_during_the_live(server.settings.data_dir / "replays" / replay.path, caplog)
 
 
-@pytest.mark.parametrize("video", ["h264", "hevc"])
-async def test_server_killed_mid_recording_leaves_a_playable_replay(tmp_path, video, request):
-    extension = {"h264": "ts", "hevc": "m4s"}[video]
-    # HEVC: twelve seconds of it, published by our client (Debian's ffmpeg cannot publish HEVC).
-    packets = hevc_packets(request.getfixturevalue("x265"), tmp_path / "hevc", seconds=12) if video == "hevc" else []
+@dataclass(slots=True)
+class CliRoom:
+    """A room (replay on) in the store of ``minilive serve`` processes that the test starts (and
+    kills) itself, on fixed ports and a data folder."""
+
+    store: RoomStore
+    app: App
+    room: Room
+    urls: Urls
+    data: Path
+    http: int
+    args: tuple[str, ...]
+    servers: list[asyncio.subprocess.Process] = field(default_factory=list)
+
+    async def serve(self) -> asyncio.subprocess.Process:
+        """Start a server on the room's store and wait until it answers."""
+        self.servers.append(await start_cli(*self.args))
+        await wait_http(self.http, timeout=20)
+        return self.servers[-1]
+
+
+@contextlib.asynccontextmanager
+async def cli_room(tmp_path: Path) -> AsyncIterator[CliRoom]:
     data = tmp_path / "data"
     rtmp, http = free_port(), free_port()
     store = open_store(data)
     await store.open()
-    servers: list[asyncio.subprocess.Process] = []
-    pub = None
     try:
         settings = RoomSettings()
         urls = Urls(settings, f"rtmp://127.0.0.1:{rtmp}", f"http://127.0.0.1:{http}")
@@ -327,59 +349,73 @@ async def test_server_killed_mid_recording_leaves_a_playable_replay(tmp_path, vi
             await store.put_media(media)
         room = await Rooms(store, settings).create_room(app, official_room_body(app.appid, closeReplay=0))
         args = ("--host", "127.0.0.1", "--rtmp-port", str(rtmp), "--http-port", str(http), "--data-dir", str(data))
-
-        servers.append(await start_cli(*args))
-        await wait_http(http)
-        if video == "h264":
-            pub = await publish(urls.push_url(app, room), seconds=60)
-        else:
-            pub = await PacketPublisher.start(urls.push_url(app, room))
-            pub.send_in_background(packets)
-        recording = await wait_replay(store, room.roomid, "recording", timeout=10)
-        started = time.monotonic()
-        await asyncio.sleep(8)
-        servers[0].kill()  # SIGKILL mid-recording
-        await servers[0].wait()
-        recorded = time.monotonic() - started
-        await pub.stop()
-
-        folder = data / "replays" / recording.path
-        segments = sorted(folder.glob(f"seg*.{extension}"))
-        assert segments, "segments are on disk as the live goes"
-        assert "#EXT-X-ENDLIST" not in (folder / PLAYLIST).read_text()
-        # A segment cut short (as a power cut could leave it) and a stray temporary file are dropped.
-        torn = folder / f"seg{len(segments) + 1:05d}.{extension}"
-        torn.write_bytes(segments[0].read_bytes()[: 188 * 20 + 100])
-        (folder / f"seg99999.{extension}.tmp").write_bytes(b"\x47" * 1000)
-        if video == "hevc":
-            # So is an init segment cut short, with the segment after it that needs it.
-            torn_init = folder / f"init{len(segments) + 2:05d}.mp4"
-            torn_init.write_bytes((folder / "init00000.mp4").read_bytes()[:-1])
-            needs_torn_init = folder / f"seg{len(segments) + 2:05d}.m4s"
-            needs_torn_init.write_bytes(segments[-1].read_bytes())
-
-        servers.append(await start_cli(*args))
-        await wait_http(http, timeout=20)
-        replay = await store.get_replay(recording.replay_id)
-        assert replay is not None and replay.status == "ready", f"finalized before serving: {replay}"
-        assert not torn.exists() and not list(folder.glob("*.tmp"))
-        assert torn.name not in (folder / PLAYLIST).read_text()
-        if video == "hevc":
-            assert not torn_init.exists() and not needs_torn_init.exists()
-            assert sorted(f.name for f in folder.glob("init*")) == ["init00000.mp4"]
-        # At most the segment being written is lost.
-        assert recorded - 4 - 1.5 <= replay.duration <= recorded + 1, (replay.duration, recorded)
-        base = f"http://127.0.0.1:{http}/replays/{replay.path}"
-        await check_playable(base, replay.duration, video)
-        await decode_cleanly(f"{base}/replay.mp4")
+        served = CliRoom(store, app, room, urls, data, http, args)
+        try:
+            yield served
+        finally:
+            for process in served.servers:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
     finally:
-        if pub is not None:
-            await pub.stop()
-        for process in servers:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
         await store.close()
+
+
+@pytest.mark.parametrize("video", ["h264", "hevc"])
+async def test_server_killed_mid_recording_leaves_a_playable_replay(tmp_path, video, request):
+    extension = {"h264": "ts", "hevc": "m4s"}[video]
+    # HEVC: twelve seconds of it, published by our client (Debian's ffmpeg cannot publish HEVC).
+    packets = hevc_packets(request.getfixturevalue("x265"), tmp_path / "hevc", seconds=12) if video == "hevc" else []
+    pub = None
+    async with cli_room(tmp_path) as served:
+        store, app, room, urls = served.store, served.app, served.room, served.urls
+        data, http = served.data, served.http
+        try:
+            first = await served.serve()
+            if video == "h264":
+                pub = await publish(urls.push_url(app, room), seconds=60)
+            else:
+                pub = await PacketPublisher.start(urls.push_url(app, room))
+                pub.send_in_background(packets)
+            recording = await wait_replay(store, room.roomid, "recording", timeout=10)
+            started = time.monotonic()
+            await asyncio.sleep(8)
+            first.kill()  # SIGKILL mid-recording
+            await first.wait()
+            recorded = time.monotonic() - started
+            await pub.stop()
+
+            folder = data / "replays" / recording.path
+            segments = sorted(folder.glob(f"seg*.{extension}"))
+            assert segments, "segments are on disk as the live goes"
+            assert "#EXT-X-ENDLIST" not in (folder / PLAYLIST).read_text()
+            # A segment cut short (as a power cut could leave it) and a stray temporary file are dropped.
+            torn = folder / f"seg{len(segments) + 1:05d}.{extension}"
+            torn.write_bytes(segments[0].read_bytes()[: 188 * 20 + 100])
+            (folder / f"seg99999.{extension}.tmp").write_bytes(b"\x47" * 1000)
+            if video == "hevc":
+                # So is an init segment cut short, with the segment after it that needs it.
+                torn_init = folder / f"init{len(segments) + 2:05d}.mp4"
+                torn_init.write_bytes((folder / "init00000.mp4").read_bytes()[:-1])
+                needs_torn_init = folder / f"seg{len(segments) + 2:05d}.m4s"
+                needs_torn_init.write_bytes(segments[-1].read_bytes())
+
+            await served.serve()
+            replay = await store.get_replay(recording.replay_id)
+            assert replay is not None and replay.status == "ready", f"finalized before serving: {replay}"
+            assert not torn.exists() and not list(folder.glob("*.tmp"))
+            assert torn.name not in (folder / PLAYLIST).read_text()
+            if video == "hevc":
+                assert not torn_init.exists() and not needs_torn_init.exists()
+                assert sorted(f.name for f in folder.glob("init*")) == ["init00000.mp4"]
+            # At most the segment being written is lost.
+            assert recorded - 4 - 1.5 <= replay.duration <= recorded + 1, (replay.duration, recorded)
+            base = f"http://127.0.0.1:{http}/replays/{replay.path}"
+            await check_playable(base, replay.duration, video)
+            await decode_cleanly(f"{base}/replay.mp4")
+        finally:
+            if pub is not None:
+                await pub.stop()
 
 
 async def test_retention_deletes_expired_replays_only(make_server):
@@ -555,7 +591,7 @@ async def test_a_new_hevc_configuration_gets_a_new_init_segment_and_the_mp4_foll
     playlist = (folder / PLAYLIST).read_text()
     assert re.findall(r'#EXT-X-MAP:URI="([^"]+)"', playlist) == ["init00000.mp4", "init00003.mp4"]
     assert playlist.count("#EXT-X-DISCONTINUITY") == 1
-    assert '#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI="init00003.mp4"\n#EXTINF:' in playlist
+    assert '#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI="init00003.mp4"\n#EXT-X-PROGRAM-DATE-TIME:' in playlist
     assert_mp4_is_the_remux_of_the_files(folder)
 
     mp4 = str(folder / MP4)

@@ -505,7 +505,7 @@ async def test_list_paging_limit_and_empty_pages(make_server, session):
 
 
 async def test_get_replay(wx):
-    roomid, _ = await wx.room()
+    roomid, _ = await wx.room(closeReplay=0)  # a closed replay lists nothing (tests/test_replay_segments.py)
     store = wx.server.store
     created = time.time() - 600
     for n, status in enumerate(("ready", "recording", "ready"), 1):
@@ -547,7 +547,7 @@ async def test_replay_times_in_the_configured_zone(make_server, session, zone, c
     """get_replay's zone-less times are China Standard Time by default, whatever the host's zone."""
     server = await make_server(**({"time_zone": zone} if zone else {}))
     wx = await connect(server, session)
-    roomid, _ = await wx.room()
+    roomid, _ = await wx.room(closeReplay=0)  # a closed replay lists nothing
     at = 1796315400  # 2026-12-03 16:30 UTC
     await server.store.put_replay(Replay("r1", roomid, wx.app.appid, 1, "ready", at, at + 86400, "rep/1"))
     reply = await wx.live_info(action="get_replay", room_id=roomid, start=0, limit=10)
