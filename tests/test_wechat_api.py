@@ -555,7 +555,7 @@ async def test_replay_times_in_the_configured_zone(make_server, session, zone, c
     """get_replay's zone-less times are China Standard Time by default, whatever the host's zone."""
     server = await make_server(**({"time_zone": zone} if zone else {}))
     wx = await connect(server, session)
-    roomid, _ = await wx.room(closeReplay=0)  # get_replay lists nothing while the replay is closed
+    roomid, _ = await wx.room(closeReplay=0)  # a closed replay lists nothing
     at = 1796315400  # 2026-12-03 16:30 UTC
     await server.store.put_replay(Replay("r1", roomid, wx.app.appid, 1, "ready", at, at + 86400, "rep/1"))
     reply = await wx.live_info(action="get_replay", room_id=roomid, start=0, limit=10)
