@@ -35,7 +35,6 @@ PLAY_APP_CACHE_SIZE = 10_000
 REFUSED = {
     LiveStatus.ENDED: "has ended (103): create a new room to go live again",
     LiveStatus.BANNED: "is banned (104)",
-    LiveStatus.PAUSED: "is paused (105): resume it before pushing",
     LiveStatus.EXPIRED: "expired (107): its endTime passed before it went live",
 }
 
@@ -109,6 +108,10 @@ class AccessPolicy:
             status = expiry.to
         if status in REFUSED:
             return Decision.deny(f"room {roomid} {REFUSED[status]}")
+        if status == LiveStatus.PAUSED:
+            # As the official service: the anchor of a paused room may (re)connect and push on;
+            # viewers see nothing until an admin resumes the room (then it is live at once).
+            self.status.hold(room)
         early = self.settings.publish_early_minutes
         if status == LiveStatus.NOT_STARTED and early is not None and now < room.start_time - early * 60:
             return Decision.deny(f"room {roomid} may go live from {early:g} minutes before its startTime")

@@ -321,8 +321,8 @@ PATHS: dict[str, Any] = {
         "Resume a paused room (a live room is returned unchanged); any other room goes live when its anchor "
         "pushes to its push URL (409)",
     ),
-    "/api/v1/rooms/{id}/pause": _action("Pause a live room (105); its publisher is kicked"),
-    "/api/v1/rooms/{id}/resume": _action("Resume a paused room: 106 until the anchor pushes again"),
+    "/api/v1/rooms/{id}/pause": _action("Pause a live room (105): the anchor may push on, viewers get nothing"),
+    "/api/v1/rooms/{id}/resume": _action("Resume a paused room: 101 if its anchor pushes, else 106 until it does"),
     "/api/v1/rooms/{id}/ban": _action("Ban a room (104, final)"),
     "/api/v1/rooms/{id}/end": _action("End a room (103, final)"),
     "/api/v1/rooms/{id}/push_url": {

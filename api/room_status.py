@@ -37,6 +37,12 @@ class MediaControl(Protocol):
 
     def end(self, stream: str, reason: str) -> bool: ...
 
+    def hold(self, stream: str) -> bool:
+        """A paused room's stream: the anchor goes on pushing, viewers get nothing until release."""
+        ...
+
+    def release(self, stream: str) -> bool: ...
+
     def publishing(self, stream: str) -> bool: ...
 
 
@@ -148,6 +154,11 @@ class RoomStatus:
 
     # ------------------------------------------------------------ the anchor's stream
 
+    def hold(self, room: Room) -> None:
+        """Hold a paused room's stream on this node (its anchor may push to a paused room)."""
+        if self.media is not None:
+            self.media.hold(room.stream_name)
+
     async def _pushing(self, room: Room) -> bool:
         """Whether the room's anchor is pushing now, to this node or (in a cluster) to any live node."""
         if self.media is not None and self.media.publishing(room.stream_name):
@@ -177,8 +188,10 @@ class RoomStatus:
         if event.type == "publish":
             if next_status(room.live_status, Event.PUBLISHED) is not None:
                 await self.apply(room, Event.PUBLISHED)
+            elif room.live_status == LiveStatus.PAUSED:
+                self.hold(room)  # the anchor of a paused room may push; nobody sees it until resumed
             elif room.live_status != LiveStatus.LIVE and self.media is not None:
-                # Raced with a pause, ban or end: the stream must not go on.
+                # Raced with a ban or end: the stream must not go on.
                 self.media.kick(room.stream_name, f"room is {room.live_status}")
         elif event.type == "unpublish":
             await self.apply(room, Event.PUBLISHER_GONE, event.info.get("reason", ""))
@@ -189,8 +202,10 @@ class RoomStatus:
             return
         stream = f"{event.appid}-{event.roomid}"
         if event.live_status == LiveStatus.PAUSED:
-            self.media.kick(stream, "the room was paused")
-        elif event.live_status in FINAL_STATUSES:
+            self.media.hold(stream)
+        elif event.previous_status == LiveStatus.PAUSED:
+            self.media.release(stream)
+        if event.live_status in FINAL_STATUSES:
             self.media.end(stream, f"the room is over ({event.live_status}: {event.reason})")
 
     # ------------------------------------------------------------ timers

@@ -121,6 +121,12 @@ class HubControl:
     def end(self, stream: str, reason: str) -> bool:
         return self.hub.end_stream(self.app, stream, reason)
 
+    def hold(self, stream: str) -> bool:
+        return self.hub.hold(self.app, stream)
+
+    def release(self, stream: str) -> bool:
+        return self.hub.release(self.app, stream)
+
     def publishing(self, stream: str) -> bool:
         stats = self.hub.stats(self.app, stream)
         return bool(stats and stats["live"] and not stats["relayed"])  # a pull is not the anchor

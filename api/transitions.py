@@ -9,7 +9,8 @@ Official codes (../shared/reference/wechat-live-semantics.md §3): 101 live, 102
 
     102 --published--> 101 --publisher gone, server restarted--> 106 --published (within the grace)--> 101
     106 --interruption timed out--> 103          101/105/106 --max duration reached--> 103
-    101/106 --pause--> 105 --resume--> 106 (waiting for the anchor), or 101 if the anchor is pushing
+    101/106 --pause (the anchor may push on; viewers get nothing)--> 105
+    105 --resume--> 101 if the anchor is pushing, else 106 (waiting for the anchor)
     102/101/105/106 --end--> 103      102/101/105/106 --ban--> 104      102 --endTime passed--> 107
 """
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import pytest
 
 from api.errors import ApiError
 from api.models import LiveStatus
 from api.signing import sign_query
-from tests.conftest import make_room, needs_ffmpeg, official_room_body, publish, wait_live
+from relay.formats.packet import VIDEO, Packet
+from tests.conftest import hub_stream, make_room, needs_ffmpeg, official_room_body, publish, wait_live
 
 pytestmark = needs_ffmpeg
 
@@ -86,38 +88,124 @@ async def test_interruption_past_the_grace_ends_the_live(rooms_server):
     assert "did not come back" in (await server.store.get_room(room.roomid)).status_reason
 
 
-async def test_pause_kicks_and_refuses_until_resumed(rooms_server):
+class FlvTags:
+    """A real HTTP-FLV viewer that records each media tag: (arrival time, kind, keyframe, is a header)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.tags: list[tuple[float, int, bool, bool]] = []
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async with aiohttp.ClientSession() as session, session.get(self.url) as response:
+            assert response.status == 200
+            await response.content.readexactly(13)  # FLV header, first tag size
+            while True:
+                head = await response.content.readexactly(11)
+                size = int.from_bytes(head[1:4], "big")
+                body = await response.content.readexactly(size + 4)
+                kind = head[0]
+                if kind in (8, 9) and size >= 2:
+                    keyframe = kind == 9 and body[0] >> 4 == 1
+                    self.tags.append((time.monotonic(), kind, keyframe, body[1] == 0))
+
+    def media_since(self, moment: float) -> list[tuple[float, int, bool, bool]]:
+        return [tag for tag in self.tags if tag[0] > moment and not tag[3]]
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+class PacketLog:
+    """A hub sink (as HLS, the recorder and WebRTC are) that logs what it is fed."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[float, str, bool]] = []  # (time, "media"/"header"/"new publisher", keyframe)
+
+    def feed(self, packet: Packet) -> None:
+        kind = "header" if packet.config else "media"
+        self.log.append((time.monotonic(), kind, packet.kind == VIDEO and packet.keyframe))
+
+    def new_publisher(self) -> None:
+        self.log.append((time.monotonic(), "new publisher", False))
+
+    def end(self) -> None:
+        pass
+
+    def failed(self, error: Exception) -> None:
+        raise AssertionError(f"the sink failed: {error}")
+
+    def since(self, moment: float) -> list[tuple[float, str, bool]]:
+        return [entry for entry in self.log if entry[0] > moment and entry[1] != "header"]
+
+
+async def test_pause_holds_the_stream_and_resume_makes_it_live_at_once(rooms_server):
+    """As the official service: pausing (105) leaves the anchor pushing and connected (and one that
+    reconnects is let in), viewers get nothing meanwhile; resuming makes the room live (101) at once,
+    and viewers start again at a keyframe."""
+    server = rooms_server
+    app, room = await make_room(server)
+    url = server.urls.push_url(app, room)
+    pub = await publish(url)
+    await wait_status(server, room, LiveStatus.LIVE)
+    viewer = FlvTags(f"{server.urls.http_base}/live/{room.stream_name}.flv")
+    sink = PacketLog()
+    assert server.hub.add_sink("live", room.stream_name, sink) is not None
+    try:
+        await asyncio.sleep(1.5)
+        assert viewer.media_since(0), "the viewer plays before the pause"
+
+        await server.room_status.admin_action(app, room.roomid, "pause")
+        assert await status_of(server, room) == LiveStatus.PAUSED
+        paused_at = time.monotonic()
+        await asyncio.sleep(2)
+        assert pub.process.returncode is None, "the anchor stays connected"
+        assert not viewer.media_since(paused_at + 0.3), "nothing reaches viewers while the room is paused"
+        assert not sink.since(paused_at), "nor the sinks (HLS, WebRTC, recorder, transcoder)"
+        assert hub_stream(server, "live", room.stream_name).held
+
+        await pub.stop()  # the anchor's network drops during the pause, and it comes back
+        pub = await publish(url)
+        await asyncio.sleep(1.5)
+        assert pub.process.returncode is None, "the anchor of a paused room may reconnect"
+        assert await status_of(server, room) == LiveStatus.PAUSED
+        assert not viewer.media_since(paused_at + 0.3)
+
+        resumed = await server.room_status.admin_action(app, room.roomid, "resume")
+        assert resumed.live_status == LiveStatus.LIVE and resumed.status_reason == "resumed by an admin"
+        resumed_at = time.monotonic()
+        await asyncio.sleep(2.5)
+        after = viewer.media_since(resumed_at)
+        assert after, "viewers play again after the resume"
+        first_video = next(tag for tag in after if tag[1] == 9)
+        assert first_video[2], "viewers start again at a keyframe"
+        fed = sink.since(paused_at)
+        first_media = next(i for i, entry in enumerate(fed) if entry[1] == "media")
+        # the anchor's reconnect, then the release: a sink takes each as a new publisher (a gap)
+        assert [entry[1] for entry in fed[:first_media]] == ["new publisher", "new publisher"], fed[:3]
+        assert fed[first_media][2] and fed[first_media][0] > resumed_at, "sinks start again at a keyframe"
+    finally:
+        await viewer.close()
+    await pub.stop()
+    await wait_status(server, room, LiveStatus.INTERRUPTED)
+
+
+async def test_resume_without_the_anchor_waits_for_it(rooms_server):
     server = rooms_server
     app, room = await make_room(server)
     url = server.urls.push_url(app, room)
     pub = await publish(url)
     await wait_status(server, room, LiveStatus.LIVE)
     await server.room_status.admin_action(app, room.roomid, "pause")
-    assert await status_of(server, room) == LiveStatus.PAUSED
-    await asyncio.wait_for(pub.process.wait(), 10)
-    assert "paused (105)" in await publish_refused(url)
-
+    await pub.stop()
+    await asyncio.sleep(0.5)
+    assert await status_of(server, room) == LiveStatus.PAUSED, "the anchor leaving a paused room changes nothing"
     await server.room_status.admin_action(app, room.roomid, "resume")
     assert await status_of(server, room) == LiveStatus.INTERRUPTED
     pub = await publish(url)
     await wait_status(server, room, LiveStatus.LIVE)
     await pub.stop()
-
-
-async def test_resume_while_the_anchor_pushes_goes_live(rooms_server):
-    """The official 105 -> 101: a room resumed while its anchor's stream is here is live again at once.
-    (Pausing kicks the anchor here, so this is the anchor that the pause did not reach: the room was
-    paused in the store, with no event to this node.)"""
-    server = rooms_server
-    app, room = await make_room(server)
-    pub = await publish(server.urls.push_url(app, room))
-    await wait_status(server, room, LiveStatus.LIVE)
-    assert await server.store.transition(room.roomid, {LiveStatus.LIVE}, LiveStatus.PAUSED, {}) is not None
-    resumed = await server.room_status.admin_action(app, room.roomid, "resume")
-    assert resumed.live_status == LiveStatus.LIVE and resumed.status_reason == "resumed by an admin"
-    assert pub.process.returncode is None, "the anchor was not disconnected"
-    await pub.stop()
-    await wait_status(server, room, LiveStatus.INTERRUPTED)
 
 
 async def test_ban_is_final(rooms_server):

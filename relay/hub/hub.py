@@ -58,6 +58,7 @@ class Hub:
         self.settings = settings or RelaySettings()
         self._streams: dict[str, LiveStream] = {}
         self._sessions: dict[str, PublishSession] = {}
+        self._held: set[str] = set()  # streams of paused rooms, whether they are here now or not
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._listeners: list[Callable[[StreamEvent], None]] = []
@@ -220,6 +221,8 @@ class Hub:
         stream = self._streams.get(key)
         if stream is None:
             stream = self._streams[key] = LiveStream(app, name, self.settings)
+            if key in self._held:
+                stream.hold()
         timer = self._grace.pop(key, None)
         if timer is not None:
             timer.cancel()
@@ -265,9 +268,29 @@ class Hub:
         session.close("kicked")
         return True
 
+    def hold(self, app: str, name: str) -> bool:
+        """Pause a stream: its publisher may go on pushing (now or when it comes), its viewers stay, and
+        nothing but headers reaches them until :meth:`release`. Whether its publisher is here."""
+        key = f"{app}/{name}"
+        self._held.add(key)
+        stream = self._streams.get(key)
+        if stream is not None:
+            stream.hold()
+        return key in self._sessions
+
+    def release(self, app: str, name: str) -> bool:
+        """Resume a held stream: viewers and sinks start again at the next keyframe."""
+        key = f"{app}/{name}"
+        self._held.discard(key)
+        stream = self._streams.get(key)
+        if stream is not None:
+            stream.release()
+        return key in self._sessions
+
     def end_stream(self, app: str, name: str, reason: str) -> bool:
         """End a stream now: kick its publisher and close every viewer."""
         key = f"{app}/{name}"
+        self._held.discard(key)
         session = self._sessions.pop(key, None)
         if session is not None:
             session.kick(reason)

@@ -44,6 +44,10 @@ class LiveStream:
         self.publish_count = 0
         self.relayed = False  # its publisher (the last one, while none is connected) pulls it from its origin
         self.ended = False
+        # A paused room's stream (Hub.hold): the publisher stays, nothing but headers reaches viewers and
+        # sinks; after its release they start again at the next keyframe.
+        self.held = False
+        self._until_keyframe = False
         # headers and cache
         self.metadata: Packet | None = None
         self.meta_values: dict[str, Any] = {}
@@ -78,6 +82,8 @@ class LiveStream:
         viewers with the next merged write (so a viewer that joins in between gets the GOP cache, then
         the pending packets, each once)."""
         self.bytes_in += len(packet.payload)
+        if (self.held or self._until_keyframe) and not packet.config and not self._resumes_at(packet):
+            return
         if self.sinks:
             self._feed_sinks(packet)
         pending = self._pending
@@ -93,6 +99,31 @@ class LiveStream:
                 loop.call_later(self.settings.flush_window_ms / 1000.0, self.flush)
             else:
                 loop.call_soon(self.flush)
+
+    def _resumes_at(self, packet: Packet) -> bool:
+        """Whether a released stream starts again at ``packet`` (a keyframe, or audio of an audio-only
+        stream); a held one never does."""
+        if self.held or not (packet.keyframe if packet.kind == VIDEO else not self.tracks.has_video):
+            return False
+        self._until_keyframe = False
+        return True
+
+    def hold(self) -> None:
+        """Deliver nothing but headers from now on (the room is paused); viewers stay connected."""
+        if self.held:
+            return
+        self.flush()
+        self.held = True
+        self.gop.clear()
+        self._join_cache.clear()
+
+    def release(self) -> None:
+        """Deliver again from the next keyframe on; the sinks take it as a new publisher (a gap)."""
+        if not self.held:
+            return
+        self.held = False
+        self._until_keyframe = True
+        self._restart_sinks()
 
     def set_metadata(self, payload: bytes, values: dict[str, Any]) -> None:
         self.meta_values = dict(values)
@@ -163,11 +194,14 @@ class LiveStream:
         """A publisher (the first, or the next one after a drop or a takeover) starts sending."""
         self.publish_count += 1
         if self.publish_count > 1:
-            for sink in list(self.sinks):
-                try:
-                    sink.new_publisher()
-                except Exception as exc:
-                    self._sink_failed(sink, exc)
+            self._restart_sinks()
+
+    def _restart_sinks(self) -> None:
+        for sink in list(self.sinks):
+            try:
+                sink.new_publisher()
+            except Exception as exc:
+                self._sink_failed(sink, exc)
 
     # ------------------------------------------------------------ fan-out
 
@@ -329,6 +363,7 @@ class LiveStream:
             "app": self.app,
             "name": self.name,
             "live": publisher is not None,
+            "held": self.held,
             "relayed": self.relayed,
             "publisher": None
             if publisher is None
