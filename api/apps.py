@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from api import errors, validation
 from api.errors import ApiError
 from api.ladders import check_ladder
-from api.models import App, Token
+from api.models import GOODS_AUDIT_MODES, App, Token
 from api.rooms import DAY, RoomSettings
 from api.store.base import RoomStore
 
@@ -36,6 +36,12 @@ async def count_daily(store: RoomStore, key: str, limit: int, now: float, zone: 
     """Count one more use of ``key`` today (in ``zone``) if fewer than ``limit`` were counted."""
     day = datetime.fromtimestamp(now, zone).strftime("%Y%m%d")
     return await store.incr_counter(f"{key}:{day}", limit, 2 * DAY)
+
+
+def goods_audit(mode: str) -> str:
+    if mode not in GOODS_AUDIT_MODES:
+        raise ApiError(errors.INVALID_ARGS, f"goods_audit {mode!r} must be one of {', '.join(GOODS_AUDIT_MODES)}")
+    return mode
 
 
 def _mac(app: App, text: str) -> str:
@@ -78,18 +84,23 @@ class Apps:
         await self.store.put_app(app)
         return app
 
-    async def rotate_secret(self, appid: str) -> App:
+    async def app(self, appid: str) -> App:
         app = await self.store.get_app(appid)
         if app is None:
             raise ApiError(errors.INVALID_APPID, f"no app {appid}")
+        return app
+
+    async def rotate_secret(self, appid: str) -> App:
+        app = await self.app(appid)
         app.secret = secrets.token_hex(16)
         await self.store.put_app(app)
         return app
 
     async def update_app(self, app: App, changes: dict[str, Any]) -> App:
         """Set an app's ``webhook_url`` ("" turns webhooks off), ``play_key`` ("" turns play URL
-        signing off), ``replay_retention_days`` or ``renditions`` (its rooms' ladder; None: the server's)."""
-        unknown = changes.keys() - {"webhook_url", "play_key", "replay_retention_days", "renditions"}
+        signing off), ``replay_retention_days``, ``renditions`` (its rooms' ladder; None: the server's)
+        or ``goods_audit`` (who reviews its goods: one of ``GOODS_AUDIT_MODES``)."""
+        unknown = changes.keys() - {"webhook_url", "play_key", "replay_retention_days", "renditions", "goods_audit"}
         if unknown:
             raise ApiError(errors.INVALID_ARGS, f"{', '.join(sorted(unknown))}: not a setting an app may change")
         f = validation.Fields(changes)
@@ -109,6 +120,8 @@ class Apps:
             current.replay_retention_days = days
         if "renditions" in changes:
             current.renditions = check_ladder(changes["renditions"], "the app's")
+        if f.has("goods_audit"):
+            current.goods_audit = goods_audit(f.string("goods_audit"))
         await self.store.put_app(current)
         return current
 

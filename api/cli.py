@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from api import config, supervisor
 from api.apps import Apps
 from api.errors import ApiError
-from api.models import App
+from api.models import GOODS_AUDIT_MODES, App
 from api.store import open_store
 
 if TYPE_CHECKING:
@@ -77,6 +77,11 @@ def _app_parser(sub: argparse._SubParsersAction, store: argparse.ArgumentParser)
         "rotate-secret", parents=[store, output], help="give an app a new secret: prints it; the old one stops working"
     )
     rotate.add_argument("appid")
+    audit = actions.add_parser(
+        "goods-audit", parents=[store, output], help="choose who reviews an app's goods: auto, manual or webhook"
+    )
+    audit.add_argument("appid")
+    audit.add_argument("mode", choices=GOODS_AUDIT_MODES)
 
 
 def manage_apps(args: argparse.Namespace) -> int:
@@ -101,6 +106,11 @@ async def _manage_apps(settings: config.Settings, args: argparse.Namespace) -> N
         apps = Apps(store, settings.rooms)
         if args.action == "list":
             _print_apps(await store.list_apps(), args.json)
+            return
+        if args.action == "goods-audit":
+            app = await apps.app(args.appid)
+            app = await apps.update_app(app, {"goods_audit": args.mode})
+            print(json.dumps({"appid": app.appid, "goods_audit": app.goods_audit}) if args.json else app.goods_audit)
             return
         if args.action == "create":
             app = await apps.create_app(args.name)

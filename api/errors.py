@@ -36,6 +36,24 @@ SHARE_IMG_INVALID = 300032
 ANCHOR_NAME_LENGTH = 300034
 FEEDS_IMG_INVALID = 300037
 EMPTY_ROOM_LIST = 9410000
+# goods (issue 14)
+PRICE_INVALID = 300003
+GOODS_IMAGE_FAILED = 300006
+GOODS_URL_INVALID = 300007
+AUDIT_STATE = 300010
+NO_AUDIT_QUOTA = 300012
+GOODS_IN_REVIEW = 300014
+GOODS_CANNOT_DELETE = 300015
+GOODS_IMAGE_SIZE = 300018
+GOODS_NOT_FOUND = 300024
+GOODS_NOT_APPROVED = 300025
+ROOM_GOODS_LIMIT = 300033
+NO_EXPLAINER_VIDEO = 300044
+VIDEO_NOT_READY = 300045
+PUSH_IN_PROGRESS = 300047
+GOODS_BEING_PUSHED = 300049
+GOODS_OFF_SALE = 300052
+GOODS_NOT_IN_ROOM = 300053
 ACCESS_TOKEN_EXPIRED = 42001
 API_UNAUTHORIZED = 48001
 # Roles, sub-anchors and subscribers (issue 14, roles-subscribers)
@@ -72,7 +90,7 @@ MESSAGES = {
     DATA_FORMAT_ERROR: "data format error",
     INVALID_PARAMS_SHARE: "invalid params",
     INVALID_ARGS: "invalid args",
-    NAME_LENGTH: "room name length is invalid",
+    NAME_LENGTH: "name length invalid",  # the official errmsg, for rooms and goods alike
     ROOM_NOT_FOUND: "room not exist",
     ROOM_STATUS_FORBIDS: "room status forbids this operation",
     COVER_INVALID: "coverImg invalid",
@@ -80,6 +98,24 @@ MESSAGES = {
     ANCHOR_NAME_LENGTH: "anchorName length is invalid",
     FEEDS_IMG_INVALID: "feedsImg invalid",
     EMPTY_ROOM_LIST: "empty room list",
+    # goods (issue 14)
+    PRICE_INVALID: "price invalid",
+    GOODS_IMAGE_FAILED: "goods image upload failed",
+    GOODS_URL_INVALID: "goods url invalid",
+    AUDIT_STATE: "audit status invalid",
+    NO_AUDIT_QUOTA: "no audit quota left today",
+    GOODS_IN_REVIEW: "goods in review cannot be deleted",
+    GOODS_CANNOT_DELETE: "goods not exist, cannot delete",
+    GOODS_IMAGE_SIZE: "goods image width or height more than 300px",
+    GOODS_NOT_FOUND: "goods not exist",
+    GOODS_NOT_APPROVED: "goods not approved",
+    ROOM_GOODS_LIMIT: "room goods over limit",
+    NO_EXPLAINER_VIDEO: "goods has no explainer video",
+    VIDEO_NOT_READY: "explainer video not generated yet",
+    PUSH_IN_PROGRESS: "another goods is being pushed, try again later",
+    GOODS_BEING_PUSHED: "goods being pushed cannot change sale",
+    GOODS_OFF_SALE: "goods off sale cannot be pushed",
+    GOODS_NOT_IN_ROOM: "goods not in room",
     ACCESS_TOKEN_EXPIRED: "access_token expired",
     API_UNAUTHORIZED: "api unauthorized",
     # Roles, sub-anchors and subscribers (issue 14, roles-subscribers)
@@ -108,6 +144,9 @@ HTTP_STATUS = {
     ROOM_NOT_FOUND: 404,
     ROOM_STATUS_FORBIDS: 409,
     EMPTY_ROOM_LIST: 404,
+    # goods (issue 14)
+    GOODS_NOT_FOUND: 404,
+    AUDIT_STATE: 409,
 }
 
 

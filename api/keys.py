@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from api.apps import Apps
     from api.audience import AudienceOf
     from api.bus import RoomBus
+    from api.goods import GoodsLibrary
     from api.ladders import Ladders
     from api.media import MediaLibrary
     from api.replays import ReplayService
@@ -34,5 +35,6 @@ BUS: web.AppKey[RoomBus] = web.AppKey("bus")
 REPLAYS: web.AppKey[ReplayService] = web.AppKey("replays")
 # Set once api/subscribers.py exists (issue 14); the room channel looks it up with app.get().
 SUBSCRIBERS: web.AppKey[Subscribers] = web.AppKey("subscribers")
+GOODS: web.AppKey[GoodsLibrary] = web.AppKey("goods")
 # Roles of an app's members (issue 14, roles-subscribers).
 ROLES: web.AppKey[Roles] = web.AppKey("roles")

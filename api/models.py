@@ -67,6 +67,12 @@ class App(_Record):
     # The renditions of its rooms' streams ([transcode] renditions entries); None: the server's.
     renditions: list[Any] | None = None
     created_at: float = field(default_factory=time.time)
+    # Who reviews the goods it adds (GOODS_AUDIT_MODES): approved at once, its moderation through the
+    # REST API, or that after a webhook.
+    goods_audit: str = "auto"
+
+
+GOODS_AUDIT_MODES = ("auto", "manual", "webhook")
 
 
 @dataclass(slots=True)
@@ -86,6 +92,7 @@ class Goods(_Record):
     price2: int = 0
     price_type: int = 1
     third_party_appid: str = ""
+    on_sale: int = 1  # ours (goods/onsale), not one of getliveinfo's fields
 
 
 @dataclass(slots=True)

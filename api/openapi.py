@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.models import ROOM_EDITABLE, ROOM_FIELDS, ROOM_INPUTS, ROOM_MEDIA, STATUS_CODES, RoomField
+from api.models import (
+    GOODS_AUDIT_MODES,
+    ROOM_EDITABLE,
+    ROOM_FIELDS,
+    ROOM_INPUTS,
+    ROOM_MEDIA,
+    STATUS_CODES,
+    RoomField,
+)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -59,6 +67,10 @@ def _object(properties: dict[str, Any], *optional: str) -> dict[str, Any]:
 
 ROOM_ID = {"name": "id", "in": "path", "required": True, "description": "room id", "schema": {"type": "integer"}}
 INT = {"type": "integer"}
+GOODS_AUDIT_ABOUT = (
+    "who reviews the goods the app adds: auto (approved at once), manual (POST /api/v1/apps/{appid}/goods/"
+    "{goods_id}/audit), webhook (a goods_audit event to webhook_url, answered through that route)"
+)
 STR = {"type": "string"}
 NUM = {"type": "number"}
 
@@ -153,6 +165,7 @@ SCHEMAS: dict[str, Any] = {
             "replay_retention_days": INT,
             "renditions": RENDITIONS,
             "created_at": NUM,
+            "goods_audit": {**STR, "enum": list(GOODS_AUDIT_MODES), "description": GOODS_AUDIT_ABOUT},
         }
     ),
     "AppPatch": {
@@ -162,13 +175,14 @@ SCHEMAS: dict[str, Any] = {
             "play_key": {**STR, "description": '"" turns play URL signing off'},
             "replay_retention_days": {**INT, "minimum": 1},
             "renditions": RENDITIONS,
+            "goods_audit": {**STR, "enum": list(GOODS_AUDIT_MODES), "description": GOODS_AUDIT_ABOUT},
         },
         "additionalProperties": False,
     },
     "Delivery": _object(
         {
             "delivery_id": {**STR, "description": "the same for every attempt of one event (X-Minilive-Delivery)"},
-            "event": {**STR, "enum": ["status", "replay_ready"]},
+            "event": {**STR, "enum": ["status", "replay_ready", "goods_audit"]},
             "roomid": INT,
             "live_status": INT,
             "url": STR,
@@ -253,7 +267,7 @@ PATHS: dict[str, Any] = {
     "/api/v1/app": {
         "get": _operation("The calling app (never its secret)", _json(_ref("App"), "the app")),
         "patch": _operation(
-            "Set the app's webhook_url, play_key, replay_retention_days or renditions",
+            "Set the app's webhook_url, play_key, replay_retention_days, renditions or goods_audit",
             _json(_ref("App"), "the app as changed"),
             body="AppPatch",
             errors=(400, 401),
@@ -404,6 +418,53 @@ PATHS: dict[str, Any] = {
     },
 }
 
+# ---------------------------------------------------------------- goods (issue 14)
+
+SCHEMAS["LibraryGoods"] = _object(
+    {
+        "goods_id": INT,
+        "appid": STR,
+        "name": STR,
+        "cover_img": {**STR, "description": "media_id"},
+        "cover_img_url": STR,
+        "url": {**STR, "description": "the mini-program page of the goods"},
+        "price_type": {**INT, "description": "1 fixed (price), 2 range (price..price2), 3 discount (price2 now)"},
+        "price": {**INT, "description": "fen"},
+        "price2": {**INT, "description": "fen"},
+        "third_party_appid": STR,
+        "audit_id": INT,
+        "audit_status": {**INT, "description": "0 not audited, 1 in review, 2 approved, 3 rejected"},
+        "audit_reason": {**STR, "description": "why the app's moderation rejected it"},
+        "created_at": NUM,
+        "updated_at": NUM,
+    }
+)
+SCHEMAS["GoodsDecision"] = {
+    "type": "object",
+    "properties": {"approve": {"type": "boolean"}, "reason": {**STR, "description": "kept with a rejection"}},
+    "required": ["approve"],
+    "additionalProperties": False,
+}
+_APPID = {"name": "appid", "in": "path", "required": True, "description": "the token's app", "schema": STR}
+_GOODS_ID = {"name": "goods_id", "in": "path", "required": True, "description": "goods id", "schema": INT}
+PATHS["/api/v1/apps/{appid}/goods"] = {
+    "get": _operation(
+        "The app's goods library with each item's review state (the official goods/add makes them)",
+        _json(_object({"goods": {"type": "array", "items": _ref("LibraryGoods")}, "total": INT}), "the goods"),
+        errors=(400, 401),
+        params=[_APPID, {**_query("status", "only this audit_status (0-3); -1: all", -1)}],
+    )
+}
+PATHS["/api/v1/apps/{appid}/goods/{goods_id}/audit"] = {
+    "post": _operation(
+        "The app's moderation approves or rejects goods in review (audit_status 1): they become 2 or 3 "
+        "(404: no such goods, 409: not in review)",
+        _json(_ref("LibraryGoods"), "the goods as decided"),
+        errors=(400, 401, 404, 409),
+        body="GoodsDecision",
+        params=[_APPID, _GOODS_ID],
+    )
+}
 # ---------------------------------------------------------------- a room's subscribers (issue 14)
 
 SCHEMAS["Subscriber"] = _object(

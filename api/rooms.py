@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from api import errors, validation
@@ -24,7 +24,6 @@ from api.models import (
     ROOM_MEDIA,
     App,
     Assistant,
-    Goods,
     LiveStatus,
     Replay,
     Room,
@@ -37,6 +36,7 @@ log = logging.getLogger("minilive.rooms")
 
 DAY = 86400
 OFFICIAL_TIME_ZONE = "Asia/Shanghai"  # China Standard Time, in which the official service writes times
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -63,6 +63,11 @@ class RoomSettings:
     # Waits between webhook attempts (exponential backoff): one attempt more than waits.
     webhook_retry_seconds: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0])
     webhook_timeout_seconds: float = 10.0
+    # goods (issue 14): goods a room may hold (no official number found); goods submitted for review
+    # per app per day (300012, official); how long a push shows, during which another waits (300047).
+    max_room_goods: int = 200
+    goods_reviews_per_day: int = 500
+    goods_push_seconds: float = 3.0
     # The zone of the times the API writes out (get_replay's ISO strings, the share poster) and of the
     # day that daily quotas count: the official service's (China Standard Time), whatever the host's.
     time_zone: str = OFFICIAL_TIME_ZONE
@@ -93,6 +98,13 @@ class Rooms:
         room = await self.store.get_room(roomid)
         if room is None or room.appid != app.appid:
             raise ApiError(errors.ROOM_NOT_FOUND, f"room {roomid} does not exist for this app")
+        return room
+
+    async def unended(self, app: App, roomid: int) -> Room:
+        """The app's room, if it is not over (300023 otherwise)."""
+        room = await self.room(app, roomid)
+        if room.live_status in FINAL_STATUSES:
+            raise ApiError(errors.ROOM_STATUS_FORBIDS, f"room {roomid} has ended ({room.live_status})")
         return room
 
     async def create_room(self, app: App, body: dict[str, Any]) -> Room:
@@ -199,16 +211,16 @@ class Rooms:
         setattr(room, key, value)
         return await self._save(room, [key])
 
-    async def add_goods(self, app: App, roomid: int, goods_ids: list[int]) -> Room:
-        room = await self.room(app, roomid)
-        if room.live_status in FINAL_STATUSES:
-            raise ApiError(errors.ROOM_STATUS_FORBIDS, f"room {roomid} has ended ({room.live_status})")
-        known = {g["goods_id"] for g in room.goods}
-        for goods_id in goods_ids:
-            if goods_id not in known:
-                room.goods.append(Goods(goods_id).to_dict())
-                known.add(goods_id)
-        return await self._save(room, ["goods"])
+    async def edit_goods(self, app: App, roomid: int, edit: Callable[[Room], T]) -> T:
+        """Change the goods of a room that is not over with ``edit`` (which may refuse with an ApiError)
+        and save them; a status change made meanwhile is kept, and the edit made again on the new room."""
+        for _ in range(3):
+            room = await self.unended(app, roomid)
+            result = edit(room)
+            changes = {"goods": room.goods, "updated_at": self.clock()}
+            if await self.store.transition(roomid, {room.live_status}, room.live_status, changes) is not None:
+                return result
+        raise ApiError(errors.ROOM_STATUS_FORBIDS, f"room {roomid} keeps changing status: retry")
 
     # Assistants and the sub-anchor: WeChat's real-name checks (500002) do not apply here.
 

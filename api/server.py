@@ -10,13 +10,14 @@ import signal
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from api import cluster, errors, keys, rest, role_routes, streams, subscriber_routes, wechat
+from api import cluster, errors, goods_api, keys, rest, role_routes, streams, subscriber_routes, wechat
 from api.access import AccessPolicy
 from api.apps import Apps
 from api.audience import Audience
 from api.bus import RoomBus
 from api.config import Settings
 from api.errors import ApiError, StoreUnavailable, json_error
+from api.goods import GoodsLibrary
 from api.ladders import Ladders
 from api.media import MediaLibrary
 from api.replays import ReplayService
@@ -167,6 +168,9 @@ class Server:
             self.webhooks,
             renditions=self.renditions if transcode.record_renditions else None,
         )
+        self.goods = GoodsLibrary(
+            self.store, self.rooms, self.bus, self.webhooks, self.urls, self.replays, settings.rooms, settings.recorder
+        )
         self.status = StatusRoutes(self.store, self.audience)
         self.policy = AccessPolicy(settings.allow_anonymous_publish, self.store, settings.rooms, self.room_status)
         self.media = MediaLibrary(self.store, settings.data_dir, settings.rooms.media_ttl_seconds)
@@ -234,6 +238,8 @@ class Server:
         app.add_routes(rest.routes())
         app.add_routes(self.webrtc.routes())
         app.add_routes(self.replays.routes())
+        app[keys.GOODS] = self.goods
+        app.add_routes(goods_api.routes())
         app.cleanup_ctx.append(self.media.cleanup_ctx)
         app.cleanup_ctx.append(self.hls.cleanup_ctx)
         return app

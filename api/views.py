@@ -8,7 +8,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from api.audience import Audience
-from api.models import ROOM_FIELDS, ROOM_LISTED, ROOM_MEDIA, App, Replay, Room, RoomField
+from api.models import ROOM_FIELDS, ROOM_LISTED, ROOM_MEDIA, App, Goods, Replay, Room, RoomField
 from api.rooms import OFFICIAL_TIME_ZONE
 from api.urls import Urls
 
@@ -38,7 +38,21 @@ def _value(room: Room, field: RoomField, urls: Urls) -> Any:
 
 def room_info(room: Room, urls: Urls) -> View:
     """A room as getliveinfo lists it: exactly the 18 official fields, images as URLs."""
-    return {field.name: _value(room, field, urls) for field in ROOM_LISTED}
+    info = {field.name: _value(room, field, urls) for field in ROOM_LISTED}
+    info["goods"] = [goods_view(goods, urls) for goods in room.goods]
+    return info
+
+
+# getliveinfo's goods[] fields (a room's copies also hold ours, such as on_sale).
+GOODS_LISTED = ("name", "cover_img", "url", "price", "price2", "price_type", "goods_id", "third_party_appid")
+
+
+def goods_view(goods: dict[str, Any], urls: Urls) -> View:
+    """Goods of a room as getliveinfo lists them: the 8 official fields, prices in fen, the cover's URL."""
+    record = Goods.from_dict(goods)
+    view = {key: getattr(record, key) for key in GOODS_LISTED}
+    view["cover_img"] = urls.media_url(record.cover_img)
+    return view
 
 
 def room_json(room: Room, urls: Urls, audience: Audience) -> View:

@@ -21,7 +21,7 @@ from aiohttp.typedefs import Handler
 
 from api import errors, media, poster, qr
 from api.errors import ApiError
-from api.keys import APPS, MEDIA, ROOMS, URLS
+from api.keys import APPS, GOODS, MEDIA, ROOMS, URLS
 from api.media import MAX_BYTES
 from api.models import App
 from api.urls import page_path
@@ -212,7 +212,7 @@ update_kf = _switch("close_kf", "closeKf", "roomId")
 
 @official("POST")
 async def add_goods(request: web.Request, app: App, f: Fields) -> Reply:
-    await request.app[ROOMS].add_goods(app, f.room_id("roomId"), _list(f, "ids", int))
+    await request.app[GOODS].add_to_room(app, f.room_id("roomId"), _list(f, "ids", int))
     return {}
 
 

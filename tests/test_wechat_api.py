@@ -149,6 +149,13 @@ class Wx:
     async def live_info(self, **body: Any) -> dict[str, Any]:
         return await self.post(LIVE_INFO, body)
 
+    async def goods(self) -> int:
+        """Approved goods of the app's library (the default review approves at once): its id."""
+        info = {"coverImgUrl": await self.media_id(), "name": "TIT茶杯", "priceType": 1, "price": 9.9, "url": "pages/a"}
+        reply = await self.post("/wxaapi/broadcast/goods/add", {"goodsInfo": info})
+        assert reply["errcode"] == 0, reply
+        return reply["goodsId"]
+
 
 def room_body(media_id: str, **fields: Any) -> dict[str, Any]:
     start = int(time.time()) + 3600
@@ -460,7 +467,8 @@ async def test_list_rooms_shape_and_order(wx):
         roomid, _ = await wx.room(startTime=base + offset, endTime=base + offset + 3600)
         ids.append(roomid)
     early, late, middle = ids
-    assert errcode(await wx.post(ROOM + "addgoods", {"ids": [7, 8], "roomId": late})) == 0
+    goods = [await wx.goods() for _ in range(2)]
+    assert errcode(await wx.post(ROOM + "addgoods", {"ids": goods, "roomId": late})) == 0
 
     reply = await wx.live_info(start=0, limit=10)
     assert reply["errcode"] == 0 and reply["errmsg"] == "ok"
@@ -478,7 +486,7 @@ async def test_list_rooms_shape_and_order(wx):
     assert (row["close_like"], row["close_goods"], row["close_comment"]) == (0, 0, 0)
     assert (row["close_replay"], row["close_kf"], row["is_feeds_public"]) == (1, 1, 1), "official defaults"
     assert row["creater_openid"] == ""
-    assert [g["goods_id"] for g in row["goods"]] == [7, 8]
+    assert [g["goods_id"] for g in row["goods"]] == goods
     assert all(set(g) == GOODS_FIELDS and isinstance(g["price"], int) for g in row["goods"])
     async with wx.session.get(row["cover_img"]) as response:
         assert response.status == 200 and response.content_type == "image/png"
@@ -832,9 +840,11 @@ async def test_switches(wx):
 
 async def test_add_goods(wx):
     roomid, _ = await wx.room()
-    assert errcode(await wx.post(ROOM + "addgoods", {"ids": [3, 4], "roomId": roomid})) == 0
-    assert errcode(await wx.post(ROOM + "addgoods", {"ids": [4, 5], "roomId": roomid})) == 0
-    assert [g["goods_id"] for g in (await wx.server.store.get_room(roomid)).goods] == [3, 4, 5]
+    three, four, five = [await wx.goods() for _ in range(3)]
+    assert errcode(await wx.post(ROOM + "addgoods", {"ids": [three, four], "roomId": roomid})) == 0
+    assert errcode(await wx.post(ROOM + "addgoods", {"ids": [four, five], "roomId": roomid})) == 0
+    assert [g["goods_id"] for g in (await wx.server.store.get_room(roomid)).goods] == [three, four, five]
+    assert errcode(await wx.post(ROOM + "addgoods", {"ids": [999999], "roomId": roomid})) == 300024  # see test_goods
     for bad in ([], ["3"], [True], "3", None):
         assert errcode(await wx.post(ROOM + "addgoods", {"ids": bad, "roomId": roomid})) == 200002, bad
 
