@@ -690,6 +690,17 @@ CONSOLE_PATHS: dict[str, Any] = {
             params=[_REPLAY_ID],
         )
     },
+    "/api/v1/rooms/{id}/goods/{goods_id}/push": {
+        "post": _console_operation(
+            "Push (pin) goods of the room's list to its viewers, as the official goods/push: only while live "
+            "(409), on sale and not while other goods are showing (400: 300052, 300047, 300053)",
+            {"description": "pushed: the room channel announces it"},
+            _json(_ref("Error"), "no such room for this app (300022)"),
+            status=204,
+            errors=(400, 401, 409),
+            params=[ROOM_ID, _GOODS_ID],
+        )
+    },
 }
 PATHS.update(CONSOLE_PATHS)
 SCHEMAS["Delivery"]["properties"]["event"]["enum"].append("test")

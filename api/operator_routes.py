@@ -1,12 +1,13 @@
 """REST routes an operator needs beyond rooms (the console uses them; Bearer tokens work too): image
-upload, today's quota use, a webhook test delivery, a live stream's details, kicking its anchor, and
-deleting a replay. Thin handlers over the services, in the REST API's shape (``api.rest``)."""
+upload, today's quota use, a webhook test delivery, a live stream's details, kicking its anchor,
+deleting a replay, and pushing goods to a live room's viewers. Thin handlers over the services, in the
+REST API's shape (``api.rest``)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from api.keys import APPS, LIVE, MEDIA, REPLAYS, ROOMS, URLS, WEBHOOKS
+from api.keys import APPS, GOODS, LIVE, MEDIA, REPLAYS, ROOMS, URLS, WEBHOOKS
 from api.models import App
 from api.rest import authenticated
 from api.wechat import media_part, quota_endpoints
@@ -53,6 +54,13 @@ async def delete_replay(request: web.Request, app: App) -> web.Response:
     return web.Response(status=204)
 
 
+@authenticated
+async def push_goods(request: web.Request, app: App) -> web.Response:
+    """The official goods/push over REST: the console holds a session, not an access token."""
+    await request.app[GOODS].push(app, int(request.match_info["id"]), int(request.match_info["goods_id"]))
+    return web.Response(status=204)
+
+
 def routes() -> list[web.RouteDef]:
     return [
         web.post("/api/v1/media", upload),
@@ -61,4 +69,5 @@ def routes() -> list[web.RouteDef]:
         web.get(f"{ROOM}/stream", stream),
         web.post(f"{ROOM}/kick", kick),
         web.delete("/api/v1/replays/{replay_id}", delete_replay),
+        web.post(f"{ROOM}/goods/{{goods_id:[0-9]+}}/push", push_goods),
     ]

@@ -479,3 +479,23 @@ def test_documented_console_operations_name_their_refusals():
         for operation in document["paths"][path].values():
             assert {"401", "403"} <= operation["responses"].keys()
     assert document["components"]["securitySchemes"]["console"]["name"] == COOKIE
+
+
+async def test_goods_push_over_rest(documented):
+    server, app, room, api = documented
+    form = aiohttp.FormData()
+    form.add_field("media", png(200, 200), filename="goods.png", content_type="image/png")
+    cover = (await api.call("POST", "/api/v1/media", 201, data=form))["media_id"]
+    info = {"coverImgUrl": cover, "name": "红茶礼盒", "priceType": 1, "price": 19.9, "url": "pages/goods/detail?id=7"}
+    tea = await server.goods.add(app, {"goodsInfo": info})
+    await server.goods.add_to_room(app, room.roomid, [tea.goods_id])
+    operation = "/api/v1/rooms/{id}/goods/{goods_id}/push"
+    path = f"/api/v1/rooms/{room.roomid}/goods"
+    assert (await api.call("POST", f"{path}/{tea.goods_id}/push", 409, operation))["error"]["code"] == 300023
+    await server.store.transition(room.roomid, [LiveStatus.NOT_STARTED], LiveStatus.LIVE, {})
+    await api.call("POST", f"{path}/{tea.goods_id}/push", 204, operation)
+    assert [p["goods_id"] for p in await server.goods.pushes(room.roomid)] == [tea.goods_id]
+    busy = await api.call("POST", f"{path}/{tea.goods_id}/push", 400, operation)
+    assert busy["error"]["code"] == 300047
+    assert (await api.call("POST", f"{path}/999/push", 400, operation))["error"]["code"] == 300053
+    await api.call("POST", f"/api/v1/rooms/99999/goods/{tea.goods_id}/push", 404, operation)
