@@ -38,13 +38,13 @@ async def webhook_test(request: web.Request, app: App) -> web.Response:
 @authenticated
 async def stream(request: web.Request, app: App) -> web.Response:
     room = await request.app[ROOMS].room(app, int(request.match_info["id"]))
-    return web.json_response(request.app[LIVE].details(room))
+    return web.json_response(await request.app[LIVE].details(room))
 
 
 @authenticated
 async def kick(request: web.Request, app: App) -> web.Response:
     room = await request.app[ROOMS].room(app, int(request.match_info["id"]))
-    request.app[LIVE].kick(room)
+    await request.app[LIVE].kick(room)
     return web.Response(status=204)
 
 

@@ -202,6 +202,8 @@ class Server:
         )
         if self.cluster is not None:
             self.cluster.listener.extra_routes = self.webrtc.session_routes()
+            self.cluster.listener.extra_routes += self.live.node_routes()
+            self.live.cluster = self.cluster.cluster
         self.app = self.build_app()
         self._runner: web.AppRunner | None = None
         self.http_site: FastPathListener | None = None
@@ -319,6 +321,7 @@ class Server:
         await self.room_status.stop()
         await self.replays.stop()
         await self.webhooks.close()
+        await self.live.close()
         await self.status.close()
         if self.cluster is not None:
             await self.cluster.stop()

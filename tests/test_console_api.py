@@ -499,3 +499,28 @@ async def test_goods_push_over_rest(documented):
     assert busy["error"]["code"] == 300047
     assert (await api.call("POST", f"{path}/999/push", 400, operation))["error"]["code"] == 300053
     await api.call("POST", f"/api/v1/rooms/99999/goods/{tea.goods_id}/push", 404, operation)
+
+
+async def test_in_a_cluster_any_node_shows_and_kicks_the_origins_stream(make_server, redis_url):
+    origin = await make_server(redis=redis_url, allow_anonymous_publish=False)
+    other = await make_server(redis=redis_url, allow_anonymous_publish=False)
+    app, room = await make_room(origin, startTime=int(time.time()) + 700)
+    publisher = await publish(origin.urls.push_url(app, room), seconds=60)
+    try:
+        await wait_status(origin, app, room.roomid, LiveStatus.LIVE)
+        async with client(other) as session:
+            console = Console(session)
+            await console.login({"appid": app.appid, "secret": app.secret})
+            path = f"/api/v1/rooms/{room.roomid}"
+            deadline = time.monotonic() + 15
+            while not (details := await console.call("GET", f"{path}/stream", 200))["video"]:
+                assert time.monotonic() < deadline, details
+                await asyncio.sleep(0.2)
+            assert details["publisher"]["protocol"] == "rtmp" and details["video"]["codec"] == "h264"
+            assert other.hub.stats("live", room.stream_name) is None  # nobody watches there: no pull either
+            await console.call("POST", f"{path}/kick", 204)
+            await wait_status(origin, app, room.roomid, LiveStatus.INTERRUPTED)
+            assert await asyncio.wait_for(publisher.process.wait(), 10) is not None
+            await console.call("POST", f"{path}/kick", 404)
+    finally:
+        await publisher.stop()
