@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
+from api import config
 from api.console.sessions import COOKIE, SEEN, SESSIONS
 from api.models import LiveStatus, Replay
 from api.openapi import DOCUMENT
@@ -524,3 +525,21 @@ async def test_in_a_cluster_any_node_shows_and_kicks_the_origins_stream(make_ser
             await console.call("POST", f"{path}/kick", 404)
     finally:
         await publisher.stop()
+
+
+def test_console_settings_are_checked_at_load(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text("[console]\nsession_idle_minutes = 15\nlogin_attempts_per_minute = 5\n")
+    settings = config.load(good, {})
+    assert (settings.console.session_idle_minutes, settings.console.login_attempts_per_minute) == (15.0, 5)
+    for body, named in (
+        ("session_idle_minutes = 0", "session_idle_minutes"),
+        ("session_max_hours = -1", "session_max_hours"),
+        ("login_attempts_per_minute = 0", "login_attempts_per_minute"),
+        ("session_idle_minute = 5", "unknown setting 'session_idle_minute'"),
+        ('session_idle_minutes = "an hour"', "must be float"),
+    ):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(f"[console]\n{body}\n")
+        with pytest.raises(config.ConfigError, match=named):
+            config.load(bad, {})
