@@ -10,27 +10,29 @@ import { Preview, renditionUrl, renditions } from "./player.js";
 const GOP_WARNING_SECONDS = 4; // viewers wait up to a keyframe interval before the first picture
 const ACTIONS = ["kick", "pause", "resume", "ban", "end"];
 
+// GET /api/v1/rooms/{id}/stream: publisher {address, protocol}, video {codec, width, height, fps,
+// keyframe_interval (s)}, audio {codec, sample_rate}, bitrate_in (bit/s), latency_ms, audience.
 function describe(stats) {
   const video = stats.video || {};
   const audio = stats.audio || {};
-  const size = video.width ? `${video.width}×${video.height}` : "—";
-  const gop = stats.keyframe_interval ?? stats.gop_seconds ?? null;
+  const size = video.width ? ` ${video.width}×${video.height}` : "";
+  const gop = video.keyframe_interval ?? null;
   return [
-    [t("live.publisher"), stats.publisher?.address ?? stats.publisher_address ?? stats.publisher ?? "—"],
-    [t("live.protocol"), stats.protocol ?? stats.publisher?.protocol ?? "—"],
-    [t("live.video"), `${video.codec ?? "—"} ${size}`],
-    [t("live.audio"), `${audio.codec ?? "—"}${audio.sample_rate ? ` ${audio.sample_rate} Hz` : ""}`],
-    [t("live.gop"), gop === null ? "—" : `${Number(gop).toFixed(1)} s`, gop !== null && gop > GOP_WARNING_SECONDS],
+    [t("live.publisher"), stats.publisher?.address || "—"],
+    [t("live.protocol"), stats.publisher?.protocol || "—"],
+    [t("live.video"), video.codec ? `${video.codec}${size} ${video.fps ?? ""} fps` : "—"],
+    [t("live.audio"), audio.codec ? `${audio.codec}${audio.sample_rate ? ` ${audio.sample_rate} Hz` : ""}` : "—"],
+    [t("live.gop"), gop === null ? "—" : `${gop.toFixed(1)} s`, gop !== null && gop > GOP_WARNING_SECONDS],
   ];
 }
 
-// Numbers of one /stream answer, whatever it nests: bitrate in kbit/s, fps, latency ms, audience.
 function numbers(stats) {
-  const bitrate = stats.bitrate_kbps ?? (stats.bitrate_in != null ? stats.bitrate_in / 1000 : stats.video?.bitrate_kbps);
-  const fps = stats.fps ?? stats.video?.fps;
-  const latency = stats.latency_ms ?? (stats.latency != null ? stats.latency * 1000 : null);
-  const audience = stats.audience?.by_protocol ?? stats.audience ?? stats.viewers_by_protocol ?? {};
-  return { bitrate: bitrate == null ? null : Math.round(bitrate), fps: fps == null ? null : Math.round(fps * 10) / 10, latency, audience };
+  return {
+    bitrate: stats.bitrate_in == null ? null : Math.round(stats.bitrate_in / 1000),
+    fps: stats.video?.fps ?? null,
+    latency: stats.latency_ms ?? null,
+    audience: stats.audience?.by_protocol || {},
+  };
 }
 
 // The player, renditions and stream details are asked for only while the room is live (101): a

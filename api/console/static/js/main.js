@@ -67,11 +67,11 @@ function loginView() {
   return { node: form, focus: appid };
 }
 
-// Room times are shown on the app's clock: /console/api/me or the app's JSON names the zone.
+// Room times are shown on the app's clock, the server's [rooms] time_zone, which the app's usage names.
 async function learnZone() {
   if (!session.app || session.zoneKnown) return;
-  const app = await get("/api/v1/app").catch(() => ({}));
-  if (app.time_zone) session.timeZone = app.time_zone;
+  const usage = await get("/api/v1/app/usage").catch(() => ({}));
+  if (usage.time_zone) session.timeZone = usage.time_zone;
   session.zoneKnown = true;
 }
 

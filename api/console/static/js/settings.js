@@ -85,18 +85,12 @@ async function usageCard() {
     card.append(h("p", { class: "form-error" }, `${error.message} (${error.code})`));
     return card;
   }
-  const used = usage.calls || usage.used || {};
-  const quotas = usage.quotas || {};
-  const names = [...new Set([...Object.keys(quotas), ...Object.keys(used)])].filter((name) => name !== "default").sort();
   card.append(
-    usage.day ? h("p", { class: "hint" }, t("settings.usage.day", { day: usage.day, zone: usage.time_zone || "" })) : null,
+    h("p", { class: "hint" }, t("settings.usage.day", { day: usage.day, zone: usage.time_zone })),
     h("table", {}, h("thead", {}, h("tr", {}, ...["api", "used", "quota"].map((c) => h("th", { scope: "col" }, t(`settings.usage.${c}`))))),
-      h("tbody", {}, ...names.map((name) => {
-        const count = used[name] ?? 0;
-        const limit = quotas[name] ?? quotas.default ?? "—";
-        return h("tr", {}, h("td", { class: "mono" }, name), h("td", {}, String(count)),
-          h("td", {}, h("meter", { min: 0, max: Number(limit) || 1, value: count, "aria-label": name }), ` ${limit}`));
-      }))));
+      h("tbody", {}, ...usage.endpoints.map(({ endpoint, calls, quota }) =>
+        h("tr", {}, h("td", { class: "mono" }, endpoint), h("td", {}, String(calls)),
+          h("td", {}, h("meter", { min: 0, max: quota || 1, value: calls, "aria-label": endpoint }), ` ${quota}`))))));
   return card;
 }
 
