@@ -125,6 +125,7 @@ const ROUTES = [
 async function route() {
   leave();
   leave = () => {};
+  document.getElementById("toast").className = "toast"; // a note of the last page does not follow to the next
   renderHeader();
   let hash = location.hash || "#/rooms";
   if (!session.role) hash = "#/login";

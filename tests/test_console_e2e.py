@@ -1,0 +1,235 @@
+"""The console used as an operator uses it, in Debian's Chromium through Playwright, against a real
+server: sign in, create a room with images, copy the push URL and push with ffmpeg, watch the badge
+turn live without a reload, watch the preview decode frames, post and delete a comment, end the room
+and play its replay. The same flow runs at a phone's size. A screenshot is taken at each step into
+the test's artifacts; with ``MINILIVE_DOC_SHOTS=1`` the rooms list and the going-live panel are also
+written to ``docs/img/`` (the README shows them)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import zlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Page, expect
+
+from api.console.sessions import admin_token
+from api.models import App
+from api.server import Server
+from tests.browser import PageLog, wait_for
+from tests.conftest import publish
+
+DOC_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "img"
+Shot = Callable[[Page, str], Awaitable[Path]]
+
+# The browser logs every 4xx answer as a console error; these are the ones the flows ask for:
+# /console/api/me before signing in (401), and the refused room that shows the validation message.
+EXPECTED_ME = r"status of 401 .*\(.*/console/api/me"
+EXPECTED_REFUSAL = r"status of 400 .*\(.*/api/v1/rooms"
+
+
+def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A plain-colour RGB PNG: the images an operator uploads."""
+    row = b"\x00" + bytes(rgb) * width
+    raw = row * height
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+async def drop_file(page: Page, selector: str, name: str, data: bytes) -> None:
+    """Drags a file onto ``selector`` as a person does from the desktop (a drop with a DataTransfer)."""
+    await page.evaluate(
+        """([selector, name, bytes]) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], name, { type: "image/png" }));
+            const zone = document.querySelector(selector);
+            zone.dispatchEvent(new DragEvent("dragover", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+            zone.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+        }""",
+        [selector, name, list(data)],
+    )
+
+
+async def decodes(page: Page, selector: str, frames: int = 10, timeout: float = 20) -> None:
+    """Waits until the ``<video>`` at ``selector`` has decoded ``frames`` more frames than now."""
+    count = f"(document.querySelector('{selector}')?.getVideoPlaybackQuality().totalVideoFrames ?? 0)"
+    before = await page.evaluate(count)
+    await wait_for(page, f"{count} > {before + frames}", timeout=timeout)
+
+
+async def sign_in(page: Page, server: Server, app: App) -> None:
+    await page.goto(f"http://127.0.0.1:{server.http_port}/console/")
+    await page.get_by_label("AppID").fill(app.appid)
+    await page.get_by_label("AppSecret").fill(app.secret)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("heading", name="Rooms")).to_be_visible()
+
+
+async def create_room(page: Page, shot: Shot) -> int:
+    """Fills the form (one image dropped, two chosen), is refused once for a short name with the
+    message beside the field, then creates the room; returns its id."""
+    await page.get_by_role("link", name="New room").click()
+    await page.get_by_label("Room name").fill("ab")
+    await drop_file(page, '.drop[data-field="cover_img"]', "cover.png", png(108, 192, (200, 40, 40)))
+    await page.locator('.drop[data-field="cover_img"][data-media-id]').wait_for()
+    for name, size in (("share_img", (80, 64)), ("feeds_img", (80, 80))):
+        image = {"name": f"{name}.png", "mimeType": "image/png", "buffer": png(*size, (40, 90, 200))}
+        await page.get_by_test_id(f"{name}-file").set_input_files(image)
+        await page.locator(f'.drop[data-field="{name}"][data-media-id]').wait_for()
+    await page.get_by_label("Anchor's name").fill("Anchor Lee")
+    await page.get_by_label("Anchor's WeChat ID", exact=True).fill("anchor_lee")
+    await page.get_by_role("button", name="Create room").click()
+    # The server's official message (300002 name length) next to the name field, focus moved there.
+    name_error = page.locator("#" + await page.get_by_label("Room name").get_attribute("id") + "-error")
+    await expect(name_error).to_contain_text("300002")
+    await expect(page.get_by_label("Room name")).to_be_focused()
+    await shot(page, "02-validation")
+    await page.get_by_label("Room name").fill("Console e2e room")
+    await page.get_by_role("button", name="Create room").click()
+    await page.get_by_test_id("push-url").wait_for()
+    return int(page.url.rsplit("/", 1)[1])
+
+
+async def console_flow(page: Page, shot: Shot, server: Server, app: App, docs: bool) -> None:
+    await sign_in(page, server, app)
+    await shot(page, "01-signed-in")
+    roomid = await create_room(page, shot)
+
+    # Going live: copy the push URL with the page's button, and check the OBS split adds up to it.
+    await page.get_by_test_id("push-url").locator("xpath=..").get_by_role("button", name="Copy").click()
+    push_url = await page.evaluate("navigator.clipboard.readText()")
+    assert push_url.startswith(f"rtmp://127.0.0.1:{server.rtmp_port}/live/{app.appid}-{roomid}?txSecret=")
+    server_part = await page.get_by_test_id("obs-server").input_value()
+    key = await page.get_by_test_id("obs-key").input_value()
+    assert f"{server_part}/{key}" == push_url
+    assert push_url in await page.get_by_test_id("ffmpeg-command").input_value()
+    await expect(page.get_by_test_id("push-qr")).to_be_visible()
+    going_live = await shot(page, "03-going-live")
+
+    # The rooms list, then the push: the badge turns live with no reload (the marker survives).
+    await page.get_by_role("link", name="Rooms", exact=True).first.click()
+    row = page.locator(f'tr[data-roomid="{roomid}"]')
+    await expect(row.get_by_test_id("status")).to_have_attribute("data-status", "102")
+    await page.evaluate("window.notReloaded = true")
+    publisher = await publish(push_url, seconds=60)
+    try:
+        await expect(row.get_by_test_id("status")).to_have_attribute("data-status", "101", timeout=15000)
+        assert await page.evaluate("window.notReloaded === true")
+        rooms_live = await shot(page, "04-rooms-live")
+
+        # The live view: the preview decodes frames, and the stream's details name the codec.
+        await row.get_by_role("link").click()
+        await page.get_by_role("link", name="Live view & channel").click()
+        await decodes(page, "video[data-testid=preview]")
+        await decodes(page, "video[data-testid=preview]")  # and keeps decoding: it plays, not just starts
+        await expect(page.get_by_test_id("stream-details")).to_contain_text(re.compile("h264", re.I), timeout=10000)
+        await shot(page, "05-live-view")
+
+        # The room channel: a comment appears, then is deleted (confirmed in the dialog).
+        await expect(page.get_by_text("Connected as moderator")).to_be_visible()
+        await page.get_by_label("Comment", exact=True).fill("hello from the console")
+        await page.get_by_role("button", name="Send").click()
+        comment = page.get_by_test_id("comments").locator("li", has_text="hello from the console")
+        await expect(comment).to_be_visible()
+        await shot(page, "06-comment")
+        await comment.get_by_role("button", name="Delete").click()
+        await page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+        await expect(comment).to_have_count(0)
+
+        # End the room: Escape first backs out of the dialog, then the confirmed end ends it.
+        await page.get_by_role("button", name="End live").click()
+        await page.keyboard.press("Escape")
+        await expect(page.get_by_role("dialog")).to_be_hidden()
+        await expect(page.get_by_role("button", name="End live")).to_be_focused()
+        await page.get_by_role("button", name="End live").click()
+        await shot(page, "07-end-confirm")
+        await page.get_by_role("dialog").get_by_role("button", name="End live").click()
+        await expect(page.locator("h1 + [data-testid=status]")).to_have_attribute("data-status", "103", timeout=10000)
+    finally:
+        await publisher.stop()
+
+    # The replay: listed once recorded, played in the page, downloadable as MP4.
+    await page.get_by_role("link", name="Replays").click()
+    play = page.get_by_role("button", name="Play")
+    for _ in range(40):
+        if await play.count():
+            break
+        await page.wait_for_timeout(500)
+        await page.reload()
+    await play.first.click()
+    await decodes(page, "video[data-testid=replay-video]")
+    assert (await page.get_by_role("link", name="MP4").first.get_attribute("href") or "").endswith("/replay.mp4")
+    await shot(page, "08-replay")
+    if docs:
+        DOC_IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copy(rooms_live, DOC_IMAGES / "console-rooms.png")
+        shutil.copy(going_live, DOC_IMAGES / "console-going-live.png")
+
+
+@pytest.fixture
+async def console(make_server: Callable[..., Awaitable[Server]]) -> tuple[Server, App]:
+    server = await make_server(allow_anonymous_publish=False)
+    return server, await server.apps.create_app("shop")
+
+
+CLIPBOARD: dict[str, Any] = {"permissions": ["clipboard-read", "clipboard-write"]}
+
+
+async def test_console_flow_desktop(
+    console: tuple[Server, App], new_page: Callable[..., Awaitable[Page]], shot: Shot, page_log: PageLog
+) -> None:
+    page_log.allow(EXPECTED_ME)
+    page_log.allow(EXPECTED_REFUSAL)
+    page = await new_page(**CLIPBOARD)
+    await console_flow(page, shot, *console, docs=os.environ.get("MINILIVE_DOC_SHOTS") == "1")
+
+
+async def test_console_flow_phone(
+    console: tuple[Server, App], new_page: Callable[..., Awaitable[Page]], shot: Shot, page_log: PageLog
+) -> None:
+    page_log.allow(EXPECTED_ME)
+    page_log.allow(EXPECTED_REFUSAL)
+    page = await new_page(phone=True, **CLIPBOARD)
+    await console_flow(page, shot, *console, docs=False)
+    # The phone layout is one column: nothing is wider than the screen.
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+async def test_admin_picks_an_app_and_switches_language(
+    console: tuple[Server, App],
+    new_page: Callable[..., Awaitable[Page]],
+    shot: Shot,
+    page_log: PageLog,
+    tmp_path: Path,
+) -> None:
+    """The admin token signs in, the app picker lists the apps, and the app's rooms follow; the
+    language switch turns the page Chinese (and a zh browser starts in Chinese)."""
+    page_log.allow(EXPECTED_ME)
+    server, app = console
+    page = await new_page(locale="zh-CN")
+    await page.goto(f"http://127.0.0.1:{server.http_port}/console/")
+    await expect(page.get_by_role("heading", name="登录 minilive")).to_be_visible()
+    await page.get_by_role("tab", name="服务器管理员").click()
+    await expect(page.get_by_label("管理员令牌")).to_be_focused()
+    await page.get_by_label("管理员令牌").fill("wrong")
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("alert").filter(has_text="凭据错误")).to_be_visible()
+    page_log.allow(r"status of 401 .*\(.*/console/api/login")
+    await page.get_by_label("管理员令牌").fill(admin_token(server.settings.data_dir))
+    await page.keyboard.press("Enter")
+    await page.get_by_role("button", name=app.appid).click()
+    await expect(page.get_by_role("heading", name="直播间")).to_be_visible()
+    await page.get_by_label("Language / 语言").select_option("en")
+    await expect(page.get_by_role("heading", name="Rooms")).to_be_visible()
+    await expect(page.get_by_text("No rooms yet")).to_be_visible()
+    await shot(page, "admin-rooms")
