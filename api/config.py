@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from api.comments import ChannelSettings
 from api.rooms import RoomSettings
 from api.supervisor import SupervisorSettings
 from ingest.server import RtmpSettings
@@ -55,6 +56,7 @@ class Settings:
     transcode: TranscodeSettings = field(default_factory=TranscodeSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    channel: ChannelSettings = field(default_factory=ChannelSettings)
 
     @property
     def public_host(self) -> str:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from api.apps import Apps
     from api.audience import AudienceOf
     from api.bus import RoomBus
+    from api.channel import Channel
     from api.goods import GoodsLibrary
     from api.ladders import Ladders
     from api.media import MediaLibrary
@@ -38,3 +39,5 @@ SUBSCRIBERS: web.AppKey[Subscribers] = web.AppKey("subscribers")
 GOODS: web.AppKey[GoodsLibrary] = web.AppKey("goods")
 # Roles of an app's members (issue 14, roles-subscribers).
 ROLES: web.AppKey[Roles] = web.AppKey("roles")
+# The room channel (issue 14): its WebSocket members, comments and likes.
+CHANNEL: web.AppKey[Channel] = web.AppKey("channel")
