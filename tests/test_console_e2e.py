@@ -106,6 +106,8 @@ async def console_flow(page: Page, shot: Shot, server: Server, app: App, docs: b
     roomid = await create_room(page, shot)
 
     # Going live: copy the push URL with the page's button, and check the OBS split adds up to it.
+    await expect(page.get_by_test_id("push-qr")).to_be_visible()
+    going_live = await shot(page, "03-going-live")
     await page.get_by_test_id("push-url").locator("xpath=..").get_by_role("button", name="Copy").click()
     push_url = await page.evaluate("navigator.clipboard.readText()")
     assert push_url.startswith(f"rtmp://127.0.0.1:{server.rtmp_port}/live/{app.appid}-{roomid}?txSecret=")
@@ -113,8 +115,6 @@ async def console_flow(page: Page, shot: Shot, server: Server, app: App, docs: b
     key = await page.get_by_test_id("obs-key").input_value()
     assert f"{server_part}/{key}" == push_url
     assert push_url in await page.get_by_test_id("ffmpeg-command").input_value()
-    await expect(page.get_by_test_id("push-qr")).to_be_visible()
-    going_live = await shot(page, "03-going-live")
 
     # The rooms list, then the push: the badge turns live with no reload (the marker survives).
     await page.get_by_role("link", name="Rooms", exact=True).first.click()
