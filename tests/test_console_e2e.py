@@ -7,6 +7,7 @@ written to ``docs/img/`` (the README shows them)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -17,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from playwright.async_api import Page, expect
 
 from api.console.sessions import admin_token
 from api.models import App
 from api.server import Server
 from tests.browser import PageLog, wait_for
-from tests.conftest import publish
+from tests.conftest import add_images, free_port, official_room_body, publish
 
 DOC_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "img"
 Shot = Callable[[Page, str], Awaitable[Path]]
@@ -233,3 +235,102 @@ async def test_admin_picks_an_app_and_switches_language(
     await expect(page.get_by_role("heading", name="Rooms")).to_be_visible()
     await expect(page.get_by_text("No rooms yet")).to_be_visible()
     await shot(page, "admin-rooms")
+
+
+async def signed_in_page(new_page: Callable[..., Awaitable[Page]], page_log: PageLog, server: Server, app: App) -> Page:
+    page_log.allow(EXPECTED_ME)
+    page = await new_page()
+    await sign_in(page, server, app)
+    return page
+
+
+async def test_rooms_search_and_filter(
+    console: tuple[Server, App], new_page: Callable[..., Awaitable[Page]], page_log: PageLog
+) -> None:
+    server, app = console
+    await add_images(server, app.appid)
+    for name in ("Morning market", "Evening tea show"):
+        await server.rooms.create_room(app, official_room_body(app.appid, name=name))
+    page = await signed_in_page(new_page, page_log, server, app)
+    rows = page.locator("table.rooms tbody tr")
+    await expect(rows).to_have_count(2)
+    await page.get_by_label("Search").fill("tea")
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_contain_text("Evening tea show")
+    await page.get_by_label("Search").fill("")
+    await page.get_by_label("Status").select_option("103")
+    await expect(rows).to_have_count(0)
+    await page.get_by_label("Status").select_option("102")
+    await expect(rows).to_have_count(2)
+
+
+async def test_settings_webhook_test_delivery_usage_and_ladder(
+    console: tuple[Server, App], new_page: Callable[..., Awaitable[Page]], page_log: PageLog, shot: Shot
+) -> None:
+    """The webhook URL is saved, a test delivery reaches a real receiver and its answer is shown; the
+    quota table lists today's use; a ladder that is not JSON is refused beside its field."""
+    server, app = console
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(text="ok from the receiver")
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        page = await signed_in_page(new_page, page_log, server, app)
+        await page.get_by_role("link", name="Settings").click()
+        await page.get_by_label("Webhook URL").fill(f"http://127.0.0.1:{port}/hook")
+        await page.get_by_label("Webhook URL").press("Enter")
+        await expect(page.get_by_role("status").filter(has_text="Saved")).to_be_visible()
+        await page.get_by_role("button", name="Send a test delivery").click()
+        result = page.get_by_test_id("webhook-result")
+        await expect(result).to_contain_text("HTTP 200")
+        await expect(result).to_contain_text("ok from the receiver")
+        assert received and received[0]["event"] == "test"
+        await expect(page.locator("meter").first).to_be_attached()
+        await page.get_by_label("Renditions (JSON list)").fill("[480p")
+        await (
+            page.get_by_label("Renditions (JSON list)")
+            .locator("xpath=ancestor::form")
+            .get_by_role("button", name="Save")
+            .click()
+        )
+        await expect(page.get_by_text("The ladder is not valid JSON")).to_be_visible()
+        await shot(page, "settings")
+    finally:
+        await runner.cleanup()
+    assert (await server.apps.app(app.appid)).webhook_url == f"http://127.0.0.1:{port}/hook"
+
+
+async def test_live_controls_gop_warning_pause_resume_kick(
+    console: tuple[Server, App], new_page: Callable[..., Awaitable[Page]], page_log: PageLog, shot: Shot
+) -> None:
+    """A 5 s keyframe interval is warned about; pause and resume change the badge through their
+    dialogs; kick disconnects the encoder."""
+    server, app = console
+    await add_images(server, app.appid)
+    room = await server.rooms.create_room(app, official_room_body(app.appid, closeReplay=1))
+    push_url = server.urls.push_url(app, room)
+    publisher = await publish(push_url, seconds=60, gop=125)
+    try:
+        page = await signed_in_page(new_page, page_log, server, app)
+        await page.goto(f"http://127.0.0.1:{server.http_port}/console/#/rooms/{room.roomid}/live")
+        badge = page.locator("h1 + [data-testid=status]")
+        await expect(badge).to_have_attribute("data-status", "101", timeout=15000)
+        await expect(page.get_by_text("above 4 s viewers wait")).to_be_visible(timeout=20000)
+        await shot(page, "gop-warning")
+        for action, status in (("Pause", "105"), ("Resume", "101")):
+            await page.get_by_role("button", name=action, exact=True).click()
+            await page.get_by_role("dialog").get_by_role("button", name=action, exact=True).click()
+            await expect(badge).to_have_attribute("data-status", status)
+        await page.get_by_role("button", name="Kick publisher").click()
+        await page.get_by_role("dialog").get_by_role("button", name="Kick publisher").click()
+        await asyncio.wait_for(publisher.process.wait(), 10)
+    finally:
+        await publisher.stop()
