@@ -135,6 +135,8 @@ async def console_flow(page: Page, shot: Shot, server: Server, app: App, docs: b
         await decodes(page, "video[data-testid=preview]")
         await decodes(page, "video[data-testid=preview]")  # and keeps decoding: it plays, not just starts
         await expect(page.get_by_test_id("stream-details")).to_contain_text(re.compile("h264", re.I), timeout=10000)
+        await page.get_by_label("Protocol").select_option("hls")  # the same stream through hls.js
+        await decodes(page, "video[data-testid=preview]", timeout=30)
         await shot(page, "05-live-view")
 
         # The room channel: a comment appears, then is deleted (confirmed in the dialog).
@@ -262,6 +264,13 @@ async def test_rooms_search_and_filter(
     await expect(rows).to_have_count(0)
     await page.get_by_label("Status").select_option("102")
     await expect(rows).to_have_count(2)
+    # Edit a room: the form opens with its values, the new name shows in the list.
+    await rows.filter(has_text="Morning market").get_by_role("link").click()
+    await page.get_by_role("link", name="Edit").click()
+    await expect(page.get_by_label("Room name")).to_have_value("Morning market")
+    await page.get_by_label("Room name").fill("Morning market two")
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.get_by_role("heading", name="Morning market two")).to_be_visible()
 
 
 async def test_settings_webhook_test_delivery_usage_and_ladder(

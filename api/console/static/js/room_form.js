@@ -104,7 +104,11 @@ export async function roomFormView(roomid) {
     for (const name of ["name", "anchor_name", "anchor_wechat"]) data[name] = inputs[name].value.trim();
     if (!room && inputs.sub_anchor_wechat.value.trim()) data.sub_anchor_wechat = inputs.sub_anchor_wechat.value.trim();
     for (const [name] of IMAGES) data[name] = images[name].value();
-    for (const name of ["start_time", "end_time"]) data[name] = inputs[name].value ? fromWall(inputs[name].value, zone) : 0;
+    for (const name of ["start_time", "end_time"]) {
+      // An untouched time keeps its exact second (the input shows minutes only).
+      const untouched = room && inputs[name].value === toWall(room[name], zone);
+      data[name] = untouched ? room[name] : inputs[name].value ? fromWall(inputs[name].value, zone) : 0;
+    }
     if (!room) data.type = Number(inputs.type.value);
     for (const name of SWITCHES) data[name] = switches[name].checked ? 1 : 0;
     return data;
