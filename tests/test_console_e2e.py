@@ -174,6 +174,12 @@ async def console_flow(page: Page, shot: Shot, server: Server, app: App, docs: b
     await decodes(page, "video[data-testid=replay-video]")
     assert (await page.get_by_role("link", name="MP4").first.get_attribute("href") or "").endswith("/replay.mp4")
     await shot(page, "08-replay")
+    # Delete it (confirmed): the row goes, and the server no longer lists it.
+    await page.locator("tr[data-replay]").first.get_by_role("button", name="Delete").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    await expect(page.locator("tr[data-replay]")).to_have_count(0)
+    room = await server.rooms.find(roomid)
+    assert room is not None and not await server.rooms.replays(app, roomid)
     if docs:
         DOC_IMAGES.mkdir(parents=True, exist_ok=True)
         shutil.copy(rooms_live, DOC_IMAGES / "console-rooms.png")

@@ -6,7 +6,8 @@ export const session = {
   appid: null, // the signed-in app (role app)
   app: null, // the app being worked on (the admin picks it)
   csrf: "",
-  timeZone: "Asia/Shanghai", // the server's [rooms] time_zone; the official default until /me says
+  timeZone: "Asia/Shanghai", // the server's [rooms] time_zone; the official default until the server says
+  zoneKnown: false,
 };
 
 export class ApiFailure extends Error {
@@ -26,7 +27,6 @@ export function adopt(me) {
   session.role = me.role;
   session.appid = me.appid;
   session.csrf = me.csrf;
-  if (me.time_zone) session.timeZone = me.time_zone;
   session.app = me.role === "app" ? me.appid : sessionStorage.getItem("minilive.app");
 }
 

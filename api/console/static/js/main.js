@@ -76,12 +76,9 @@ async function learnZone() {
 }
 
 async function afterSignIn() {
-  if (!session.app) {
-    location.hash = "#/apps";
-  } else if (!location.hash || location.hash === "#/login" || location.hash === "#/apps") {
-    location.hash = "#/rooms";
-  }
-  await route();
+  const target = !session.app ? "#/apps" : ["", "#/login", "#/apps"].includes(location.hash) ? "#/rooms" : location.hash;
+  if (target !== location.hash) location.hash = target; // hashchange routes
+  else await route();
 }
 
 async function appsView() {
@@ -122,7 +119,10 @@ const ROUTES = [
   [/^#\/settings$/, () => settingsView()],
 ];
 
+let routing = 0; // the newest route() call; an older one that finishes later closes what it made
+
 async function route() {
+  const turn = ++routing;
   leave();
   leave = () => {};
   document.getElementById("toast").className = "toast"; // a note of the last page does not follow to the next
@@ -135,11 +135,15 @@ async function route() {
     if (!match) continue;
     try {
       const made = await make(match);
+      if (turn !== routing) {
+        made.leave?.();
+        return;
+      }
       view.replaceChildren(made.node);
       leave = made.leave || (() => {});
       (made.focus || view).focus();
     } catch (error) {
-      if (error.status === 401) return;
+      if (error.status === 401 || turn !== routing) return;
       view.replaceChildren(h("section", { class: "card" }, h("p", { class: "form-error", role: "alert" }, error.message)));
     }
     return;
