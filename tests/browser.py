@@ -49,6 +49,12 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
+    # Every test's page is a window of its own in the shared process: none may count as hidden, which
+    # would throttle its timers (a player's loading loop) as a background tab's. Playwright's own
+    # launch passes the same.
+    "--disable-background-timer-throttling",
+    "--disable-backgrounding-occluded-windows",
+    "--disable-renderer-backgrounding",
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
     "--allow-loopback-in-peer-connection",
