@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from playwright.async_api import ConsoleMessage, Error, Page
+from playwright.async_api import BrowserContext, ConsoleMessage, Error, Page
 
 CHROMIUM = shutil.which("chromium")
 WEB_ROOT = Path(__file__).parent / "web"
@@ -49,6 +49,12 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
+    # Every test's page is a window of its own in the shared process: none may count as hidden, which
+    # would throttle its timers (a player's loading loop) as a background tab's. Playwright's own
+    # launch passes the same.
+    "--disable-background-timer-throttling",
+    "--disable-backgrounding-occluded-windows",
+    "--disable-renderer-backgrounding",
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
     "--allow-loopback-in-peer-connection",
@@ -152,12 +158,13 @@ class PageLog:
     errors: list[str] = field(default_factory=list)  # console errors, uncaught exceptions, crashes
     allowed: list[re.Pattern[str]] = field(default_factory=list)
 
-    def watch(self, page: Page) -> Page:
+    def watch(self, context: BrowserContext) -> BrowserContext:
+        """Records every page of ``context``: those it has, those the test opens, and popups."""
+        for page in context.pages:
+            self._watch_page(page)
         # Closures, not bound methods: Playwright marks a handler's owner, which a slots class refuses.
-        page.on("console", lambda message: self._on_console(message))
-        page.on("pageerror", lambda error: self.errors.append(f"uncaught {error.name}: {error.message}"))
-        page.on("crash", lambda _: self.errors.append(f"page crashed: {page.url}"))
-        return page
+        context.on("page", lambda page: self._watch_page(page))
+        return context
 
     def allow(self, pattern: str) -> None:
         """Declares that an error matching ``pattern`` (a regular expression, searched) is part of the test."""
@@ -165,6 +172,11 @@ class PageLog:
 
     def unexpected(self) -> list[str]:
         return [e for e in self.errors if not any(p.search(e) for p in self.allowed)]
+
+    def _watch_page(self, page: Page) -> None:
+        page.on("console", lambda message: self._on_console(message))
+        page.on("pageerror", lambda error: self.errors.append(f"uncaught {error.name}: {error.message}"))
+        page.on("crash", lambda _: self.errors.append(f"page crashed: {page.url}"))
 
     def _on_console(self, message: ConsoleMessage) -> None:
         where = message.location

@@ -340,7 +340,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     if log is not None and (errors := log.unexpected()):
         item.stash[CALL_FAILED] = True
         said = "\n".join(log.console)
-        raise AssertionError("the page logged errors:\n" + "\n".join(errors) + "\nall the console said:\n" + said)
+        pytest.fail("the page logged errors:\n" + "\n".join(errors) + "\nall the console said:\n" + said, pytrace=False)
     return result
 
 
@@ -399,14 +399,15 @@ def shot(artifacts: Path) -> Callable[[Page, str], Awaitable[Path]]:
 async def new_page(
     browser: Browser, page_log: PageLog, artifacts: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[Callable[..., Awaitable[Page]]]:
-    """``await new_page(url=None, phone=False, **context_options)``: a page in a new browser context,
-    watched by ``page_log``. When the test fails, each page's last picture goes to its artifacts."""
+    """``await new_page(url=None, phone=False, **context_options)``: a page in a new browser context
+    (``browser.new_context``'s options), watched by ``page_log`` with any page it opens later. When
+    the test fails, each page's last picture goes to its artifacts."""
     contexts: list[BrowserContext] = []
 
     async def open_page(url: str | None = None, *, phone: bool = False, **options: Any) -> Page:
-        context = await browser.new_context(**({**PHONE, **options} if phone else options))
+        context = page_log.watch(await browser.new_context(**({**PHONE, **options} if phone else options)))
         contexts.append(context)
-        tab = page_log.watch(await context.new_page())
+        tab = await context.new_page()
         if url is not None:
             await tab.goto(url)
         return tab

@@ -33,8 +33,13 @@ async def test_page_log_records_console_errors_and_uncaught_exceptions(page, pag
     assert any("error: boom: no player" in e for e in page_log.unexpected()), page_log.errors
     assert any("TypeError: kaput" in e for e in page_log.unexpected()), page_log.errors
     assert any(m.startswith("log: fine") for m in page_log.console), page_log.console
+    # A page that the page opens is watched too.
+    async with page.expect_popup() as opened:
+        await page.evaluate("window.open('about:blank')")
+    await (await opened.value).evaluate("console.error('from the popup')")
+    assert any("error: from the popup" in e for e in page_log.unexpected()), page_log.errors
     # Declared, they no longer fail the test (which would otherwise fail when it returns).
-    page_log.allow(r"boom: ")
+    page_log.allow(r"boom: |from the popup")
     page_log.allow(r"kaput")
     assert page_log.unexpected() == []
 
