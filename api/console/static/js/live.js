@@ -62,6 +62,8 @@ export async function liveView(room, playUrls) {
     offline.hidden = live;
     if (!live) {
       preview.stop();
+      details.replaceChildren();
+      gopWarning.hidden = true;
       return;
     }
     const levels = await renditions(playUrls.source.hls);
