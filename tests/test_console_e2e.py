@@ -25,7 +25,7 @@ from api.console.sessions import admin_token
 from api.models import App
 from api.server import Server
 from tests.browser import PageLog, wait_for
-from tests.conftest import add_images, free_port, official_room_body, publish
+from tests.conftest import free_port, official_room_body, publish
 
 DOC_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "img"
 Shot = Callable[[Page, str], Awaitable[Path]]
@@ -46,6 +46,14 @@ def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+async def room_images(server: Server, app: App) -> dict[str, str]:
+    """Real uploaded images for a room made by the services (the pages show them: no 404s)."""
+    images = {}
+    for field in ("coverImg", "shareImg", "feedsImg"):
+        images[field] = (await server.media.upload(app, "image", png(80, 80, (90, 140, 60)))).media_id
+    return images
 
 
 async def drop_file(page: Page, selector: str, name: str, data: bytes) -> None:
@@ -109,6 +117,7 @@ async def console_flow(page: Page, shot: Shot, server: Server, app: App, docs: b
 
     # Going live: copy the push URL with the page's button, and check the OBS split adds up to it.
     await expect(page.get_by_test_id("push-qr")).to_be_visible()
+    await page.evaluate("window.scrollTo(0, 0)")
     going_live = await shot(page, "03-going-live")
     await page.get_by_test_id("push-url").locator("xpath=..").get_by_role("button", name="Copy").click()
     push_url = await page.evaluate("navigator.clipboard.readText()")
@@ -135,7 +144,7 @@ async def console_flow(page: Page, shot: Shot, server: Server, app: App, docs: b
         await decodes(page, "video[data-testid=preview]")
         await decodes(page, "video[data-testid=preview]")  # and keeps decoding: it plays, not just starts
         await expect(page.get_by_test_id("stream-details")).to_contain_text(re.compile("h264", re.I), timeout=10000)
-        await page.get_by_label("Protocol").select_option("hls")  # the same stream through hls.js
+        await page.get_by_label("Protocol", exact=True).select_option("hls")  # the same stream through hls.js
         await decodes(page, "video[data-testid=preview]", timeout=30)
         await shot(page, "05-live-view")
 
@@ -255,9 +264,9 @@ async def test_rooms_search_and_filter(
     console: tuple[Server, App], new_page: Callable[..., Awaitable[Page]], page_log: PageLog
 ) -> None:
     server, app = console
-    await add_images(server, app.appid)
+    images = await room_images(server, app)
     for name in ("Morning market", "Evening tea show"):
-        await server.rooms.create_room(app, official_room_body(app.appid, name=name))
+        await server.rooms.create_room(app, official_room_body(app.appid, name=name, **images))
     page = await signed_in_page(new_page, page_log, server, app)
     rows = page.locator("table.rooms tbody tr")
     await expect(rows).to_have_count(2)
@@ -328,8 +337,8 @@ async def test_live_controls_gop_warning_pause_resume_kick(
     """A 5 s keyframe interval is warned about; pause and resume change the badge through their
     dialogs; kick disconnects the encoder."""
     server, app = console
-    await add_images(server, app.appid)
-    room = await server.rooms.create_room(app, official_room_body(app.appid, closeReplay=1))
+    images = await room_images(server, app)
+    room = await server.rooms.create_room(app, official_room_body(app.appid, closeReplay=1, **images))
     push_url = server.urls.push_url(app, room)
     publisher = await publish(push_url, seconds=60, gop=125)
     try:
