@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from playwright.async_api import Page, expect
@@ -331,14 +332,47 @@ async def test_settings_webhook_test_delivery_usage_and_ladder(
     assert (await server.apps.app(app.appid)).webhook_url == f"http://127.0.0.1:{port}/hook"
 
 
+async def viewer_socket(server: Server, app: App, roomid: int, session: aiohttp.ClientSession) -> Any:
+    """A viewer in the room channel, with a token the app's own server would give it."""
+    base = f"http://127.0.0.1:{server.http_port}"
+    async with session.post(f"{base}/api/v1/token", json={"appid": app.appid, "secret": app.secret}) as reply:
+        access = (await reply.json())["access_token"]
+    body = {"openid": "viewer-1", "nickname": "Viewer One"}
+    headers = {"Authorization": f"Bearer {access}"}
+    async with session.post(f"{base}/api/v1/rooms/{roomid}/viewer_tokens", json=body, headers=headers) as reply:
+        token = (await reply.json())["token"]
+    return await session.ws_connect(f"{base}/api/v1/rooms/{roomid}/ws?token={token}")
+
+
+async def moderate_and_push_goods(page: Page, server: Server, app: App, roomid: int) -> None:
+    """A viewer's comment is muted from the console (the viewer is told), and a goods item on the
+    shelf is pushed (the console hears the channel's goods message)."""
+    async with aiohttp.ClientSession() as session:
+        viewer = await viewer_socket(server, app, roomid, session)
+        await expect(page.get_by_text("Connected as moderator")).to_be_visible()
+        await viewer.send_json({"type": "comment", "text": "a viewer says hi"})
+        comment = page.get_by_test_id("comments").locator("li", has_text="a viewer says hi")
+        await comment.get_by_role("button", name="Mute").click()
+        await expect(comment.get_by_role("button", name="Unmute")).to_be_visible()
+        while (message := await viewer.receive_json(timeout=10))["type"] != "mute":
+            pass
+        assert message == {"type": "mute", "roomid": roomid, "openid": "viewer-1", "muted": True}
+        await viewer.close()
+    await page.get_by_role("button", name="Push", exact=True).click()
+    await expect(page.get_by_role("status").filter(has_text="Pushed: Tea cup")).to_be_visible()
+
+
 async def test_live_controls_gop_warning_pause_resume_kick(
     console: tuple[Server, App], new_page: Callable[..., Awaitable[Page]], page_log: PageLog, shot: Shot
 ) -> None:
     """A 5 s keyframe interval is warned about; pause and resume change the badge through their
-    dialogs; kick disconnects the encoder."""
+    dialogs; a viewer is muted and goods pushed; kick disconnects the encoder."""
     server, app = console
     images = await room_images(server, app)
     room = await server.rooms.create_room(app, official_room_body(app.appid, closeReplay=1, **images))
+    goods_info = {"coverImgUrl": images["coverImg"], "name": "Tea cup", "priceType": 1, "price": 19.9, "url": "pages/a"}
+    goods = await server.goods.add(app, {"goodsInfo": goods_info})
+    await server.goods.add_to_room(app, room.roomid, [goods.goods_id])
     push_url = server.urls.push_url(app, room)
     publisher = await publish(push_url, seconds=60, gop=125)
     try:
@@ -352,6 +386,7 @@ async def test_live_controls_gop_warning_pause_resume_kick(
             await page.get_by_role("button", name=action, exact=True).click()
             await page.get_by_role("dialog").get_by_role("button", name=action, exact=True).click()
             await expect(badge).to_have_attribute("data-status", status)
+        await moderate_and_push_goods(page, server, app, room.roomid)
         await page.get_by_role("button", name="Kick publisher").click()
         await page.get_by_role("dialog").get_by_role("button", name="Kick publisher").click()
         await asyncio.wait_for(publisher.process.wait(), 10)
