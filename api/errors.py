@@ -191,3 +191,44 @@ def json_error(exc: ApiError) -> web.Response:
     return web.json_response(
         {"error": {"code": exc.errcode, "message": exc.errmsg}}, status=exc.http_status, headers=CORS
     )
+
+
+# The console's sign-in and sessions, and the REST additions it uses (issue 15): minilive's own codes.
+CONSOLE_SIGN_IN = 9410301
+CONSOLE_SESSION = 9410302
+CONSOLE_CSRF = 9410303
+CONSOLE_FORBIDDEN = 9410304
+CONSOLE_RATE_LIMITED = 9410305
+CONSOLE_APP_REQUIRED = 9410306
+CONSOLE_APP_UNKNOWN = 9410307
+STREAM_NOT_HERE = 9410308
+REPLAY_NOT_FOUND = 9410201  # the room channel's (issue 14) code for the same thing
+REPLAY_RECORDING = 9410309
+MESSAGES.update(
+    {
+        CONSOLE_SIGN_IN: "sign-in refused",
+        CONSOLE_SESSION: "console session missing or over",
+        CONSOLE_CSRF: "CSRF token missing or wrong",
+        CONSOLE_FORBIDDEN: "not allowed for this session",
+        CONSOLE_RATE_LIMITED: "too many sign-in attempts",
+        CONSOLE_APP_REQUIRED: "no app named",
+        CONSOLE_APP_UNKNOWN: "app not exist",
+        STREAM_NOT_HERE: "the room's stream is not live on this server",
+        REPLAY_NOT_FOUND: "replay not exist",
+        REPLAY_RECORDING: "the replay is still being recorded",
+    }
+)
+HTTP_STATUS.update(
+    {
+        CONSOLE_SIGN_IN: 401,
+        CONSOLE_SESSION: 401,
+        CONSOLE_CSRF: 403,
+        CONSOLE_FORBIDDEN: 403,
+        CONSOLE_RATE_LIMITED: 429,
+        CONSOLE_APP_REQUIRED: 400,
+        CONSOLE_APP_UNKNOWN: 404,
+        STREAM_NOT_HERE: 404,
+        REPLAY_NOT_FOUND: 404,
+        REPLAY_RECORDING: 409,
+    }
+)

@@ -542,3 +542,173 @@ DOCUMENT: dict[str, Any] = {
         },
     },
 }
+
+# ---------------------------------------------------------------- what the console uses (issue 15)
+
+_FORBIDDEN = _json(
+    _ref("Error"),
+    "console session: a write without the right X-CSRF-Token (9410303), or another app named (9410304)",
+)
+_NOT_HERE = _json(_ref("Error"), "no such room for this app (300022), or its anchor is not on this server (9410308)")
+
+
+def _console_operation(
+    summary: str, ok: dict[str, Any], not_found: dict[str, Any] | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    op = _operation(summary, ok, **kwargs)
+    op["responses"]["403"] = _FORBIDDEN
+    if not_found:
+        op["responses"]["404"] = not_found
+    return op
+
+
+SCHEMAS["MediaUpload"] = _object({"media_id": STR, "url": {**STR, "description": "where the image is served"}})
+SCHEMAS["Usage"] = _object(
+    {
+        "day": {**STR, "description": "today in time_zone, YYYY-MM-DD"},
+        "time_zone": STR,
+        "endpoints": {
+            "type": "array",
+            "items": _object({"endpoint": STR, "calls": INT, "quota": {**INT, "description": "calls a day"}}),
+        },
+    }
+)
+SCHEMAS["WebhookTest"] = _object(
+    {
+        "status": {"type": ["integer", "null"], "description": "the receiver's HTTP status; null: no answer"},
+        "body": {**STR, "description": "the first 2 KB of its answer"},
+        "error": {**STR, "description": "why no answer came (empty when one came)"},
+        "duration_ms": NUM,
+    }
+)
+_CODEC = {"type": ["string", "null"]}
+SCHEMAS["LiveStream"] = _object(
+    {
+        "roomid": INT,
+        "stream": STR,
+        "live_status": INT,
+        "held": {"type": "boolean", "description": "paused (105): the anchor may push, viewers get nothing"},
+        "publisher": _object(
+            {
+                "address": {**STR, "description": "the anchor's address and port"},
+                "protocol": {**STR, "description": "rtmp, rtmps, whip..."},
+                "since": {**NUM, "description": "Unix seconds"},
+                "uptime": {**NUM, "description": "seconds"},
+            }
+        ),
+        "video": {
+            "type": ["object", "null"],
+            "properties": {
+                "codec": _CODEC,
+                "width": INT,
+                "height": INT,
+                "fps": {**NUM, "description": "measured over the last second"},
+                "keyframe_interval": {
+                    "type": ["number", "null"],
+                    "description": "seconds between the anchor's last two keyframes (its GOP); null before two",
+                },
+            },
+            "required": ["codec", "width", "height", "fps", "keyframe_interval"],
+        },
+        "audio": {
+            "type": ["object", "null"],
+            "properties": {"codec": _CODEC, "sample_rate": INT, "channels": INT},
+            "required": ["codec", "sample_rate", "channels"],
+        },
+        "bitrate_in": {**INT, "description": "bit/s over the last second"},
+        "audience": _object(
+            {"total": INT, "by_protocol": {"type": "object", "additionalProperties": INT}},
+        ),
+        "latency_ms": {"type": ["number", "null"], "description": "null: not measured"},
+    }
+)
+_REPLAY_ID = {"name": "replay_id", "in": "path", "required": True, "schema": STR}
+CONSOLE_PATHS: dict[str, Any] = {
+    "/api/v1/media": {
+        "post": {
+            **_console_operation(
+                "Upload an image (multipart field 'media'; PNG, JPEG, GIF or WebP): the media_id a room's cover_img, "
+                "share_img and feeds_img take, as /cgi-bin/media/upload gives",
+                _json(_ref("MediaUpload"), "stored"),
+                status=201,
+                errors=(400, 401),
+            ),
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"media": {"type": "string", "format": "binary"}},
+                            "required": ["media"],
+                        }
+                    }
+                },
+            },
+        }
+    },
+    "/api/v1/app/usage": {
+        "get": _console_operation(
+            "Today's calls of each official endpoint against its daily quota (the day of [rooms] time_zone)",
+            _json(_ref("Usage"), "calls and quotas"),
+        )
+    },
+    "/api/v1/app/webhook_test": {
+        "post": _console_operation(
+            "Send a signed 'test' event to the app's webhook_url now, once, and show what came back (400: no "
+            "webhook_url)",
+            _json(_ref("WebhookTest"), "the receiver's answer, or why none came"),
+            errors=(400, 401),
+        )
+    },
+    "/api/v1/rooms/{id}/stream": {
+        "get": _console_operation(
+            "The room's live stream on this server: the anchor's address, codecs, size, fps, keyframe "
+            "interval, bitrate in and audience",
+            _json(_ref("LiveStream"), "live here"),
+            _NOT_HERE,
+            params=[ROOM_ID],
+        )
+    },
+    "/api/v1/rooms/{id}/kick": {
+        "post": _console_operation(
+            "Disconnect the anchor (204). The room changes as when an anchor drops (101 -> 106) and goes live "
+            "again when the anchor pushes; to keep it off the air, ban or end it",
+            {"description": "disconnected"},
+            _NOT_HERE,
+            status=204,
+            params=[ROOM_ID],
+        )
+    },
+    "/api/v1/replays/{replay_id}": {
+        "delete": _console_operation(
+            "Delete one of the app's replays, files and all (404: no such replay; 409: still being recorded)",
+            {"description": "deleted"},
+            _json(_ref("Error"), "the app has no such replay (9410201)"),
+            status=204,
+            errors=(401, 409),
+            params=[_REPLAY_ID],
+        )
+    },
+    "/api/v1/rooms/{id}/goods/{goods_id}/push": {
+        "post": _console_operation(
+            "Push (pin) goods of the room's list to its viewers, as the official goods/push: only while live "
+            "(409), on sale and not while other goods are showing (400: 300052, 300047, 300053)",
+            {"description": "pushed: the room channel announces it"},
+            _json(_ref("Error"), "no such room for this app (300022)"),
+            status=204,
+            errors=(400, 401, 409),
+            params=[ROOM_ID, _GOODS_ID],
+        )
+    },
+}
+PATHS.update(CONSOLE_PATHS)
+SCHEMAS["Delivery"]["properties"]["event"]["enum"].append("test")
+DOCUMENT["security"].append({"console": []})
+DOCUMENT["components"]["securitySchemes"]["console"] = {
+    "type": "apiKey",
+    "in": "cookie",
+    "name": "minilive_console",
+    "description": "the console's session (POST /console/api/login). Writes carry X-CSRF-Token (the csrf it "
+    "answered); an admin session names the app with X-Minilive-App",
+}

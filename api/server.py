@@ -10,15 +10,18 @@ import signal
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from api import cluster, errors, goods_api, keys, rest, role_routes, streams, subscriber_routes, wechat
+from api import cluster, errors, goods_api, keys, operator_routes, rest, role_routes, streams, subscriber_routes, wechat
 from api.access import AccessPolicy
 from api.apps import Apps
 from api.audience import Audience
 from api.bus import RoomBus
 from api.config import Settings
+from api.console import routes as console_routes
+from api.console.sessions import Sessions
 from api.errors import ApiError, StoreUnavailable, json_error
 from api.goods import GoodsLibrary
 from api.ladders import Ladders
+from api.live import LiveStreams
 from api.media import MediaLibrary
 from api.replays import ReplayService
 from api.roles import Roles
@@ -174,6 +177,8 @@ class Server:
         self.status = StatusRoutes(self.store, self.audience)
         self.policy = AccessPolicy(settings.allow_anonymous_publish, self.store, settings.rooms, self.room_status)
         self.media = MediaLibrary(self.store, settings.data_dir, settings.rooms.media_ttl_seconds)
+        self.console = Sessions(self.store, settings.console, settings.data_dir)
+        self.live = LiveStreams(self.hub, settings.rooms.rtmp_app, self.audience)
         self.hls = HlsPlayback(self.hub, settings.hls, self.policy.play, self.renditions)
         # One of several nodes (workers, or boxes behind Redis): a publish claims its stream in the
         # registry, and viewers here of a stream published elsewhere are served by a pull.
@@ -197,6 +202,8 @@ class Server:
         )
         if self.cluster is not None:
             self.cluster.listener.extra_routes = self.webrtc.session_routes()
+            self.cluster.listener.extra_routes += self.live.node_routes()
+            self.live.cluster = self.cluster.cluster
         self.app = self.build_app()
         self._runner: web.AppRunner | None = None
         self.http_site: FastPathListener | None = None
@@ -240,6 +247,8 @@ class Server:
         app.add_routes(self.replays.routes())
         app[keys.GOODS] = self.goods
         app.add_routes(goods_api.routes())
+        app[keys.CONSOLE], app[keys.LIVE], app[keys.WEBHOOKS] = self.console, self.live, self.webhooks
+        app.add_routes([*console_routes.routes(), *operator_routes.routes()])
         app.cleanup_ctx.append(self.media.cleanup_ctx)
         app.cleanup_ctx.append(self.hls.cleanup_ctx)
         return app
@@ -312,6 +321,7 @@ class Server:
         await self.room_status.stop()
         await self.replays.stop()
         await self.webhooks.close()
+        await self.live.close()
         await self.status.close()
         if self.cluster is not None:
             await self.cluster.stop()

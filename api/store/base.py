@@ -129,6 +129,10 @@ class RoomStore(abc.ABC):
         True if counted, False if the limit was reached (then nothing is counted)."""
 
     @abc.abstractmethod
+    async def counter(self, key: str) -> int:
+        """How many uses ``incr_counter`` counted under ``key`` in its lifetime (0 once it expired)."""
+
+    @abc.abstractmethod
     async def claim_live_slot(self, appid: str, roomid: int, limit: int) -> bool:
         """Atomically mark the room as live for the app's concurrent-lives limit. True if it holds a
         slot now (already holding one counts), False if the app already has ``limit`` others."""

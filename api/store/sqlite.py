@@ -343,6 +343,16 @@ class SqliteStore(RoomStore):
             )
         return True
 
+    async def counter(self, key: str) -> int:
+        return await self._run(self._counter, key)
+
+    def _counter(self, key: str) -> int:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT count FROM counters WHERE key = ? AND expires_at > ?", (key, time.time())
+            ).fetchone()
+        return 0 if row is None else row[0]
+
     async def claim_live_slot(self, appid: str, roomid: int, limit: int) -> bool:
         return await self._run(self._claim_live_slot, appid, roomid, limit)
 
