@@ -13,7 +13,7 @@ import pytest
 PROJECT = Path(__file__).parent / "miniprogram"
 NODE, NPM = shutil.which("node"), shutil.which("npm")
 # The jest files and what each must hold: a run where a file went missing is not a pass.
-SUITES = {"room.test.js": 8, "viewer.test.js": 7, "project.test.js": 2}
+SUITES = {"room.test.js": 8, "viewer.test.js": 7, "anchor.test.js": 2, "replay.test.js": 2, "project.test.js": 2}
 
 pytestmark = pytest.mark.skipif(
     not (NODE and NPM), reason="node and npm are not installed: scripts/dev test installs them (Debian nodejs, npm)"

@@ -4,7 +4,7 @@
 const path = require('path')
 const simulate = require('miniprogram-simulate')
 
-const ROOT = path.join(__dirname, '../../examples/miniprogram')
+const { ROOT, installWx, standIn, render, text, shown, all } = require('./fake-wx.js')
 const { LIKE_FLUSH_MS } = require(path.join(ROOT, 'utils/channel.js'))
 
 const QUALITIES = [
@@ -13,68 +13,23 @@ const QUALITIES = [
 ]
 const GOODS = [{ goods_id: 1, name: '茶', price: 1990, url: 'pages/goods?id=1', cover_img: '', on_sale: 1 }]
 
-// A socket the test drives: onMessage callbacks receive what `emit` sends; `sent` is what the page sent.
-function fakeSocket(options) {
-  const handlers = {}
-  const socket = {
-    url: options.url,
-    sent: [],
-    onOpen: (f) => { handlers.open = f },
-    onMessage: (f) => { handlers.message = f },
-    onClose: (f) => { handlers.close = f },
-    onError: (f) => { handlers.error = f },
-    send: ({ data }) => socket.sent.push(JSON.parse(data)),
-    close: () => handlers.close && handlers.close({}),
-    open: () => handlers.open({}),
-    emit: (message) => handlers.message({ data: JSON.stringify(message) }),
-  }
-  return socket
-}
-
-// live-player is WeChat's native component, which the simulator does not have: a stand-in with its
-// src property shows what the page gives it.
-const LIVE_PLAYER = simulate.load({
-  properties: { src: String, mode: String, autoplay: Boolean },
-  template: '<view class="src">{{src}}</view>',
+// Loaded once: the page's module is required once per test file. live-player is a stand-in.
+const VIEWER = simulate.load(path.join(ROOT, 'pages/viewer/viewer'), {
+  usingComponents: { 'live-player': standIn({ src: String, mode: String, autoplay: Boolean }) },
 })
-// Loaded once: the page's module is required once per test file.
-const VIEWER = simulate.load(path.join(ROOT, 'pages/viewer/viewer'), { usingComponents: { 'live-player': LIVE_PLAYER } })
 let sockets
 let requests
 
 beforeEach(() => {
-  sockets = []
-  requests = []
-  const storage = {}
-  const backend = {
+  ;({ sockets, requests } = installWx({
     'POST /api/login': () => ({ session: 'S1', openid: 'o_me', mocked: true, expires_in: 60 }),
     'GET /api/rooms/7': () => ({ room: { roomid: 7, name: '测试直播间', live_status: 102 }, goods: GOODS, qualities: QUALITIES, hls: '' }),
     'POST /api/rooms/7/channel': () => ({ token: 'T', expires_in: 900, url: 'ws://live.test/api/v1/rooms/7/ws?token=T', role: 'viewer' }),
-  }
-  global.getApp = () => ({ globalData: { nickname: '小明' } })
-  Object.assign(global.wx, {
-    getStorageSync: (key) => storage[key] || '',
-    setStorageSync: (key, value) => { storage[key] = value },
-    login: ({ success }) => success({ code: 'code-1' }),
-    request: (options) => {
-      const route = `${options.method} ${options.url.replace(/^https?:\/\/[^/]+/, '')}`
-      requests.push({ route, data: options.data, header: options.header })
-      const answer = backend[route]
-      setTimeout(() => (answer ? options.success({ statusCode: 200, data: answer() }) : options.success({ statusCode: 404, data: { error: { code: 'nope', message: route } } })), 0)
-    },
-    connectSocket: (options) => {
-      const socket = fakeSocket(options)
-      sockets.push(socket)
-      return socket
-    },
-    setNavigationBarTitle: () => {},
-    showToast: jest.fn(),
-  })
+  }))
 })
 
 async function openViewer() {
-  const page = simulate.render(VIEWER)
-  page.attach(document.createElement('parent-wrapper'))
+  const page = render(VIEWER)
   await page.instance.onLoad({ roomId: '7' })
   await simulate.sleep(5)
   expect(sockets.length).toBe(1)
@@ -82,12 +37,7 @@ async function openViewer() {
   return page
 }
 
-const text = (page, selector) => (page.querySelector(selector) ? page.querySelector(selector).dom.textContent.trim() : null)
-const all = (page, selector) => page.querySelectorAll(selector).map((node) => node.dom.textContent.trim())
-const playing = (page) => {
-  const player = page.querySelector('#player')
-  return player ? player.dom.textContent.trim() : null
-}
+const playing = (page) => shown(page, '#player', 'src')
 const status = (liveStatus, previous = null) => ({ type: 'status', roomid: 7, live_status: liveStatus, previous_status: previous, reason: 'r', time: 1, viewers: 2 })
 
 test('logs in, gets a viewer token from the back end and joins the channel it names', async () => {

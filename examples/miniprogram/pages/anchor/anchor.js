@@ -36,8 +36,9 @@ Component({
           this.channel = openChannel(
             () => api.channel(this.roomid, '主播').then((reply) => reply.url),
             (message) => {
-              this.state = room.reduce(this.state, message, api.openid())
-              this.setData({ statusText: this.state.statusText, liveStatus: this.state.liveStatus, viewers: this.state.viewers, likes: this.state.likes })
+              const state = (this.state = room.reduce(this.state, message, api.openid()))
+              const { statusText, liveStatus, viewers, likes } = state
+              this.setData({ statusText, liveStatus, viewers, likes })
             },
           )
         })
