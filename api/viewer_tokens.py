@@ -81,5 +81,5 @@ def verify(secret: str, token: str, roomid: int, now: float) -> ViewerIdentity:
     if viewer.roomid != roomid:
         raise TokenRefused(f"viewer token is for room {viewer.roomid}, not {roomid}")
     if viewer.expires_at <= now:
-        raise TokenRefused("viewer token expired: ask your server for a new one (POST /api/v1/rooms/{id}/viewer_tokens)")
+        raise TokenRefused("viewer token expired: ask your server for a new one (POST .../viewer_tokens)")
     return viewer
