@@ -269,6 +269,7 @@ class Channel:
         if not channel_room.members and self.rooms.get(channel_room.roomid) is channel_room:
             del self.rooms[channel_room.roomid]
             self.feed.remove(channel_room.roomid, channel_room)
+            self.comments.totals.pop(channel_room.roomid, None)  # read again by the next member
 
     def _flooding(self, member: Member) -> bool:
         now = time.monotonic()
@@ -294,6 +295,9 @@ class Channel:
             return refused.reply()
         except ApiError as exc:
             return Refused(BAD_REQUEST if exc.errcode != errors.SYSTEM_ERROR else UNAVAILABLE, exc.errmsg).reply()
+        except Exception:
+            log.exception("room %d: a member's message failed", channel_room.roomid)
+            return Refused(UNAVAILABLE, "the server could not do this now: try again").reply()
 
     async def _act(
         self, channel_room: ChannelRoom, member: Member, app: App, subscribers: Subscribers | None, message: Message

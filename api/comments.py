@@ -17,7 +17,6 @@ every node through the room bus (``api.bus``), never directly, so that everyone 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -314,8 +313,10 @@ class Comments:
         while True:
             now = self.clock()
             await asyncio.sleep(period - now % period)  # on the wall clock's seconds, as other nodes
-            with contextlib.suppress(Exception):
+            try:
                 await self.publish_likes(int(self.clock() // period))
+            except Exception as exc:  # the store is down: the likes wait for a later tick
+                log.warning("likes not published: %s", exc)
 
     async def publish_likes(self, second: int) -> None:
         """Add this node's likes to the rooms' totals; one node per room and ``second`` publishes it."""
