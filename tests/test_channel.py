@@ -8,10 +8,13 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonschema
 import pytest
+import yaml
 from aiohttp import web
 
 from api import viewer_tokens
@@ -21,6 +24,29 @@ from tests.test_replays import wait_replay
 from tests.test_rooms_live import wait_status
 from tests.test_status_push import next_event, start_publishing, wait_for, watch
 from tests.test_webhooks import Receiver
+
+ASYNCAPI = yaml.safe_load((Path(__file__).parent.parent / "docs" / "asyncapi.yaml").read_text())
+# A received message's type -> its AsyncAPI message (others: the room bus's messages, left open).
+DOCUMENTED = {
+    "status": "status",
+    "viewers": "viewers",
+    "comment": "comment",
+    "comment_deleted": "commentDeleted",
+    "mute": "mute",
+    "likes": "likes",
+    "subscription": "subscription",
+    "error": "error",
+}
+
+
+def documented(message: dict[str, Any]) -> dict[str, Any]:
+    """``message``, checked against its schema in docs/asyncapi.yaml (closed to undocumented fields)."""
+    name = DOCUMENTED.get(message["type"], "roomMessage")
+    schema = ASYNCAPI["components"]["messages"][name]["payload"]
+    if name != "roomMessage":
+        schema = {**schema, "additionalProperties": False}
+    jsonschema.validate(message, schema)
+    return message
 
 
 def base(server) -> str:
@@ -47,7 +73,7 @@ async def join(session, server, roomid: int, token: str = "") -> aiohttp.ClientW
     """A member, past its first message (the room's status)."""
     query = f"?token={token}" if token else ""
     ws = await session.ws_connect(f"{base(server)}/api/v1/rooms/{roomid}/ws{query}")
-    first = await ws.receive_json(timeout=5)
+    first = documented(await ws.receive_json(timeout=5))
     assert (first["type"], first["roomid"]) == ("status", roomid)
     return ws
 
@@ -56,7 +82,7 @@ async def next_of(ws, kind: str, timeout: float = 5) -> dict[str, Any]:
     """The next message of type ``kind`` (others skipped: viewer counts, likes...)."""
     deadline = time.monotonic() + timeout
     while True:
-        message = await ws.receive_json(timeout=max(0.01, deadline - time.monotonic()))
+        message = documented(await ws.receive_json(timeout=max(0.01, deadline - time.monotonic())))
         if message["type"] == kind:
             return message
 
@@ -107,6 +133,8 @@ async def test_viewer_tokens_are_signed_bound_to_a_room_and_expire(make_server, 
             assert response.status == 400 and (await response.json())["error"]["code"] == 200002, bad
     async with session.post(tokens_url, json={"openid": "x"}) as response:
         assert response.status == 401
+    async with session.get(f"{base(server)}/api/v1/asyncapi.yaml") as response:
+        assert response.status == 200 and yaml.safe_load(await response.read()) == ASYNCAPI
 
 
 async def test_anonymous_members_only_receive_and_an_app_may_require_tokens(make_server, session):
