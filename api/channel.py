@@ -73,22 +73,22 @@ class Member:
     """One WebSocket client of a room on this node. Frames are written straight to its transport: the
     response is not compressed, so aiohttp writes its own frames (pongs, close) whole, in one call."""
 
-    __slots__ = ("_early", "_last", "buffer_limit", "refusals", "transport", "viewer")
+    __slots__ = ("_last", "buffer_limit", "early", "refusals", "transport", "viewer")
 
     def __init__(self, transport: asyncio.Transport, viewer: ViewerIdentity | None, buffer_limit: int) -> None:
         self.transport = transport
         self.viewer = viewer
         self.buffer_limit = buffer_limit
         self._last: dict[str, Any] = {}
-        self._early: list[tuple[Message | None, bytes]] | None = []  # None once the first message is out
+        self.early: list[tuple[Message | None, bytes]] | None = []  # None once the first message is out
         self.refusals: list[float] = []
 
     def send(self, frame: bytes, message: Message | None = None) -> None:
         """Write ``frame``; ``message`` is given for status and viewer counts, sent only if news."""
-        if self._early is not None:
-            if len(self._early) >= MAX_EARLY:
+        if self.early is not None:
+            if len(self.early) >= MAX_EARLY:
                 self.drop()
-            self._early.append((message, frame))
+            self.early.append((message, frame))
             return
         if message is not None and not self.fresh(message):
             return
@@ -102,7 +102,7 @@ class Member:
 
     def start(self, first: Message) -> None:
         """Send the first message (the status as it is now), then what arrived meanwhile."""
-        early, self._early = self._early or [], None
+        early, self.early = self.early or [], None
         self.send(encode(first), first)
         for message, frame in early:
             self.send(frame, message)
@@ -159,8 +159,15 @@ class ChannelRoom:
         self._flush = None
         data = b"".join(self._batch)
         self._batch.clear()
+        # Member.send inlined: this loop runs for every member of a big room many times a second.
         for member in list(self.members):
-            member.send(data)
+            transport = member.transport
+            if member.early is not None or transport.is_closing():
+                member.send(data)
+            elif transport.get_write_buffer_size() > member.buffer_limit:
+                member.drop()
+            else:
+                transport.write(data)
 
     def close(self) -> None:
         if self._flush is not None:
