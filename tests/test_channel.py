@@ -17,7 +17,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from api import viewer_tokens
+from api import keys, viewer_tokens
 from api.models import LiveStatus
 from tests.conftest import make_room, needs_ffmpeg, official_room_body, publish
 from tests.test_replays import wait_replay
@@ -202,7 +202,6 @@ async def test_refused_messages_are_answered_to_their_sender_alone(make_server, 
         ({"type": "like", "count": "many"}, "bad_request"),
         ({"type": "delete_comment", "id": 1}, "not_admin"),
         ({"type": "mute", "openid": "bob"}, "not_admin"),
-        ({"type": "subscribe"}, "unavailable"),  # no subscribers service on this build
         (json.dumps({"type": "comment", "text": "x" * 65536}), "too_big"),  # a 64 KB message
     ]
     for message, code in cases:
@@ -478,6 +477,23 @@ async def test_comments_of_a_replay_at_their_times(make_server, session):
         assert response.status == 400
     async with session.get(f"{base(server)}/api/v1/replays/nothing/comments") as response:
         assert response.status == 404 and (await response.json())["error"]["code"] == 9410201
+
+
+async def test_subscribe_and_unsubscribe(make_server, session):
+    server = await make_server()
+    app, room = await make_room(server)
+    alice = await join(session, server, room.roomid, await viewer_token(session, server, app, room.roomid, "alice"))
+    if server.app.get(keys.SUBSCRIBERS) is None:  # api/subscribers.py is built on another branch
+        assert (await error_of(alice, {"type": "subscribe"}))["code"] == "unavailable"
+        return
+    answers = []
+    for kind in ("subscribe", "subscribe", "unsubscribe", "unsubscribe"):
+        await alice.send_json({"type": kind})
+        answers.append(await next_of(alice, "subscription"))
+    flags = [(a["subscribed"], a["changed"]) for a in answers]
+    assert flags == [(True, True), (True, False), (False, True), (False, False)]
+    anonymous = await join(session, server, room.roomid)
+    assert (await error_of(anonymous, {"type": "subscribe"}))["code"] == "read_only"
 
 
 def admin_identity(room) -> viewer_tokens.ViewerIdentity:
