@@ -7,11 +7,12 @@ subscriptions and (admins) moderation; see docs/asyncapi.yaml. A refused action 
 
 Fan-out is cheap and bounded: the room's members on this node are ONE listener of the feed
 (``ChannelRoom``); each message is encoded once, as JSON and as one WebSocket frame, and what arrives
-within ``merge_ms`` is written to each member's transport in one write. A member whose unsent bytes
-pass ``member_buffer_bytes`` is disconnected (it reconnects, and can read what it missed from the
-replay's comments): healthy members never wait for it and never lose a message because of it.
-Members are read one message at a time, so a flooding client waits for its own answers; frames above
-``max_frame_bytes`` close its socket before they are buffered, and the heartbeat ends abandoned ones.
+within a window (``merge_ms``, longer for big rooms) is written to each member's transport in one
+write. A member whose unsent bytes pass ``member_buffer_bytes`` is disconnected (it reconnects, and
+can read what it missed from the replay's comments): healthy members never wait for it and never
+lose a message because of it. Members are read one message at a time, so a flooding client waits
+for its own answers; frames above ``max_frame_bytes`` close its socket before they are buffered, and
+the heartbeat ends abandoned ones.
 """
 
 from __future__ import annotations
@@ -128,9 +129,9 @@ class Member:
 class ChannelRoom:
     """A room's channel members on this node: one listener of the feed."""
 
-    def __init__(self, roomid: int, merge_seconds: float) -> None:
+    def __init__(self, roomid: int, settings: ChannelSettings) -> None:
         self.roomid = roomid
-        self.merge_seconds = merge_seconds
+        self.settings = settings
         self.members: set[Member] = set()
         self._batch: list[bytes] = []
         self._flush: asyncio.TimerHandle | None = None
@@ -153,7 +154,11 @@ class ChannelRoom:
         else:
             self._batch.append(encode(message))
             if self._flush is None:
-                self._flush = asyncio.get_running_loop().call_later(self.merge_seconds, self.flush)
+                self._flush = asyncio.get_running_loop().call_later(self.merge_seconds(), self.flush)
+
+    def merge_seconds(self) -> float:
+        s = self.settings
+        return min(s.max_merge_ms, s.merge_ms + s.merge_ms_per_1000_members * len(self.members) / 1000) / 1000
 
     def flush(self) -> None:
         self._flush = None
@@ -266,7 +271,7 @@ class Channel:
     def _join(self, room: Room, member: Member) -> ChannelRoom:
         channel_room = self.rooms.get(room.roomid)
         if channel_room is None:
-            channel_room = self.rooms[room.roomid] = ChannelRoom(room.roomid, self.settings.merge_ms / 1000)
+            channel_room = self.rooms[room.roomid] = ChannelRoom(room.roomid, self.settings)
             self.feed.add(room, channel_room)
         channel_room.members.add(member)
         return channel_room

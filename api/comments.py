@@ -83,8 +83,12 @@ class ChannelSettings:
     max_refusals: int = 50
     # A member whose unsent bytes pass this is too slow to follow the room and is disconnected.
     member_buffer_bytes: int = 512 * 1024
-    # Room messages arriving within this window reach each member in one write.
+    # Room messages arriving within a window reach each member in one write. The window grows with
+    # the room's members here (a write per member per window is the fan-out's cost), from merge_ms
+    # by merge_ms_per_1000_members, up to max_merge_ms.
     merge_ms: float = 5.0
+    merge_ms_per_1000_members: float = 10.0
+    max_merge_ms: float = 100.0
     filter_timeout_seconds: float = 1.0  # the moderation webhook's answer; no answer: refused
     likes_tick_seconds: float = 1.0
     status_heartbeat_seconds: float = 15.0
