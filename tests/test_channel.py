@@ -479,6 +479,21 @@ async def test_comments_of_a_replay_at_their_times(make_server, session):
         assert response.status == 404 and (await response.json())["error"]["code"] == 9410201
 
 
+async def test_a_stopping_server_ends_its_members(make_server, session):
+    server = await make_server()
+    app, room = await make_room(server)
+    members = [
+        await join(session, server, room.roomid),
+        await join(session, server, room.roomid, await viewer_token(session, server, app, room.roomid, "alice")),
+    ]
+    assert server.channel.members == 2 and server.status.feed.subscribers == 2
+    await asyncio.wait_for(server.stop(), 5)
+    for member in members:
+        message = await member.receive(timeout=5)
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+    assert server.channel.members == 0 and server.status.feed.subscribers == 0
+
+
 async def test_subscribe_and_unsubscribe(make_server, session):
     server = await make_server()
     app, room = await make_room(server)
