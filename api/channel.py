@@ -41,7 +41,7 @@ from api.comments import (
 )
 from api.errors import ApiError, json_error
 from api.models import App, Room
-from api.status import STATUS, VIEWERS, RoomFeed, status_message
+from api.status import STATUS, VIEWERS, RoomFeed, news, status_message
 from api.store.base import RoomStore
 from api.viewer_tokens import ViewerIdentity
 
@@ -91,7 +91,7 @@ class Member:
                 self.drop()
             self.early.append((message, frame))
             return
-        if message is not None and not self.fresh(message):
+        if message is not None and not news(self._last, message):
             return
         transport = self.transport
         if transport.is_closing():
@@ -107,15 +107,6 @@ class Member:
         self.send(encode(first), first)
         for message, frame in early:
             self.send(frame, message)
-
-    def fresh(self, message: Message) -> bool:
-        """True if a status or count tells this member something new (remembering it): a change
-        that raced with the first message, or a count already sent, is not news."""
-        key = "live_status" if message["type"] == STATUS else "viewers"
-        if self._last.get(key) == message[key]:
-            return False
-        self._last.update((k, message[k]) for k in ("live_status", "viewers") if k in message)
-        return True
 
     def drop(self) -> None:
         log.info("room channel member %s dropped: too slow to follow the room", self.openid)

@@ -98,16 +98,20 @@ class Listener:
         self.put(None)
 
     def fresh(self, message: Message) -> bool:
-        """True if the message tells this client something new (and remember what it was told): a
-        status change that raced with the first message, or a count already sent, is not news.
-        Other messages (comments, likes...) always are."""
-        if message["type"] not in (STATUS, VIEWERS):
-            return True
-        key = "live_status" if message["type"] == STATUS else "viewers"
-        if self._last.get(key) == message[key]:
-            return False
-        self._last.update((k, message[k]) for k in ("live_status", "viewers") if k in message)
+        return news(self._last, message)
+
+
+def news(told: dict[str, Any], message: Message) -> bool:
+    """True if the message tells a client something new (remembering in ``told`` what it was told): a
+    status change that raced with the first message, or a count already sent, is not news. Other
+    messages (comments, likes...) always are."""
+    if message["type"] not in (STATUS, VIEWERS):
         return True
+    key = "live_status" if message["type"] == STATUS else "viewers"
+    if told.get(key) == message[key]:
+        return False
+    told.update((k, message[k]) for k in ("live_status", "viewers") if k in message)
+    return True
 
 
 @dataclass(slots=True, eq=False)
@@ -128,7 +132,7 @@ class RoomFeed:
         audience: AudienceOf,
         bus: RoomBus | None = None,
         viewer_interval: float = 2.0,
-        queue_size: int = 32,
+        queue_size: int = 256,  # an SSE client's backlog: comments come in bursts
     ) -> None:
         self.store = store
         self.bus = bus
