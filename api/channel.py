@@ -174,7 +174,7 @@ class ChannelRoom:
 
 
 class Channel:
-    """The room channel's routes: the WebSocket, viewer tokens, a replay's comments, the app's settings."""
+    """The room channel on this node: its members by room, and the WebSocket they join with."""
 
     def __init__(
         self,
@@ -225,7 +225,7 @@ class Channel:
         except ApiError as exc:
             return json_error(exc)
         ws = web.WebSocketResponse(
-            heartbeat=self.settings.status_heartbeat_seconds, max_msg_size=self.settings.max_frame_bytes, compress=False
+            heartbeat=self.settings.heartbeat_seconds, max_msg_size=self.settings.max_frame_bytes, compress=False
         )
         await ws.prepare(request)
         transport = request.transport
