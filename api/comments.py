@@ -91,7 +91,7 @@ class ChannelSettings:
     max_merge_ms: float = 100.0
     filter_timeout_seconds: float = 1.0  # the moderation webhook's answer; no answer: refused
     likes_tick_seconds: float = 1.0
-    heartbeat_seconds: float = 15.0
+    heartbeat_seconds: float = 15.0  # WebSocket pings: a member that does not answer is gone
 
 
 class Bucket:

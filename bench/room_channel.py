@@ -27,6 +27,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -45,9 +46,8 @@ from bench.run import _fmt
 PARTS = ("one", "two")
 MAX_LATENCY_MS = 10_000  # the histogram's last bucket holds everything slower
 P99_TARGET_MS = 200.0
-COMMENT_PREFIX = b'{"type":"comment"'
+COMMENT_MARK = re.compile(rb'"text":"@([0-9]+@[0-9.]+)"')  # a bench comment: "@SEQ@SEND_TIME"
 LIKES_PREFIX = b'{"type":"likes"'
-TEXT_MARK = b'"text":"@'
 LIKES_PER_MESSAGE = 1  # each like message carries one like: the worst case for the server
 LIKE_MESSAGES_PER_LIKER = 10  # a second: the per-user limit
 LIKE = json.dumps({"type": "like", "count": LIKES_PER_MESSAGE})
@@ -74,29 +74,31 @@ class Tally:
 
     def __init__(self) -> None:
         self.histogram = [0] * (MAX_LATENCY_MS + 1)  # ms -> (comment, member) deliveries
-        self.received: dict[int, int] = {}  # comment number -> members that got it
+        self.sent: dict[bytes, float] = {}  # a comment's "SEQ@TIME" -> its send time (parsed once)
         self.likes = 0  # likes messages
         self.connected = 0
-        self.lost_members = 0  # connections that ended before the measurement did
         self.errors: dict[str, int] = {}
 
-    def message(self, payload: bytes, now: float) -> None:
-        if payload.startswith(COMMENT_PREFIX):
-            start = payload.find(TEXT_MARK) + len(TEXT_MARK)
-            middle = payload.find(b"@", start)
-            seq = int(payload[start:middle])
-            sent = float(payload[middle + 1 : payload.find(b'"', middle)])
-            self.histogram[min(MAX_LATENCY_MS, max(0, int((now - sent) * 1000)))] += 1
-            self.received[seq] = self.received.get(seq, 0) + 1
-        elif payload.startswith(LIKES_PREFIX):
-            self.likes += 1
+    def comments(self, frames: bytes, now: float) -> int:
+        """Count the comments in whole text frames (their marks found in one scan); how many."""
+        histogram, sent = self.histogram, self.sent
+        found = 0
+        for mark in COMMENT_MARK.findall(frames):
+            at = sent.get(mark)
+            if at is None:
+                at = sent[mark] = float(mark.split(b"@", 1)[1])
+            histogram[min(MAX_LATENCY_MS, max(0, int((now - at) * 1000)))] += 1
+            found += 1
+        self.likes += frames.count(LIKES_PREFIX)
+        return found
 
     def error(self, what: str) -> None:
         self.errors[what] = self.errors.get(what, 0) + 1
 
 
 class Member(asyncio.Protocol):
-    """A WebSocket client that reads frames and answers pings, and nothing more."""
+    """A WebSocket client that reads frames and answers pings, and nothing more: the text frames of a
+    read are scanned for comment marks at once (a comment's text cannot hold another's mark)."""
 
     def __init__(self, tally: Tally, host: str, port: int, path: str) -> None:
         self.tally = tally
@@ -105,8 +107,9 @@ class Member(asyncio.Protocol):
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
-        self.buffer = bytearray()
+        self.rest = b""  # an incomplete frame, until the rest of it comes
         self.upgraded = False
+        self.comments = 0
         self.transport: asyncio.Transport | None = None
         self.done = asyncio.get_running_loop().create_future()
 
@@ -116,43 +119,45 @@ class Member(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.time()
-        buffer = self.buffer
-        buffer += data
+        if self.rest:
+            data, self.rest = self.rest + data, b""
         if not self.upgraded:
-            end = buffer.find(b"\r\n\r\n")
+            end = data.find(b"\r\n\r\n")
             if end < 0:
+                self.rest = data
                 return
-            if not buffer.startswith(b"HTTP/1.1 101"):
-                self.tally.error(bytes(buffer[:40]).decode(errors="replace"))
+            if not data.startswith(b"HTTP/1.1 101"):
+                self.tally.error(data[:40].decode(errors="replace"))
                 self.transport.close()  # type: ignore[union-attr]
                 return
-            del buffer[: end + 4]
+            data = data[end + 4 :]
             self.upgraded = True
             self.tally.connected += 1
-        pos, size = 0, len(buffer)
+        pos, size = 0, len(data)
         while size - pos >= 2:
-            length = buffer[pos + 1] & 0x7F
+            length = data[pos + 1] & 0x7F
             head = 2
             if length == 126:
                 if size - pos < 4:
                     break
-                length, head = int.from_bytes(buffer[pos + 2 : pos + 4], "big"), 4
+                length, head = int.from_bytes(data[pos + 2 : pos + 4], "big"), 4
             elif length == 127:
                 if size - pos < 10:
                     break
-                length, head = int.from_bytes(buffer[pos + 2 : pos + 10], "big"), 10
+                length, head = int.from_bytes(data[pos + 2 : pos + 10], "big"), 10
             if size - pos < head + length:
                 break
-            opcode = buffer[pos] & 0x0F
-            payload = bytes(buffer[pos + head : pos + head + length])
-            if opcode == 1:
-                self.tally.message(payload, now)
-            elif opcode == 9 and length < 126:  # ping: a masked pong (mask 0: the payload as is)
+            opcode = data[pos] & 0x0F
+            if opcode == 9 and length < 126:  # ping: a masked pong (mask 0: the payload as is)
+                payload = data[pos + head : pos + head + length]
                 self.transport.write(bytes((0x8A, 0x80 | length, 0, 0, 0, 0)) + payload)  # type: ignore[union-attr]
             elif opcode == 8:
                 self.tally.error("closed by the server")
             pos += head + length
-        del buffer[:pos]
+        if pos < size:
+            self.rest = data[pos:]
+        if pos:
+            self.comments += self.tally.comments(data[:pos] if pos < size else data, now)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
@@ -180,14 +185,15 @@ async def members(plan: dict[str, Any]) -> None:
         await asyncio.sleep(0.05)
     print("ready", tally.connected, flush=True)
     await loop.run_in_executor(None, sys.stdin.read)  # the controller closes it at the end
-    tally.lost_members = sum(1 for m in joined if m.done.done())
+    steady = [m for m in joined if not m.done.done()]
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result = {
         "histogram": {ms: n for ms, n in enumerate(tally.histogram) if n},
-        "received": tally.received,
+        "comments_received": sum(m.comments for m in steady),  # by members connected throughout
+        "steady": len(steady),
         "likes": tally.likes,
         "connected": tally.connected,
-        "lost_members": tally.lost_members,
+        "lost_members": len(joined) - len(steady),
         "errors": tally.errors,
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
     }
@@ -390,15 +396,12 @@ def run_part(options: Options, part: str) -> dict[str, Any]:
             redis.kill()
             redis.wait()
     histogram: dict[int, int] = {}
-    received: dict[int, int] = {}
     for result in results:
         for ms, count in result["histogram"].items():
             histogram[int(ms)] = histogram.get(int(ms), 0) + count
-        for seq, count in result["received"].items():
-            received[int(seq)] = received.get(int(seq), 0) + count
     connected = sum(r["connected"] for r in results)
-    steady = connected - sum(r["lost_members"] for r in results)
-    lost = sum(max(0, steady - received.get(seq, 0)) for seq in range(1, sent["comments"] + 1))
+    # Every member connected throughout should have every comment (refused ones are reported apart).
+    lost = sum(r["steady"] for r in results) * sent["comments"] - sum(r["comments_received"] for r in results)
     elapsed = sent["elapsed"]
     server_cpu = after.cpu_seconds - before.cpu_seconds
     own_cpu = (own_after.ru_utime + own_after.ru_stime) - (own_before.ru_utime + own_before.ru_stime)
