@@ -412,13 +412,7 @@ async def test_a_member_too_slow_to_read_is_dropped_and_the_others_miss_nothing(
     server = await make_server(channel_member_buffer_bytes=64 * 1024)
     _, room = await make_room(server)
     healthy = await join(session, server, room.roomid)
-    # A raw client that upgrades and then never reads.
-    sleeper = socket.create_connection(("127.0.0.1", server.http_port))
-    sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sleeper.sendall(
-        f"GET /api/v1/rooms/{room.roomid}/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
+    sleeper = silent_member(server, room.roomid)
     await wait_for(lambda: server.channel.members == 2)
     filler = "x" * 20_000
     count = 400  # 8 MB: more than the kernel's buffers hold
@@ -429,6 +423,31 @@ async def test_a_member_too_slow_to_read_is_dropped_and_the_others_miss_nothing(
             await asyncio.sleep(0.01)  # a write per few messages, as a live room's traffic comes
     assert await reader == list(range(count))
     await wait_for(lambda: server.channel.members == 1)
+    sleeper.close()
+
+
+def silent_member(server, roomid: int) -> socket.socket:
+    """A raw client that upgrades to the room's channel and then neither reads nor answers pings."""
+    sleeper = socket.create_connection(("127.0.0.1", server.http_port))
+    sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sleeper.sendall(
+        f"GET /api/v1/rooms/{roomid}/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    return sleeper
+
+
+async def test_an_abandoned_socket_is_ended_by_the_heartbeat(make_server, session):
+    server = await make_server(channel_heartbeat_seconds=0.2)
+    _, room = await make_room(server)
+    healthy = await join(session, server, room.roomid)
+    reading = asyncio.create_task(next_of(healthy, "goods", timeout=10))  # aiohttp answers pings as it reads
+    sleeper = silent_member(server, room.roomid)
+    await wait_for(lambda: server.channel.members == 2)
+    await wait_for(lambda: server.channel.members == 1)
+    await asyncio.sleep(0.5)  # heartbeats go on: the member that answers them stays
+    await server.bus.publish(room.roomid, {"type": "goods", "n": 1})
+    assert (await reading)["n"] == 1 and server.channel.members == 1
     sleeper.close()
 
 
