@@ -176,6 +176,7 @@ class Comments:
         self.limits = RateLimits()
         self._likes: dict[int, _LikeRoom] = {}
         self.totals: dict[int, int] = {}  # the last likes total published per room (heard on the bus)
+        self._reading: dict[int, asyncio.Future[int]] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -303,10 +304,16 @@ class Comments:
         counted.pending += count
 
     async def likes_total(self, roomid: int) -> int:
-        """The room's likes as last published (read once per room and node)."""
-        if roomid not in self.totals:
-            self.totals[roomid] = await self.store.next_id(_likes(roomid), 0)
-        return self.totals[roomid]
+        """The room's likes as last published (read once per room and node: a crowd joining at once
+        waits for one read)."""
+        if roomid in self.totals:
+            return self.totals[roomid]
+        reading = self._reading.get(roomid)
+        if reading is None:
+            reading = self._reading[roomid] = asyncio.ensure_future(self.store.next_id(_likes(roomid), 0))
+            reading.add_done_callback(lambda _: self._reading.pop(roomid, None))
+        total = await asyncio.shield(reading)
+        return self.totals.setdefault(roomid, total)
 
     def _on_bus(self, roomid: int, message: Message) -> None:
         if message.get("type") == "likes" and isinstance(message.get("total"), int):
