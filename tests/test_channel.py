@@ -18,8 +18,9 @@ import yaml
 from aiohttp import web
 
 from api import keys, viewer_tokens
-from api.models import LiveStatus
+from api.models import LiveStatus, Replay
 from tests.conftest import make_room, needs_ffmpeg, official_room_body, publish
+from tests.test_openapi_responses import Api
 from tests.test_replays import wait_replay
 from tests.test_rooms_live import wait_status
 from tests.test_status_push import next_event, start_publishing, wait_for, watch
@@ -529,6 +530,37 @@ async def test_subscribe_and_unsubscribe(make_server, session):
     assert (await subscribers.page(room, 0, 10))[1] == 1  # the subscribers service holds alice
     anonymous = await join(session, server, room.roomid)
     assert (await error_of(anonymous, {"type": "subscribe"}))["code"] == "read_only"
+
+
+async def test_rest_answers_match_the_openapi_document(make_server, session):
+    server = await make_server()
+    app, room = await make_room(server)
+    async with session.get(f"{base(server)}/api/v1/openapi.json") as response:
+        api = Api(session, await response.json())
+    headers = {"Authorization": f"Bearer {await access_token(session, server, app)}"}
+    tokens = f"{base(server)}/api/v1/rooms/{room.roomid}/viewer_tokens"
+    operation = "/api/v1/rooms/{id}/viewer_tokens"
+    body = {"openid": "alice", "nickname": "A", "role": "admin"}
+    reply = await api.call("POST", tokens, 200, operation, json=body, headers=headers)
+    await api.call("POST", tokens, 400, operation, json={"openid": ""}, headers=headers)
+    await api.call("POST", tokens, 401, operation, json=body)
+    await api.call("POST", f"{base(server)}/api/v1/rooms/999/viewer_tokens", 404, operation, json=body, headers=headers)
+    settings = f"{base(server)}/api/v1/app/channel"
+    await api.call("PATCH", settings, 200, "/api/v1/app/channel", json={"comment_words": ["x"]}, headers=headers)
+    await api.call("PATCH", settings, 400, "/api/v1/app/channel", json={"comment_webhook": "ftp://x"}, headers=headers)
+
+    now = time.time()
+    replay = Replay("r1", room.roomid, app.appid, 1, "ready", now - 5, now + 3600, duration=60)
+    await server.store.put_replay(replay)
+    alice = await join(session, server, room.roomid, reply["token"])
+    await alice.send_json({"type": "comment", "text": "for the replay"})
+    await next_of(alice, "comment")
+    comments = f"{base(server)}/api/v1/replays/r1/comments"
+    operation = "/api/v1/replays/{replay_id}/comments"
+    listed = await api.call("GET", comments, 200, operation)
+    assert [c["text"] for c in listed["comments"]] == ["for the replay"] and 4 < listed["comments"][0]["offset"] < 60
+    await api.call("GET", f"{comments}?limit=0", 400, operation)
+    await api.call("GET", f"{base(server)}/api/v1/replays/r2/comments", 404, operation)
 
 
 def admin_identity(room) -> viewer_tokens.ViewerIdentity:
