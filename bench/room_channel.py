@@ -442,6 +442,7 @@ def run_part(options: Options, part: str) -> dict[str, Any]:
         "members_cpu_pct": 100 * (members_after.cpu_seconds - members_before.cpu_seconds) / elapsed,
         "senders_cpu_pct": 100 * own_cpu / elapsed,
         "seconds": elapsed,
+        "load_average_after": os.getloadavg()[0],  # other people's work on the machine shows here
     }
 
 
@@ -494,6 +495,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown parts {', '.join(sorted(unknown))}: choose from {', '.join(PARTS)}")
     records = []
+    print(f"1-minute load average before: {os.getloadavg()[0]:.2f}", flush=True)
     for part in options.parts:
         record = run_part(options, part)
         print(json.dumps(record), flush=True)
