@@ -585,3 +585,5 @@ async def test_a_wechat_sdk_drives_the_goods_api(wx):
     with pytest.raises(WeChatClientException) as refused:
         await call(client.wxa._post, "wxaapi/broadcast/goods/add", data=info(media_id, price=1.001))
     assert refused.value.errcode == 300003 and "more than two decimals" in refused.value.errmsg
+    assert errcode(await wx.post(ROOM + "deleteroom", {"id": roomid})) == 0
+    assert await server.goods.pushes(roomid) == [], "a deleted room's pushes go with it"
