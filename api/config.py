@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from api.comments import ChannelSettings
 from api.console.sessions import ConsoleSettings
 from api.rooms import RoomSettings
 from api.supervisor import SupervisorSettings
@@ -57,6 +58,7 @@ class Settings:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    channel: ChannelSettings = field(default_factory=ChannelSettings)
 
     @property
     def public_host(self) -> str:

@@ -68,6 +68,8 @@ SUB_ANCHOR_DUPLICATE = 500004
 SUB_ANCHOR_IS_ANCHOR = 500005
 PUSHED_TODAY = 9410005
 PUSH_NOT_LIVE = 9410006
+# Room channel (issue 14): minilive's own, no official code names a missing replay.
+REPLAY_NOT_FOUND = 9410201
 
 MESSAGES = {
     SYSTEM_ERROR: "system error",
@@ -130,6 +132,8 @@ MESSAGES = {
     SUB_ANCHOR_IS_ANCHOR: "the sub-anchor cannot be the anchor (副号不能和主号重复)",
     PUSHED_TODAY: "another room of the app was already pushed today (当日另外一个房间已推送过)",
     PUSH_NOT_LIVE: "the room is not live (推送的直播间非直播中状态)",
+    # Room channel (issue 14)
+    REPLAY_NOT_FOUND: "replay not exist",
 }
 
 # How the REST surface maps an errcode to an HTTP status.
@@ -147,6 +151,7 @@ HTTP_STATUS = {
     # goods (issue 14)
     GOODS_NOT_FOUND: 404,
     AUDIT_STATE: 409,
+    REPLAY_NOT_FOUND: 404,  # room channel (issue 14)
 }
 
 

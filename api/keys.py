@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from api.apps import Apps
     from api.audience import AudienceOf
     from api.bus import RoomBus
+    from api.channel import Channel
     from api.console.sessions import Sessions
     from api.goods import GoodsLibrary
     from api.ladders import Ladders
@@ -45,3 +46,5 @@ ROLES: web.AppKey[Roles] = web.AppKey("roles")
 CONSOLE: web.AppKey[Sessions] = web.AppKey("console")
 LIVE: web.AppKey[LiveStreams] = web.AppKey("live")
 WEBHOOKS: web.AppKey[Webhooks] = web.AppKey("webhooks")
+# The room channel (issue 14): its WebSocket members, comments and likes.
+CHANNEL: web.AppKey[Channel] = web.AppKey("channel")

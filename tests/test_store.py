@@ -449,6 +449,15 @@ async def test_add_doc_and_next_id_race_across_processes(store: RoomStore, make_
     assert await store.next_id("other") == 1
 
 
+async def test_next_id_steps_as_a_shared_counter(store: RoomStore, make_store: StoreFactory) -> None:
+    other = await make_store()
+    assert await store.next_id("likes:1", 0) == 0  # a read: nothing counted yet
+    totals = await asyncio.gather(store.next_id("likes:1", 30), other.next_id("likes:1", 12))
+    assert sorted(totals) in ([12, 42], [30, 42])
+    assert await other.next_id("likes:1", 0) == 42
+    assert await store.next_id("likes:1") == 43
+
+
 async def test_logs_ordered_by_score_then_sequence(store: RoomStore, make_store: StoreFactory) -> None:
     other = await make_store()
     seqs = [

@@ -230,8 +230,10 @@ class RoomStore(abc.ABC):
         """Delete the whole collection."""
 
     @abc.abstractmethod
-    async def next_id(self, sequence: str) -> int:
-        """The next number of a named sequence: 1, 2, 3... unique across processes and nodes."""
+    async def next_id(self, sequence: str, step: int = 1) -> int:
+        """The next number of a named sequence: 1, 2, 3... unique across processes and nodes. With
+        ``step``, the sequence moves by that much at once (a shared counter: a room's likes, added
+        by every node); 0 reads it (0 for a new sequence)."""
 
     # ------------------------------------------------------------ logs
     # Append-only records ordered by a score the caller chooses (a room's comments by stream time).

@@ -538,8 +538,8 @@ class RedisStore(RoomStore):
     async def drop_docs(self, collection: str) -> None:
         await self._redis.delete(self._key("doc", collection))
 
-    async def next_id(self, sequence: str) -> int:
-        return await self._redis.incr(self._key("seq", sequence))
+    async def next_id(self, sequence: str, step: int = 1) -> int:
+        return await self._redis.incrby(self._key("seq", sequence), step)
 
     # ------------------------------------------------------------ logs
 

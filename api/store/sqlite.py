@@ -545,12 +545,12 @@ class SqliteStore(RoomStore):
     async def drop_docs(self, collection: str) -> None:
         await self._run(self._execute, "DELETE FROM docs WHERE collection = ?", (collection,))
 
-    async def next_id(self, sequence: str) -> int:
+    async def next_id(self, sequence: str, step: int = 1) -> int:
         rows = await self._run(
             self._rows,
-            "INSERT INTO sequences (name, value) VALUES (?, 1) "
-            "ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value",
-            (sequence,),
+            "INSERT INTO sequences (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value RETURNING value",
+            (sequence, step),
         )
         return rows[0][0]
 

@@ -397,6 +397,7 @@ class LiveStream:
             "sink_failures": self.sink_failures,
             "publish_count": self.publish_count,
             "uptime": round(now - self.created_at, 3),
+            "time_ms": self.timeline.now_ms,  # the stream's clock: where a comment falls in its recording
         }
 
     # ------------------------------------------------------------ end
