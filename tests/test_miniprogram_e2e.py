@@ -12,16 +12,11 @@ import time
 from typing import Any
 
 import aiohttp
-import pytest
 
 from examples.backend import Config
 from examples.backend.wechat import mock_openid
 from tests.conftest import make_room, needs_ffmpeg, probe_streams, publish
 from tests.test_miniprogram_backend import call, http, start_backend  # noqa: F401 (fixtures)
-
-pytest.importorskip(
-    "api.channel", reason="the room channel (branch room-channel) is not merged: the viewer page needs it"
-)
 
 ANCHOR_CODE, VIEWER_CODE = "anchor-login-code", "viewer-login-code"
 
