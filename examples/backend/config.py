@@ -22,8 +22,8 @@ class Config:
     public_url: str = ""  # minilive as the mini-program reaches it (wss://... channel URLs); default minilive_url
     wechat_appid: str = ""  # the mini-program's own appid and AppSecret, for jscode2session
     wechat_secret: str = ""
-    # "1": always the mock; "0": never (WeChat unreachable is an error); "auto": the mock when WeChat
-    # cannot be reached or no WeChat credentials are set.
+    # "1": always the mock; "0": never; "auto": the mock only while no WeChat credentials are set (a
+    # back end with credentials answers 503 when WeChat cannot be reached: it never falls back).
     mock_wechat: str = "auto"
     wechat_url: str = "https://api.weixin.qq.com"
     session_secret: str = field(default_factory=lambda: secrets.token_hex(32))

@@ -50,9 +50,8 @@ async def code2session(session: aiohttp.ClientSession, config: Config, code: str
             # WeChat answers text/plain JSON.
             body = await reply.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        if config.mock_wechat == "0":
-            raise BackendError(503, "wechat_unreachable", f"WeChat's jscode2session cannot be reached: {exc}") from None
-        return _mocked(code, f"WeChat cannot be reached ({exc.__class__.__name__}: {exc})")
+        # Never a mock once WeChat credentials are set: an outage must not let anyone pick an openid.
+        raise BackendError(503, "wechat_unreachable", f"WeChat's jscode2session cannot be reached: {exc}") from None
     if not isinstance(body, dict) or body.get("errcode") or not body.get("openid"):
         errcode = body.get("errcode") if isinstance(body, dict) else None
         errmsg = body.get("errmsg") if isinstance(body, dict) else str(body)[:200]
