@@ -54,7 +54,8 @@ Message = dict[str, Any]
 # Messages held for a member until its first message is sent; past this it is too far behind.
 MAX_EARLY = 256
 REFUSALS_WINDOW_SECONDS = 10.0
-ROOM_CACHE_SECONDS = 1.0  # likes read the room's closeLike at most this stale
+ROOM_CACHE_SECONDS = 1.0
+WRITE_SLICE = 256  # members written per turn of the event loop  # likes read the room's closeLike at most this stale
 
 
 def encode(message: Message) -> bytes:
@@ -155,7 +156,9 @@ class ChannelRoom:
         self._flush = None
         data = b"".join(self._batch)
         self._batch.clear()
-        # Member.send inlined: this loop runs for every member of a big room many times a second.
+        # Member.send inlined: this loop runs for every member of a big room many times a second. A
+        # write is a system call (15 us on loopback, measured): 5000 members take about 80 ms, so big
+        # rooms merge longer windows (merge_seconds) and need more nodes (bench/RESULTS.md, issue 14).
         for member in list(self.members):
             transport = member.transport
             if member.early is not None or transport.is_closing():
@@ -168,7 +171,10 @@ class ChannelRoom:
     def close(self) -> None:
         if self._flush is not None:
             self._flush.cancel()
-            self.flush()
+            self._flush = None
+            data = b"".join(self._batch)
+            for member in list(self.members):
+                member.send(data)
         for member in list(self.members):
             member.transport.close()
 
@@ -316,11 +322,12 @@ class Channel:
             room = await self._cached_room(channel_room)
             self.comments.like(room, viewer, message.get("count", 1))
             return None
-        room = await self.store.get_room(roomid)
+        # Read together: each read waits for a turn of a loop that may be busy writing to members.
+        room, fresh_app = await asyncio.gather(self.store.get_room(roomid), self.store.get_app(app.appid))
         if room is None:
             raise Refused(UNAVAILABLE, f"room {roomid} no longer exists")
         if kind == "comment":
-            await self.comments.post(room, await self.store.get_app(app.appid) or app, viewer, message.get("text"))
+            await self.comments.post(room, fresh_app or app, viewer, message.get("text"))
             return None
         if kind == "delete_comment":
             await self.comments.delete(room, message.get("id"), viewer)

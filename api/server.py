@@ -189,6 +189,7 @@ class Server:
         self.goods = GoodsLibrary(
             self.store, self.rooms, self.bus, self.webhooks, self.urls, self.replays, settings.rooms, settings.recorder
         )
+        self.rooms.on_delete += [self.subscribers.forget_room, self.goods.forget_room]
         self.status = StatusRoutes(self.store, self.audience, self.bus)
         self.comments = Comments(self.store, self.bus, settings.channel, self.stream_time_ms)
         self.channel = Channel(self.store, self.status.feed, self.comments, settings.channel)

@@ -63,7 +63,7 @@ class Options:
     duration: float
     client_procs: int
     connect_rate: float
-    merge_ms: float | None
+    channel: list[str]  # [channel] settings for the server, KEY=VALUE
 
 
 # ------------------------------------------------------------------ the members (load processes)
@@ -296,12 +296,17 @@ async def send(options: Options, nodes: list[peers.Server], app: Any, roomid: in
         comment_ws = [await session.ws_connect(url(n, f"c{n}")) for n in range(commenters)]
         like_ws = [await session.ws_connect(url(n, f"l{n}")) for n in range(likers)]
         refused: dict[str, int] = {}
+        seen_by_senders: list[float] = []  # ms: the same latency, as aiohttp clients in this process see it
 
         async def drain(ws: aiohttp.ClientWebSocketResponse) -> None:
             async for message in ws:  # members too: read what they are sent, note refusals
-                if message.type is aiohttp.WSMsgType.TEXT and message.data.startswith('{"type":"error"'):
+                if message.type is not aiohttp.WSMsgType.TEXT:
+                    continue
+                if message.data.startswith('{"type":"error"'):
                     code = json.loads(message.data)["code"]
                     refused[code] = refused.get(code, 0) + 1
+                elif mark := COMMENT_MARK.search(message.data.encode()):
+                    seen_by_senders.append((time.time() - float(mark[1].split(b"@", 1)[1])) * 1000)
 
         readers = [asyncio.create_task(drain(ws)) for ws in comment_ws + like_ws]
         await asyncio.sleep(1.0)
@@ -326,7 +331,17 @@ async def send(options: Options, nodes: list[peers.Server], app: Any, roomid: in
         for ws in comment_ws + like_ws:
             await ws.close()
         await asyncio.gather(*readers, return_exceptions=True)
-    return {"comments": seq, "likes": likes, "refused": refused, "elapsed": loop.time() - started}
+    seen_by_senders.sort()
+    at = seen_by_senders.__getitem__
+    percentiles = [at(int(q * (len(seen_by_senders) - 1))) for q in (0.5, 0.99)] if seen_by_senders else [None, None]
+    return {
+        "comments": seq,
+        "likes": likes,
+        "refused": refused,
+        "elapsed": loop.time() - started,
+        "senders_p50_ms": percentiles[0],
+        "senders_p99_ms": percentiles[1],
+    }
 
 
 def percentile(histogram: dict[int, int], q: float) -> float | None:
@@ -342,7 +357,7 @@ def percentile(histogram: dict[int, int], q: float) -> float | None:
 
 
 def config(options: Options) -> str:
-    return f"[channel]\nmerge_ms = {options.merge_ms:g}\n" if options.merge_ms is not None else ""
+    return "[channel]\n" + "".join(f"{setting}\n" for setting in options.channel) if options.channel else ""
 
 
 def run_part(options: Options, part: str) -> dict[str, Any]:
@@ -419,12 +434,15 @@ def run_part(options: Options, part: str) -> dict[str, Any]:
         "latency_p50_ms": percentile(histogram, 0.50),
         "latency_p99_ms": percentile(histogram, 0.99),
         "latency_max_ms": float(max(histogram)) if histogram else None,
+        "senders_latency_p50_ms": sent["senders_p50_ms"],
+        "senders_latency_p99_ms": sent["senders_p99_ms"],
         "likes_messages_per_member_per_s": sum(r["likes"] for r in results) / max(1, connected) / elapsed,
         "server_cpu_pct": 100 * server_cpu / elapsed,
         "server_rss_mb": after.rss_bytes / 2**20,
         "members_cpu_pct": 100 * (members_after.cpu_seconds - members_before.cpu_seconds) / elapsed,
         "senders_cpu_pct": 100 * own_cpu / elapsed,
         "seconds": elapsed,
+        "load_average_after": os.getloadavg()[0],  # other people's work on the machine shows here
     }
 
 
@@ -459,7 +477,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--connect-rate", type=float, default=1000.0, help="new members a second")
-    parser.add_argument("--merge-ms", type=float, default=None, help="[channel] merge_ms (default: the server's)")
+    parser.add_argument(
+        "--channel", action="append", default=[], help="a [channel] setting for the server, e.g. merge_ms=20 (repeat)"
+    )
     args = parser.parse_args()
     options = Options(
         [p for p in args.parts.split(",") if p],
@@ -469,12 +489,13 @@ def main() -> None:
         args.duration,
         args.client_procs,
         args.connect_rate,
-        args.merge_ms,
+        [setting.replace("=", " = ", 1) for setting in args.channel],
     )
     unknown = set(options.parts) - set(PARTS)
     if unknown:
         sys.exit(f"unknown parts {', '.join(sorted(unknown))}: choose from {', '.join(PARTS)}")
     records = []
+    print(f"1-minute load average before: {os.getloadavg()[0]:.2f}", flush=True)
     for part in options.parts:
         record = run_part(options, part)
         print(json.dumps(record), flush=True)

@@ -20,11 +20,14 @@ from aiohttp import web
 from api import keys, viewer_tokens
 from api.models import LiveStatus, Replay
 from tests.conftest import make_room, needs_ffmpeg, official_room_body, publish
+from tests.test_goods import GOODS, added, cover
 from tests.test_openapi_responses import Api
 from tests.test_replays import wait_replay
+from tests.test_rest_api import go_live
 from tests.test_rooms_live import wait_status
 from tests.test_status_push import next_event, start_publishing, wait_for, watch
 from tests.test_webhooks import Receiver
+from tests.test_wechat_api import ROOM, connect, errcode
 
 ASYNCAPI = yaml.safe_load((Path(__file__).parent.parent / "docs" / "asyncapi.yaml").read_text())
 # A received message's type -> its AsyncAPI message (others: the room bus's messages, left open).
@@ -561,6 +564,18 @@ async def test_rest_answers_match_the_openapi_document(make_server, session):
     assert [c["text"] for c in listed["comments"]] == ["for the replay"] and 4 < listed["comments"][0]["offset"] < 60
     await api.call("GET", f"{comments}?limit=0", 400, operation)
     await api.call("GET", f"{base(server)}/api/v1/replays/r2/comments", 404, operation)
+
+
+async def test_goods_pushed_through_the_official_api_reach_members(make_server, session):
+    wx = await connect(await make_server(), session)
+    tea = await added(wx, await cover(wx), name="红茶礼盒")
+    roomid, _ = await wx.room()
+    await wx.post(ROOM + "addgoods", {"ids": [tea], "roomId": roomid})
+    await go_live(wx.server, await wx.server.store.get_room(roomid))
+    member = await join(session, wx.server, roomid)
+    assert errcode(await wx.post(GOODS + "push", {"roomId": roomid, "goodsId": tea})) == 0
+    pushed = await next_of(member, "goods")
+    assert (pushed["action"], pushed["goods"]["goods_id"], pushed["goods"]["name"]) == ("push", tea, "红茶礼盒")
 
 
 def admin_identity(room) -> viewer_tokens.ViewerIdentity:
