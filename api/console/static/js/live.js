@@ -9,6 +9,8 @@ import { Preview, renditionUrl, renditions } from "./player.js";
 
 const GOP_WARNING_SECONDS = 4; // viewers wait up to a keyframe interval before the first picture
 const ACTIONS = ["kick", "pause", "resume", "ban", "end"];
+const STREAM_ENDING = ["kick", "ban", "end"];
+const STREAM_GONE_QUIET_MS = 5000; // the status follows within the publisher's grace, or it came back
 
 // GET /api/v1/rooms/{id}/stream: publisher {address, protocol}, video {codec, width, height, fps,
 // keyframe_interval (s)}, audio {codec, sample_rate}, bitrate_in (bit/s), latency_ms, audience.
@@ -56,7 +58,12 @@ export async function liveView(room, playUrls) {
     }
   }
   let live = false;
+  // /stream is asked while live, except for a while after the stream went before the status said so
+  // (a 404, or an action that ends it): a 404 is logged by the browser as an error each time.
+  let quietUntil = 0;
+  const quiet = () => (quietUntil = Date.now() + STREAM_GONE_QUIET_MS);
   async function onStatus(status) {
+    quietUntil = 0;
     if ((status === 101) === live) return;
     live = status === 101;
     offline.hidden = live;
@@ -91,11 +98,12 @@ export async function liveView(room, playUrls) {
 
   async function tick() {
     let stats = null;
-    if (live) {
+    if (live && Date.now() >= quietUntil) {
       try {
         stats = await get(`/api/v1/rooms/${room.roomid}/stream`);
       } catch (error) {
         if (!(error instanceof ApiFailure) || error.status !== 404) throw error;
+        quiet();
       }
     }
     if (!stats) {
@@ -123,6 +131,7 @@ export async function liveView(room, playUrls) {
   const actionButtons = ACTIONS.map((action) => h("button", { type: "button", class: action === "resume" ? "" : "danger-outline", "data-action": action, onclick: async () => {
     const ok = await confirmAction(t(`actions.${action}.title`), t(`actions.${action}.confirm`, { name: room.name }), t(`actions.${action}.button`));
     if (!ok) return;
+    if (STREAM_ENDING.includes(action)) quiet();
     try {
       await post(`/api/v1/rooms/${room.roomid}/${action}`);
       toast(t(`actions.${action}.done`));
