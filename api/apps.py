@@ -32,10 +32,14 @@ FORCED_REFRESH_INTERVAL = 30
 STABLE_RENEW_BEFORE = 300
 
 
+def daily_key(key: str, now: float, zone: tzinfo) -> str:
+    """The counter of ``key`` for the day (in ``zone``) that ``now`` falls in."""
+    return f"{key}:{datetime.fromtimestamp(now, zone).strftime('%Y%m%d')}"
+
+
 async def count_daily(store: RoomStore, key: str, limit: int, now: float, zone: tzinfo) -> bool:
     """Count one more use of ``key`` today (in ``zone``) if fewer than ``limit`` were counted."""
-    day = datetime.fromtimestamp(now, zone).strftime("%Y%m%d")
-    return await store.incr_counter(f"{key}:{day}", limit, 2 * DAY)
+    return await store.incr_counter(daily_key(key, now, zone), limit, 2 * DAY)
 
 
 def goods_audit(mode: str) -> str:
@@ -207,9 +211,22 @@ class Apps:
         (``[rooms] callback_ips``), else the address the caller reached this server at."""
         return list(self.settings.callback_ips) or ([local_address] if local_address else [])
 
+    def _limit(self, api: str) -> int:
+        quotas = self.settings.quotas
+        return quotas.get(api, quotas.get("default", 10000))
+
     async def quota(self, app: App, api: str) -> None:
         """Count one call of ``api`` against the app's daily quota (45009 when it is used up)."""
-        quotas = self.settings.quotas
-        limit = quotas.get(api, quotas.get("default", 10000))
+        limit = self._limit(api)
         if not await count_daily(self.store, f"quota:{app.appid}:{api}", limit, self.clock(), self.settings.zone):
             raise ApiError(errors.QUOTA_EXCEEDED, f"{api} may be called {limit} times a day")
+
+    async def usage(self, app: App, endpoints: list[str]) -> dict[str, Any]:
+        """Today's calls of each quota'd endpoint (today in ``[rooms] time_zone``) and its daily quota."""
+        now, zone = self.clock(), self.settings.zone
+        listed = []
+        for api in sorted(endpoints):
+            calls = await self.store.counter(daily_key(f"quota:{app.appid}:{api}", now, zone))
+            listed.append({"endpoint": api, "calls": calls, "quota": self._limit(api)})
+        day = datetime.fromtimestamp(now, zone).date().isoformat()
+        return {"day": day, "time_zone": self.settings.time_zone, "endpoints": listed}

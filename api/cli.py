@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from api import config, supervisor
 from api.apps import Apps
+from api.console.sessions import admin_token
 from api.errors import ApiError
 from api.models import GOODS_AUDIT_MODES, App
 from api.store import open_store
@@ -56,13 +57,41 @@ def main(argv: list[str] | None = None) -> int:
     store = _store_options()
     _serve_parser(sub, store)
     _app_parser(sub, store)
+    _admin_parser(sub, store)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args, argv)
     if args.command == "app":
         return manage_apps(args)
+    if args.command == "admin":
+        return admin(args)
     return 2
+
+
+def _admin_parser(sub: argparse._SubParsersAction, store: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("admin", help="the server admin's console sign-in")
+    actions = p.add_subparsers(dest="action", required=True)
+    token = actions.add_parser(
+        "token",
+        parents=[store],
+        help="print the admin token that signs in to /console/ (made on first use, kept in the data dir, 0600)",
+    )
+    token.add_argument("--rotate", action="store_true", help="replace it: admin sessions opened with the old one end")
+
+
+def admin(args: argparse.Namespace) -> int:
+    try:
+        settings = config.load(args.config, {"data_dir": args.data_dir})
+    except config.ConfigError as exc:
+        print(f"minilive: {exc}", file=sys.stderr)
+        return 2
+    try:
+        print(admin_token(settings.data_dir, rotate=args.rotate))
+    except OSError as exc:
+        print(f"minilive: cannot keep the admin token in {settings.data_dir}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _app_parser(sub: argparse._SubParsersAction, store: argparse.ArgumentParser) -> None:

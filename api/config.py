@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from api.comments import ChannelSettings
+from api.console.sessions import ConsoleSettings
 from api.rooms import RoomSettings
 from api.supervisor import SupervisorSettings
 from ingest.server import RtmpSettings
@@ -55,6 +57,8 @@ class Settings:
     transcode: TranscodeSettings = field(default_factory=TranscodeSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    channel: ChannelSettings = field(default_factory=ChannelSettings)
 
     @property
     def public_host(self) -> str:
@@ -142,6 +146,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
     try:
         settings.transcode.validate()
         settings.cluster.validate()
+        settings.console.validate()
     except (SettingsError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     return settings

@@ -68,6 +68,8 @@ SUB_ANCHOR_DUPLICATE = 500004
 SUB_ANCHOR_IS_ANCHOR = 500005
 PUSHED_TODAY = 9410005
 PUSH_NOT_LIVE = 9410006
+# Room channel (issue 14): minilive's own, no official code names a missing replay.
+REPLAY_NOT_FOUND = 9410201
 
 MESSAGES = {
     SYSTEM_ERROR: "system error",
@@ -130,6 +132,8 @@ MESSAGES = {
     SUB_ANCHOR_IS_ANCHOR: "the sub-anchor cannot be the anchor (副号不能和主号重复)",
     PUSHED_TODAY: "another room of the app was already pushed today (当日另外一个房间已推送过)",
     PUSH_NOT_LIVE: "the room is not live (推送的直播间非直播中状态)",
+    # Room channel (issue 14)
+    REPLAY_NOT_FOUND: "replay not exist",
 }
 
 # How the REST surface maps an errcode to an HTTP status.
@@ -147,6 +151,7 @@ HTTP_STATUS = {
     # goods (issue 14)
     GOODS_NOT_FOUND: 404,
     AUDIT_STATE: 409,
+    REPLAY_NOT_FOUND: 404,  # room channel (issue 14)
 }
 
 
@@ -191,3 +196,44 @@ def json_error(exc: ApiError) -> web.Response:
     return web.json_response(
         {"error": {"code": exc.errcode, "message": exc.errmsg}}, status=exc.http_status, headers=CORS
     )
+
+
+# The console's sign-in and sessions, and the REST additions it uses (issue 15): minilive's own codes.
+CONSOLE_SIGN_IN = 9410301
+CONSOLE_SESSION = 9410302
+CONSOLE_CSRF = 9410303
+CONSOLE_FORBIDDEN = 9410304
+CONSOLE_RATE_LIMITED = 9410305
+CONSOLE_APP_REQUIRED = 9410306
+CONSOLE_APP_UNKNOWN = 9410307
+STREAM_NOT_HERE = 9410308
+REPLAY_NOT_FOUND = 9410201  # the room channel's (issue 14) code for the same thing
+REPLAY_RECORDING = 9410309
+MESSAGES.update(
+    {
+        CONSOLE_SIGN_IN: "sign-in refused",
+        CONSOLE_SESSION: "console session missing or over",
+        CONSOLE_CSRF: "CSRF token missing or wrong",
+        CONSOLE_FORBIDDEN: "not allowed for this session",
+        CONSOLE_RATE_LIMITED: "too many sign-in attempts",
+        CONSOLE_APP_REQUIRED: "no app named",
+        CONSOLE_APP_UNKNOWN: "app not exist",
+        STREAM_NOT_HERE: "the room's stream is not live on this server",
+        REPLAY_NOT_FOUND: "replay not exist",
+        REPLAY_RECORDING: "the replay is still being recorded",
+    }
+)
+HTTP_STATUS.update(
+    {
+        CONSOLE_SIGN_IN: 401,
+        CONSOLE_SESSION: 401,
+        CONSOLE_CSRF: 403,
+        CONSOLE_FORBIDDEN: 403,
+        CONSOLE_RATE_LIMITED: 429,
+        CONSOLE_APP_REQUIRED: 400,
+        CONSOLE_APP_UNKNOWN: 404,
+        STREAM_NOT_HERE: 404,
+        REPLAY_NOT_FOUND: 404,
+        REPLAY_RECORDING: 409,
+    }
+)

@@ -196,6 +196,10 @@ class GoodsLibrary:
 
     # ------------------------------------------------------------ the library
 
+    async def forget_room(self, roomid: int) -> None:
+        """A deleted room's goods pushes (the explainer clips' times) go with it."""
+        await self.store.drop_log(push_log(roomid))
+
     async def add(self, app: App, body: dict[str, Any]) -> LibraryGoods:
         """goods/add: a new goods item, submitted for review at once (300012 past the daily reviews)."""
         f = goods_info(body)

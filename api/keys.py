@@ -14,8 +14,11 @@ if TYPE_CHECKING:
     from api.apps import Apps
     from api.audience import AudienceOf
     from api.bus import RoomBus
+    from api.channel import Channel
+    from api.console.sessions import Sessions
     from api.goods import GoodsLibrary
     from api.ladders import Ladders
+    from api.live import LiveStreams
     from api.media import MediaLibrary
     from api.replays import ReplayService
     from api.roles import Roles
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
     from api.rooms import Rooms
     from api.subscribers import Subscribers
     from api.urls import Urls
+    from api.webhooks import Webhooks
 
 APPS: web.AppKey[Apps] = web.AppKey("apps")
 ROOMS: web.AppKey[Rooms] = web.AppKey("rooms")
@@ -38,3 +42,9 @@ SUBSCRIBERS: web.AppKey[Subscribers] = web.AppKey("subscribers")
 GOODS: web.AppKey[GoodsLibrary] = web.AppKey("goods")
 # Roles of an app's members (issue 14, roles-subscribers).
 ROLES: web.AppKey[Roles] = web.AppKey("roles")
+# The console (issue 15): its sessions, the live streams' details and controls, and the webhooks.
+CONSOLE: web.AppKey[Sessions] = web.AppKey("console")
+LIVE: web.AppKey[LiveStreams] = web.AppKey("live")
+WEBHOOKS: web.AppKey[Webhooks] = web.AppKey("webhooks")
+# The room channel (issue 14): its WebSocket members, comments and likes.
+CHANNEL: web.AppKey[Channel] = web.AppKey("channel")

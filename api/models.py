@@ -70,6 +70,11 @@ class App(_Record):
     # Who reviews the goods it adds (GOODS_AUDIT_MODES): approved at once, its moderation through the
     # REST API, or that after a webhook.
     goods_audit: str = "auto"
+    # The room channel (issue 14): may clients join without a viewer token (receive only)? On by
+    # default: the status feed has always been open to anyone who knows the room.
+    channel_anonymous: bool = True
+    comment_words: list[str] = field(default_factory=list)  # comments containing one are refused
+    comment_webhook: str = ""  # moderation: POSTed each comment, answers {"allow": bool}
 
 
 GOODS_AUDIT_MODES = ("auto", "manual", "webhook")

@@ -30,7 +30,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     meaning = {
         400: "invalid arguments (errcode 200002, 47001, 300002, 300031...)",
         401: "missing, invalid or expired access token (41001, 40001, 42001)",
-        404: "no such room for this app (300022)",
+        404: "no such room for this app (300022), or replay (9410201)",
         409: "the room's status forbids this (300023)",
     }
     return {str(status): _json(_ref("Error"), meaning[status]) for status in statuses}
@@ -141,6 +141,122 @@ _STATUS_MESSAGE = {
     "required": ["type", "roomid", "viewers"],
 }
 
+# ---------------------------------------------------------------- the room channel (issue 14)
+# Its messages are described in docs/asyncapi.yaml (AsyncAPI 3.0), served at /api/v1/asyncapi.yaml.
+ASYNCAPI = {"description": "the room channel's messages (AsyncAPI 3.0)", "url": "/api/v1/asyncapi.yaml"}
+CHANNEL_APP_FIELDS = {
+    "channel_anonymous": {
+        "type": "boolean",
+        "description": "may clients join the room channel without a viewer token (receive only)",
+    },
+    "comment_words": {"type": "array", "items": STR, "description": "comments containing one are refused"},
+    "comment_webhook": {**STR, "description": 'moderation URL: POSTed each comment, answers {"allow": bool}'},
+}
+_COMMENT = _object(
+    {
+        "type": {**STR, "enum": ["comment"]},
+        "roomid": INT,
+        "id": {**INT, "description": "the room's comment number, in the order every member saw them"},
+        "openid": STR,
+        "nickname": STR,
+        "text": STR,
+        "time": {**NUM, "description": "wall-clock Unix seconds"},
+        "stream_ms": {"type": ["integer", "null"], "description": "the live stream's clock, if known"},
+        "offset": {**NUM, "description": "seconds from the replay's start"},
+    }
+)
+_SECONDS = {"in": "query", "schema": NUM}
+CHANNEL_PATHS: dict[str, Any] = {
+    "/api/v1/rooms/{id}/events": {
+        "get": {
+            **_operation(
+                "Server-Sent Events: the room channel's messages for read-only clients: 'status' (the current "
+                "status, then each change), 'viewers', and every room message ('comment', 'likes', 'goods'...), "
+                "each event named after its message's type, the message as data; a comment line every 15 s",
+                {"description": "the event stream", "content": {"text/event-stream": {"schema": {"type": "object"}}}},
+                errors=(404,),
+                params=[ROOM_ID],
+                public=True,
+            ),
+            "externalDocs": ASYNCAPI,
+        }
+    },
+    "/api/v1/rooms/{id}/ws": {
+        "get": {
+            **_operation(
+                "WebSocket: the room channel (status, viewers, comments, likes, goods, moderation), one JSON text "
+                "message each way. ?token= a viewer token; without one (if the app allows it) receive only. A bad "
+                "or expired token is refused before the upgrade (401)",
+                {"description": "switching to WebSocket"},
+                status=101,
+                errors=(401, 404),
+                params=[ROOM_ID, {"name": "token", "in": "query", "schema": STR, "description": "viewer token"}],
+                public=True,
+            ),
+            "externalDocs": ASYNCAPI,
+        }
+    },
+    "/api/v1/rooms/{id}/viewer_tokens": {
+        "post": _operation(
+            "A viewer token for the room channel, for the app's own server to give its viewer: bound to the room "
+            "and openid, short-lived (checked when joining). role admin may moderate and comment while comments "
+            "are banned",
+            _json(_object({"token": STR, "expires_in": {**INT, "description": "seconds"}}), "the token"),
+            errors=(400, 401, 404),
+            body="ViewerTokenRequest",
+            params=[ROOM_ID],
+        )
+    },
+    "/api/v1/app/channel": {
+        "patch": _operation(
+            "Set the app's room channel settings: channel_anonymous, comment_words, comment_webhook",
+            _json(_ref("App"), "the app as changed"),
+            body="ChannelPatch",
+            errors=(400, 401),
+        )
+    },
+    "/api/v1/replays/{replay_id}/comments": {
+        "get": _operation(
+            "The comments made during a replay's span, in order, deleted ones left out; no token (as the replay's "
+            "files). Page with from: the last offset seen",
+            _json(
+                _object({"replay_id": STR, "roomid": INT, "comments": {"type": "array", "items": _COMMENT}}),
+                "comments",
+            ),
+            errors=(400, 404),
+            params=[
+                {"name": "replay_id", "in": "path", "required": True, "schema": STR},
+                {**_SECONDS, "name": "from", "description": "seconds from the replay's start (default 0)"},
+                {**_SECONDS, "name": "to", "description": "seconds from the replay's start (default: its end)"},
+                _query("limit", "at most this many (1-1000)", 1000),
+            ],
+            public=True,
+        )
+    },
+    "/api/v1/asyncapi.yaml": {
+        "get": _operation(
+            "The AsyncAPI document of the room channel's messages",
+            {"description": "AsyncAPI 3.0", "content": {"application/yaml": {}}},
+            errors=(),
+            public=True,
+        )
+    },
+}
+CHANNEL_SCHEMAS: dict[str, Any] = {
+    "ViewerTokenRequest": {
+        "type": "object",
+        "properties": {
+            "openid": {**STR, "description": "the viewer's openid (1-128 characters)"},
+            "nickname": {**STR, "description": "shown with its comments (at most 64 characters)"},
+            "role": {**STR, "enum": ["viewer", "admin"], "default": "viewer"},
+        },
+        "required": ["openid"],
+        "additionalProperties": False,
+    },
+    "ChannelPatch": {"type": "object", "properties": CHANNEL_APP_FIELDS, "additionalProperties": False},
+}
+
+
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -166,6 +282,7 @@ SCHEMAS: dict[str, Any] = {
             "renditions": RENDITIONS,
             "created_at": NUM,
             "goods_audit": {**STR, "enum": list(GOODS_AUDIT_MODES), "description": GOODS_AUDIT_ABOUT},
+            **CHANNEL_APP_FIELDS,
         }
     ),
     "AppPatch": {
@@ -245,6 +362,7 @@ SCHEMAS: dict[str, Any] = {
     ),
     "Status": _object({"roomid": INT, "live_status": {**INT, "description": STATUS_CODES}, "viewers": INT}),
     "StatusMessage": _STATUS_MESSAGE,
+    **CHANNEL_SCHEMAS,
 }
 
 _ROOM_RESPONSE = _json(_ref("Room"), "the room")
@@ -372,26 +490,7 @@ PATHS: dict[str, Any] = {
             ),
         }
     },
-    "/api/v1/rooms/{id}/events": {
-        "get": _operation(
-            "Server-Sent Events: 'status' (the current status, then each change) and 'viewers' events, each "
-            "with a StatusMessage as data; a comment every 15 s",
-            {"description": "the event stream", "content": {"text/event-stream": {"schema": _ref("StatusMessage")}}},
-            errors=(404,),
-            params=[ROOM_ID],
-            public=True,
-        )
-    },
-    "/api/v1/rooms/{id}/ws": {
-        "get": _operation(
-            "WebSocket: the same StatusMessages as /events, one JSON text message each",
-            {"description": "switching to WebSocket"},
-            status=101,
-            errors=(404,),
-            params=[ROOM_ID],
-            public=True,
-        )
-    },
+    **CHANNEL_PATHS,
     "/api/v1/streams": {
         "get": _operation(
             "Streams on this node with their publisher, codecs, rates and viewers; a source's renditions "
@@ -541,4 +640,174 @@ DOCUMENT: dict[str, Any] = {
             }
         },
     },
+}
+
+# ---------------------------------------------------------------- what the console uses (issue 15)
+
+_FORBIDDEN = _json(
+    _ref("Error"),
+    "console session: a write without the right X-CSRF-Token (9410303), or another app named (9410304)",
+)
+_NOT_HERE = _json(_ref("Error"), "no such room for this app (300022), or its anchor is not on this server (9410308)")
+
+
+def _console_operation(
+    summary: str, ok: dict[str, Any], not_found: dict[str, Any] | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    op = _operation(summary, ok, **kwargs)
+    op["responses"]["403"] = _FORBIDDEN
+    if not_found:
+        op["responses"]["404"] = not_found
+    return op
+
+
+SCHEMAS["MediaUpload"] = _object({"media_id": STR, "url": {**STR, "description": "where the image is served"}})
+SCHEMAS["Usage"] = _object(
+    {
+        "day": {**STR, "description": "today in time_zone, YYYY-MM-DD"},
+        "time_zone": STR,
+        "endpoints": {
+            "type": "array",
+            "items": _object({"endpoint": STR, "calls": INT, "quota": {**INT, "description": "calls a day"}}),
+        },
+    }
+)
+SCHEMAS["WebhookTest"] = _object(
+    {
+        "status": {"type": ["integer", "null"], "description": "the receiver's HTTP status; null: no answer"},
+        "body": {**STR, "description": "the first 2 KB of its answer"},
+        "error": {**STR, "description": "why no answer came (empty when one came)"},
+        "duration_ms": NUM,
+    }
+)
+_CODEC = {"type": ["string", "null"]}
+SCHEMAS["LiveStream"] = _object(
+    {
+        "roomid": INT,
+        "stream": STR,
+        "live_status": INT,
+        "held": {"type": "boolean", "description": "paused (105): the anchor may push, viewers get nothing"},
+        "publisher": _object(
+            {
+                "address": {**STR, "description": "the anchor's address and port"},
+                "protocol": {**STR, "description": "rtmp, rtmps, whip..."},
+                "since": {**NUM, "description": "Unix seconds"},
+                "uptime": {**NUM, "description": "seconds"},
+            }
+        ),
+        "video": {
+            "type": ["object", "null"],
+            "properties": {
+                "codec": _CODEC,
+                "width": INT,
+                "height": INT,
+                "fps": {**NUM, "description": "measured over the last second"},
+                "keyframe_interval": {
+                    "type": ["number", "null"],
+                    "description": "seconds between the anchor's last two keyframes (its GOP); null before two",
+                },
+            },
+            "required": ["codec", "width", "height", "fps", "keyframe_interval"],
+        },
+        "audio": {
+            "type": ["object", "null"],
+            "properties": {"codec": _CODEC, "sample_rate": INT, "channels": INT},
+            "required": ["codec", "sample_rate", "channels"],
+        },
+        "bitrate_in": {**INT, "description": "bit/s over the last second"},
+        "audience": _object(
+            {"total": INT, "by_protocol": {"type": "object", "additionalProperties": INT}},
+        ),
+        "latency_ms": {"type": ["number", "null"], "description": "null: not measured"},
+    }
+)
+_REPLAY_ID = {"name": "replay_id", "in": "path", "required": True, "schema": STR}
+CONSOLE_PATHS: dict[str, Any] = {
+    "/api/v1/media": {
+        "post": {
+            **_console_operation(
+                "Upload an image (multipart field 'media'; PNG, JPEG, GIF or WebP): the media_id a room's cover_img, "
+                "share_img and feeds_img take, as /cgi-bin/media/upload gives",
+                _json(_ref("MediaUpload"), "stored"),
+                status=201,
+                errors=(400, 401),
+            ),
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"media": {"type": "string", "format": "binary"}},
+                            "required": ["media"],
+                        }
+                    }
+                },
+            },
+        }
+    },
+    "/api/v1/app/usage": {
+        "get": _console_operation(
+            "Today's calls of each official endpoint against its daily quota (the day of [rooms] time_zone)",
+            _json(_ref("Usage"), "calls and quotas"),
+        )
+    },
+    "/api/v1/app/webhook_test": {
+        "post": _console_operation(
+            "Send a signed 'test' event to the app's webhook_url now, once, and show what came back (400: no "
+            "webhook_url)",
+            _json(_ref("WebhookTest"), "the receiver's answer, or why none came"),
+            errors=(400, 401),
+        )
+    },
+    "/api/v1/rooms/{id}/stream": {
+        "get": _console_operation(
+            "The room's live stream on this server: the anchor's address, codecs, size, fps, keyframe "
+            "interval, bitrate in and audience",
+            _json(_ref("LiveStream"), "live here"),
+            _NOT_HERE,
+            params=[ROOM_ID],
+        )
+    },
+    "/api/v1/rooms/{id}/kick": {
+        "post": _console_operation(
+            "Disconnect the anchor (204). The room changes as when an anchor drops (101 -> 106) and goes live "
+            "again when the anchor pushes; to keep it off the air, ban or end it",
+            {"description": "disconnected"},
+            _NOT_HERE,
+            status=204,
+            params=[ROOM_ID],
+        )
+    },
+    "/api/v1/replays/{replay_id}": {
+        "delete": _console_operation(
+            "Delete one of the app's replays, files and all (404: no such replay; 409: still being recorded)",
+            {"description": "deleted"},
+            _json(_ref("Error"), "the app has no such replay (9410201)"),
+            status=204,
+            errors=(401, 409),
+            params=[_REPLAY_ID],
+        )
+    },
+    "/api/v1/rooms/{id}/goods/{goods_id}/push": {
+        "post": _console_operation(
+            "Push (pin) goods of the room's list to its viewers, as the official goods/push: only while live "
+            "(409), on sale and not while other goods are showing (400: 300052, 300047, 300053)",
+            {"description": "pushed: the room channel announces it"},
+            _json(_ref("Error"), "no such room for this app (300022)"),
+            status=204,
+            errors=(400, 401, 409),
+            params=[ROOM_ID, _GOODS_ID],
+        )
+    },
+}
+PATHS.update(CONSOLE_PATHS)
+SCHEMAS["Delivery"]["properties"]["event"]["enum"].append("test")
+DOCUMENT["security"].append({"console": []})
+DOCUMENT["components"]["securitySchemes"]["console"] = {
+    "type": "apiKey",
+    "in": "cookie",
+    "name": "minilive_console",
+    "description": "the console's session (POST /console/api/login). Writes carry X-CSRF-Token (the csrf it "
+    "answered); an admin session names the app with X-Minilive-App",
 }

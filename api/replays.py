@@ -32,8 +32,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
+from api import errors
 from api.aio import cancel_and_wait
-from api.models import ACTIVE_STATUSES, LiveStatus, Replay, Room, RoomEvent, parse_stream
+from api.errors import ApiError
+from api.models import ACTIVE_STATUSES, App, LiveStatus, Replay, Room, RoomEvent, parse_stream
 from api.store.base import RoomStore
 from api.urls import Urls
 from api.views import replay_ready
@@ -321,6 +323,18 @@ class ReplayService:
             deleted += 1
             log.info("replay %s of room %d expired: deleted", replay.replay_id, replay.roomid)
         return deleted
+
+    async def delete(self, app: App, replay_id: str) -> None:
+        """Delete one of the app's replays, files and record (409 while it is being recorded)."""
+        replay = await self.store.get_replay(replay_id)
+        if replay is None or replay.appid != app.appid:
+            raise ApiError(errors.REPLAY_NOT_FOUND, f"app {app.appid} has no replay {replay_id}")
+        if replay.status == "recording" or replay.replay_id in self._recording_ids():
+            raise ApiError(errors.REPLAY_RECORDING, f"replay {replay_id} is being recorded: delete it once it is ready")
+        if replay.path:
+            await self.recorder.delete(replay.path)
+        await self.store.delete_replay(replay.replay_id)
+        log.info("replay %s of room %d deleted by its app", replay.replay_id, replay.roomid)
 
     async def _retention(self) -> None:
         while True:

@@ -3,8 +3,8 @@
 Handlers are thin: they read snake_case JSON, call one service function (the services the WeChat-
 compatible routes call) and shape the reply. Services come from ``request.app`` (``api.keys``). A
 request is authenticated by ``Authorization: Bearer <access_token>``, the token from
-``/cgi-bin/token`` or ``POST /api/v1/token``. Errors are ``{"error": {"code": errcode, "message":
-errmsg}}`` with the HTTP status the errcode maps to.
+``/cgi-bin/token`` or ``POST /api/v1/token``, or by the console's session cookie. Errors are
+``{"error": {"code": errcode, "message": errmsg}}`` with the HTTP status the errcode maps to.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from api import errors
+from api.console import sessions as console
 from api.errors import ApiError, json_error
-from api.keys import APPS, AUDIENCE, LADDERS, ROOM_STATUS, ROOMS, URLS
+from api.keys import APPS, AUDIENCE, CONSOLE, LADDERS, ROOM_STATUS, ROOMS, URLS
 from api.models import ROOM_EDITABLE, ROOM_INPUTS, App, Room
 from api.openapi import DOCUMENT
 from api.room_status import ACTIONS
@@ -56,17 +57,31 @@ def shaped(handler: Handler) -> Handler:
 
 
 def authenticated(handler: AppHandler) -> Handler:
-    """A handler for the app whose access token the request carries (``Authorization: Bearer``)."""
+    """A handler for the app whose access token the request carries (``Authorization: Bearer``), or
+    for the console session's app (its cookie; see ``request_app``)."""
 
     @shaped
     @functools.wraps(handler)
     async def view(request: web.Request) -> web.StreamResponse:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            token = ""
-        return await handler(request, await request.app[APPS].app_for_token(token.strip()))
+        return await handler(request, await request_app(request))
 
     return view
+
+
+async def request_app(request: web.Request) -> App:
+    """The app a REST request acts for. A Bearer token decides when there is one (a program, not a
+    browser: no CSRF). Otherwise the console's session cookie: its app, or for the admin the app named by
+    ``X-Minilive-App`` (or the path's ``{appid}``); its writes must carry ``X-CSRF-Token``."""
+    header = request.headers.get("Authorization", "")
+    cookie = request.cookies.get(console.COOKIE, "")
+    if cookie and not header and CONSOLE in request.app:
+        named = request.headers.get("X-Minilive-App", "") or request.match_info.get("appid", "")
+        csrf = request.headers.get("X-CSRF-Token", "")
+        return await request.app[CONSOLE].app_for(cookie, request.method, csrf, named)
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        token = ""
+    return await request.app[APPS].app_for_token(token.strip())
 
 
 def _room_id(request: web.Request) -> int:

@@ -89,6 +89,8 @@ class Rooms:
         self.clock = clock
         # createRoom/editRoom's check of anchorWechat (``Roles.check_anchor``, set by the composition root).
         self.check_anchor: Callable[[App, str], Awaitable[None]] | None = None
+        # What the room's features keep apart from the room (subscribers, goods pushes): dropped with it.
+        self.on_delete: list[Callable[[int], Awaitable[None]]] = []
 
     async def find(self, roomid: int) -> Room | None:
         """Any app's room: for the URLs that viewers load without a token."""
@@ -175,6 +177,8 @@ class Rooms:
             raise ApiError(errors.ROOM_STATUS_FORBIDS, f"room {roomid} is live ({room.live_status}): end it first")
         await self.store.delete_room(roomid)
         await self.store.release_live_slot(app.appid, roomid)
+        for forget in self.on_delete:
+            await forget(roomid)
 
     async def list_rooms(self, app: App, start: int, limit: int) -> tuple[list[Room], int]:
         if start < 0 or limit <= 0:

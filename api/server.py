@@ -10,16 +10,34 @@ import signal
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from api import cluster, errors, goods_api, keys, rest, role_routes, streams, subscriber_routes, wechat
+from api import (
+    channel_routes,
+    cluster,
+    errors,
+    goods_api,
+    keys,
+    operator_routes,
+    rest,
+    role_routes,
+    streams,
+    subscriber_routes,
+    wechat,
+)
 from api.access import AccessPolicy
 from api.apps import Apps
 from api.audience import Audience
 from api.bus import RoomBus
+from api.channel import Channel
+from api.comments import Comments
 from api.config import Settings
+from api.console import routes as console_routes
+from api.console.sessions import Sessions
 from api.errors import ApiError, StoreUnavailable, json_error
 from api.goods import GoodsLibrary
 from api.ladders import Ladders
+from api.live import LiveStreams
 from api.media import MediaLibrary
+from api.models import Room
 from api.replays import ReplayService
 from api.roles import Roles
 from api.room_status import RoomStatus
@@ -171,9 +189,14 @@ class Server:
         self.goods = GoodsLibrary(
             self.store, self.rooms, self.bus, self.webhooks, self.urls, self.replays, settings.rooms, settings.recorder
         )
-        self.status = StatusRoutes(self.store, self.audience)
+        self.rooms.on_delete += [self.subscribers.forget_room, self.goods.forget_room]
+        self.status = StatusRoutes(self.store, self.audience, self.bus)
+        self.comments = Comments(self.store, self.bus, settings.channel, self.stream_time_ms)
+        self.channel = Channel(self.store, self.status.feed, self.comments, settings.channel)
         self.policy = AccessPolicy(settings.allow_anonymous_publish, self.store, settings.rooms, self.room_status)
         self.media = MediaLibrary(self.store, settings.data_dir, settings.rooms.media_ttl_seconds)
+        self.console = Sessions(self.store, settings.console, settings.data_dir)
+        self.live = LiveStreams(self.hub, settings.rooms.rtmp_app, self.audience)
         self.hls = HlsPlayback(self.hub, settings.hls, self.policy.play, self.renditions)
         # One of several nodes (workers, or boxes behind Redis): a publish claims its stream in the
         # registry, and viewers here of a stream published elsewhere are served by a pull.
@@ -197,6 +220,8 @@ class Server:
         )
         if self.cluster is not None:
             self.cluster.listener.extra_routes = self.webrtc.session_routes()
+            self.cluster.listener.extra_routes += self.live.node_routes()
+            self.live.cluster = self.cluster.cluster
         self.app = self.build_app()
         self._runner: web.AppRunner | None = None
         self.http_site: FastPathListener | None = None
@@ -213,6 +238,13 @@ class Server:
             for protocol, count in self.cluster.cluster.audience_elsewhere(app, stream).items():
                 by_protocol[protocol] = by_protocol.get(protocol, 0) + count
         return {"total": sum(by_protocol.values()), "by_protocol": by_protocol}
+
+    def stream_time_ms(self, room: Room) -> int | None:
+        """The clock of a room's stream in ms, if its anchor publishes to this node (not a pull)."""
+        stats = self.hub.stats(self.settings.rooms.rtmp_app, room.stream_name)
+        if stats is None or not stats["live"] or stats["relayed"]:
+            return None
+        return stats["time_ms"]
 
     async def _held(self, stream: str) -> bool | None:
         """Whether a live node originates a room's stream (None: the registry cannot say now)."""
@@ -235,11 +267,15 @@ class Server:
         app.add_routes(role_routes.routes())
         app.add_routes(subscriber_routes.routes())
         app.add_routes(self.status.routes())
+        app[keys.CHANNEL] = self.channel
+        app.add_routes([*self.channel.routes(), *channel_routes.routes()])
         app.add_routes(rest.routes())
         app.add_routes(self.webrtc.routes())
         app.add_routes(self.replays.routes())
         app[keys.GOODS] = self.goods
         app.add_routes(goods_api.routes())
+        app[keys.CONSOLE], app[keys.LIVE], app[keys.WEBHOOKS] = self.console, self.live, self.webhooks
+        app.add_routes([*console_routes.routes(), *operator_routes.routes()])
         app.cleanup_ctx.append(self.media.cleanup_ctx)
         app.cleanup_ctx.append(self.hls.cleanup_ctx)
         return app
@@ -279,6 +315,7 @@ class Server:
         self.hub.add_listener(self.replays.stream_event)
         await self.room_status.start()
         await self.replays.start()
+        await self.comments.start()
         log.info(
             "RTMP  listening on %s:%d  push/play rtmp://%s:%d/live/STREAM",
             s.host,
@@ -312,7 +349,9 @@ class Server:
         await self.room_status.stop()
         await self.replays.stop()
         await self.webhooks.close()
+        await self.live.close()
         await self.status.close()
+        await self.comments.stop()
         if self.cluster is not None:
             await self.cluster.stop()
         if self.http_site is not None:

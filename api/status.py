@@ -1,9 +1,10 @@
 """Viewer-facing room status, the plugin's ``getLiveStatus``: polled cheaply or pushed as it changes.
 
 ``GET /api/v1/rooms/{id}/status`` needs no token and counts against no quota: one read, a strong
-ETag and a two-second ``max-age``. ``/events`` (Server-Sent Events) and ``/ws`` (WebSocket) push the
-same facts: the current status first, then every status change of the room (from the store's events,
-so a change made on any node arrives) and the viewer count whenever it changes.
+ETag and a two-second ``max-age``. ``/events`` (Server-Sent Events) and the room channel's ``/ws``
+(``api.channel``) push the room's messages: the current status first, then every status change of
+the room (from the store's events, so a change made on any node arrives), the viewer count whenever
+it changes, and every room bus message (comments, likes, goods...: ``api.bus``).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from api import errors
 from api.audience import AudienceOf
+from api.bus import RoomBus
 from api.errors import ApiError, json_error
 from api.models import Room, RoomEvent
 from api.store.base import RoomStore
@@ -54,53 +56,86 @@ def change_message(event: RoomEvent, viewers: int) -> Message:
     return _status(event.roomid, event.live_status, event.previous_status, event.reason, event.time, viewers)
 
 
+class FeedListener(Protocol):
+    """What the feed hands a room's messages to: an SSE client's queue, or the room channel's members."""
+
+    def put(self, message: Message | None) -> None:
+        """A message; None ends the feed (the server stops)."""
+
+    def alive(self) -> bool: ...
+
+    @property
+    def size(self) -> int:
+        """How many clients it stands for."""
+        ...
+
+
 @dataclass(slots=True, eq=False)
 class Listener:
     """One client's bounded queue of messages."""
 
     queue: asyncio.Queue[Message | None]
-    alive: Callable[[], bool]
+    still_there: Callable[[], bool]
     closed: bool = False
     _last: dict[str, Any] = field(default_factory=dict)
+    size = 1
+
+    def alive(self) -> bool:
+        return self.still_there()
 
     def put(self, message: Message | None) -> None:
-        """Queue a message; a slow client whose queue is full loses its oldest message."""
+        """Queue a message; a slow client whose queue is full loses its oldest message. None is the
+        end-of-feed marker: nothing is queued after it."""
         if self.closed:
             return
         if self.queue.full():
             self.queue.get_nowait()
         self.queue.put_nowait(message)
+        self.closed = message is None
 
     def close(self) -> None:
-        """Wake the client's handler with the end-of-feed marker (None)."""
+        """Wake the client's handler with the end-of-feed marker."""
         self.put(None)
-        self.closed = True
 
     def fresh(self, message: Message) -> bool:
-        """True if the message tells this client something new (and remember what it was told): a
-        status change that raced with the first message, or a count already sent, is not news."""
-        key = "live_status" if message["type"] == STATUS else "viewers"
-        if self._last.get(key) == message[key]:
-            return False
-        self._last.update((k, message[k]) for k in ("live_status", "viewers") if k in message)
+        return news(self._last, message)
+
+
+def news(told: dict[str, Any], message: Message) -> bool:
+    """True if the message tells a client something new (remembering in ``told`` what it was told): a
+    status change that raced with the first message, or a count already sent, is not news. Other
+    messages (comments, likes...) always are."""
+    if message["type"] not in (STATUS, VIEWERS):
         return True
+    key = "live_status" if message["type"] == STATUS else "viewers"
+    if told.get(key) == message[key]:
+        return False
+    told.update((k, message[k]) for k in ("live_status", "viewers") if k in message)
+    return True
 
 
 @dataclass(slots=True, eq=False)
 class _Watched:
     stream: str
     viewers: int
-    listeners: set[Listener] = field(default_factory=set)
+    listeners: set[FeedListener] = field(default_factory=set)
 
 
 class RoomFeed:
-    """ONE store subscription (the store has no unsubscribe) fanned out to per-client queues, and
-    one timer that checks the watched rooms' viewer counts and drops clients that went away."""
+    """ONE store subscription (the store has no unsubscribe) and one bus subscription fanned out to
+    the rooms' listeners, and one timer that checks the watched rooms' viewer counts and drops
+    clients that went away."""
 
     def __init__(
-        self, store: RoomStore, audience: AudienceOf, viewer_interval: float = 2.0, queue_size: int = 32
+        self,
+        store: RoomStore,
+        audience: AudienceOf,
+        bus: RoomBus | None = None,
+        viewer_interval: float = 2.0,
+        queue_size: int = 256,  # an SSE client's backlog: comments come in bursts
     ) -> None:
         self.store = store
+        self.bus = bus
         self.audience = audience
         self.viewer_interval = viewer_interval
         self.queue_size = queue_size
@@ -110,30 +145,50 @@ class RoomFeed:
 
     @property
     def subscribers(self) -> int:
-        return sum(len(watched.listeners) for watched in self._rooms.values())
+        return sum(listener.size for watched in self._rooms.values() for listener in watched.listeners)
 
     def viewers(self, stream: str) -> int:
         return self.audience(stream)["total"]
 
     @contextlib.contextmanager
     def listen(self, room: Room, alive: Callable[[], bool]) -> Iterator[Listener]:
-        """Receive the room's messages for as long as the ``with`` block runs."""
+        """Receive the room's messages in a queue for as long as the ``with`` block runs."""
+        listener = Listener(asyncio.Queue(self.queue_size), alive)
+        self.add(room, listener)
+        try:
+            yield listener
+        finally:
+            self.remove(room.roomid, listener)
+
+    def add(self, room: Room, listener: FeedListener) -> None:
+        """Hand the room's messages to ``listener`` from now on, until ``remove``."""
         if not self._subscribed:
             self.store.subscribe(self._on_event)
+            if self.bus is not None:
+                self.bus.subscribe(self._on_message)
             self._subscribed = True
         watched = self._rooms.get(room.roomid)
         if watched is None:
             watched = self._rooms[room.roomid] = _Watched(room.stream_name, self.viewers(room.stream_name))
-        listener = Listener(asyncio.Queue(self.queue_size), alive)
         watched.listeners.add(listener)
         if self._ticker is None or self._ticker.done():
             self._ticker = asyncio.create_task(self._tick())
-        try:
-            yield listener
-        finally:
-            watched.listeners.discard(listener)
-            if not watched.listeners and self._rooms.get(room.roomid) is watched:
-                del self._rooms[room.roomid]
+
+    def remove(self, roomid: int, listener: FeedListener) -> None:
+        watched = self._rooms.get(roomid)
+        if watched is None:
+            return
+        watched.listeners.discard(listener)
+        if not watched.listeners:
+            del self._rooms[roomid]
+
+    def _on_message(self, roomid: int, message: Message) -> None:
+        """A room bus message: to the room's listeners unchanged."""
+        watched = self._rooms.get(roomid)
+        if watched is None:
+            return
+        for listener in list(watched.listeners):
+            listener.put(message)
 
     def _on_event(self, event: RoomEvent) -> None:
         watched = self._rooms.get(event.roomid)
@@ -157,31 +212,32 @@ class RoomFeed:
                 # An idle SSE client that left is otherwise noticed only at the next heartbeat.
                 for listener in watched.listeners:
                     if not listener.alive():
-                        listener.close()
+                        listener.put(None)
 
     async def close(self) -> None:
         """End every client's feed (server shutdown)."""
-        for watched in self._rooms.values():
-            for listener in watched.listeners:
-                listener.close()
+        for watched in list(self._rooms.values()):
+            for listener in list(watched.listeners):
+                listener.put(None)
         if self._ticker is not None:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
 
 
 class StatusRoutes:
-    """``/api/v1/rooms/{id}/status``, ``/events`` and ``/ws``."""
+    """``/api/v1/rooms/{id}/status`` and ``/events``."""
 
-    def __init__(self, store: RoomStore, audience: AudienceOf, heartbeat_seconds: float = 15.0) -> None:
+    def __init__(
+        self, store: RoomStore, audience: AudienceOf, bus: RoomBus | None = None, heartbeat_seconds: float = 15.0
+    ) -> None:
         self.store = store
-        self.feed = RoomFeed(store, audience)
+        self.feed = RoomFeed(store, audience, bus)
         self.heartbeat_seconds = heartbeat_seconds
 
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/api/v1/rooms/{id:[0-9]+}/status", self.status),
             web.get("/api/v1/rooms/{id:[0-9]+}/events", self.events),
-            web.get("/api/v1/rooms/{id:[0-9]+}/ws", self.websocket),
         ]
 
     async def close(self) -> None:
@@ -251,36 +307,6 @@ class StatusRoutes:
                         await response.write(_sse(message))
         return response
 
-    async def websocket(self, request: web.Request) -> web.StreamResponse:
-        try:
-            room = await self._room(request)
-        except ApiError as exc:
-            return json_error(exc)
-        ws = web.WebSocketResponse(heartbeat=self.heartbeat_seconds)
-        await ws.prepare(request)
-        with self.feed.listen(room, lambda: not ws.closed) as listener:
-            reader = asyncio.create_task(_read_until_closed(ws, listener))
-            try:
-                room = await self.store.get_room(room.roomid) or room
-                message: Message | None = status_message(room, self.feed.viewers(room.stream_name))
-                while message is not None:
-                    if listener.fresh(message):
-                        await ws.send_json(message)
-                    message = await listener.queue.get()
-            except ConnectionResetError:
-                pass
-            finally:
-                reader.cancel()
-                await ws.close()
-        return ws
-
 
 def _sse(message: Message) -> bytes:
     return f"event: {message['type']}\ndata: {json.dumps(message, separators=(',', ':'))}\n\n".encode()
-
-
-async def _read_until_closed(ws: web.WebSocketResponse, listener: Listener) -> None:
-    """Clients have nothing to say; reading is how a close (or a missed pong) is noticed."""
-    async for _ in ws:
-        pass
-    listener.close()

@@ -131,6 +131,10 @@ class Subscribers:
 
     # ------------------------------------------------------------ lists
 
+    async def forget_room(self, roomid: int) -> None:
+        """A deleted room's subscribers go with it (get_wxa_followers already skips deleted rooms)."""
+        await self.store.drop_docs(_collection(roomid))
+
     async def count(self, room: Room) -> int:
         return await self.store.count_docs(_collection(room.roomid))
 

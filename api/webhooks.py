@@ -16,10 +16,13 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from api import errors
+from api.errors import ApiError
 from api.models import App, RoomEvent
 from api.store.base import RoomStore
 
@@ -28,6 +31,8 @@ log = logging.getLogger("minilive.webhooks")
 SIGN_TTL_SECONDS = 600
 # Events waiting per app while its receiver is down; the oldest are dropped beyond this.
 MAX_QUEUED = 1000
+# Of a receiver's answer to a test delivery, this much is shown.
+ANSWER_KEPT = 2048
 
 
 def sign(key: str, t: int) -> str:
@@ -105,11 +110,6 @@ class Webhooks:
         app = await self.store.get_app(event.appid)
         if app is None or not app.webhook_url:
             return
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout_seconds),
-                headers={"User-Agent": "minilive-webhooks"},
-            )
         delivery = secrets.token_hex(8)
         attempts = len(self.retry_seconds) + 1
         for attempt in range(1, attempts + 1):
@@ -128,7 +128,15 @@ class Webhooks:
             await asyncio.sleep(self.retry_seconds[attempt - 1])
 
     async def _attempt(self, app: App, event: RoomEvent, delivery: str, attempt: int) -> dict[str, Any]:
-        assert self._session is not None
+        answer = await self._post(app, event, delivery)
+        last = attempt > len(self.retry_seconds)
+        return await self._log(
+            app, event, delivery, attempt, answer, "delivered" if answer.delivered else "failed" if last else "retrying"
+        )
+
+    async def _log(
+        self, app: App, event: RoomEvent, delivery: str, attempt: int, answer: Answer, status: str
+    ) -> dict[str, Any]:
         record: dict[str, Any] = {
             "delivery_id": delivery,
             "event": event.type,
@@ -137,8 +145,26 @@ class Webhooks:
             "url": app.webhook_url,
             "attempt": attempt,
         }
+        if answer.status is not None:
+            record["http_status"] = answer.status
+        if answer.error:
+            record["error"] = answer.error
+        record["duration_ms"] = answer.duration_ms
+        record["time"] = self.clock()
+        record["status"] = status
+        await self.store.log_delivery(app.appid, record)
+        return record
+
+    async def _post(self, app: App, event: RoomEvent, delivery: str) -> Answer:
+        """One signed POST of ``event`` to the app's webhook: what came back (redirects not followed)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_seconds),
+                headers={"User-Agent": "minilive-webhooks"},
+            )
         headers = {"X-Minilive-Event": event.type, "X-Minilive-Delivery": delivery}
         started = time.monotonic()
+        answer = Answer()
         try:
             async with self._session.post(
                 app.webhook_url,
@@ -146,14 +172,33 @@ class Webhooks:
                 headers=headers,
                 allow_redirects=False,
             ) as response:
-                record["http_status"] = response.status
-                delivered = 200 <= response.status < 300
+                answer.status = response.status
+                answer.body = (await response.content.read(ANSWER_KEPT)).decode(errors="replace")
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            record["error"] = str(exc) or type(exc).__name__
-            delivered = False
-        record["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
-        record["time"] = self.clock()
-        last = attempt > len(self.retry_seconds)
-        record["status"] = "delivered" if delivered else "failed" if last else "retrying"
-        await self.store.log_delivery(app.appid, record)
-        return record
+            answer.error = str(exc) or type(exc).__name__
+        answer.duration_ms = round((time.monotonic() - started) * 1000, 1)
+        return answer
+
+    async def test(self, app: App) -> Answer:
+        """A signed ``test`` event to the app's webhook now, once (no retries), logged with the others."""
+        if not app.webhook_url:
+            raise ApiError(errors.INVALID_ARGS, "the app has no webhook_url: set one with PATCH /api/v1/app first")
+        event = RoomEvent("test", app.appid, 0, 0, reason="a test delivery")
+        delivery = secrets.token_hex(8)
+        answer = await self._post(app, event, delivery)
+        await self._log(app, event, delivery, 1, answer, "delivered" if answer.delivered else "failed")
+        return answer
+
+
+@dataclass(slots=True)
+class Answer:
+    """What a webhook receiver answered to one POST (``status`` None: no answer, ``error`` says why)."""
+
+    status: int | None = None
+    body: str = ""  # its first ANSWER_KEPT bytes
+    error: str = ""
+    duration_ms: float = 0.0
+
+    @property
+    def delivered(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300

@@ -76,9 +76,21 @@ def official(method: str, json_body: bool = True) -> Callable[[Endpoint], Handle
             params = await _json_object(request) if method == "POST" and json_body else dict(request.query)
             return await handler(request, app, Fields(params))
 
+        view.counts_quota = True  # type: ignore[attr-defined]  # GET /api/v1/app/usage lists these
         return view
 
     return wrap
+
+
+def quota_endpoints(app: web.Application) -> list[str]:
+    """The names under which the app's routes count calls against the daily quotas."""
+    return sorted(
+        {
+            route.resource.canonical.rsplit("/", 1)[-1]
+            for route in app.router.routes()
+            if route.resource and getattr(route.handler, "counts_quota", False)
+        }
+    )
 
 
 def _endpoint_name(request: web.Request) -> str:
@@ -149,7 +161,7 @@ async def callback_ip(request: web.Request, app: App, f: Fields) -> Reply:
 
 @official("POST", json_body=False)
 async def upload(request: web.Request, app: App, f: Fields) -> Reply:
-    data = await _media_part(request)
+    data = await media_part(request)
     item = await request.app[MEDIA].upload(app, f.string("type", required=False), data)
     return {"type": item.type, "media_id": item.media_id, "created_at": int(item.created_at)}
 
@@ -314,7 +326,7 @@ def routes() -> list[web.RouteDef]:
     return [*(web.route("*", path, handler) for path, handler in endpoints.items()), *images]
 
 
-async def _media_part(request: web.Request) -> bytes:
+async def media_part(request: web.Request) -> bytes:
     """The ``media`` field of a multipart upload; reading stops just past the size limit."""
     missing = ApiError(errors.MEDIA_DATA_MISSING, "upload the image as multipart/form-data field 'media'")
     if not request.content_type.startswith("multipart/"):

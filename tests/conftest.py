@@ -81,6 +81,9 @@ async def make_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
             if key.startswith("cluster_"):
                 setattr(settings.cluster, key.removeprefix("cluster_"), value)
                 continue
+            if key.startswith("channel_"):
+                setattr(settings.channel, key.removeprefix("channel_"), value)
+                continue
             targets = (settings, settings.relay, settings.rtmp, settings.rooms, settings.recorder, settings.hls)
             for target in (*targets, settings.transcode):
                 if hasattr(target, key):

@@ -573,6 +573,8 @@ async def test_explainer_video_is_cut_between_two_pushes(make_server, session, t
         (tmp_path / "last.mp4").write_bytes(await response.read())
     duration, keyframe = await clip_duration(tmp_path / "last.mp4")
     assert keyframe and left - 1.5 <= duration <= left + 1.2, (duration, left)
+    assert errcode(await wx.post(ROOM + "deleteroom", {"id": roomid})) == 0
+    assert await server.goods.pushes(roomid) == [], "a deleted room's pushes go with it"
 
 
 async def test_a_wechat_sdk_drives_the_goods_api(wx):

@@ -251,8 +251,11 @@ async def test_incr_counter_counts_exactly_to_the_limit(store: RoomStore, make_s
     stores = (store, await make_store())
     results = await asyncio.gather(*(stores[i % 2].incr_counter("quota:wx1:create", 10, 60) for i in range(100)))
     assert sum(results) == 10
+    assert await store.counter("quota:wx1:create") == await stores[1].counter("quota:wx1:create") == 10
     assert await store.incr_counter("quota:wx2:create", 10, 60) is True
+    assert await store.counter("quota:wx2:create") == 1
     assert await store.incr_counter("quota:wx3:create", 0, 60) is False
+    assert await store.counter("quota:wx3:create") == 0
 
 
 async def test_incr_counter_lifetime_starts_at_first_use(store: RoomStore) -> None:
@@ -261,6 +264,7 @@ async def test_incr_counter_lifetime_starts_at_first_use(store: RoomStore) -> No
     assert await store.incr_counter("burst", 2, 1) is True
     assert await store.incr_counter("burst", 2, 1) is False
     await asyncio.sleep(0.7)  # 1.2 s after the first use, 0.7 s after the last
+    assert await store.counter("burst") == 0
     assert await store.incr_counter("burst", 2, 1) is True
 
 
@@ -443,6 +447,15 @@ async def test_add_doc_and_next_id_race_across_processes(store: RoomStore, make_
     ids = await asyncio.gather(*(s.next_id("goods") for s in stores for _ in range(5)))
     assert sorted(ids) == list(range(1, 21))
     assert await store.next_id("other") == 1
+
+
+async def test_next_id_steps_as_a_shared_counter(store: RoomStore, make_store: StoreFactory) -> None:
+    other = await make_store()
+    assert await store.next_id("likes:1", 0) == 0  # a read: nothing counted yet
+    totals = await asyncio.gather(store.next_id("likes:1", 30), other.next_id("likes:1", 12))
+    assert sorted(totals) in ([12, 42], [30, 42])
+    assert await other.next_id("likes:1", 0) == 42
+    assert await store.next_id("likes:1") == 43
 
 
 async def test_logs_ordered_by_score_then_sequence(store: RoomStore, make_store: StoreFactory) -> None:

@@ -200,6 +200,8 @@ async def test_followers_pages_through_the_apps_subscribers(wx):
     assert errcode(await wx.post(ROOM + "deleteroom", {"id": b_id})) == 0
     left = await wx.post(FOLLOWERS, {"limit": 2000})
     assert {f["room_id"] for f in left["followers"]} == {a_id}, "a deleted room's subscribers are gone"
+    assert await server.store.list_docs(f"subscribers:{b_id}") == {}, "and not kept in the store"
+    assert await server.store.count_docs(f"subscribers:{a_id}") == 4
     for bad in ({"limit": 0}, {"limit": 2001}, {"page_break": -1}, {"limit": "many"}):
         assert errcode(await wx.post(FOLLOWERS, bad)) == 200002, bad
     assert errcode(await wx.get(FOLLOWERS)) == 43002

@@ -129,6 +129,10 @@ class RoomStore(abc.ABC):
         True if counted, False if the limit was reached (then nothing is counted)."""
 
     @abc.abstractmethod
+    async def counter(self, key: str) -> int:
+        """How many uses ``incr_counter`` counted under ``key`` in its lifetime (0 once it expired)."""
+
+    @abc.abstractmethod
     async def claim_live_slot(self, appid: str, roomid: int, limit: int) -> bool:
         """Atomically mark the room as live for the app's concurrent-lives limit. True if it holds a
         slot now (already holding one counts), False if the app already has ``limit`` others."""
@@ -226,8 +230,10 @@ class RoomStore(abc.ABC):
         """Delete the whole collection."""
 
     @abc.abstractmethod
-    async def next_id(self, sequence: str) -> int:
-        """The next number of a named sequence: 1, 2, 3... unique across processes and nodes."""
+    async def next_id(self, sequence: str, step: int = 1) -> int:
+        """The next number of a named sequence: 1, 2, 3... unique across processes and nodes. With
+        ``step``, the sequence moves by that much at once (a shared counter: a room's likes, added
+        by every node); 0 reads it (0 for a new sequence)."""
 
     # ------------------------------------------------------------ logs
     # Append-only records ordered by a score the caller chooses (a room's comments by stream time).

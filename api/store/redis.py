@@ -394,6 +394,9 @@ class RedisStore(RoomStore):
     async def incr_counter(self, key: str, limit: int, ttl_seconds: int) -> bool:
         return bool(await self._incr_counter(keys=[self._key("counter", key)], args=[limit, ttl_seconds * 1000]))
 
+    async def counter(self, key: str) -> int:
+        return int(await self._redis.get(self._key("counter", key)) or 0)
+
     async def claim_live_slot(self, appid: str, roomid: int, limit: int) -> bool:
         return bool(await self._claim_live_slot(keys=[self._key("live_slots", appid)], args=[roomid, limit]))
 
@@ -535,8 +538,8 @@ class RedisStore(RoomStore):
     async def drop_docs(self, collection: str) -> None:
         await self._redis.delete(self._key("doc", collection))
 
-    async def next_id(self, sequence: str) -> int:
-        return await self._redis.incr(self._key("seq", sequence))
+    async def next_id(self, sequence: str, step: int = 1) -> int:
+        return await self._redis.incrby(self._key("seq", sequence), step)
 
     # ------------------------------------------------------------ logs
 

@@ -343,6 +343,16 @@ class SqliteStore(RoomStore):
             )
         return True
 
+    async def counter(self, key: str) -> int:
+        return await self._run(self._counter, key)
+
+    def _counter(self, key: str) -> int:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT count FROM counters WHERE key = ? AND expires_at > ?", (key, time.time())
+            ).fetchone()
+        return 0 if row is None else row[0]
+
     async def claim_live_slot(self, appid: str, roomid: int, limit: int) -> bool:
         return await self._run(self._claim_live_slot, appid, roomid, limit)
 
@@ -535,12 +545,12 @@ class SqliteStore(RoomStore):
     async def drop_docs(self, collection: str) -> None:
         await self._run(self._execute, "DELETE FROM docs WHERE collection = ?", (collection,))
 
-    async def next_id(self, sequence: str) -> int:
+    async def next_id(self, sequence: str, step: int = 1) -> int:
         rows = await self._run(
             self._rows,
-            "INSERT INTO sequences (name, value) VALUES (?, 1) "
-            "ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value",
-            (sequence,),
+            "INSERT INTO sequences (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value RETURNING value",
+            (sequence, step),
         )
         return rows[0][0]
 

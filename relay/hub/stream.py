@@ -73,6 +73,10 @@ class LiveStream:
         self.dropped_slow = 0
         self.sink_failures = 0
         self.rates = {"bitrate_in": 0.0, "bitrate_out": 0.0, "fps": 0.0}
+        # The publisher's keyframe interval (its GOP), measured between its last two keyframes: a long
+        # one makes every new viewer wait that long for a picture.
+        self.keyframe_interval_ms = 0
+        self._last_keyframe_ms: int | None = None
         self._rate_mark = (time.monotonic(), 0, 0, 0)
 
     # ------------------------------------------------------------ ingest side
@@ -82,6 +86,10 @@ class LiveStream:
         viewers with the next merged write (so a viewer that joins in between gets the GOP cache, then
         the pending packets, each once)."""
         self.bytes_in += len(packet.payload)
+        if packet.keyframe and packet.kind == VIDEO and not packet.config:
+            if self._last_keyframe_ms is not None and packet.timestamp > self._last_keyframe_ms:
+                self.keyframe_interval_ms = packet.timestamp - self._last_keyframe_ms
+            self._last_keyframe_ms = packet.timestamp
         if (self.held or self._until_keyframe) and not packet.config and not self._resumes_at(packet):
             return
         if self.sinks:
@@ -193,6 +201,7 @@ class LiveStream:
     def publisher_started(self) -> None:
         """A publisher (the first, or the next one after a drop or a takeover) starts sending."""
         self.publish_count += 1
+        self._last_keyframe_ms = None  # an interval across the gap would be the gap
         if self.publish_count > 1:
             self._restart_sinks()
 
@@ -358,6 +367,8 @@ class LiveStream:
         now = time.time()
         publisher = self.publisher
         video, audio = self.tracks.describe(self.meta_values, self.rates["fps"])
+        if video is not None:
+            video["keyframe_interval"] = self.keyframe_interval_ms / 1000 if self.keyframe_interval_ms else None
         audience = self.audience()
         return {
             "app": self.app,
@@ -386,6 +397,7 @@ class LiveStream:
             "sink_failures": self.sink_failures,
             "publish_count": self.publish_count,
             "uptime": round(now - self.created_at, 3),
+            "time_ms": self.timeline.now_ms,  # the stream's clock: where a comment falls in its recording
         }
 
     # ------------------------------------------------------------ end
