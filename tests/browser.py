@@ -1,33 +1,44 @@
-"""Headless Chromium for playback tests, driven over the Chrome DevTools Protocol.
+"""Real Chromium for browser tests, driven by Playwright for Python.
 
-The browser speaks CDP on a WebSocket; aiohttp's client is all we need, so the tests carry no
-browser-automation dependency. ``serve_web`` serves ``tests/web/`` (the test pages and the npm
-players in ``node_modules``) from its own origin, as a real site embedding a player would.
+Debian's Chromium (``/usr/bin/chromium``) runs once per test session (:class:`Chromium`); each test
+connects Playwright to it over CDP from its own event loop (pytest-asyncio gives every test a new loop,
+and a Playwright connection belongs to the loop that made it) and works in a fresh browser context,
+so tests share the process but no cookies, storage or pages. Playwright's own browser downloads are
+never used: ``playwright install`` is not needed and must not run.
+
+:class:`PageLog` records what pages say on their console and the errors they throw; the fixtures in
+tests/conftest.py fail a test whose pages logged an error it did not declare. ``serve_web`` serves
+``tests/web/`` (the test pages and the npm players in ``node_modules``) from its own origin, as a real
+site embedding a player would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import json
 import os
+import re
 import shutil
 import signal
+import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
+from playwright.async_api import BrowserContext, ConsoleMessage, Error, Page
 
 CHROMIUM = shutil.which("chromium")
 WEB_ROOT = Path(__file__).parent / "web"
 
-# The machine has no outside network: without the background-networking flags Chromium keeps
-# trying Google's hosts. Autoplay without a gesture lets pages start players on load.
+# The machine has no outside network: without the background-networking flags Chromium keeps trying
+# Google's hosts. Autoplay without a gesture lets pages start players on load. For WebRTC pages: a
+# generated camera and microphone, granted without a prompt, and host candidates on loopback (Chromium
+# leaves it out by default) under their real address rather than an mDNS name. One set of flags for
+# every test: the media ones change nothing for pages that do not ask for a camera.
 FLAGS = [
     "--headless=new",
     "--no-sandbox",
@@ -38,239 +49,166 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
-    "--remote-debugging-port=0",
-]
-
-# For WebRTC pages: a generated camera and microphone, granted without a prompt; host candidates on
-# loopback (Chromium leaves it out by default) under their real address rather than an mDNS name.
-MEDIA_FLAGS = [
+    # Every test's page is a window of its own in the shared process: none may count as hidden, which
+    # would throttle its timers (a player's loading loop) as a background tab's. Playwright's own
+    # launch passes the same.
+    "--disable-background-timer-throttling",
+    "--disable-backgrounding-occluded-windows",
+    "--disable-renderer-backgrounding",
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
     "--allow-loopback-in-peer-connection",
     "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--remote-debugging-port=0",
 ]
+
+# An iPhone 12 (Playwright's device list has the same): 390x844 CSS pixels at 3x, touch, mobile layout.
+PHONE: dict[str, Any] = {
+    "viewport": {"width": 390, "height": 844},
+    "screen": {"width": 390, "height": 844},
+    "device_scale_factor": 3,
+    "is_mobile": True,
+    "has_touch": True,
+    "user_agent": (
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko)"
+        " Version/17.0 Mobile/15E148 Safari/604.1"
+    ),
+}
 
 
 class BrowserError(Exception):
-    """A CDP command failed, a page threw, or the browser went away."""
+    """Chromium would not start or went away."""
 
 
-@dataclass(slots=True)
-class ConsoleMessage:
-    level: str  # console API type ("log", "warning", "error", ...) or Log domain level
-    text: str
+class Chromium:
+    """Debian's Chromium as a process with a DevTools port, shared by the tests of a session.
 
+    ``endpoint()`` starts it again if it died, so one crashed browser fails one test, not the rest."""
 
-@dataclass
-class Page:
-    """One tab, attached with a flat CDP session."""
+    def __init__(self, executable: str, timeout: float = 20) -> None:
+        self.executable = executable
+        self.timeout = timeout
+        self.profile = Path(tempfile.mkdtemp(prefix="minilive-chromium-"))
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
 
-    browser: Browser
-    session_id: str
-    target_id: str
-    console: list[ConsoleMessage] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)  # uncaught exceptions and crashes
+    def endpoint(self) -> str:
+        """The ``http://127.0.0.1:PORT`` URL that ``chromium.connect_over_cdp`` takes."""
+        if self.process is None or self.process.poll() is not None:
+            self._start()
+        return self.url
 
-    async def send(self, method: str, params: dict[str, Any] | None = None, timeout: float = 10) -> dict[str, Any]:
-        return await self.browser.send(method, params, session_id=self.session_id, timeout=timeout)
-
-    async def goto(self, url: str, timeout: float = 15) -> None:
-        loaded = self.browser.expect("Page.loadEventFired", self.session_id)
-        result = await self.send("Page.navigate", {"url": url}, timeout)
-        if result.get("errorText"):
-            loaded.cancel()
-            raise BrowserError(f"navigating to {url}: {result['errorText']}")
-        await asyncio.wait_for(loaded, timeout)
-
-    async def evaluate(self, expression: str, timeout: float = 10) -> Any:
-        """The value of ``expression`` (awaited when it is a promise), as JSON-compatible Python."""
-        params = {"expression": expression, "awaitPromise": True, "returnByValue": True, "userGesture": True}
-        result = await self.send("Runtime.evaluate", params, timeout)
-        if "exceptionDetails" in result:
-            raise BrowserError(f"{expression!r} threw: {describe_exception(result['exceptionDetails'])}")
-        return result["result"].get("value")
-
-    async def wait_for(self, expression: str, timeout: float = 10, interval: float = 0.1) -> Any:
-        """Polls ``expression`` until it is truthy; returns that value."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            value = await self.evaluate(expression)
-            if value:
-                return value
-            if loop.time() > deadline:
-                raise AssertionError(f"{expression!r} still {value!r} after {timeout} s; page errors: {self.errors}")
-            await asyncio.sleep(interval)
-
-    def on_event(self, method: str, params: dict[str, Any]) -> None:
-        if method == "Runtime.consoleAPICalled":
-            text = " ".join(describe_value(arg) for arg in params.get("args", []))
-            self.console.append(ConsoleMessage(params.get("type", "log"), text))
-        elif method == "Log.entryAdded":
-            entry = params["entry"]
-            self.console.append(ConsoleMessage(entry["level"], f"{entry['text']} {entry.get('url', '')}".strip()))
-        elif method == "Runtime.exceptionThrown":
-            self.errors.append(describe_exception(params["exceptionDetails"]))
-        elif method in ("Inspector.targetCrashed", "Target.targetCrashed"):
-            self.errors.append("page crashed")
-
-
-class Browser:
-    """A headless Chromium process and its CDP connection. Use ``async with Browser.launch() as b``."""
-
-    def __init__(self, process: asyncio.subprocess.Process, profile: Path) -> None:
-        self.process = process
-        self.profile = profile
-        self.session: aiohttp.ClientSession | None = None
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
-        self.pages: dict[str, Page] = {}
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._waiters: list[tuple[str, str | None, asyncio.Future[dict[str, Any]]]] = []
-        self._reader: asyncio.Task[None] | None = None
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def launch(
-        cls, executable: str | None = CHROMIUM, timeout: float = 20, extra_args: list[str] | None = None
-    ) -> AsyncIterator[Browser]:
-        """``extra_args`` are Chromium switches added to ``FLAGS`` (e.g. ``MEDIA_FLAGS``)."""
-        if executable is None:
-            raise BrowserError("chromium not installed: run scripts/dev test, which installs it")
-        profile = Path(tempfile.mkdtemp(prefix="minilive-chromium-"))
-        with open(profile / "stderr.log", "wb") as stderr:
-            process = await asyncio.create_subprocess_exec(
-                executable,
-                *FLAGS,
-                *(extra_args or []),
-                f"--user-data-dir={profile}",
-                "about:blank",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=stderr,
-                start_new_session=True,  # its own process group, so teardown ends the renderers too
-            )
-        browser = cls(process, profile)
-        try:
-            await browser._connect(timeout)
-            yield browser
-        finally:
-            await browser._close()
-
-    async def _connect(self, timeout: float) -> None:
-        # Chromium writes the port it chose and the browser target's path once it listens.
+    def _start(self) -> None:
+        self.stop()
+        shutil.rmtree(self.profile, ignore_errors=True)
+        self.profile.mkdir(parents=True)
         active = self.profile / "DevToolsActivePort"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        with open(self.profile.with_suffix(".log"), "wb") as stderr:
+            self.process = subprocess.Popen(
+                [self.executable, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,  # its own process group: stop() ends the renderers too
+            )
+        # Chromium writes the port it chose once it listens.
+        deadline = time.monotonic() + self.timeout
         while not (active.exists() and len(lines := active.read_text().split()) >= 2):
-            if self.process.returncode is not None:
+            if self.process.poll() is not None:
                 raise BrowserError(f"chromium exited with {self.process.returncode}: {self.stderr_tail()}")
-            if loop.time() > deadline:
-                raise BrowserError(f"chromium did not open its DevTools port in {timeout} s: {self.stderr_tail()}")
-            await asyncio.sleep(0.05)
-        self.session = aiohttp.ClientSession()
-        self.ws = await self.session.ws_connect(f"ws://127.0.0.1:{lines[0]}{lines[1]}", max_msg_size=0)
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.ws is not None
-        async for message in self.ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                continue
-            data = json.loads(message.data)
-            if "id" in data:
-                future = self._pending.pop(data["id"], None)
-                if future is None or future.done():
-                    continue
-                if "error" in data:
-                    error = data["error"]
-                    future.set_exception(BrowserError(f"{error.get('message')} {error.get('data', '')}".strip()))
-                else:
-                    future.set_result(data.get("result", {}))
-                continue
-            method, params, session_id = data.get("method", ""), data.get("params", {}), data.get("sessionId")
-            page = self.pages.get(session_id or "")
-            if page is not None:
-                page.on_event(method, params)
-            for waiter in [w for w in self._waiters if w[0] == method and w[1] in (None, session_id)]:
-                self._waiters.remove(waiter)
-                if not waiter[2].done():
-                    waiter[2].set_result(params)
-        gone = BrowserError(f"the browser closed its DevTools connection: {self.stderr_tail()}")
-        for future in [*self._pending.values(), *(w[2] for w in self._waiters)]:
-            if not future.done():
-                future.set_exception(gone)
-
-    async def send(
-        self, method: str, params: dict[str, Any] | None = None, *, session_id: str | None = None, timeout: float = 10
-    ) -> dict[str, Any]:
-        if self.ws is None or self.ws.closed:
-            raise BrowserError(f"{method}: no DevTools connection")
-        message: dict[str, Any] = {"id": next(self._ids), "method": method, "params": params or {}}
-        if session_id:
-            message["sessionId"] = session_id
-        future = asyncio.get_running_loop().create_future()
-        self._pending[message["id"]] = future
-        await self.ws.send_str(json.dumps(message))
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise BrowserError(f"{method}: no answer in {timeout} s") from None
-        finally:
-            self._pending.pop(message["id"], None)
-
-    def expect(self, method: str, session_id: str | None = None) -> asyncio.Future[dict[str, Any]]:
-        """A future for the next ``method`` event; ask for it before the command that causes it."""
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiters.append((method, session_id, future))
-        return future
-
-    async def new_page(self, url: str | None = None) -> Page:
-        target = await self.send("Target.createTarget", {"url": "about:blank"})
-        attached = await self.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
-        page = Page(self, attached["sessionId"], target["targetId"])
-        self.pages[page.session_id] = page
-        for domain in ("Runtime", "Page", "Log", "Inspector"):
-            await page.send(f"{domain}.enable")
-        if url is not None:
-            await page.goto(url)
-        return page
+            if time.monotonic() > deadline:
+                raise BrowserError(f"chromium did not open its DevTools port in {self.timeout} s: {self.stderr_tail()}")
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{lines[0]}"
 
     def stderr_tail(self, size: int = 2000) -> str:
         with contextlib.suppress(OSError):
-            return (self.profile / "stderr.log").read_bytes()[-size:].decode(errors="replace")
+            return self.profile.with_suffix(".log").read_bytes()[-size:].decode(errors="replace")
         return ""
 
-    async def _close(self) -> None:
-        if self.ws is not None and not self.ws.closed:
-            with contextlib.suppress(BrowserError, ConnectionError):
-                await self.send("Browser.close", timeout=2)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.process.wait(), 3)
-        # Whatever is left of the browser's process group (renderers, zygote) goes now.
+    def stop(self) -> None:
+        if self.process is None:
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
+            # The whole group: renderers and the zygote outlive a killed browser process otherwise.
             os.killpg(self.process.pid, signal.SIGKILL)
-        await self.process.wait()
-        if self.ws is not None:
-            await self.ws.close()
-        if self._reader is not None:
-            await self._reader
-        if self.session is not None:
-            await self.session.close()
-        shutil.rmtree(self.profile, ignore_errors=True)
+        self.process.wait()
+        self.process = None
+
+    @classmethod
+    @contextlib.contextmanager
+    def launch(cls, executable: str | None = CHROMIUM) -> Iterator[Chromium]:
+        if executable is None:
+            raise BrowserError("chromium not installed: run scripts/dev test, which installs it")
+        chromium = cls(executable)
+        try:
+            chromium.endpoint()
+            yield chromium
+        finally:
+            chromium.stop()
+            shutil.rmtree(chromium.profile, ignore_errors=True)
+            chromium.profile.with_suffix(".log").unlink(missing_ok=True)
 
 
-def describe_value(obj: dict[str, Any]) -> str:
-    """A console argument (a CDP RemoteObject) as text."""
-    if "value" in obj:
-        return obj["value"] if isinstance(obj["value"], str) else json.dumps(obj["value"])
-    return obj.get("description") or obj.get("unserializableValue") or obj.get("type", "")
+@dataclass(slots=True)
+class PageLog:
+    """What the pages of one test logged, and the errors they threw or were expected to throw."""
+
+    console: list[str] = field(default_factory=list)  # "type: text (url:line)"
+    errors: list[str] = field(default_factory=list)  # console errors, uncaught exceptions, crashes
+    allowed: list[re.Pattern[str]] = field(default_factory=list)
+
+    def watch(self, context: BrowserContext) -> BrowserContext:
+        """Records every page of ``context``: those it has, those the test opens, and popups."""
+        for page in context.pages:
+            self._watch_page(page)
+        # Closures, not bound methods: Playwright marks a handler's owner, which a slots class refuses.
+        context.on("page", lambda page: self._watch_page(page))
+        return context
+
+    def allow(self, pattern: str) -> None:
+        """Declares that an error matching ``pattern`` (a regular expression, searched) is part of the test."""
+        self.allowed.append(re.compile(pattern))
+
+    def unexpected(self) -> list[str]:
+        return [e for e in self.errors if not any(p.search(e) for p in self.allowed)]
+
+    def _watch_page(self, page: Page) -> None:
+        page.on("console", lambda message: self._on_console(message))
+        page.on("pageerror", lambda error: self.errors.append(f"uncaught {error.name}: {error.message}"))
+        page.on("crash", lambda _: self.errors.append(f"page crashed: {page.url}"))
+
+    def _on_console(self, message: ConsoleMessage) -> None:
+        where = message.location
+        text = f"{message.type}: {message.text} ({where.get('url', '')}:{where.get('lineNumber', 0) + 1})"
+        self.console.append(text)
+        if message.type == "error":
+            self.errors.append(text)
 
 
-def describe_exception(details: dict[str, Any]) -> str:
-    exception = details.get("exception") or {}
-    text = exception.get("description") or details.get("text", "exception")
-    return f"{text} at {details['url']}:{details.get('lineNumber', 0) + 1}" if details.get("url") else text
+async def wait_for(page: Page, expression: str, timeout: float = 10, interval: float = 0.1) -> Any:
+    """Polls ``expression`` (awaited when it is a promise) until it is truthy; returns that value.
+
+    Unlike ``page.wait_for_function`` the failure says what the expression last gave."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await page.evaluate(expression)
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"{expression!r} still {value!r} after {timeout} s")
+        await asyncio.sleep(interval)
+
+
+async def screenshot(page: Page, path: Path) -> Path | None:
+    """A PNG of what ``page`` shows, or None when the page is gone (a failure screenshot is best effort)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        await page.screenshot(path=path, timeout=5000)
+    except Error:
+        return None
+    return path
 
 
 @contextlib.asynccontextmanager

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
 import shutil
 import socket
 import subprocess
@@ -17,13 +19,14 @@ from typing import Any
 import aiohttp
 import pytest
 import uvloop
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from api.config import Settings
 from api.models import App, Media
 from api.server import Server
 from relay.formats.packet import Packet
 from relay.hub.stream import LiveStream
-from tests.browser import CHROMIUM, MEDIA_FLAGS, WEB_ROOT, Browser, serve_web
+from tests.browser import CHROMIUM, PHONE, WEB_ROOT, Chromium, PageLog, screenshot, serve_web
 from tests.hevc import has_x265, hevc_packets
 
 FFMPEG = shutil.which("ffmpeg")
@@ -320,20 +323,114 @@ def require_chromium() -> None:
         pytest.skip("chromium not installed: run scripts/dev test, which installs it")
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """Headless Chromium (Debian's), killed at the end of the test."""
+PAGE_LOG = pytest.StashKey[PageLog]()
+CALL_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A test whose pages logged a console error or threw, and did not declare it with
+    ``page_log.allow(pattern)``, fails, even if its own asserts passed."""
+    try:
+        result = yield
+    except BaseException:
+        item.stash[CALL_FAILED] = True
+        raise
+    log = item.stash.get(PAGE_LOG, None)
+    if log is not None and (errors := log.unexpected()):
+        item.stash[CALL_FAILED] = True
+        said = "\n".join(log.console)
+        pytest.fail("the page logged errors:\n" + "\n".join(errors) + "\nall the console said:\n" + said, pytrace=False)
+    return result
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Chromium]:
+    """Debian's Chromium, one process for the session (see tests/browser.py)."""
     require_chromium()
-    async with Browser.launch() as chromium:
-        yield chromium
+    with Chromium.launch() as process:
+        yield process
 
 
 @pytest.fixture
-async def media_browser() -> AsyncIterator[Browser]:
-    """Headless Chromium with a fake camera and microphone for WebRTC pages (``MEDIA_FLAGS``)."""
-    require_chromium()
-    async with Browser.launch(extra_args=MEDIA_FLAGS) as chromium:
-        yield chromium
+async def browser(chromium: Chromium) -> AsyncIterator[Browser]:
+    """Playwright's Browser (async API) on the session's Chromium, connected from this test's loop."""
+    async with async_playwright() as playwright:
+        connected = await playwright.chromium.connect_over_cdp(chromium.endpoint())
+        try:
+            yield connected
+        finally:
+            await connected.close()  # closes this test's contexts, leaves Chromium running
+
+
+@pytest.fixture
+def page_log(request: pytest.FixtureRequest) -> PageLog:
+    """The console and errors of the test's pages; ``page_log.allow(regex)`` declares an expected error."""
+    log = PageLog()
+    request.node.stash[PAGE_LOG] = log
+    return log
+
+
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest) -> Path:
+    """This test's folder for screenshots and other artifacts: ``tests/artifacts/<module>.<test>/``
+    (or under ``$MINILIVE_ARTIFACTS``), emptied at the start; made when something is written."""
+    root = Path(os.environ.get("MINILIVE_ARTIFACTS") or Path(__file__).parent / "artifacts")
+    name = f"{request.node.module.__name__.rsplit('.', 1)[-1]}.{request.node.name}"
+    folder = root / re.sub(r"[^\w.\[\]-]+", "_", name)
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
+@pytest.fixture
+def shot(artifacts: Path) -> Callable[[Page, str], Awaitable[Path]]:
+    """``await shot(page, "step-name")`` saves what ``page`` shows as ``<artifacts>/step-name.png``."""
+
+    async def take(page: Page, step: str) -> Path:
+        path = artifacts / f"{step}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=path)
+        return path
+
+    return take
+
+
+@pytest.fixture
+async def new_page(
+    browser: Browser, page_log: PageLog, artifacts: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Callable[..., Awaitable[Page]]]:
+    """``await new_page(url=None, phone=False, **context_options)``: a page in a new browser context
+    (``browser.new_context``'s options), watched by ``page_log`` with any page it opens later. When
+    the test fails, each page's last picture goes to its artifacts."""
+    contexts: list[BrowserContext] = []
+
+    async def open_page(url: str | None = None, *, phone: bool = False, **options: Any) -> Page:
+        context = page_log.watch(await browser.new_context(**({**PHONE, **options} if phone else options)))
+        contexts.append(context)
+        tab = await context.new_page()
+        if url is not None:
+            await tab.goto(url)
+        return tab
+
+    yield open_page
+    failed = request.node.stash.get(CALL_FAILED, False)
+    for number, context in enumerate(contexts):
+        if failed:
+            for index, tab in enumerate(context.pages):
+                await screenshot(tab, artifacts / f"failed-{number}-{index}.png")
+        await context.close()
+
+
+@pytest.fixture
+async def page(new_page: Callable[..., Awaitable[Page]]) -> Page:
+    """A desktop-sized page (1280x720) whose console errors fail the test."""
+    return await new_page()
+
+
+@pytest.fixture
+async def phone_page(new_page: Callable[..., Awaitable[Page]]) -> Page:
+    """The same at a phone's size: an iPhone 12 (390x844 at 3x, touch, mobile user agent)."""
+    return await new_page(phone=True)
 
 
 @pytest.fixture

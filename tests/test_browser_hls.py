@@ -1,5 +1,5 @@
-"""Browser playback of live HLS: hls.js (npm) in Debian's headless Chromium, plain HLS and LL-HLS, and a master
-playlist's renditions."""
+"""Browser playback of live HLS: hls.js (npm) in Debian's headless Chromium (driven by Playwright), plain HLS
+and LL-HLS, and a master playlist's renditions."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
+from tests.browser import wait_for
 from tests.conftest import needs_ffmpeg, publish, rtmp_url, wait_live
 from tests.test_hls import fetch, wait_segments
 
@@ -21,16 +22,16 @@ BEHIND_REAL_TIME = "(Date.now() - hls.playingDate.getTime()) / 1000"
 
 
 @pytest.mark.parametrize("low_latency", [True, False], ids=["ll-hls", "hls"])
-async def test_hls_js_plays_live_hls_in_chromium(browser, web_pages, make_server, low_latency):
+async def test_hls_js_plays_live_hls_in_chromium(page, web_pages, make_server, low_latency):
     server = await make_server()
     pub = await publish(rtmp_url(server, "tv"), seconds=40, size="320x240", rate=25, gop=25)
     try:
         await wait_live(server, "tv")
         src = f"http://127.0.0.1:{server.http_port}/live/tv/index.m3u8"
-        page = await browser.new_page(f"{web_pages}/hls.html?src={quote(src, safe='')}&lowLatency={int(low_latency)}")
-        start = await page.wait_for(f"(s => s.currentTime > 0 && s)({SNAPSHOT})", timeout=20)
+        await page.goto(f"{web_pages}/hls.html?src={quote(src, safe='')}&lowLatency={int(low_latency)}")
+        start = await wait_for(page, f"(s => s.currentTime > 0 && s)({SNAPSHOT})", timeout=20)
         until = start["currentTime"] + 3
-        end = await page.wait_for(f"(s => s.currentTime >= {until} && s)({SNAPSHOT})", timeout=15)
+        end = await wait_for(page, f"(s => s.currentTime >= {until} && s)({SNAPSHOT})", timeout=15)
         assert (end["videoWidth"], end["videoHeight"]) == (320, 240)
         assert end["totalVideoFrames"] - start["totalVideoFrames"] >= 50, (start, end)
         assert not end["errors"], end["errors"]
@@ -45,7 +46,6 @@ async def test_hls_js_plays_live_hls_in_chromium(browser, web_pages, make_server
             behind = statistics.median(samples)
             assert behind < 3.0, f"LL-HLS playback is {behind:.2f} s behind real time: {samples}"
             assert await page.evaluate("player.snapshot().parts") > 0, "hls.js loaded partial segments"
-        assert not page.errors, page.errors
     finally:
         await pub.stop()
 
@@ -59,9 +59,7 @@ def assert_no_stall_longer_than_a_part(snapshot: dict, since: float) -> None:
     assert not frozen, f"the picture stood still: {frozen}, {snapshot}"
 
 
-async def test_hls_js_switches_down_a_master_playlist_seamlessly_when_bandwidth_is_capped(
-    browser, web_pages, make_server
-):
+async def test_hls_js_switches_down_a_master_playlist_seamlessly_when_bandwidth_is_capped(page, web_pages, make_server):
     """hls.js plays the master playlist of a 480p30 stream of 2 Mbit/s with 360p and 240p renditions,
     from the top. The test caps the page's bandwidth at 1.2 Mbit/s: hls.js switches to a rendition, and
     the picture changes size without playback stalling longer than a part (0.5 s).
@@ -79,21 +77,24 @@ async def test_hls_js_switches_down_a_master_playlist_seamlessly_when_bandwidth_
         async with aiohttp.ClientSession() as session:
             assert (await fetch(session, src))[0] == 200
             await wait_segments(session, src.replace("master.m3u8", "index.m3u8"), 4)
-        page = await browser.new_page(f"{web_pages}/abr.html?src={quote(src, safe='')}&lowLatency=0")
-        playing = await page.wait_for(
+        await page.goto(f"{web_pages}/abr.html?src={quote(src, safe='')}&lowLatency=0")
+        playing = await wait_for(
+            page,
             "(s => s.switched.length && s.level === s.levels.length - 1"
             " && s.currentTime > s.switched[0].currentTime + 2 && s)(abr.snapshot())",
             timeout=30,
         )
         assert [level["height"] for level in playing["levels"]] == [240, 360, 480], "sorted by bitrate"
-        await page.send("Network.enable")
-        await page.send(
+        cdp = await page.context.new_cdp_session(page)  # Playwright has no bandwidth cap of its own
+        await cdp.send("Network.enable")
+        await cdp.send(
             "Network.emulateNetworkConditions",
             {"offline": False, "latency": 0, "downloadThroughput": 1_200_000 / 8, "uploadThroughput": -1},
         )
         capped = await page.evaluate("performance.now()")
         # A rendition reaches the screen, and playback goes on 4 s past it.
-        end = await page.wait_for(
+        end = await wait_for(
+            page,
             f"""(s => {{
                 const shown = s.resized.find(r => r.t > {capped} && r.height < 480);
                 return shown && s.currentTime > shown.currentTime + 4 && s;
@@ -104,12 +105,11 @@ async def test_hls_js_switches_down_a_master_playlist_seamlessly_when_bandwidth_
         assert switched and switched[0]["height"] < 480, end["switched"]
         assert_no_stall_longer_than_a_part(end, capped)
         assert not end["errors"], end["errors"]
-        assert not page.errors, page.errors
     finally:
         await pub.stop()
 
 
-async def test_hls_js_switches_between_ll_hls_renditions_at_a_part_without_a_stall(browser, web_pages, make_server):
+async def test_hls_js_switches_between_ll_hls_renditions_at_a_part_without_a_stall(page, web_pages, make_server):
     """LL-HLS: hls.js plays the master playlist of a 480p30 stream with 360p and 240p renditions near
     the live edge (1.5 s of buffer); the test switches it down to 240p, then up to 360p (``nextLevel``).
     hls.js asks for each new level's playlist at the part that the rendition reports of the playlist it
@@ -122,15 +122,17 @@ async def test_hls_js_switches_between_ll_hls_renditions_at_a_part_without_a_sta
     try:
         await wait_live(server, "llabr")
         src = f"http://127.0.0.1:{server.http_port}/live/llabr/master.m3u8"
-        page = await browser.new_page(f"{web_pages}/abr.html?src={quote(src, safe='')}&lowLatency=1")
-        await page.wait_for(
+        await page.goto(f"{web_pages}/abr.html?src={quote(src, safe='')}&lowLatency=1")
+        await wait_for(
+            page,
             "(s => s.switched.length && s.currentTime > s.switched[0].currentTime + 2 && s)(abr.snapshot())",
             timeout=30,
         )
         started = await page.evaluate("performance.now()")
         for level, height in ((0, 240), (1, 360)):
             since = await page.evaluate(f"(hls.nextLevel = {level}, performance.now())")
-            await page.wait_for(
+            await wait_for(
+                page,
                 f"""(s => {{
                     const shown = s.resized.find(r => r.t > {since} && r.height === {height});
                     return shown && s.currentTime > shown.currentTime + 2;
@@ -142,6 +144,5 @@ async def test_hls_js_switches_between_ll_hls_renditions_at_a_part_without_a_sta
         end = await page.evaluate("abr.snapshot()")
         assert_no_stall_longer_than_a_part(end, started)
         assert not end["errors"], end["errors"]
-        assert not page.errors, page.errors
     finally:
         await pub.stop()
