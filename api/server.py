@@ -257,7 +257,7 @@ class Server:
         )
         # HLS first: relay.http.fast claims these paths ahead of every other route, and so does aiohttp.
         app.add_routes((self.cluster.gateway if self.cluster else self.hls).routes())
-        app.add_routes(streams.routes(self.hub, self.renditions, self.cluster))
+        app.add_routes(streams.routes(self.hub, self.renditions, self.cluster, self.rtmp))
         app.add_routes(self.flv.routes())
         app[keys.APPS], app[keys.ROOMS], app[keys.ROOM_STATUS] = self.apps, self.rooms, self.room_status
         app[keys.URLS], app[keys.MEDIA], app[keys.AUDIENCE] = self.urls, self.media, self.audience
