@@ -123,3 +123,32 @@ async def test_bad_sequence_headers_with_hls_and_recording_on_never_stop_viewers
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], "no error, no traceback"
     finally:
         publisher.close()
+
+
+async def test_sink_failures_of_a_stream_log_one_warning_a_minute_and_count_every_one(server, tmp_path, caplog) -> None:
+    """Issue 16, finding #3: failures that repeat (sinks attached again and again to a stream whose
+    headers they cannot take) are one WARNING line a minute, never a traceback; the counter has them all."""
+    packets = await make_flv(tmp_path / "a.flv", seconds=2)
+    publisher = await connect(f"rtmp://127.0.0.1:{server.rtmp_port}/live")
+    await publisher.publish("flood")
+    try:
+        await send(publisher, packets, realtime=False)
+        await wait_live(server, "flood")
+        sinks = [BrokenSink(fail_at=1) for _ in range(50)]
+        with caplog.at_level(logging.DEBUG, logger="minilive.relay"):
+            for sink in sinks:
+                server.hub.add_sink("live", "flood", sink)
+        assert all(isinstance(s.failure, IndexError) for s in sinks), "each sink is told"
+        warnings = [r for r in caplog.records if "detached" in r.getMessage() and r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and not warnings[0].exc_info
+        assert len([r for r in caplog.records if "detached" in r.getMessage()]) == 50, "the rest at DEBUG"
+        stats = server.hub.stats("live", "flood")
+        assert stats is not None and stats["sink_failures"] == 50
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{server.http_port}/metrics") as response,
+        ):
+            metrics = await response.text()
+        assert "minilive_sink_failures_total 50" in metrics
+    finally:
+        publisher.close()
