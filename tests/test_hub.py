@@ -152,3 +152,47 @@ async def test_sink_failures_of_a_stream_log_one_warning_a_minute_and_count_ever
         assert "minilive_sink_failures_total 50" in metrics
     finally:
         publisher.close()
+
+
+async def test_bad_sequence_header_with_the_recorder_alone_keeps_the_publisher_when_the_last_viewer_leaves(
+    server, tmp_path, caplog
+) -> None:
+    """Issue 16, finding #3: with a recording as the only sink (a room with replays on), a truncated AVC
+    header once stopped the viewers, and the publisher was killed ("Fatal error on transport") when the
+    last viewer left. It stays, and its packets keep reaching the stream."""
+    packets = await make_flv(tmp_path / "a.flv", seconds=4)
+    config, media = packets[:2], packets[2:]
+    publisher = await connect(f"rtmp://127.0.0.1:{server.rtmp_port}/live")
+    await publisher.publish("alone")
+    try:
+        half = next(i for i, p in enumerate(media) if p.kind == VIDEO and p.keyframe and p.timestamp >= 1000)
+        await send(publisher, config + media[:half], realtime=False)
+        await wait_live(server, "alone")
+        assert server.recorder.start("live", "alone", "replay-alone", "alone/replay-alone")
+        with caplog.at_level(logging.INFO):
+            async with aiohttp.ClientSession() as session:
+                viewer = FlvClient()
+                task = asyncio.create_task(play_http(session, flv_url(server, "alone"), viewer))
+                await viewer.wait_for(lambda c: c.video())
+                publisher.send_media(VIDEO, media[half].timestamp, TRUNCATED_AVC_CONFIG)
+                await viewer.wait_for(lambda c: any(t.payload == TRUNCATED_AVC_CONFIG for t in c.video()))
+                task.cancel()
+            for _ in range(50):  # the last viewer is gone
+                if not hub_stream(server, "live", "alone").viewer_count:
+                    break
+                await asyncio.sleep(0.05)
+            stream = hub_stream(server, "live", "alone")
+            before = stream.video_frames
+            rest = [p for p in media[half:] if not p.config]
+            await send(publisher, rest, realtime=False)
+            for _ in range(100):
+                if stream.video_frames >= before + len([p for p in rest if p.kind == VIDEO]):
+                    break
+                await asyncio.sleep(0.05)
+        assert stream.video_frames >= before + len([p for p in rest if p.kind == VIDEO]), "the publisher goes on"
+        stats = server.hub.stats("live", "alone")
+        assert stats is not None and stats["live"] and stats["publish_count"] == 1
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], "no error, no traceback"
+        assert not [r for r in caplog.records if "Fatal error" in r.getMessage()]
+    finally:
+        publisher.close()
