@@ -88,21 +88,32 @@ async def test_a_failing_sink_is_detached_and_told_while_viewers_go_on(server, t
         publisher.close()
 
 
+async def recorded_to_half(server, tmp_path, name: str, seconds: int, from_ms: int):  # type: ignore[no-untyped-def]
+    """A live stream ``name`` that is recorded, published up to its first keyframe from ``from_ms`` on:
+    (the publisher, the media packets, the index of that keyframe)."""
+    packets = await make_flv(tmp_path / "a.flv", seconds=seconds)
+    config, media = packets[:2], packets[2:]
+    publisher = await connect(f"rtmp://127.0.0.1:{server.rtmp_port}/live")
+    await publisher.publish(name)
+    try:
+        half = next(i for i, p in enumerate(media) if p.kind == VIDEO and p.keyframe and p.timestamp >= from_ms)
+        await send(publisher, config + media[:half], realtime=False)
+        await wait_live(server, name)
+        assert server.recorder.start("live", name, f"replay-{name}", f"{name}/replay-{name}")
+    except BaseException:
+        publisher.close()
+        raise
+    return publisher, media, half
+
+
 @pytest.mark.parametrize(
     "bad_config", [TRUNCATED_AVC_CONFIG, GARBAGE_HEVC_CONFIG], ids=["truncated-avc", "hevc-garbage"]
 )
 async def test_bad_sequence_headers_with_hls_and_recording_on_never_stop_viewers(
     server, tmp_path, caplog, bad_config: bytes
 ) -> None:
-    packets = await make_flv(tmp_path / "a.flv", seconds=6)
-    config, media = packets[:2], packets[2:]
-    publisher = await connect(f"rtmp://127.0.0.1:{server.rtmp_port}/live")
-    await publisher.publish("bad")
+    publisher, media, half = await recorded_to_half(server, tmp_path, "bad", 6, 2000)
     try:
-        half = next(i for i, p in enumerate(media) if p.kind == VIDEO and p.keyframe and p.timestamp >= 2000)
-        await send(publisher, config + media[:half], realtime=False)
-        await wait_live(server, "bad")
-        assert server.recorder.start("live", "bad", "replay-bad", "bad/replay-bad")
         async with aiohttp.ClientSession() as session:
             viewer = FlvClient()
             task = asyncio.create_task(play_http(session, flv_url(server, "bad"), viewer))
@@ -160,15 +171,8 @@ async def test_bad_sequence_header_with_the_recorder_alone_keeps_the_publisher_w
     """Issue 16, finding #3: with a recording as the only sink (a room with replays on), a truncated AVC
     header once stopped the viewers, and the publisher was killed ("Fatal error on transport") when the
     last viewer left. It stays, and its packets keep reaching the stream."""
-    packets = await make_flv(tmp_path / "a.flv", seconds=4)
-    config, media = packets[:2], packets[2:]
-    publisher = await connect(f"rtmp://127.0.0.1:{server.rtmp_port}/live")
-    await publisher.publish("alone")
+    publisher, media, half = await recorded_to_half(server, tmp_path, "alone", 4, 1000)
     try:
-        half = next(i for i, p in enumerate(media) if p.kind == VIDEO and p.keyframe and p.timestamp >= 1000)
-        await send(publisher, config + media[:half], realtime=False)
-        await wait_live(server, "alone")
-        assert server.recorder.start("live", "alone", "replay-alone", "alone/replay-alone")
         with caplog.at_level(logging.INFO):
             async with aiohttp.ClientSession() as session:
                 viewer = FlvClient()
