@@ -123,3 +123,29 @@ def test_an_aac_frame_too_big_for_adts_is_left_out_of_hls() -> None:
     assert len(huge) < 600_000, "the oversized frame is not muxed"
     fine = bytes(ts.part([Packet(AUDIO, 100, b"\xaf\x01" + bytes(300))], 200, True))
     assert b"\xff\xf1" in fine, "a normal frame after it is"
+
+
+def ue(value: int) -> str:
+    """An Exp-Golomb code, as bits."""
+    code = bin(value + 1)[2:]
+    return "0" * (len(code) - 1) + code
+
+
+def avc_header_declaring(width_mbs: int, height_mbs: int) -> bytes:
+    """An FLV AVC sequence header whose baseline SPS declares ``width_mbs`` x ``height_mbs`` macroblocks."""
+    bits = "".join((ue(0), ue(0), ue(2), ue(1), "0", ue(width_mbs - 1), ue(height_mbs - 1), "1", "1", "0", "0", "1"))
+    bits += "0" * (-len(bits) % 8)
+    sps = b"\x67\x42\xc0\x1e" + int(bits, 2).to_bytes(len(bits) // 8, "big")
+    record = b"\x01\x42\xc0\x1e\xff\xe1" + len(sps).to_bytes(2, "big") + sps + b"\x01\x00\x04\x68\xce\x0f\xc8"
+    return b"\x17\x00\x00\x00\x00" + record
+
+
+def test_an_sps_declaring_a_picture_past_65535_leaves_the_size_out_of_the_init_segment() -> None:
+    """The probe's mutated SPS: 5000 macroblocks (80,000 pixels) wide once made fmp4 raise struct.error."""
+    assert h264.declared_size(avc_header_declaring(20, 15)) == (320, 240), "the SPS is read as written"
+    huge = avc_header_declaring(5000, 15)
+    assert h264.declared_size(huge) == (80000, 240)
+    assert h264.dimensions(huge) is None, "not a picture's size"
+    muxer = Fmp4Muxer()
+    muxer.configure(Packet(VIDEO, 0, huge, config=True))
+    assert muxer.has_video and b"avc1" in muxer.init_segment(), "the track stays, its size unknown (0x0)"
