@@ -91,6 +91,7 @@ class Session:
         self.registry.remove(self)
         self.release()
         await self.pc.close()
+        untangle(self.pc)
         self.log_end()
 
     def release(self) -> None:
@@ -106,6 +107,22 @@ class Session:
             self.close_reason,
             time.monotonic() - self.opened,
         )
+
+
+def untangle(pc: RTCPeerConnection) -> None:
+    """Break the reference cycles a closed peer connection is left in, so that reference counting frees
+    it and its session at once. aiortc (1.16) removes its own listeners on close, but its ICE gatherer,
+    ICE and DTLS transports keep theirs, bound methods of the connection: a cycle that only a full
+    collection reclaims, and those are rare in a long-running server (issue 16, finding #5)."""
+    transports = {t.receiver.transport for t in pc.getTransceivers()}
+    if pc.sctp is not None:
+        transports.add(pc.sctp.transport)
+    for dtls in transports:
+        if dtls is None:
+            continue
+        dtls.remove_all_listeners()
+        dtls.transport.remove_all_listeners()
+        dtls.transport.iceGatherer.remove_all_listeners()
 
 
 class Locator(Protocol):

@@ -88,21 +88,32 @@ async def test_a_failing_sink_is_detached_and_told_while_viewers_go_on(server, t
         publisher.close()
 
 
+async def recorded_to_half(server, tmp_path, name: str, seconds: int, from_ms: int):  # type: ignore[no-untyped-def]
+    """A live stream ``name`` that is recorded, published up to its first keyframe from ``from_ms`` on:
+    (the publisher, the media packets, the index of that keyframe)."""
+    packets = await make_flv(tmp_path / "a.flv", seconds=seconds)
+    config, media = packets[:2], packets[2:]
+    publisher = await connect(f"rtmp://127.0.0.1:{server.rtmp_port}/live")
+    await publisher.publish(name)
+    try:
+        half = next(i for i, p in enumerate(media) if p.kind == VIDEO and p.keyframe and p.timestamp >= from_ms)
+        await send(publisher, config + media[:half], realtime=False)
+        await wait_live(server, name)
+        assert server.recorder.start("live", name, f"replay-{name}", f"{name}/replay-{name}")
+    except BaseException:
+        publisher.close()
+        raise
+    return publisher, media, half
+
+
 @pytest.mark.parametrize(
     "bad_config", [TRUNCATED_AVC_CONFIG, GARBAGE_HEVC_CONFIG], ids=["truncated-avc", "hevc-garbage"]
 )
 async def test_bad_sequence_headers_with_hls_and_recording_on_never_stop_viewers(
     server, tmp_path, caplog, bad_config: bytes
 ) -> None:
-    packets = await make_flv(tmp_path / "a.flv", seconds=6)
-    config, media = packets[:2], packets[2:]
-    publisher = await connect(f"rtmp://127.0.0.1:{server.rtmp_port}/live")
-    await publisher.publish("bad")
+    publisher, media, half = await recorded_to_half(server, tmp_path, "bad", 6, 2000)
     try:
-        half = next(i for i, p in enumerate(media) if p.kind == VIDEO and p.keyframe and p.timestamp >= 2000)
-        await send(publisher, config + media[:half], realtime=False)
-        await wait_live(server, "bad")
-        assert server.recorder.start("live", "bad", "replay-bad", "bad/replay-bad")
         async with aiohttp.ClientSession() as session:
             viewer = FlvClient()
             task = asyncio.create_task(play_http(session, flv_url(server, "bad"), viewer))
@@ -121,5 +132,71 @@ async def test_bad_sequence_headers_with_hls_and_recording_on_never_stop_viewers
             assert [t for t in viewer.video() if t.payload == bad_config], "viewers get what the publisher sent"
             task.cancel()
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], "no error, no traceback"
+    finally:
+        publisher.close()
+
+
+async def test_sink_failures_of_a_stream_log_one_warning_a_minute_and_count_every_one(server, tmp_path, caplog) -> None:
+    """Issue 16, finding #3: failures that repeat (sinks attached again and again to a stream whose
+    headers they cannot take) are one WARNING line a minute, never a traceback; the counter has them all."""
+    packets = await make_flv(tmp_path / "a.flv", seconds=2)
+    publisher = await connect(f"rtmp://127.0.0.1:{server.rtmp_port}/live")
+    await publisher.publish("flood")
+    try:
+        await send(publisher, packets, realtime=False)
+        await wait_live(server, "flood")
+        sinks = [BrokenSink(fail_at=1) for _ in range(50)]
+        with caplog.at_level(logging.DEBUG, logger="minilive.relay"):
+            for sink in sinks:
+                server.hub.add_sink("live", "flood", sink)
+        assert all(isinstance(s.failure, IndexError) for s in sinks), "each sink is told"
+        warnings = [r for r in caplog.records if "detached" in r.getMessage() and r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and not warnings[0].exc_info
+        assert len([r for r in caplog.records if "detached" in r.getMessage()]) == 50, "the rest at DEBUG"
+        stats = server.hub.stats("live", "flood")
+        assert stats is not None and stats["sink_failures"] == 50
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{server.http_port}/metrics") as response,
+        ):
+            metrics = await response.text()
+        assert "minilive_sink_failures_total 50" in metrics
+    finally:
+        publisher.close()
+
+
+async def test_bad_sequence_header_with_the_recorder_alone_keeps_the_publisher_when_the_last_viewer_leaves(
+    server, tmp_path, caplog
+) -> None:
+    """Issue 16, finding #3: with a recording as the only sink (a room with replays on), a truncated AVC
+    header once stopped the viewers, and the publisher was killed ("Fatal error on transport") when the
+    last viewer left. It stays, and its packets keep reaching the stream."""
+    publisher, media, half = await recorded_to_half(server, tmp_path, "alone", 4, 1000)
+    try:
+        with caplog.at_level(logging.INFO):
+            async with aiohttp.ClientSession() as session:
+                viewer = FlvClient()
+                task = asyncio.create_task(play_http(session, flv_url(server, "alone"), viewer))
+                await viewer.wait_for(lambda c: c.video())
+                publisher.send_media(VIDEO, media[half].timestamp, TRUNCATED_AVC_CONFIG)
+                await viewer.wait_for(lambda c: any(t.payload == TRUNCATED_AVC_CONFIG for t in c.video()))
+                task.cancel()
+            for _ in range(50):  # the last viewer is gone
+                if not hub_stream(server, "live", "alone").viewer_count:
+                    break
+                await asyncio.sleep(0.05)
+            stream = hub_stream(server, "live", "alone")
+            before = stream.video_frames
+            rest = [p for p in media[half:] if not p.config]
+            await send(publisher, rest, realtime=False)
+            for _ in range(100):
+                if stream.video_frames >= before + len([p for p in rest if p.kind == VIDEO]):
+                    break
+                await asyncio.sleep(0.05)
+        assert stream.video_frames >= before + len([p for p in rest if p.kind == VIDEO]), "the publisher goes on"
+        stats = server.hub.stats("live", "alone")
+        assert stats is not None and stats["live"] and stats["publish_count"] == 1
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], "no error, no traceback"
+        assert not [r for r in caplog.records if "Fatal error" in r.getMessage()]
     finally:
         publisher.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import gc
 import os
 import threading
 
@@ -399,3 +400,59 @@ async def test_whip_frames_arrive_in_the_hub_as_sent(make_server) -> None:  # ty
     # Frames still in the jitter buffer or in flight when the session ended, and the first frames
     # before the keyframe the hub starts on, are the only ones allowed to be missing.
     assert pattern.sent - 15 <= received <= pattern.sent, (pattern.sent, received)
+
+
+def live_objects(name: str) -> int:
+    return sum(1 for o in gc.get_objects() if type(o).__name__ == name)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@needs_ffmpeg
+async def test_abandoned_whep_sessions_are_freed_without_a_full_collection(make_server) -> None:  # type: ignore[no-untyped-def]
+    """Issue 16, finding #5: offers answered, then abandoned (the ICE deadline closes them). With the
+    cyclic collector off, as it in effect is between rare full collections, every peer connection and
+    session is gone once closed: freed by reference counting, nothing left in a cycle."""
+    sessions = 200
+    server = await make_server(webrtc=webrtc_settings(connect_timeout=1.0, max_whep_viewers=sessions))
+    publisher = await publish(rtmp_url(server, "gone"), seconds=30)
+    client = client_pc()
+    try:
+        await wait_live(server, "gone")
+        client.addTransceiver("video", direction="recvonly")
+        client.addTransceiver("audio", direction="recvonly")
+        with ice.policy(LOOPBACK):
+            await client.setLocalDescription(await client.createOffer())
+        offer = client.localDescription.sdp
+        await client.close()
+        url = f"http://127.0.0.1:{server.http_port}/whep/gone"
+        headers = {"Content-Type": "application/sdp"}
+        gc.collect()
+        gc.disable()
+        try:
+            start = (live_objects("RTCPeerConnection"), live_objects("WhepSession"), rss_mb())
+            async with aiohttp.ClientSession() as http:
+
+                async def abandon() -> int:
+                    async with http.post(url, data=offer, headers=headers) as response:
+                        await response.read()
+                        return response.status
+
+                for _ in range(sessions // 20):
+                    assert await asyncio.gather(*(abandon() for _ in range(20))) == [201] * 20
+            for _ in range(200):
+                if not server.webrtc.registry.sessions:
+                    break
+                await asyncio.sleep(0.1)
+            assert not server.webrtc.registry.sessions, "the ICE deadline closed every session"
+            await asyncio.sleep(0.5)  # the last closes finish
+            assert live_objects("RTCPeerConnection") <= start[0], "peer connections freed by reference counting"
+            assert live_objects("WhepSession") <= start[1]
+            assert rss_mb() - start[2] < 64, "memory roughly flat"
+        finally:
+            gc.enable()
+    finally:
+        await publisher.stop()

@@ -4,6 +4,10 @@ never raises."""
 
 from __future__ import annotations
 
+# An ADTS header holds a frame's length, header included, in 13 bits: bigger "frames" cannot be carried
+# (and are no AAC frame: one holds at most 6144 bits per channel).
+MAX_ADTS_FRAME = 0x1FFF - 7
+
 RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 
 
@@ -17,7 +21,7 @@ class AacConfig:
         self.profile = max(0, min(object_type - 1, 3))
         self.rate_index = rate_index
         self.channels = channels
-        # ADTS headers by frame size: an ADTS length has 13 bits, so this holds at most 8192.
+        # ADTS headers by frame size: at most MAX_ADTS_FRAME + 1 of them.
         self._headers: dict[int, bytes] = {}
 
     @classmethod
@@ -39,6 +43,8 @@ class AacConfig:
         return f"mp4a.40.{self.object_type}"
 
     def adts(self, size: int) -> bytes:
+        """The ADTS header of a frame of ``size`` bytes, at most :data:`MAX_ADTS_FRAME` (callers leave
+        bigger ones out)."""
         header = self._headers.get(size)
         if header is None:
             header = self._headers[size] = self._adts(size)

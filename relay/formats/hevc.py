@@ -28,8 +28,9 @@ def parameter_sets(record: bytes) -> list[bytes]:
 
 
 def length_size(record: bytes) -> int:
-    """The size of the length field before each NAL unit of the samples (lengthSizeMinusOne + 1)."""
-    return (record[21] & 0x03) + 1
+    """The size of the length field before each NAL unit of the samples (lengthSizeMinusOne + 1); 4, as
+    encoders write it, for a record too short to say."""
+    return (record[21] & 0x03) + 1 if len(record) > 21 else 4
 
 
 def dimensions(payload: bytes) -> tuple[int, int] | None:

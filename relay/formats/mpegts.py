@@ -16,7 +16,7 @@ import logging
 
 import numpy as np
 
-from relay.formats.aac import AacConfig
+from relay.formats.aac import MAX_ADTS_FRAME, AacConfig
 from relay.formats.codecs import coded_frame
 from relay.formats.h264 import AvcConfig
 from relay.formats.packet import AUDIO, VIDEO, Packet
@@ -234,6 +234,8 @@ class TsMuxer:
                 if aac is None or len(payload) < 3 or payload[0] >> 4 != 10 or payload[1] != 1:
                     continue
                 size = len(payload) - 2
+                if size > MAX_ADTS_FRAME:  # no AAC frame, and no ADTS header can say its length
+                    continue
                 pts = packet.timestamp * 90
                 if not audio:
                     self._audio_pts = pts

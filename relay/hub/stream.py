@@ -19,6 +19,8 @@ from relay.hub.viewer import Viewer
 
 log = logging.getLogger("minilive.relay")
 
+SINK_FAILURE_LOG_SECONDS = 60.0  # a stream's sink failures are logged at WARNING at most this often
+
 
 class _Group:
     """The viewers that share one output format, and so one encoding of every batch."""
@@ -72,6 +74,7 @@ class LiveStream:
         self.skipped = 0
         self.dropped_slow = 0
         self.sink_failures = 0
+        self._failure_logged_at = -SINK_FAILURE_LOG_SECONDS
         self.rates = {"bitrate_in": 0.0, "bitrate_out": 0.0, "fps": 0.0}
         # The publisher's keyframe interval (its GOP), measured between its last two keyframes: a long
         # one makes every new viewer wait that long for a picture.
@@ -173,7 +176,24 @@ class LiveStream:
 
     def _sink_failed(self, sink: Sink, exc: Exception) -> None:
         self.sink_failures += 1
-        log.warning("stream %s: %s detached, it failed: %s: %s", self.key, type(sink).__name__, type(exc).__name__, exc)
+        # One WARNING a minute per stream: a publisher that keeps sending bad headers, with sinks that
+        # keep being attached to it (a player polling HLS), must not fill the log. The counter
+        # (sink_failures, in /metrics) still counts every one.
+        now = time.monotonic()
+        if now - self._failure_logged_at >= SINK_FAILURE_LOG_SECONDS:
+            self._failure_logged_at = now
+            level = logging.WARNING
+        else:
+            level = logging.DEBUG
+        log.log(
+            level,
+            "stream %s: %s detached, it failed: %s: %s (%d sink failures so far)",
+            self.key,
+            type(sink).__name__,
+            type(exc).__name__,
+            exc,
+            self.sink_failures,
+        )
         self.remove_sink(sink)
         try:
             sink.failed(exc)
