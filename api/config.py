@@ -45,6 +45,13 @@ class Settings:
     play_wait_seconds: float = 0.0
     # HTTP/1.1 HTTP-FLV in chunked transfer coding; off: close-delimited bodies for every client.
     http_flv_chunked: bool = True
+    # Hostile HTTP clients (issue 16): a request head must arrive whole within this time of its first
+    # byte (of the connection, for the first request; slowloris), and one client address may hold at
+    # most this many connections.
+    http_head_timeout_seconds: float = 10.0
+    http_max_connections_per_address: int = 100
+    # /api/v1/streams (every publisher's address) without a token: for a server only operators can reach.
+    public_stats: bool = False
     # Server processes sharing the ports (SO_REUSEPORT) under a supervisor; 1: one process, no supervisor.
     # The TOML file and --workers also take "auto": one per CPU.
     workers: int = 1
@@ -125,6 +132,11 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
         raise ConfigError(
             f"workers = {settings.workers} needs fixed ports, which the workers share: rtmp_port and http_port"
             f" cannot be 0 (they are {settings.rtmp_port} and {settings.http_port})"
+        )
+    if settings.http_head_timeout_seconds <= 0 or settings.http_max_connections_per_address < 1:
+        raise ConfigError(
+            "http_head_timeout_seconds must be above 0 and http_max_connections_per_address at least 1"
+            f" (they are {settings.http_head_timeout_seconds} and {settings.http_max_connections_per_address})"
         )
     if settings.hls.format not in ("ts", "fmp4"):
         raise ConfigError(f"[hls] format must be ts or fmp4, not {settings.hls.format!r}")

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from api import supervisor
+from api.errors import ApiError, json_error
+from api.rest import request_app
+from relay.http.fast import Limits
 from relay.hub import Hub
 from relay.transcode.renditions import Renditions
 
@@ -18,8 +21,21 @@ if TYPE_CHECKING:
 START = time.time()
 
 
-def routes(hub: Hub, renditions: Renditions | None = None, cluster: ClusterPart | None = None) -> list[web.RouteDef]:
+def routes(
+    hub: Hub,
+    renditions: Renditions | None = None,
+    cluster: ClusterPart | None = None,
+    http: Limits | None = None,
+    public_stats: bool = False,
+) -> list[web.RouteDef]:
     async def streams(request: web.Request) -> web.Response:
+        # Every publisher's address and every stream: an app's token or a console session to read, unless
+        # the public_stats setting says otherwise (issue 16). /metrics holds totals only: see docs/decisions.md.
+        if not public_stats:
+            try:
+                await request_app(request)
+            except ApiError as exc:
+                return json_error(exc)
         listed = hub.all_stats()
         if renditions is not None:
             for stream in listed:
@@ -48,7 +64,7 @@ def routes(hub: Hub, renditions: Renditions | None = None, cluster: ClusterPart 
         return web.json_response(body)
 
     async def metrics(request: web.Request) -> web.Response:
-        text = render_metrics(hub, renditions, cluster.describe() if cluster is not None else None)
+        text = render_metrics(hub, renditions, cluster.describe() if cluster is not None else None, http)
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     return [
@@ -65,6 +81,21 @@ _TRANSCODE_METRICS = {
     "refused": ("minilive_renditions_refused_total", "counter", "Rendition requests refused by max_transcodes."),
     "worker_restarts": ("minilive_transcode_worker_restarts_total", "counter", "Worker processes restarted."),
     "decode_errors": ("minilive_transcode_decode_errors", "gauge", "Frames that did not decode, running sources."),
+}
+
+
+# The HTTP port's refusals of hostile clients (issue 16) in /metrics: (name, type, help).
+_HTTP_METRICS = {
+    "head_timeouts": (
+        "minilive_http_head_timeouts_total",
+        "counter",
+        "HTTP connections closed because a request head did not arrive within http_head_timeout_seconds.",
+    ),
+    "refused_per_address": (
+        "minilive_http_refused_per_address_total",
+        "counter",
+        "HTTP connections refused because their address held http_max_connections_per_address.",
+    ),
 }
 
 
@@ -91,7 +122,9 @@ _CLUSTER_METRICS = {
 }
 
 
-def render_metrics(hub: Hub, renditions: Renditions | None = None, cluster: dict[str, Any] | None = None) -> str:
+def render_metrics(
+    hub: Hub, renditions: Renditions | None = None, cluster: dict[str, Any] | None = None, http: Limits | None = None
+) -> str:
     """Prometheus text exposition format."""
     totals = hub.totals()
     lines = [
@@ -126,6 +159,8 @@ def render_metrics(hub: Hub, renditions: Renditions | None = None, cluster: dict
         lines += _described(_TRANSCODE_METRICS, renditions.totals())
     if cluster is not None:
         lines += _described(_CLUSTER_METRICS, cluster)
+    if http is not None:
+        lines += _described(_HTTP_METRICS, {key: getattr(http, key) for key in _HTTP_METRICS})
     return "\n".join(lines) + "\n"
 
 
