@@ -157,6 +157,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
             ) from None
     try:
         settings.transcode.validate()
+        settings.rtmp.validate()
         settings.cluster.validate()
         settings.console.validate()
     except (SettingsError, ValueError) as exc:

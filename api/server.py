@@ -264,7 +264,9 @@ class Server:
         # HLS first: relay.http.fast claims these paths ahead of every other route, and so does aiohttp.
         app.add_routes((self.cluster.gateway if self.cluster else self.hls).routes())
         app.add_routes(
-            streams.routes(self.hub, self.renditions, self.cluster, self.http_limits, self.settings.public_stats)
+            streams.routes(
+                self.hub, self.renditions, self.cluster, self.rtmp, self.http_limits, self.settings.public_stats
+            )
         )
         app.add_routes(self.flv.routes())
         app[keys.APPS], app[keys.ROOMS], app[keys.ROOM_STATUS] = self.apps, self.rooms, self.room_status

@@ -17,6 +17,7 @@ from relay.transcode.renditions import Renditions
 
 if TYPE_CHECKING:
     from api.cluster import ClusterPart
+    from ingest.server import RtmpServer
 
 START = time.time()
 
@@ -25,6 +26,7 @@ def routes(
     hub: Hub,
     renditions: Renditions | None = None,
     cluster: ClusterPart | None = None,
+    rtmp: RtmpServer | None = None,
     http: Limits | None = None,
     public_stats: bool = False,
 ) -> list[web.RouteDef]:
@@ -64,7 +66,13 @@ def routes(
         return web.json_response(body)
 
     async def metrics(request: web.Request) -> web.Response:
-        text = render_metrics(hub, renditions, cluster.describe() if cluster is not None else None, http)
+        text = render_metrics(
+            hub,
+            renditions,
+            cluster.describe() if cluster is not None else None,
+            rtmp.totals() if rtmp is not None else None,
+            http,
+        )
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     return [
@@ -122,8 +130,32 @@ _CLUSTER_METRICS = {
 }
 
 
+# The RTMP server's refusals and protocol errors in /metrics: (name, type, help).
+_RTMP_METRICS = {
+    "connections": ("minilive_rtmp_connections", "gauge", "Open RTMP connections."),
+    "pending_bytes": (
+        "minilive_rtmp_pending_bytes",
+        "gauge",
+        "Bytes held in unfinished RTMP messages, all connections (the [rtmp] pending_budget caps it).",
+    ),
+    "refused_total": ("minilive_rtmp_refused_total", "counter", "Connections refused by max_connections."),
+    "refused_address": (
+        "minilive_rtmp_refused_address_total",
+        "counter",
+        "Connections refused by max_connections_per_address.",
+    ),
+    "refused_budget": ("minilive_rtmp_refused_budget_total", "counter", "Connections refused by pending_budget."),
+    "protocol_errors": ("minilive_rtmp_protocol_errors_total", "counter", "Connections dropped for a protocol error."),
+    "timeouts": ("minilive_rtmp_timeouts_total", "counter", "Dropped by a handshake/connect/setup deadline."),
+}
+
+
 def render_metrics(
-    hub: Hub, renditions: Renditions | None = None, cluster: dict[str, Any] | None = None, http: Limits | None = None
+    hub: Hub,
+    renditions: Renditions | None = None,
+    cluster: dict[str, Any] | None = None,
+    rtmp: dict[str, int] | None = None,
+    http: Limits | None = None,
 ) -> str:
     """Prometheus text exposition format."""
     totals = hub.totals()
@@ -159,6 +191,8 @@ def render_metrics(
         lines += _described(_TRANSCODE_METRICS, renditions.totals())
     if cluster is not None:
         lines += _described(_CLUSTER_METRICS, cluster)
+    if rtmp is not None:
+        lines += _described(_RTMP_METRICS, rtmp)
     if http is not None:
         lines += _described(_HTTP_METRICS, {key: getattr(http, key) for key in _HTTP_METRICS})
     return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import time
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ingest.rtmp import connection as rtmp
 from relay.formats.output import RtmpFormat
+from relay.formats.rtmp_chunk import PendingBudget
 from relay.hub import (
     AccessRequest,
     Authorizer,
@@ -31,17 +33,61 @@ log = logging.getLogger("minilive.rtmp")
 @dataclass(slots=True)
 class RtmpSettings:
     handshake_timeout: float = 10.0
+    # After the handshake, the connect command must arrive (and be answered) within this.
+    connect_timeout: float = 10.0
     # A connection that has neither published nor played by then is dropped (half-open floods).
     setup_timeout: float = 30.0
     # A publisher that sends nothing at all for this long is gone (silent TCP stall). A trickle
     # such as live-pusher's background "waiting image" keeps it alive.
     publisher_idle_timeout: float = 10.0
     max_connections: int = 10000
+    max_connections_per_address: int = 100
+    # Addresses (or networks) not held to that cap: by default the machine itself, where benchmarks,
+    # local relays and transcoders connect many times. Add cluster peers that pull over RTMP.
+    address_cap_exempt: list[str] = field(default_factory=lambda: ["127.0.0.1/8", "::1"])
     # RTMP applications (the first path segment of rtmp://HOST/APP/STREAM) this server serves.
     apps: list[str] = field(default_factory=lambda: ["live"])
+    # Audio, video and aggregate messages; every other message is a command or data, small by nature:
     max_message_size: int = 16 * 1024 * 1024
+    connect_message_size: int = 4096  # before connect: AMF is decoded for unauthenticated peers
+    command_message_size: int = 64 * 1024  # after connect (onMetaData of real encoders: about 1 KB)
+    # Bytes of unfinished messages one connection may hold before its publish is accepted, and after.
+    prepublish_buffer: int = 4 * 1024 * 1024
+    publishing_buffer: int = 32 * 1024 * 1024
+    # Bytes of unfinished messages all connections together may hold: past it new connections are
+    # refused and the connection that adds bytes is dropped.
+    pending_budget: int = 256 * 1024 * 1024
     # Media a publisher sends while its publish request is being authorized is held, up to this.
     max_held_messages: int = 2000
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting that cannot work."""
+        for name in ("handshake_timeout", "connect_timeout", "setup_timeout", "publisher_idle_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"[rtmp] {name} must be more than 0 seconds, not {getattr(self, name)}")
+        for name in ("max_connections", "max_connections_per_address", "max_held_messages"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"[rtmp] {name} must be at least 1, not {getattr(self, name)}")
+        # A connect of a real client (tcUrl, swfUrl, Enhanced RTMP's fourCcList) is a few hundred bytes.
+        for address in self.address_cap_exempt:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"[rtmp] address_cap_exempt: {address!r} is not an IP address or network (e.g. 10.0.0.0/8)"
+                ) from None
+        if not 512 <= self.connect_message_size <= self.command_message_size <= self.max_message_size:
+            raise ValueError(
+                "[rtmp] need 512 <= connect_message_size <= command_message_size <= max_message_size,"
+                f" have {self.connect_message_size}, {self.command_message_size}, {self.max_message_size}"
+            )
+        if self.max_message_size > 16 * 1024 * 1024:
+            raise ValueError(f"[rtmp] max_message_size cannot pass RTMP's 16 MiB, not {self.max_message_size}")
+        if not 0 < self.prepublish_buffer <= self.pending_budget or self.publishing_buffer < self.prepublish_buffer:
+            raise ValueError(
+                "[rtmp] need 0 < prepublish_buffer <= publishing_buffer and prepublish_buffer <= pending_budget,"
+                f" have {self.prepublish_buffer}, {self.publishing_buffer}, {self.pending_budget}"
+            )
 
 
 class RtmpServer:
@@ -59,6 +105,17 @@ class RtmpServer:
         self.settings = settings or RtmpSettings()
         self.play_wait_seconds = play_wait_seconds
         self.connections: set[RtmpProtocol] = set()
+        self.per_address: dict[str, int] = {}
+        s = self.settings
+        self.limits = rtmp.Limits(
+            s.max_message_size, s.connect_message_size, s.command_message_size, s.prepublish_buffer, s.publishing_buffer
+        )
+        self.budget = PendingBudget(s.pending_budget)
+        self._exempt = [ipaddress.ip_network(a, strict=False) for a in s.address_cap_exempt]
+        # Refusals and protocol errors, for /metrics (see totals()).
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("refused_total", "refused_address", "refused_budget", "protocol_errors", "timeouts"), 0
+        )
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
 
@@ -81,6 +138,39 @@ class RtmpServer:
         if self._server:
             await self._server.wait_closed()
 
+    def totals(self) -> dict[str, int]:
+        return {**self.counters, "connections": len(self.connections), "pending_bytes": self.budget.held}
+
+    def admit(self, conn: RtmpProtocol, host: str) -> str:
+        """Why a new connection from ``host`` is refused, or "" (and it is counted in)."""
+        s = self.settings
+        if len(self.connections) >= s.max_connections:
+            self.counters["refused_total"] += 1
+            return f"{len(self.connections)} connections is the limit (max_connections)"
+        if self.per_address.get(host, 0) >= s.max_connections_per_address and not self._exempted(host):
+            self.counters["refused_address"] += 1
+            return f"{s.max_connections_per_address} connections from one address is the limit"
+        if self.budget.held >= self.budget.limit:
+            self.counters["refused_budget"] += 1
+            return f"unfinished messages hold {self.budget.held} bytes, at the limit (pending_budget)"
+        self.connections.add(conn)
+        self.per_address[host] = self.per_address.get(host, 0) + 1
+        return ""
+
+    def _exempted(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self._exempt)
+
+    def forget(self, conn: RtmpProtocol, host: str) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            left = self.per_address.pop(host, 1) - 1
+            if left > 0:
+                self.per_address[host] = left
+
     async def _tick(self) -> None:
         s = self.settings
         while True:
@@ -91,25 +181,40 @@ class RtmpServer:
                     if now - conn.last_data > s.publisher_idle_timeout:
                         conn.drop(f"publisher sent nothing for {s.publisher_idle_timeout:.0f} s")
                 elif conn.viewer is None:
-                    if not conn.core.handshake.done and now - conn.opened > s.handshake_timeout:
-                        conn.drop("handshake timed out")
+                    if not conn.core.handshake.done:
+                        if now - conn.opened > s.handshake_timeout:
+                            self.counters["timeouts"] += 1
+                            conn.drop("handshake timed out")
+                    elif not conn.core.connected:
+                        # Timed from the first tick that saw the handshake done: no clock on the hot path.
+                        conn.handshaken = conn.handshaken or now
+                        if now - conn.handshaken > s.connect_timeout:
+                            self.counters["timeouts"] += 1
+                            conn.drop("no connect command in time (connect_timeout)")
+                        elif now - conn.opened > s.setup_timeout:  # the overall deadline holds too
+                            self.counters["timeouts"] += 1
+                            conn.drop("neither published nor played in time")
                     elif now - conn.opened > s.setup_timeout and not conn.busy:
+                        self.counters["timeouts"] += 1
                         conn.drop("neither published nor played in time")
 
 
 class RtmpProtocol(asyncio.Protocol):
     def __init__(self, server: RtmpServer) -> None:
         self.server = server
-        self.core = rtmp.ServerConnection(server.settings.max_message_size)
+        self.core = rtmp.ServerConnection(server.limits, server.budget)
         self.transport: asyncio.Transport | None = None
         self.remote = ""
+        self.host = ""
         self.opened = self.last_data = time.monotonic()
+        self.handshaken = 0.0  # when the ticker first saw the handshake done
         self.session: PublishSession | None = None
         self.publish_stream_id = 0
         self.viewer: Viewer | None = None
         self.watching: Subscription | None = None
         self.busy = False  # an authorization is in flight
         self.held: list[rtmp.Event] | None = None
+        self.held_bytes = 0
         self.closed = False
         self._play_name = ""
         self._task: asyncio.Future[None] | None = None  # the authorization in flight
@@ -119,22 +224,24 @@ class RtmpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
+        self.host = peer[0] if peer else "?"
         self.remote = f"{peer[0]}:{peer[1]}" if peer else "?"
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if len(self.server.connections) >= self.server.settings.max_connections:
-            log.warning("rtmp %s refused: %d connections is the limit", self.remote, len(self.server.connections))
+        refusal = self.server.admit(self, self.host)
+        if refusal:
+            log.warning("rtmp %s refused: %s", self.remote, refusal)
             transport.abort()
             self.closed = True
             return
-        self.server.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         self.last_data = time.monotonic()
         try:
             events = self.core.receive_data(data)
         except ValueError as exc:
+            self.server.counters["protocol_errors"] += 1
             self.drop(f"protocol error: {exc}")
             return
         out = self.core.data_to_send()
@@ -153,7 +260,8 @@ class RtmpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server.connections.discard(self)
+        self.server.forget(self, self.host)
+        self.core.reader.release()
         self._end_publish("disconnected")
         viewer = self.viewer
         if viewer is not None:
@@ -175,8 +283,11 @@ class RtmpProtocol(asyncio.Protocol):
 
     def _hold(self, event: rtmp.Event) -> None:
         assert self.held is not None
-        if len(self.held) >= self.server.settings.max_held_messages:
-            self.drop("too much media sent before the publish was accepted")
+        size = len(event.payload)  # type: ignore[union-attr]
+        self.held_bytes += size
+        settings = self.server.settings
+        if len(self.held) >= settings.max_held_messages or self.held_bytes > settings.prepublish_buffer:
+            self.drop("too much media sent before the publish was accepted (prepublish_buffer)")
             return
         self.held.append(event)
 
@@ -191,8 +302,10 @@ class RtmpProtocol(asyncio.Protocol):
                 self._flush()
                 self.transport.close()  # type: ignore[union-attr]
                 return
-            self.core.accept_connect(event)
+            pipelined = self.core.accept_connect(event)
             self._flush()
+            for queued in pipelined:
+                self._handle(queued)
         elif isinstance(event, rtmp.Publish):
             if self.session is not None or self.busy:
                 self.core.reject_publish(event, "NetStream.Publish.BadName", "this connection is already publishing")
@@ -250,6 +363,7 @@ class RtmpProtocol(asyncio.Protocol):
         self._flush()
         log.info("rtmp publish start %s/%s from %s", app, event.name, self.remote)
         held, self.held = self.held or [], None
+        self.held_bytes = 0
         for item in held:
             if isinstance(item, rtmp.Media):
                 self.session.send(item.type_id, item.timestamp, item.payload)

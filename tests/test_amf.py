@@ -424,3 +424,14 @@ def test_random_mutations_raise_only_amf_error() -> None:
         except Exception as exc:  # pragma: no cover - the failure message is the point
             raise AssertionError(f"mutation {i} {bytes(data).hex()} raised {exc!r}") from exc
     assert time.perf_counter() - started < 20
+
+
+def test_total_values_are_capped_at_every_depth() -> None:
+    """The probe's bomb, scaled down: arrays of arrays of nulls pass every per-array cap but not the
+    cap on values per message, which bounds decode time whatever the size (issue 16, finding #1)."""
+    inner = b"\x0a" + struct.pack(">I", 250) + b"\x05" * 250
+    bomb = amf.encode("connect", 0) + b"\x0a" + struct.pack(">I", 300) + inner * 300
+    with pytest.raises(amf.AMFError, match=f"too many values: more than {amf.MAX_VALUES}"):
+        amf.decode(bomb)
+    fits = amf.encode("connect", 0) + b"\x0a" + struct.pack(">I", 200) + inner * 200  # 50,203 values
+    assert len(amf.decode(fits)[2]) == 200

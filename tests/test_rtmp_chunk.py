@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from relay.formats.rtmp_chunk import ChunkError, ChunkReader, Message, basic_header, encode_message
+from relay.formats.rtmp_chunk import ChunkError, ChunkReader, Message, PendingBudget, basic_header, encode_message
 
 AUDIO, VIDEO, COMMAND = 8, 9, 20
 EXT = 0xFFFFFF
@@ -406,7 +406,7 @@ def test_pending_bytes_are_capped() -> None:
     reader = ChunkReader(max_pending_bytes=10_000)
     reader.feed(set_chunk_size(1000))
     data = b"".join(type0(csid, 0, 5000, VIDEO) + b"v" * 1000 for csid in range(3, 20))
-    with pytest.raises(ChunkError, match="partially received"):
+    with pytest.raises(ChunkError, match="held in unfinished messages; the limit is 10000"):
         reader.feed(data)
 
 
@@ -464,3 +464,29 @@ def test_round_trip_bytewise() -> None:
         sent.append((6, ts, VIDEO, 1, payload))
         wire += encode_message(6, ts, VIDEO, 1, payload, 128)
     assert summary(feed_bytewise(ChunkReader(), wire)) == sent
+
+
+def test_pending_budget_is_shared_and_released() -> None:
+    """Readers sharing a PendingBudget: together they cannot hold more than its limit (the one that
+    passes it fails), and release() gives back what a closed connection held (finding #2)."""
+    budget = PendingBudget(limit=250_000)
+    message = encode_message(6, 0, 9, 1, b"v" * 1_000_000, 4096)
+    readers = [ChunkReader(max_pending_bytes=200_000, budget=budget) for _ in range(3)]
+    for reader in readers:
+        reader.feed(set_chunk_size(4096))
+    readers[0].feed(message[:100_000])
+    readers[1].feed(message[:100_000])
+    assert budget.held == readers[0].held_bytes + readers[1].held_bytes > 190_000
+    with pytest.raises(ChunkError, match="budget of 250000 bytes"):
+        readers[2].feed(message[:100_000])
+    for reader in readers:
+        reader.release()
+    assert budget.held == 0
+
+
+def test_small_types_are_capped_on_the_header() -> None:
+    reader = ChunkReader(max_other_size=4096)
+    reader.feed(set_chunk_size(0x7FFFFFFF))
+    header = encode_message(3, 0, 20, 0, b"\x05" * 5000, 0x7FFFFFFF)[:12]  # the body never comes
+    with pytest.raises(ChunkError, match="type 20 and 5000 bytes exceeds the 4096 byte limit"):
+        reader.feed(header)

@@ -11,6 +11,7 @@ from ingest.rtmp.connection import (
     WINDOW_ACK_SIZE,
     Connect,
     DeleteStream,
+    Limits,
     Media,
     Metadata,
     Play,
@@ -29,8 +30,8 @@ TC_URL = "rtmp://127.0.0.1:1935/live"
 class Peer:
     """The client side: builds messages, reads and decodes what the server sends."""
 
-    def __init__(self, complex_handshake: bool = False) -> None:
-        self.conn = ServerConnection()
+    def __init__(self, complex_handshake: bool = False, limits: Limits | None = None) -> None:
+        self.conn = ServerConnection(limits)
         self.reader = ChunkReader()
         handshake = ClientHandshake(complex_handshake)
         assert self.conn.receive_data(handshake.start()) == []
@@ -437,7 +438,7 @@ def test_chunk_size_from_client_applies() -> None:
 
 
 def test_message_limit() -> None:
-    conn = ServerConnection(max_message_size=1000)
+    conn = ServerConnection(Limits(max_message_size=1000))
     client = ClientHandshake()
     conn.receive_data(client.start())
     conn.receive_data(client.receive_data(conn.data_to_send()))
@@ -454,3 +455,64 @@ def test_unpublished_and_play_ended() -> None:
     assert amf.decode(got[0].payload)[3]["code"] == "NetStream.Unpublish.Success"
     assert amf.decode(got[1].payload)[3]["code"] == "NetStream.Play.UnpublishNotify"
     assert got[2].payload == struct.pack(">HI", messages.STREAM_EOF, 1)
+
+
+def test_commands_pipelined_behind_connect_wait_for_its_answer() -> None:
+    """connect + createStream + publish in one write (several SDKs do): the later commands are held
+    until connect is accepted, then answered after it, in order (issue 16, finding #7)."""
+    peer = Peer()
+    pipelined = b"".join(
+        encode_message(3, 0, messages.COMMAND_AMF0, stream_id, amf.encode(*values), 128)
+        for stream_id, values in (
+            (0, ("connect", 1, {"app": "live", "tcUrl": TC_URL})),
+            (0, ("createStream", 2, None)),
+            (1, ("publish", 3, None, "pipe?k=v", "live")),
+        )
+    )
+    (event,) = peer.send(pipelined)
+    assert isinstance(event, Connect)
+    assert peer.commands() == []  # nothing answered before the caller decides on connect
+    assert peer.conn.accept_connect(event) == [Publish(1, "pipe", "k=v", "live")]
+    answers = [(c[0], c[1]) for c in peer.commands()]
+    assert answers == [("_result", 1), ("_result", 2)]
+
+
+def test_too_many_commands_behind_connect() -> None:
+    peer = Peer()
+    peer.command("connect", 1, {"app": "live", "tcUrl": TC_URL})
+    with pytest.raises(ProtocolError, match="before connect was answered"):
+        for tid in range(40):
+            peer.command("createStream", tid + 2, None)
+
+
+def test_command_size_is_capped_by_stage() -> None:
+    """Before connect any non-media message is tiny, after it commands are small, media may be big:
+    an unauthenticated peer cannot make the server decode a big AMF value (finding #1)."""
+    peer = Peer(limits=Limits(connect_message_size=1000, command_message_size=3000))
+    assert [type(e) for e in peer.send(encode_message(6, 0, messages.VIDEO, 1, b"v" * 2000, 128))] == [Media]
+    with pytest.raises(ValueError, match="type 20 and 1200 bytes exceeds the 1000 byte limit"):
+        peer.send(encode_message(3, 0, messages.COMMAND_AMF0, 0, b"\x05" * 1200, 128))
+    peer = Peer(limits=Limits(connect_message_size=1000, command_message_size=3000))
+    peer.connect()
+    assert peer.command("createStream", 2, None, "x" * 1500) == []  # 1.5 KB: fine after connect
+    with pytest.raises(ValueError, match="type 18 and 3100 bytes exceeds the 3000 byte limit"):
+        peer.send(encode_message(3, 0, messages.DATA_AMF0, 0, b"\x05" * 3100, 128))
+
+
+def test_unfinished_media_before_publish_is_bounded() -> None:
+    """A peer declaring a 16 MiB video message cannot park more than prepublish_bytes (finding #2);
+    once publishing, the larger publishing_bytes applies."""
+    limits = Limits(prepublish_bytes=100_000, publishing_bytes=400_000)
+    peer = Peer(limits=limits)
+    peer.connect()
+    big = encode_message(6, 0, messages.VIDEO, 1, b"v" * 300_000, 4096)
+    peer.send(messages.set_chunk_size(4096))
+    with pytest.raises(ValueError, match="bytes held in unfinished messages; the limit is 100000"):
+        peer.send(big[:150_000])
+    peer = Peer(limits=limits)
+    peer.connect()
+    stream_id = peer.create_stream()
+    (publish,) = peer.command("publish", 3, None, "s", "live", stream_id=stream_id)
+    peer.conn.accept_publish(publish)
+    peer.send(messages.set_chunk_size(4096))
+    assert [e.payload for e in peer.send(big)] == [b"v" * 300_000]

@@ -2,7 +2,8 @@
 
 RTMP commands and `onMetaData` are AMF0. Objects decode to ``dict``, ECMA arrays to
 :class:`ECMAArray` (a ``dict``), null to ``None`` and undefined to :data:`UNDEFINED`.
-Decoding is bounded: nesting depth and element counts are capped, and every length is
+Decoding is bounded: nesting depth, element counts and the total number of values in one
+decode (nested ones included: 65,536 arrays of 250 nulls is 16 M values) are capped, and every length is
 checked against the bytes actually present, so hostile input raises :class:`AMFError`
 instead of allocating.
 """
@@ -14,6 +15,8 @@ from typing import Any
 
 MAX_DEPTH = 32
 MAX_ELEMENTS = 65536
+# All values in one decode() call, at every depth: bounds its time, whatever the message size.
+MAX_VALUES = 65536
 
 _NUMBER = 0x00
 _BOOLEAN = 0x01
@@ -121,11 +124,17 @@ def decode(data: bytes | memoryview) -> list[Any]:
 
 
 class _Reader:
-    __slots__ = ("buf", "pos")
+    __slots__ = ("budget", "buf", "pos")
 
     def __init__(self, buf: memoryview) -> None:
         self.buf = buf
         self.pos = 0
+        self.budget = MAX_VALUES  # values this decode may still produce
+
+    def spend(self) -> None:
+        self.budget -= 1
+        if self.budget < 0:
+            raise AMFError(f"too many values: more than {MAX_VALUES} in one message")
 
     def take(self, n: int) -> memoryview:
         end = self.pos + n
@@ -150,6 +159,7 @@ class _Reader:
     def value(self, depth: int) -> Any:
         if depth > MAX_DEPTH:
             raise AMFError("nesting too deep")
+        self.spend()
         marker = self.u8()
         if marker == _NUMBER:
             return _double.unpack(self.take(8))[0]
@@ -239,6 +249,7 @@ class _Amf3Reader:
     def value(self, depth: int) -> Any:
         if depth > MAX_DEPTH:
             raise AMFError("nesting too deep")
+        self.r.spend()
         marker = self.r.u8()
         if marker == 0x00:
             return UNDEFINED

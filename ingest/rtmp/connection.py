@@ -17,9 +17,23 @@ from typing import Any
 from ingest.rtmp import amf, messages
 from ingest.rtmp.handshake import ServerHandshake
 from relay.formats.packet import OUT_CHUNK_SIZE
-from relay.formats.rtmp_chunk import ChunkReader, Message, encode_message
+from relay.formats.rtmp_chunk import ChunkReader, Message, PendingBudget, encode_message
 
 WINDOW_ACK_SIZE = 2_500_000
+# Commands pipelined behind an unanswered connect (createStream, publish, ...): a handful in practice.
+MAX_QUEUED_COMMANDS = 16
+
+
+@dataclass(slots=True)
+class Limits:
+    """What one connection may send, by stage. Media may be big; commands and data are small,
+    and before connect smaller still, so an unauthenticated peer cannot make the server decode much."""
+
+    max_message_size: int = 16 * 1024 * 1024  # audio, video, aggregate
+    connect_message_size: int = 4096  # any other message, before connect
+    command_message_size: int = 64 * 1024  # any other message, after connect
+    prepublish_bytes: int = 4 * 1024 * 1024  # unfinished messages held before a publish is accepted
+    publishing_bytes: int = 32 * 1024 * 1024  # unfinished messages held while publishing
 
 
 class ProtocolError(ValueError):
@@ -92,11 +106,20 @@ def _number(value: Any, default: float) -> float:
 
 
 class ServerConnection:
-    def __init__(self, max_message_size: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, limits: Limits | None = None, budget: PendingBudget | None = None) -> None:
+        self.limits = limits = limits or Limits()
         self.handshake = ServerHandshake()
-        self.reader = ChunkReader(max_message_size=max_message_size)
+        self.reader = ChunkReader(
+            max_message_size=limits.max_message_size,
+            max_pending_bytes=limits.prepublish_bytes,
+            max_other_size=limits.connect_message_size,
+            budget=budget,
+        )
         self.out_chunk_size = 128
         self.connected = False
+        # connect received, its answer not yet given: later commands wait in _queued (SDKs pipeline).
+        self.connecting = False
+        self._queued: list[tuple[int, list[Any]]] = []
         self.app = ""
         self.tc_url = ""
         self.object_encoding = 0.0
@@ -188,7 +211,12 @@ class ServerConnection:
             self._connect(tid, values[2] if len(values) > 2 else None, events)
             return
         if not self.connected:
-            raise ProtocolError(f"'{name}' before connect")
+            if not self.connecting:
+                raise ProtocolError(f"'{name}' before connect")
+            if len(self._queued) >= MAX_QUEUED_COMMANDS:
+                raise ProtocolError(f"more than {MAX_QUEUED_COMMANDS} commands sent before connect was answered")
+            self._queued.append((stream_id, values))
+            return
         if name == "createStream":
             stream = self._next_stream_id
             self._next_stream_id += 1
@@ -252,7 +280,7 @@ class ServerConnection:
             )
 
     def _connect(self, tid: float, obj: Any, events: list[Event]) -> None:
-        if self.connected:
+        if self.connected or self.connecting:
             raise ProtocolError("connect sent twice")
         if not isinstance(obj, dict):
             raise ProtocolError("connect without a command object")
@@ -262,6 +290,8 @@ class ServerConnection:
         self.app = app.strip("/")
         self.tc_url = tc_url
         self.object_encoding = _number(obj.get("objectEncoding"), 0.0)
+        self.connecting = True
+        self.reader.max_other_size = self.limits.command_message_size
         events.append(Connect(tid, self.app, tc_url, query, obj))
 
     # ------------------------------------------------------------ output
@@ -276,8 +306,10 @@ class ServerConnection:
         info = {"level": level, "code": code, "description": description, **extra}
         self._send_command("onStatus", 0, None, info, stream_id=stream_id)
 
-    def accept_connect(self, event: Connect) -> None:
+    def accept_connect(self, event: Connect) -> list[Event]:
+        """Answer ``connect``; return the events of the commands that were pipelined behind it."""
         self.connected = True
+        self.connecting = False
         self._out += messages.window_ack_size(WINDOW_ACK_SIZE)
         self._out += messages.set_peer_bandwidth(WINDOW_ACK_SIZE)
         self._out += messages.set_chunk_size(OUT_CHUNK_SIZE)
@@ -295,12 +327,21 @@ class ServerConnection:
             "objectEncoding": self.object_encoding,
         }
         self._send_command("_result", event.transaction_id, properties, info)
+        events: list[Event] = []
+        queued, self._queued = self._queued, []
+        for stream_id, values in queued:
+            self._command(stream_id, values, events)
+        return events
 
     def reject_connect(self, event: Connect, description: str) -> None:
+        self.connecting = False
+        self._queued = []
         info = {"level": "error", "code": "NetConnection.Connect.Rejected", "description": description}
         self._send_command("_error", event.transaction_id, None, info)
 
     def accept_publish(self, event: Publish) -> None:
+        self.reader.max_pending_bytes = self.limits.publishing_bytes
+        self.reader.budget_exempt = True
         self._out += messages.user_control(messages.STREAM_BEGIN, event.stream_id)
         self._status(event.stream_id, "status", "NetStream.Publish.Start", f"{event.name} is now published.")
 

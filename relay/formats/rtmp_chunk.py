@@ -4,8 +4,10 @@ messages; :func:`encode_message` gives one message's chunks.
 Reading handles all four chunk header formats, 1-3 byte basic headers, extended timestamps
 (also on type-3 chunks, including the encoders that omit them on continuations),
 Set Chunk Size up to 2^31-1 and Abort, applied at the exact byte where they take effect.
-Memory is bounded: a message is at most 16 MiB by the format, and the bytes held for
-partially received messages across all chunk streams are capped.
+Memory is bounded: a message is at most 16 MiB by the format, only audio, video and aggregate
+messages may be that big (``max_other_size`` caps the rest), and the bytes held for partially
+received messages (and for a chunk still waiting for its body) are capped per connection and,
+through a shared :class:`PendingBudget`, across all connections.
 
 Writing puts every message in a type-0 header (absolute timestamp) followed by type-3 continuation
 chunks, so the bytes depend only on the message, never on what a particular connection sent before.
@@ -26,8 +28,21 @@ MAX_CHUNK_SIZE = 0x7FFFFFFF
 EXTENDED_TIMESTAMP = 0xFFFFFF
 
 
+# Message types that may be big: audio, video and aggregate. Commands, data and control are small.
+MEDIA_TYPES = frozenset((8, 9, 22))
+
+
 class ChunkError(ValueError):
     """The peer broke the chunk stream format or a limit."""
+
+
+@dataclass(slots=True)
+class PendingBudget:
+    """Bytes held in unfinished messages across every connection that shares it, and the cap on them:
+    one connection's limit alone lets N connections hold N times it."""
+
+    limit: int
+    held: int = 0
 
 
 @dataclass(slots=True)
@@ -59,10 +74,19 @@ class ChunkReader:
         max_message_size: int = 16 * 1024 * 1024,
         max_pending_bytes: int = 32 * 1024 * 1024,
         max_chunk_streams: int = 64,
+        max_other_size: int | None = None,
+        budget: PendingBudget | None = None,
     ) -> None:
         self.chunk_size = DEFAULT_CHUNK_SIZE
         self.max_message_size = max_message_size
+        # Messages other than audio, video and aggregate: the owner lowers it (e.g. before connect).
+        self.max_other_size = max_message_size if max_other_size is None else max_other_size
         self.max_pending_bytes = max_pending_bytes
+        self.budget = budget
+        # Counted in the budget but never failed by it: set for a publisher, whose own limit applies,
+        # so that a flood of unauthenticated peers cannot make the server drop the streams it serves.
+        self.budget_exempt = False
+        self._accounted = 0  # what this reader has added to budget.held
         self.max_chunk_streams = max_chunk_streams
         self.bytes_received = 0
         self._buf = bytearray()
@@ -82,7 +106,33 @@ class ChunkReader:
             pos = self._parse(data, out)
             if pos < len(data):
                 self._buf += data[pos:]
+        held = self._pending + len(self._buf)
+        if held != self._accounted:
+            self._account(held)
         return out
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held for messages not yet complete: their parts plus a chunk waiting for its body."""
+        return self._pending + len(self._buf)
+
+    def _account(self, held: int) -> None:
+        budget = self.budget
+        if budget is not None:
+            budget.held += held - self._accounted
+        self._accounted = held
+        if held > self.max_pending_bytes:
+            raise ChunkError(f"{held} bytes held in unfinished messages; the limit is {self.max_pending_bytes}")
+        if budget is not None and budget.held > budget.limit and not self.budget_exempt:
+            raise ChunkError(f"the server's budget of {budget.limit} bytes for unfinished messages is spent")
+
+    def release(self) -> None:
+        """Give back everything held (the connection is gone): to the budget and to the allocator."""
+        if self.budget is not None:
+            self.budget.held -= self._accounted
+        self._accounted = self._pending = 0
+        self._buf = bytearray()
+        self._streams.clear()
 
     def _parse(self, buf: bytes | bytearray, out: list[Message]) -> int:
         """Append the complete messages in ``buf`` to ``out``; return how many bytes were used."""
@@ -146,8 +196,10 @@ class ChunkReader:
                 raise ChunkError(f"chunk stream {csid}: new message header before the previous message ended")
             # Checked on the header, before waiting for the body: with a huge chunk size the whole
             # message is one chunk, which must not be buffered first.
-            if not cs.received and length > self.max_message_size:
-                raise ChunkError(f"message of {length} bytes exceeds the {self.max_message_size} byte limit")
+            if not cs.received:
+                limit = self.max_message_size if type_id in MEDIA_TYPES else self.max_other_size
+                if length > limit:
+                    raise ChunkError(f"message of type {type_id} and {length} bytes exceeds the {limit} byte limit")
             remaining = length - cs.received if cs.received else length
             take = remaining if remaining < self.chunk_size else self.chunk_size
             if body_pos + take > end:
@@ -177,7 +229,9 @@ class ChunkReader:
             else:
                 self._pending += take
                 if self._pending > self.max_pending_bytes:
-                    raise ChunkError("too many bytes held in partially received messages")
+                    raise ChunkError(
+                        f"{self._pending} bytes held in unfinished messages; the limit is {self.max_pending_bytes}"
+                    )
                 cs.parts.append(bytes(buf[body_pos:pos]))
                 cs.received += take
                 if cs.received < cs.length:
