@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import signal
 
@@ -154,7 +155,11 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.hub = Hub(settings.relay)
-        self.http_limits = Limits(settings.http_head_timeout_seconds, settings.http_max_connections_per_address)
+        self.http_limits = Limits(
+            settings.http_head_timeout_seconds,
+            settings.http_max_connections_per_address,
+            tuple(ipaddress.ip_network(a, strict=False) for a in settings.http_cap_exempt),
+        )
         self.store = open_store(settings.data_dir, settings.redis, shared_events=cluster.worker()[1] > 1)
         self.apps = Apps(self.store, settings.rooms)
         self.bus = RoomBus(self.store)

@@ -76,8 +76,6 @@ async def make_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
         settings.allow_anonymous_publish = overrides.pop("allow_anonymous_publish", True)
         # Test receivers listen on 127.0.0.1; test_http_hardening checks that the default refuses it.
         settings.rooms.webhook_private_addresses = overrides.pop("webhook_private_addresses", True)
-        # Every test client is 127.0.0.1, and some open hundreds of viewers; test_http_hardening sets a cap.
-        settings.http_max_connections_per_address = overrides.pop("http_max_connections_per_address", 100_000)
         # Tests read /api/v1/streams to watch streams; test_http_hardening checks that the default needs a token.
         settings.public_stats = overrides.pop("public_stats", True)
         for key, value in overrides.items():

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from api import json_body, webhook_targets
+from api import config, json_body, webhook_targets
 from tests.conftest import flv_url, publish, rtmp_url, wait_live
 from tests.test_wechat_api import make_png
 
@@ -212,7 +212,7 @@ async def test_slowloris_connections_are_closed_by_the_head_deadline(make_server
 
 async def test_connections_per_address_are_capped(make_server, caplog) -> None:
     caplog.set_level(logging.INFO)
-    server = await make_server(http_max_connections_per_address=5)
+    server = await make_server(http_max_connections_per_address=5, http_cap_exempt=[])
     held = [await asyncio.open_connection("127.0.0.1", server.http_port) for _ in range(5)]
     reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -231,6 +231,15 @@ async def test_connections_per_address_are_capped(make_server, caplog) -> None:
     ):
         assert response.status == 200
         assert "minilive_http_refused_per_address_total 1" in await response.text()
+    # Loopback is exempt by default (a reverse proxy on this host brings every client from it).
+    local = await make_server(http_max_connections_per_address=5)
+    held = [await asyncio.open_connection("127.0.0.1", local.http_port) for _ in range(6)]
+    reader, writer = held[-1]
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert (await closed_or_answered(reader, 10)).startswith(b"HTTP/1.1 200")
+    for _, w in held:
+        w.close()
+    assert local.http_limits.refused_per_address == 0
     no_traceback(caplog)
 
 
@@ -250,3 +259,16 @@ async def test_stream_stats_need_a_token_unless_public(make_server, session) -> 
     public = await make_server(public_stats=True)
     async with session.get(f"http://127.0.0.1:{public.http_port}/api/v1/streams") as response:
         assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"http_cap_exempt": ["not-an-address"]},
+        {"http_head_timeout_seconds": 0.0},
+        {"http_max_connections_per_address": 0},
+    ],
+)
+def test_http_limit_settings_are_checked(overrides) -> None:
+    with pytest.raises(config.ConfigError, match="http_"):
+        config.load(None, overrides)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import re
 import time
@@ -58,6 +59,11 @@ class Limits:
 
     head_timeout_seconds: float = 10.0
     max_per_address: int = 100
+    # Addresses the cap does not apply to: a reverse proxy on this host brings every client from loopback.
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
     head_timeouts: int = 0  # connections closed because a request head did not arrive in time
     refused_per_address: int = 0  # connections closed because their address had max_per_address open
 
@@ -354,6 +360,14 @@ class FastHttpProtocol(asyncio.Protocol):
         self._buffer.clear()
 
 
+def _exempt(address: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:  # a Unix socket: no address
+        return True
+    return any(ip in network for network in networks)
+
+
 class FastPathListener:
     """The HTTP port: each connection starts on the fast path of ``routes`` and goes to ``runner``'s
     aiohttp server (its public ``server`` protocol factory) at the first request the path leaves. Only
@@ -423,6 +437,8 @@ class FastPathListener:
 
     def admit(self, address: str, transport: asyncio.Transport) -> bool:
         """Count a new connection from ``address``; close it (False) if that address has the most allowed."""
+        if _exempt(address, self.limits.exempt):
+            return True
         open_ = self._by_address.setdefault(address, set())
         if len(open_) >= self.limits.max_per_address:
             open_.difference_update([t for t in open_ if t.is_closing()])
