@@ -11,9 +11,8 @@ import time
 from collections.abc import Callable
 from datetime import datetime, tzinfo
 from typing import Any
-from urllib.parse import urlsplit
 
-from api import errors, validation
+from api import errors, validation, webhook_targets
 from api.errors import ApiError
 from api.ladders import check_ladder
 from api.models import GOODS_AUDIT_MODES, App, Token
@@ -111,9 +110,7 @@ class Apps:
         current = await self.store.get_app(app.appid) or app
         if f.has("webhook_url"):
             url = f.string("webhook_url")
-            parts = urlsplit(url)
-            if url and (parts.scheme not in ("http", "https") or not parts.netloc):
-                raise ApiError(errors.INVALID_ARGS, f"webhook_url {url!r} is not an http(s) URL")
+            webhook_targets.check_url("webhook_url", url, self.settings.webhook_private_addresses)
             current.webhook_url = url
         if f.has("play_key"):
             current.play_key = f.string("play_key")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from api import errors, keys, viewer_tokens
+from api import errors, json_body, keys, viewer_tokens, webhook_targets
 from api.comments import (
     BAD_JSON,
     BAD_REQUEST,
@@ -294,8 +294,8 @@ class Channel:
             if len(data.encode()) > self.settings.max_message_bytes:
                 raise Refused(TOO_BIG, f"messages may have at most {self.settings.max_message_bytes} bytes")
             try:
-                message = json.loads(data)
-            except (ValueError, RecursionError):
+                message = json_body.loads(data, self.settings.max_message_bytes)
+            except json_body.JsonRefused:
                 raise Refused(BAD_JSON, 'not JSON: send an object such as {"type": "comment", "text": "hi"}') from None
             if not isinstance(message, dict) or not isinstance(message.get("type"), str):
                 raise Refused(BAD_JSON, 'a message is a JSON object with a "type"')
@@ -382,8 +382,9 @@ async def viewer_token(
     return viewer_tokens.issue(app.secret, identity)
 
 
-async def update_settings(store: RoomStore, app: App, changes: dict[str, Any]) -> App:
-    """Set the app's ``channel_anonymous``, ``comment_words`` or ``comment_webhook``."""
+async def update_settings(store: RoomStore, app: App, changes: dict[str, Any], allow_private: bool) -> App:
+    """Set the app's ``channel_anonymous``, ``comment_words`` or ``comment_webhook`` (on a private
+    address only with ``allow_private``)."""
     unknown = changes.keys() - {"channel_anonymous", "comment_words", "comment_webhook"}
     if unknown:
         raise ApiError(
@@ -402,8 +403,9 @@ async def update_settings(store: RoomStore, app: App, changes: dict[str, Any]) -
         current.comment_words = words
     if "comment_webhook" in changes:
         url = changes["comment_webhook"]
-        if not isinstance(url, str) or (url and not url.startswith(("http://", "https://"))):
+        if not isinstance(url, str):
             raise ApiError(errors.INVALID_ARGS, 'comment_webhook must be an http(s) URL, or "" for none')
+        webhook_targets.check_url("comment_webhook", url, allow_private)
         current.comment_webhook = url
     await store.put_app(current)
     return current

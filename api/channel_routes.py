@@ -11,7 +11,7 @@ from aiohttp import web
 
 from api import channel, errors
 from api.errors import ApiError
-from api.keys import CHANNEL
+from api.keys import APPS, CHANNEL
 from api.models import App
 from api.rest import authenticated, json_body, shaped
 from api.views import app_json
@@ -33,7 +33,8 @@ async def viewer_token(request: web.Request, app: App) -> web.Response:
 
 @authenticated
 async def channel_settings(request: web.Request, app: App) -> web.Response:
-    changed = await channel.update_settings(request.app[CHANNEL].store, app, await json_body(request))
+    allow_private = request.app[APPS].settings.webhook_private_addresses
+    changed = await channel.update_settings(request.app[CHANNEL].store, app, await json_body(request), allow_private)
     return web.json_response(app_json(changed))
 
 

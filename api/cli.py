@@ -49,6 +49,12 @@ def _serve_parser(sub: argparse._SubParsersAction, store: argparse.ArgumentParse
         default=None,
         help="development mode: any stream under app 'live' may publish without a room",
     )
+    p.add_argument(
+        "--public-stats",
+        action="store_true",
+        default=None,
+        help="/api/v1/streams without a token (it shows every publisher's address)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,6 +195,7 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
             "redis",
             "log_level",
             "allow_anonymous_publish",
+            "public_stats",
             "workers",
         )
     }

@@ -25,9 +25,10 @@ from typing import Any
 
 import aiohttp
 
-from api import webhooks
+from api import webhook_targets, webhooks
 from api.aio import cancel_and_wait
 from api.bus import RoomBus
+from api.errors import ApiError
 from api.models import App, Replay, Room
 from api.store.base import RoomStore
 from api.viewer_tokens import ViewerIdentity
@@ -166,9 +167,11 @@ class Comments:
         bus: RoomBus,
         settings: ChannelSettings,
         stream_time_ms: Callable[[Room], int | None],
+        allow_private_webhooks: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.allow_private_webhooks = allow_private_webhooks
         self.bus = bus
         self.settings = settings
         self.stream_time_ms = stream_time_ms  # the room's stream time here, if this node holds its anchor
@@ -239,12 +242,13 @@ class Comments:
             "sign": webhooks.sign(app.push_key, t),
         }
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            self._session = webhook_targets.session(self.allow_private_webhooks)
         try:
+            webhook_targets.check_url("comment_webhook", app.comment_webhook, self.allow_private_webhooks)
             async with asyncio.timeout(self.settings.filter_timeout_seconds):
-                async with self._session.post(app.comment_webhook, json=body) as response:
+                async with self._session.post(app.comment_webhook, json=body, allow_redirects=False) as response:
                     answer = await response.json(content_type=None) if response.status == 200 else None
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError, OSError, ApiError) as exc:
             log.warning("moderation webhook of app %s did not answer: %s", app.appid, exc or type(exc).__name__)
             answer = None
         if not isinstance(answer, dict) or not isinstance(answer.get("allow"), bool):

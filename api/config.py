@@ -45,6 +45,15 @@ class Settings:
     play_wait_seconds: float = 0.0
     # HTTP/1.1 HTTP-FLV in chunked transfer coding; off: close-delimited bodies for every client.
     http_flv_chunked: bool = True
+    # Hostile HTTP clients (issue 16): a request head must arrive whole within this time of its first
+    # byte (of the connection, for the first request; slowloris), and one client address may hold at
+    # most this many connections.
+    http_head_timeout_seconds: float = 10.0
+    http_max_connections_per_address: int = 100
+    # Addresses or networks the per-address cap does not apply to (a reverse proxy on this host).
+    http_cap_exempt: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1"])
+    # /api/v1/streams (every publisher's address) without a token: for a server only operators can reach.
+    public_stats: bool = False
     # Server processes sharing the ports (SO_REUSEPORT) under a supervisor; 1: one process, no supervisor.
     # The TOML file and --workers also take "auto": one per CPU.
     workers: int = 1
@@ -106,6 +115,16 @@ def _setting(settings: Settings, name: str, value: Any, where: str) -> Any:
     return _workers(value, where) if name == "workers" else _coerce(settings, name, value, where)
 
 
+def _networks(name: str, addresses: list[str]) -> None:
+    for address in addresses:
+        try:
+            ipaddress.ip_network(address, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{name}: {address!r} is not an IP address or network (e.g. 203.0.113.7 or 203.0.113.0/24)"
+            ) from None
+
+
 def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
     """Defaults, then the TOML file (if any), then ``overrides`` (flags that were given)."""
     settings = Settings()
@@ -126,6 +145,11 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
             f"workers = {settings.workers} needs fixed ports, which the workers share: rtmp_port and http_port"
             f" cannot be 0 (they are {settings.rtmp_port} and {settings.http_port})"
         )
+    if settings.http_head_timeout_seconds <= 0 or settings.http_max_connections_per_address < 1:
+        raise ConfigError(
+            "http_head_timeout_seconds must be above 0 and http_max_connections_per_address at least 1"
+            f" (they are {settings.http_head_timeout_seconds} and {settings.http_max_connections_per_address})"
+        )
     if settings.hls.format not in ("ts", "fmp4"):
         raise ConfigError(f"[hls] format must be ts or fmp4, not {settings.hls.format!r}")
     try:
@@ -135,14 +159,8 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
             f"[rooms] time_zone {settings.rooms.time_zone!r} is not a time zone: use an IANA name such as"
             ' "Asia/Shanghai" (the official service\'s) or "UTC"'
         ) from None
-    for address in settings.rooms.callback_ips:
-        try:
-            ipaddress.ip_network(address, strict=False)
-        except ValueError:
-            raise ConfigError(
-                f"[rooms] callback_ips: {address!r} is not an IP address or network"
-                " (e.g. 203.0.113.7 or 203.0.113.0/24)"
-            ) from None
+    _networks("http_cap_exempt", settings.http_cap_exempt)
+    _networks("[rooms] callback_ips", settings.rooms.callback_ips)
     try:
         settings.transcode.validate()
         settings.rtmp.validate()

@@ -506,8 +506,6 @@ PATHS: dict[str, Any] = {
                 ),
                 "streams",
             ),
-            errors=(),
-            public=True,
         )
     },
     "/api/v1/openapi.json": {

@@ -21,6 +21,7 @@ from aiohttp.typedefs import Handler
 from api import errors
 from api.console import sessions as console
 from api.errors import ApiError, json_error
+from api.json_body import read_object
 from api.keys import APPS, AUDIENCE, CONSOLE, LADDERS, ROOM_STATUS, ROOMS, URLS
 from api.models import ROOM_EDITABLE, ROOM_INPUTS, App, Room
 from api.openapi import DOCUMENT
@@ -227,13 +228,7 @@ def routes() -> list[web.RouteDef]:
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise ApiError(errors.DATA_FORMAT_ERROR, "the body must be a JSON object")
-    return body
+    return await read_object(request)
 
 
 def query_int(request: web.Request, name: str, default: int) -> int:

@@ -63,6 +63,9 @@ class RoomSettings:
     # Waits between webhook attempts (exponential backoff): one attempt more than waits.
     webhook_retry_seconds: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0])
     webhook_timeout_seconds: float = 10.0
+    # Webhooks (app, goods review, comment moderation) may point at loopback, link-local and private
+    # addresses: off by default, since they reach what trusts this server's own address (issue 16).
+    webhook_private_addresses: bool = False
     # goods (issue 14): goods a room may hold (no official number found); goods submitted for review
     # per app per day (300012, official); how long a push shows, during which another waits (300047).
     max_room_goods: int = 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import signal
 
@@ -51,7 +52,7 @@ from api.webhooks import Webhooks
 from ingest.server import RtmpServer
 from recorder.recorder import Recorder
 from relay.http.cors import CORS
-from relay.http.fast import FastPathListener
+from relay.http.fast import FastPathListener, Limits
 from relay.http.flv import FlvPlayback
 from relay.http.hls import HlsPlayback
 from relay.hub import Hub
@@ -154,6 +155,11 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.hub = Hub(settings.relay)
+        self.http_limits = Limits(
+            settings.http_head_timeout_seconds,
+            settings.http_max_connections_per_address,
+            tuple(ipaddress.ip_network(a, strict=False) for a in settings.http_cap_exempt),
+        )
         self.store = open_store(settings.data_dir, settings.redis, shared_events=cluster.worker()[1] > 1)
         self.apps = Apps(self.store, settings.rooms)
         self.bus = RoomBus(self.store)
@@ -170,7 +176,10 @@ class Server:
             self.store, settings.rooms, self.rooms, HubControl(self.hub, settings.rooms.rtmp_app)
         )
         self.webhooks = Webhooks(
-            self.store, settings.rooms.webhook_retry_seconds, settings.rooms.webhook_timeout_seconds
+            self.store,
+            settings.rooms.webhook_retry_seconds,
+            settings.rooms.webhook_timeout_seconds,
+            allow_private=settings.rooms.webhook_private_addresses,
         )
         self.room_status.on_change.append(self.webhooks.send)
         self.roles = Roles(self.store, settings.rooms.require_anchor_role)
@@ -191,7 +200,9 @@ class Server:
         )
         self.rooms.on_delete += [self.subscribers.forget_room, self.goods.forget_room]
         self.status = StatusRoutes(self.store, self.audience, self.bus)
-        self.comments = Comments(self.store, self.bus, settings.channel, self.stream_time_ms)
+        self.comments = Comments(
+            self.store, self.bus, settings.channel, self.stream_time_ms, settings.rooms.webhook_private_addresses
+        )
         self.channel = Channel(self.store, self.status.feed, self.comments, settings.channel)
         self.policy = AccessPolicy(settings.allow_anonymous_publish, self.store, settings.rooms, self.room_status)
         self.media = MediaLibrary(self.store, settings.data_dir, settings.rooms.media_ttl_seconds)
@@ -257,7 +268,11 @@ class Server:
         )
         # HLS first: relay.http.fast claims these paths ahead of every other route, and so does aiohttp.
         app.add_routes((self.cluster.gateway if self.cluster else self.hls).routes())
-        app.add_routes(streams.routes(self.hub, self.renditions, self.cluster, self.rtmp))
+        app.add_routes(
+            streams.routes(
+                self.hub, self.renditions, self.cluster, self.rtmp, self.http_limits, self.settings.public_stats
+            )
+        )
         app.add_routes(self.flv.routes())
         app[keys.APPS], app[keys.ROOMS], app[keys.ROOM_STATUS] = self.apps, self.rooms, self.room_status
         app[keys.URLS], app[keys.MEDIA], app[keys.AUDIENCE] = self.urls, self.media, self.audience
@@ -303,6 +318,7 @@ class Server:
             backlog=1024,
             reuse_address=True,
             reuse_port=shared,
+            limits=self.http_limits,
         )
         await site.start()
         self.http_port = site.addresses[0][1]

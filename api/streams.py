@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from api import supervisor
+from api.errors import ApiError, json_error
+from api.rest import request_app
+from relay.http.fast import Limits
 from relay.hub import Hub
 from relay.transcode.renditions import Renditions
 
@@ -24,8 +27,17 @@ def routes(
     renditions: Renditions | None = None,
     cluster: ClusterPart | None = None,
     rtmp: RtmpServer | None = None,
+    http: Limits | None = None,
+    public_stats: bool = False,
 ) -> list[web.RouteDef]:
     async def streams(request: web.Request) -> web.Response:
+        # Every publisher's address and every stream: an app's token or a console session to read, unless
+        # the public_stats setting says otherwise (issue 16). /metrics holds totals only: see docs/decisions.md.
+        if not public_stats:
+            try:
+                await request_app(request)
+            except ApiError as exc:
+                return json_error(exc)
         listed = hub.all_stats()
         if renditions is not None:
             for stream in listed:
@@ -59,6 +71,7 @@ def routes(
             renditions,
             cluster.describe() if cluster is not None else None,
             rtmp.totals() if rtmp is not None else None,
+            http,
         )
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
@@ -76,6 +89,21 @@ _TRANSCODE_METRICS = {
     "refused": ("minilive_renditions_refused_total", "counter", "Rendition requests refused by max_transcodes."),
     "worker_restarts": ("minilive_transcode_worker_restarts_total", "counter", "Worker processes restarted."),
     "decode_errors": ("minilive_transcode_decode_errors", "gauge", "Frames that did not decode, running sources."),
+}
+
+
+# The HTTP port's refusals of hostile clients (issue 16) in /metrics: (name, type, help).
+_HTTP_METRICS = {
+    "head_timeouts": (
+        "minilive_http_head_timeouts_total",
+        "counter",
+        "HTTP connections closed because a request head did not arrive within http_head_timeout_seconds.",
+    ),
+    "refused_per_address": (
+        "minilive_http_refused_per_address_total",
+        "counter",
+        "HTTP connections refused because their address held http_max_connections_per_address.",
+    ),
 }
 
 
@@ -127,6 +155,7 @@ def render_metrics(
     renditions: Renditions | None = None,
     cluster: dict[str, Any] | None = None,
     rtmp: dict[str, int] | None = None,
+    http: Limits | None = None,
 ) -> str:
     """Prometheus text exposition format."""
     totals = hub.totals()
@@ -164,6 +193,8 @@ def render_metrics(
         lines += _described(_CLUSTER_METRICS, cluster)
     if rtmp is not None:
         lines += _described(_RTMP_METRICS, rtmp)
+    if http is not None:
+        lines += _described(_HTTP_METRICS, {key: getattr(http, key) for key in _HTTP_METRICS})
     return "\n".join(lines) + "\n"
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from api import errors
+from api import errors, webhook_targets
 from api.errors import ApiError
 from api.models import App, RoomEvent
 from api.store.base import RoomStore
@@ -64,8 +64,10 @@ class Webhooks:
         retry_seconds: Sequence[float] = (1, 2, 4, 8, 16),
         timeout_seconds: float = 10.0,
         clock: Callable[[], float] = time.time,
+        allow_private: bool = False,
     ) -> None:
         self.store = store
+        self.allow_private = allow_private  # see api.webhook_targets
         self.retry_seconds = retry_seconds  # the waits between attempts: len + 1 attempts in all
         self.timeout_seconds = timeout_seconds
         self.clock = clock
@@ -158,7 +160,8 @@ class Webhooks:
     async def _post(self, app: App, event: RoomEvent, delivery: str) -> Answer:
         """One signed POST of ``event`` to the app's webhook: what came back (redirects not followed)."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(
+            self._session = webhook_targets.session(
+                self.allow_private,
                 timeout=aiohttp.ClientTimeout(total=self.timeout_seconds),
                 headers={"User-Agent": "minilive-webhooks"},
             )
@@ -166,6 +169,7 @@ class Webhooks:
         started = time.monotonic()
         answer = Answer()
         try:
+            webhook_targets.check_url("webhook_url", app.webhook_url, self.allow_private)  # one set before 16
             async with self._session.post(
                 app.webhook_url,
                 json=payload(event, app.push_key, self.clock()),
@@ -174,7 +178,9 @@ class Webhooks:
             ) as response:
                 answer.status = response.status
                 answer.body = (await response.content.read(ANSWER_KEPT)).decode(errors="replace")
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except ApiError as exc:
+            answer.error = exc.errmsg
+        except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
             answer.error = str(exc) or type(exc).__name__
         answer.duration_ms = round((time.monotonic() - started) * 1000, 1)
         return answer

@@ -21,6 +21,7 @@ from aiohttp.typedefs import Handler
 
 from api import errors, media, poster, qr
 from api.errors import ApiError
+from api.json_body import read_object
 from api.keys import APPS, GOODS, MEDIA, ROOMS, URLS
 from api.media import MAX_BYTES
 from api.models import App
@@ -105,15 +106,7 @@ def _require(request: web.Request, method: str) -> None:
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.read())
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(errors.DATA_FORMAT_ERROR, "the body is too large") from None
-    except ValueError:  # not JSON, or not UTF-8
-        raise ApiError(errors.DATA_FORMAT_ERROR, "the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise ApiError(errors.DATA_FORMAT_ERROR, "the body must be a JSON object")
-    return body
+    return await read_object(request)
 
 
 def _list(f: Fields, name: str, kind: type) -> list[Any]:

@@ -547,6 +547,8 @@ def start_minilive(
     if workers > 1:
         args = ("--workers", str(workers), *args)
     workdir = _fresh_dir(name if workers == 1 else f"{name}-w{workers}")
+    if "@" not in name:  # (older revisions have no such setting) the bench reads /api/v1/streams
+        config = "public_stats = true\n" + config
     settings = []
     if config:
         (workdir / "minilive.toml").write_text(config)

@@ -74,6 +74,10 @@ async def make_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
     async def start(**overrides: Any) -> Server:
         settings = Settings(host="127.0.0.1", rtmp_port=0, http_port=0, data_dir=tmp_path / f"data{len(servers)}")
         settings.allow_anonymous_publish = overrides.pop("allow_anonymous_publish", True)
+        # Test receivers listen on 127.0.0.1; test_http_hardening checks that the default refuses it.
+        settings.rooms.webhook_private_addresses = overrides.pop("webhook_private_addresses", True)
+        # Tests read /api/v1/streams to watch streams; test_http_hardening checks that the default needs a token.
+        settings.public_stats = overrides.pop("public_stats", True)
         for key, value in overrides.items():
             if key.startswith("transcode_"):  # [transcode] shares some names with [hls]
                 setattr(settings.transcode, key.removeprefix("transcode_"), value)

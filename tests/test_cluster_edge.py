@@ -361,7 +361,8 @@ async def test_a_node_killed_mid_live_and_the_anchor_on_another_node_keep_a_thir
     nodes = []
     for name in "abc":
         rtmp, http = free_port(), free_port()
-        args = ["--redis", url, "--allow-anonymous-publish", "--host", "127.0.0.1", "--data-dir", str(tmp_path / name)]
+        args = ["--redis", url, "--allow-anonymous-publish", "--public-stats", "--host", "127.0.0.1"]
+        args += ["--data-dir", str(tmp_path / name)]
         nodes.append((Workers(await start_cli(*args, "--rtmp-port", str(rtmp), "--http-port", str(http))), rtmp, http))
     (a, a_rtmp, a_http), (_, b_rtmp, _), (_, _, c_http) = nodes
     pub = watcher = None

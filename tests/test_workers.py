@@ -86,7 +86,8 @@ async def wait_gone(pids: set[int], timeout: float) -> None:
 async def start_workers(tmp_path: Path, *extra: str) -> tuple[Workers, int, int]:
     """Two workers on new ports; returns when both answer."""
     rtmp, http = free_port(), free_port()
-    args = ["--workers", "2", "--allow-anonymous-publish", "--data-dir", str(tmp_path), "--host", "127.0.0.1"]
+    args = ["--workers", "2", "--allow-anonymous-publish", "--public-stats", "--data-dir", str(tmp_path)]
+    args += ["--host", "127.0.0.1"]
     workers = Workers(await start_cli(*args, "--rtmp-port", str(rtmp), "--http-port", str(http), *extra))
     await wait_http(http, timeout=20)
     return workers, rtmp, http

@@ -17,12 +17,20 @@ Bounds: a request head is read only up to ``MAX_HEAD`` bytes (past that, aiohttp
 stops while more than ``MAX_BUFFERED`` bytes wait (pipelined requests), and while the transport's send
 buffer is above its high-water mark no further request is answered, so a client that does not read
 holds at most one response. A connection that has nothing in flight for ``keepalive_seconds`` is closed.
+
+Against hostile clients (issue 16): a request head must arrive whole within ``head_timeout_seconds`` of
+its first byte (of the connection, for the first request), else the connection is closed: slowloris
+clients trickling a header byte at a time no longer hold sockets for the keep-alive time. A head that
+ends in bare LFs (``\n\n``, which this path does not read) goes to aiohttp at once, which answers it,
+instead of waiting for a CRLF CRLF that never comes. At most ``max_per_address`` connections per client
+address are open (those aiohttp serves after a hand-over included); more are closed as they arrive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import re
 import time
@@ -43,6 +51,21 @@ MAX_FIELDS = 100
 MAX_BUFFERED = 64 * 1024
 
 Body = bytes | memoryview | list[bytes | memoryview]
+
+
+@dataclass(slots=True)
+class Limits:
+    """The HTTP port's bounds on hostile clients (settings), and how often each refused one (/metrics)."""
+
+    head_timeout_seconds: float = 10.0
+    max_per_address: int = 100
+    # Addresses the cap does not apply to: a reverse proxy on this host brings every client from loopback.
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    head_timeouts: int = 0  # connections closed because a request head did not arrive in time
+    refused_per_address: int = 0  # connections closed because their address had max_per_address open
 
 
 @dataclass(slots=True)
@@ -214,6 +237,7 @@ class FastHttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.remote = ""
         self.last_active = time.monotonic()
+        self.head_since: float | None = self.last_active  # when the head being waited for began (None: idle)
         self._buffer = bytearray()
         self._serving: asyncio.Task[None] | None = None
         self._write_paused = False
@@ -229,15 +253,24 @@ class FastHttpProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # (uvloop's transports do not subclass asyncio's)
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, tuple) else ""
+        if not self.site.admit(self.remote, transport):  # type: ignore[arg-type]
+            self.transport = None
+            return
         self.site.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.site.connections.discard(self)
+        if self.transport is not None:
+            self.site.release(self.remote, self.transport)
         self.transport = None
         if self._serving is not None:
             self._serving.cancel()
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return  # refused in connection_made
+        if self.head_since is None:
+            self.head_since = time.monotonic()
         self._buffer += data
         if len(self._buffer) > MAX_BUFFERED and not self._read_paused and self.transport is not None:
             self.transport.pause_reading()
@@ -261,7 +294,7 @@ class FastHttpProtocol(asyncio.Protocol):
             return
         end = self._buffer.find(b"\r\n\r\n")
         if end < 0:
-            if len(self._buffer) > MAX_HEAD:
+            if len(self._buffer) > MAX_HEAD or b"\n\n" in self._buffer:  # too long, or bare LFs: aiohttp answers
                 self._hand_over()
             elif self._read_paused:
                 transport.resume_reading()
@@ -275,6 +308,7 @@ class FastHttpProtocol(asyncio.Protocol):
         assert request is not None
         del self._buffer[: end + 4]
         self.last_active = time.monotonic()
+        self.head_since = None
         self._serving = asyncio.get_running_loop().create_task(self._serve(request, *found))
 
     def _route(self, request: Request) -> tuple[Mapping[str, str], Handler] | None:
@@ -303,6 +337,8 @@ class FastHttpProtocol(asyncio.Protocol):
         else:
             transport.writelines((head, reply.body))
         self.last_active = time.monotonic()
+        if self._buffer:  # the next request began arriving meanwhile
+            self.head_since = self.last_active
         if keep_alive:
             self._next()
         else:
@@ -324,6 +360,14 @@ class FastHttpProtocol(asyncio.Protocol):
         self._buffer.clear()
 
 
+def _exempt(address: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:  # a Unix socket: no address
+        return True
+    return any(ip in network for network in networks)
+
+
 class FastPathListener:
     """The HTTP port: each connection starts on the fast path of ``routes`` and goes to ``runner``'s
     aiohttp server (its public ``server`` protocol factory) at the first request the path leaves. Only
@@ -340,6 +384,7 @@ class FastPathListener:
         reuse_address: bool | None = None,
         reuse_port: bool = False,  # share the port with other processes (SO_REUSEPORT)
         keepalive_seconds: float = 75.0,  # aiohttp's default
+        limits: Limits | None = None,
     ) -> None:
         self.runner = runner
         self.host = host
@@ -349,7 +394,11 @@ class FastPathListener:
         self.reuse_port = reuse_port
         self.routes = list(routes)
         self.keepalive_seconds = keepalive_seconds
+        self.limits = limits or Limits()
         self.connections: set[FastHttpProtocol] = set()
+        # Every open connection's transport by client address, aiohttp's after a hand-over included
+        # (those are pruned when found closing, since aiohttp does not tell this listener).
+        self._by_address: dict[str, set[asyncio.Transport]] = {}
         self.server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -386,10 +435,56 @@ class FastPathListener:
             if connection.transport is not None:
                 connection.transport.close()
 
+    def admit(self, address: str, transport: asyncio.Transport) -> bool:
+        """Count a new connection from ``address``; close it (False) if that address has the most allowed."""
+        if _exempt(address, self.limits.exempt):
+            return True
+        open_ = self._by_address.setdefault(address, set())
+        if len(open_) >= self.limits.max_per_address:
+            open_.difference_update([t for t in open_ if t.is_closing()])
+        if len(open_) >= self.limits.max_per_address:
+            self.limits.refused_per_address += 1
+            log.info("refused an HTTP connection from %s: it has %d open already", address, len(open_))
+            transport.abort()
+            return False
+        open_.add(transport)
+        return True
+
+    def release(self, address: str, transport: asyncio.Transport) -> None:
+        open_ = self._by_address.get(address)
+        if open_ is not None:
+            open_.discard(transport)
+            if not open_:
+                del self._by_address[address]
+
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(min(10.0, self.keepalive_seconds / 2))
-            self.close_idle(time.monotonic())
+            await asyncio.sleep(min(10.0, self.keepalive_seconds / 2, self.limits.head_timeout_seconds / 2))
+            now = time.monotonic()
+            self.close_idle(now)
+            self.close_slow_heads(now)
+            for address in [a for a, open_ in self._by_address.items() if all(t.is_closing() for t in open_)]:
+                del self._by_address[address]
+
+    def close_slow_heads(self, now: float) -> int:
+        """Close the connections whose request head has been arriving for longer than the head timeout."""
+        since = now - self.limits.head_timeout_seconds
+        slow = [
+            c
+            for c in self.connections
+            if not c.busy and c.head_since is not None and c.head_since < since and c.transport is not None
+        ]
+        for connection in slow:
+            assert connection.transport is not None
+            connection.transport.close()
+        if slow:
+            self.limits.head_timeouts += len(slow)
+            log.info(
+                "closed %d HTTP connections whose request head did not arrive within %g s",
+                len(slow),
+                self.limits.head_timeout_seconds,
+            )
+        return len(slow)
 
     def close_idle(self, now: float) -> int:
         """Close the connections that had nothing in flight for the keep-alive time before ``now``."""
