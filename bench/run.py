@@ -607,33 +607,37 @@ def _baseline(runs: list[dict[str, Any]], count: int, key: str) -> float | None:
     return next((r.get(key) for r in runs if r["server"] == BASELINE and r["count"] == count), None)
 
 
+def _rows_table(runs: list[dict[str, Any]], headers: list[str], cells: Callable[[dict[str, Any]], list[str]]) -> str:
+    """A table of one row per run: ``cells(run)``, or the run's error."""
+    rows = [
+        _error_row([r["server"], str(r["count"])], r["error"], len(headers)) if "error" in r else cells(r) for r in runs
+    ]
+    return _table(headers, rows, runs)
+
+
 def fanout_table(runs: list[dict[str, Any]]) -> str:
     headers = [
         "server", "viewers", "delivered Gbit", "CPU-s/Gbit", f"vs {BASELINE}", "RSS MB",
         "1st key p50 ms", "p95 ms", "latency p50 ms", "p99 ms", "behind", "client CPU %",
     ]  # fmt: skip
-    rows = []
-    for r in runs:
-        if "error" in r:
-            rows.append(_error_row([r["server"], str(r["count"])], r["error"], len(headers)))
-            continue
-        rows.append(
-            [
-                r["server"],
-                str(r["count"]),
-                _fmt(r["delivered_gbit"], 2),
-                _fmt_range(r, "cpu_s_per_gbit", 2),
-                _ratio(r["cpu_s_per_gbit"], _baseline(runs, r["count"], "cpu_s_per_gbit")),
-                _fmt(r["server_rss_mb"]),
-                _fmt(r["first_keyframe_p50_ms"], 0),
-                _fmt(r["first_keyframe_p95_ms"], 0),
-                _fmt(r["latency_p50_ms"]),
-                _fmt(r["latency_p99_ms"]),
-                _fmt(r["viewers_behind"], 0),
-                _fmt(r["client_cpu_pct"], 0),
-            ]
-        )
-    return _table(headers, rows, runs)
+    return _rows_table(
+        runs,
+        headers,
+        lambda r: [
+            r["server"],
+            str(r["count"]),
+            _fmt(r["delivered_gbit"], 2),
+            _fmt_range(r, "cpu_s_per_gbit", 2),
+            _ratio(r["cpu_s_per_gbit"], _baseline(runs, r["count"], "cpu_s_per_gbit")),
+            _fmt(r["server_rss_mb"]),
+            _fmt(r["first_keyframe_p50_ms"], 0),
+            _fmt(r["first_keyframe_p95_ms"], 0),
+            _fmt(r["latency_p50_ms"]),
+            _fmt(r["latency_p99_ms"]),
+            _fmt(r["viewers_behind"], 0),
+            _fmt(r["client_cpu_pct"], 0),
+        ],
+    )
 
 
 def stampede_table(runs: list[dict[str, Any]]) -> str:
@@ -641,28 +645,25 @@ def stampede_table(runs: list[dict[str, Any]]) -> str:
         "server", "viewers", "start spread ms", "latency p50 ms", "p99 ms", "max ms", "1st key p50 ms", "p95 ms",
         "lost", "server CPU %", "RSS MB", "client CPU %",
     ]  # fmt: skip
-    rows = []
-    for r in runs:
-        if "error" in r:
-            rows.append(_error_row([r["server"], str(r["count"])], r["error"], len(headers)))
-            continue
-        rows.append(
-            [
-                r["server"],
-                str(r["count"]),
-                _fmt(r["start_lag_max_ms"]),
-                _fmt(r["latency_p50_ms"]),
-                _fmt_range(r, "latency_p99_ms", 1),
-                _fmt(r["latency_max_ms"]),
-                _fmt(r["first_keyframe_p50_ms"], 0),
-                _fmt(r["first_keyframe_p95_ms"], 0),
-                _fmt(r["viewers_behind"], 0),
-                _fmt(100 * r["server_cpu_s"] / r["window_s"], 0),
-                _fmt(r["server_rss_mb"]),
-                _fmt(r["client_cpu_pct"], 0),
-            ]
-        )
-    lines = [_table(headers, rows, runs)]
+    table = _rows_table(
+        runs,
+        headers,
+        lambda r: [
+            r["server"],
+            str(r["count"]),
+            _fmt(r["start_lag_max_ms"]),
+            _fmt(r["latency_p50_ms"]),
+            _fmt_range(r, "latency_p99_ms", 1),
+            _fmt(r["latency_max_ms"]),
+            _fmt(r["first_keyframe_p50_ms"], 0),
+            _fmt(r["first_keyframe_p95_ms"], 0),
+            _fmt(r["viewers_behind"], 0),
+            _fmt(100 * r["server_cpu_s"] / r["window_s"], 0),
+            _fmt(r["server_rss_mb"]),
+            _fmt(r["client_cpu_pct"], 0),
+        ],
+    )
+    lines = [table]
     for r in runs:
         if "error" not in r and r["latency_p99_ms"] is not None:
             p99, target = r["latency_p99_ms"], STAMPEDE_P99_TARGET_MS
