@@ -42,8 +42,9 @@ def check_start_then_live(name: str, received: list[tuple[int, bytes]], sent: li
 
 
 async def test_a_stampede_of_joiners_each_gets_headers_gop_cache_and_live_in_order(make_server, tmp_path) -> None:
-    # A slice of a microsecond: every joiner waits for a turn of its own, the most interleaving there is.
-    server = await make_server(join_slice_ms=0.001, merge_min_viewers=0, flush_window_ms=20.0)
+    # A slice of a microsecond: every joiner waits for a turn of its own, the most interleaving there is;
+    # and starts go out 4 KB a turn, so merged batches queue behind the rest of a start.
+    server = await make_server(join_slice_ms=0.001, join_write_bytes=4096, merge_min_viewers=0, flush_window_ms=20.0)
     packets = await make_flv(tmp_path / "a.flv", seconds=3)
     video = [p.payload for p in packets if p.kind == VIDEO]
     assert len(set(video)) == len(video), "the check below names video frames by their bytes"
@@ -63,11 +64,18 @@ async def test_a_stampede_of_joiners_each_gets_headers_gop_cache_and_live_in_ord
         turn = stream._next_join_turn
         loop = asyncio.get_running_loop()
 
+        sliced: list[int] = [0]
+
         def spy() -> None:
-            # Each turn 10 ms after the last (a loop busy with a stampede): the 40 starts then spread
-            # over several merged writes, and over a keyframe, each changing what a joiner must get.
+            # While viewers wait to start, each turn comes 10 ms after the last (a loop busy with a
+            # stampede): the 40 starts then spread over several merged writes, and over a keyframe,
+            # each changing what a joiner must get.
             queued.append(len(stream._joining))
-            loop.call_later(0.01, turn)
+            sliced.append(len(stream._catching_up))
+            if stream._joining:
+                loop.call_later(0.01, turn)
+            else:
+                turn()
 
         stream._next_join_turn = spy  # type: ignore[method-assign]
 
@@ -106,7 +114,8 @@ async def test_a_stampede_of_joiners_each_gets_headers_gop_cache_and_live_in_ord
                 task.cancel()
 
         assert any(n > 1 for n in queued), f"the joiners never queued (queue lengths {queued}): nothing was tested"
-        assert stream._joining == {}
+        assert max(sliced) > 1, "no start went out in slices: nothing was tested"
+        assert stream._joining == {} and stream._catching_up == {}
         for index, client in enumerate(flv_viewers):
             tags = [(t.kind, t.payload) for _, t in client.tags if t.kind in (AUDIO, VIDEO)]
             check_start_then_live(f"HTTP-FLV viewer {index}", tags, packets)

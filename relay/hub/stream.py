@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Any
 
 from relay.formats.output import OutputFormat
@@ -72,6 +73,7 @@ class LiveStream:
         self._join_turn = False  # a callback to serve the next turn is scheduled
         self._join_until = 0.0  # time.monotonic() until which this turn may start viewers
         self._flush_due: float | None = None  # when the pending merged write is due, if one is
+        self._catching_up: dict[int, Viewer] = {}  # started viewers whose start is still going out
         self._config_version = 0
         # counters (rates are computed by the hub's ticker)
         self.bytes_in = 0
@@ -273,6 +275,11 @@ class LiveStream:
                 if transport.is_closing():
                     dead.append(viewer)
                     continue
+                if viewer.backlog is not None:  # still catching up: after the rest of its start
+                    viewer.backlog.append(data)
+                    viewer.bytes_out += size
+                    written += size
+                    continue
                 if viewer.waiting:
                     if resume_at < 0 or transport.get_write_buffer_size() > low:
                         continue
@@ -325,17 +332,56 @@ class LiveStream:
         return now < self._join_until and (due is None or now < due)
 
     def _next_join_turn(self) -> None:
-        """A new turn of the loop: start waiting viewers (at least one, for progress) while it may."""
+        """A new turn of the loop: the next slices of the starts going out, then start waiting viewers
+        (at least one, for progress), while the turn may."""
         self._join_turn = False
-        joining = self._joining
-        if self.ended or not joining:
+        joining, catching_up = self._joining, self._catching_up
+        if self.ended or not (joining or catching_up):
             return
         self._join_turn = True
         self._join_until = time.monotonic() + self.settings.join_slice_ms / 1000
-        self._start(joining.pop(next(iter(joining))))
-        while joining and self._may_start():
+        wrote = self._continue_starts() if catching_up else False
+        if joining:
             self._start(joining.pop(next(iter(joining))))
-        asyncio.get_running_loop().call_soon(self._next_join_turn)
+            while joining and self._may_start():
+                self._start(joining.pop(next(iter(joining))))
+        loop = asyncio.get_running_loop()
+        if joining or wrote:
+            loop.call_soon(self._next_join_turn)
+        else:  # every socket still full: look again in a millisecond, not in a busy loop
+            loop.call_later(0.001, self._next_join_turn)
+
+    def _continue_starts(self) -> bool:
+        """Write the next slice of every catching-up viewer whose socket took the last one, round robin,
+        while the turn may; whether anything was written."""
+        catching_up = self._catching_up
+        step = self.settings.join_write_bytes
+        wrote = False
+        for viewer in list(catching_up.values()):
+            if wrote and not self._may_start():  # (one slice a turn at least, for progress)
+                break
+            transport = viewer.transport
+            if transport.is_closing():
+                del catching_up[viewer.id]  # the next flush or check finds it closed
+                continue
+            if transport.get_write_buffer_size():
+                continue
+            backlog = viewer.backlog
+            assert backlog is not None
+            head = backlog.popleft()
+            if len(head) > step:
+                view = memoryview(head)
+                head = view[:step]
+                backlog.appendleft(view[step:])
+            viewer.transport.write(head)  # (counted in bytes_out when it was queued)
+            wrote = True
+            del catching_up[viewer.id]
+            if backlog:
+                catching_up[viewer.id] = viewer  # to the end of the line
+            else:
+                viewer.backlog = None
+                viewer.behind_since = None
+        return wrote
 
     def _start(self, viewer: Viewer) -> None:
         """Preamble, metadata, sequence headers and GOP cache in one write (what is pending follows with
@@ -349,8 +395,23 @@ class LiveStream:
             group = self.groups[fmt] = _Group(fmt)
         data = self._start_bytes(fmt)
         if data:
-            viewer.write(data)
             self.bytes_out += len(data)
+            step = self.settings.join_write_bytes
+            if len(data) <= step:
+                viewer.write(data)
+            else:  # the first slice now, the rest in the next turns (_continue_starts)
+                view = memoryview(data)
+                viewer.transport.write(view[:step])
+                viewer.bytes_out += len(data)
+                viewer.backlog = deque([view[step:]])
+                # A viewer that has not taken its start within max_behind_seconds is dropped as one
+                # that fell behind (check_viewers); until then its backlog holds batches every other
+                # viewer holds too: memory grows with the stream's bitrate, not with the audience.
+                viewer.behind_since = time.monotonic()
+                self._catching_up[viewer.id] = viewer
+                if not self._join_turn:
+                    self._join_turn = True
+                    asyncio.get_running_loop().call_soon(self._next_join_turn)
         # A video stream with no keyframe cached yet: skip ahead to the first one.
         viewer.waiting = self.tracks.has_video and not self.gop.packets
         group.viewers[viewer.id] = viewer
@@ -359,6 +420,7 @@ class LiveStream:
     def detach(self, viewer: Viewer) -> None:
         if self._joining.pop(viewer.id, None) is not None:
             return
+        self._catching_up.pop(viewer.id, None)
         group = self.groups.get(viewer.format)
         if group is not None and group.viewers.pop(viewer.id, None) is not None:
             self.viewer_count -= 1
