@@ -155,3 +155,47 @@ async def test_viewers_that_leave_while_waiting_for_their_turn_are_never_started
         assert server.hub.stats("live", "leave")["viewers"] == 0
     finally:
         publisher.close()
+
+
+async def test_rtmp_players_set_up_in_slices_all_play(make_server, tmp_path) -> None:
+    # A slice of a microsecond: each turn serves one setting-up connection, the others wait unread.
+    server = await make_server(setup_slice_ms=0.001)
+    packets = await make_flv(tmp_path / "a.flv", seconds=1)
+    waiting: list[int] = []
+    turn = server.rtmp._next_setup_turn
+
+    def spy() -> None:
+        waiting.append(len(server.rtmp._setup_queue))
+        turn()
+
+    server.rtmp._next_setup_turn = spy  # type: ignore[method-assign]
+    url = rtmp_url(server, "", app="live").rstrip("/")
+    publisher = await connect(url)
+    await publisher.publish("line")
+    players: list[tuple[RtmpClient, list[bytes]]] = []
+    try:
+        await send(publisher, packets, realtime=False)
+        await wait_live(server, "line")
+
+        async def player() -> None:
+            client = await connect(url)
+            got: list[bytes] = []
+            client.on_message = lambda m: got.append(bytes(m.payload)) if m.type_id == VIDEO else None
+            players.append((client, got))
+            await client.play("line")
+
+        await asyncio.wait_for(asyncio.gather(*(player() for _ in range(30))), 10)
+        keyframes = [p.payload for p in packets if p.kind == VIDEO and p.keyframe and not p.config]
+
+        async def all_have_a_keyframe() -> None:
+            while not all(any(payload in keyframes for payload in got) for _, got in players):
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(all_have_a_keyframe(), 10)
+        assert max(waiting, default=0) > 1, f"no connection waited for its turn ({waiting}): nothing was tested"
+        assert not server.rtmp._setup_queue
+        assert server.hub.stats("live", "line")["viewers"] == 30
+    finally:
+        for client, _ in players:
+            client.close()
+        publisher.close()
