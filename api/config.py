@@ -169,9 +169,11 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
         ) from None
     _networks("http_cap_exempt", settings.http_cap_exempt)
     _networks("[rooms] callback_ips", settings.rooms.callback_ips)
+    _networks("[webrtc] address_cap_exempt", settings.webrtc.address_cap_exempt)
     try:
         settings.transcode.validate()
         settings.rtmp.validate()
+        settings.webrtc.validate()
         settings.cluster.validate()
         settings.console.validate()
     except (SettingsError, ValueError) as exc:

@@ -271,7 +271,13 @@ class Server:
         app.add_routes((self.cluster.gateway if self.cluster else self.hls).routes())
         app.add_routes(
             streams.routes(
-                self.hub, self.renditions, self.cluster, self.rtmp, self.http_limits, self.settings.public_stats
+                self.hub,
+                self.renditions,
+                self.cluster,
+                self.rtmp,
+                self.http_limits,
+                self.settings.public_stats,
+                self.webrtc.registry,
             )
         )
         app.add_routes(self.flv.routes())

@@ -18,6 +18,7 @@ from relay.transcode.renditions import Renditions
 if TYPE_CHECKING:
     from api.cluster import ClusterPart
     from ingest.server import RtmpServer
+    from signaling.sessions import Registry
 
 START = time.time()
 
@@ -29,6 +30,7 @@ def routes(
     rtmp: RtmpServer | None = None,
     http: Limits | None = None,
     public_stats: bool = False,
+    webrtc: Registry | None = None,
 ) -> list[web.RouteDef]:
     async def streams(request: web.Request) -> web.Response:
         # Every publisher's address and every stream: an app's token or a console session to read, unless
@@ -72,6 +74,7 @@ def routes(
             cluster.describe() if cluster is not None else None,
             rtmp.totals() if rtmp is not None else None,
             http,
+            webrtc.totals() if webrtc is not None else None,
         )
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
@@ -147,6 +150,28 @@ _RTMP_METRICS = {
     "refused_budget": ("minilive_rtmp_refused_budget_total", "counter", "Connections refused by pending_budget."),
     "protocol_errors": ("minilive_rtmp_protocol_errors_total", "counter", "Connections dropped for a protocol error."),
     "timeouts": ("minilive_rtmp_timeouts_total", "counter", "Dropped by a handshake/connect/setup deadline."),
+    "heap_trims": (
+        "minilive_rtmp_heap_trims_total",
+        "counter",
+        "Times the heap's free pages went back to the system after closed connections freed trim_after_bytes.",
+    ),
+}
+
+
+# WebRTC sessions and their refusals (issue 16) in /metrics: (name, type, help).
+_WEBRTC_METRICS = {
+    "sessions": ("minilive_webrtc_sessions", "gauge", "WHIP and WHEP sessions, connecting or connected."),
+    "refused_total": ("minilive_webrtc_refused_total", "counter", "Offers refused by [webrtc] max_sessions."),
+    "refused_address": (
+        "minilive_webrtc_refused_address_total",
+        "counter",
+        "Offers refused by [webrtc] max_sessions_per_address.",
+    ),
+    "timeouts": (
+        "minilive_webrtc_connect_timeouts_total",
+        "counter",
+        "Sessions closed because ICE/DTLS did not connect within [webrtc] connect_timeout.",
+    ),
 }
 
 
@@ -156,6 +181,7 @@ def render_metrics(
     cluster: dict[str, Any] | None = None,
     rtmp: dict[str, int] | None = None,
     http: Limits | None = None,
+    webrtc: dict[str, int] | None = None,
 ) -> str:
     """Prometheus text exposition format."""
     totals = hub.totals()
@@ -195,6 +221,8 @@ def render_metrics(
         lines += _described(_RTMP_METRICS, rtmp)
     if http is not None:
         lines += _described(_HTTP_METRICS, {key: getattr(http, key) for key in _HTTP_METRICS})
+    if webrtc is not None:
+        lines += _described(_WEBRTC_METRICS, webrtc)
     return "\n".join(lines) + "\n"
 
 

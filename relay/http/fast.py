@@ -424,7 +424,9 @@ async def head_watch(
         watched.busy = False
 
 
-def _exempt(address: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+def exempt(address: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether a client ``address`` is in ``networks`` (a per-address cap's exemptions); no address
+    (a Unix socket) is exempt."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:  # a Unix socket: no address
@@ -502,7 +504,7 @@ class FastPathListener:
 
     def admit(self, address: str, transport: asyncio.Transport) -> bool:
         """Count a new connection from ``address``; close it (False) if that address has the most allowed."""
-        if _exempt(address, self.limits.exempt):
+        if exempt(address, self.limits.exempt):
             return True
         open_ = self._by_address.setdefault(address, set())
         if len(open_) >= self.limits.max_per_address:
