@@ -140,6 +140,10 @@ async def test_offers_that_never_do_ice_are_torn_down_and_freed(make_server, cap
                 assert [a[0] for a in await asyncio.gather(*offers)] == [201] * 10
         await until_no_sessions(server)
         assert server.webrtc.registry.counters["timeouts"] == 30
+        for _ in range(100):  # each logs its end once its peer connection has closed
+            if caplog.text.count("did not connect in time (connect_timeout)") == 30:
+                break
+            await asyncio.sleep(0.05)
         assert caplog.text.count("did not connect in time (connect_timeout)") == 30
         await asyncio.sleep(0.5)  # the executors' threads finish
         assert threading.active_count() <= start[0]
@@ -178,8 +182,12 @@ async def test_a_connected_publisher_that_vanishes_leaves_nothing(make_server, c
     gc.collect()  # the client's own peer connection (aiortc's, in this process) is cyclic
     start = (threading.active_count(), live_objects("RTCPeerConnection"), codec_contexts())
     await publish_and_vanish(server, "cam")
-    await asyncio.sleep(0.5)  # the session's executor thread finishes
-    gc.collect()
+    for _ in range(50):  # the session's close and its executor thread finish
+        await asyncio.sleep(0.1)
+        gc.collect()
+        now = (threading.active_count(), live_objects("RTCPeerConnection"), codec_contexts())
+        if all(n <= s for n, s in zip(now, start, strict=True)):
+            break
     assert threading.active_count() <= start[0], [t.name for t in threading.enumerate()]
     assert not any(t.name.startswith("whip-aac") for t in threading.enumerate())
     assert live_objects("RTCPeerConnection") <= start[1]
