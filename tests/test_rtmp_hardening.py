@@ -157,7 +157,6 @@ async def test_memory_of_a_flood_goes_back_to_the_system(guard: Callable[..., Aw
         for i in range(0, len(parked), 1 << 16):
             raw.write(parked[i : i + (1 << 16)])
     await until(lambda: server.rtmp.budget.held > 100 << 20, 10, "the flood's 120 MB parked")
-    assert rss() - before > 100 << 20
     for raw in flood:
         raw.close()
     await until(lambda: "malloc_trim took" in guarded.caplog.text, 5, "the heap trimmed")
