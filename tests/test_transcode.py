@@ -18,7 +18,8 @@ from relay.transcode.renditions import Job
 from tests.conftest import FFMPEG, FFPROBE, flv_url, needs_ffmpeg, publish, rtmp_url, run, wait_live
 from tests.test_playback import FlvClient, play_http
 
-pytestmark = needs_ffmpeg
+# Encoders fill both cores: these run alone, after the parallel part of the suite (scripts/dev test).
+pytestmark = [needs_ffmpeg, pytest.mark.serial]
 
 
 async def read_packets(url: str, seconds: float) -> list[dict]:

@@ -11,10 +11,15 @@ import socket
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from api.supervisor import ENV_NODE_SECRET, Supervisor, port_in_use
 from tests.conftest import free_port
 from tests.test_cli import start_cli, wait_http
+
+# Each test starts a supervisor and its worker processes, each importing the whole stack: they run alone,
+# after the parallel part of the suite (scripts/dev test).
+pytestmark = pytest.mark.serial
 
 
 class Workers:
@@ -188,7 +193,8 @@ async def test_workers_failing_at_start_make_the_supervisor_give_up(tmp_path):
         "--workers", "2", "--host", "127.0.0.1", "--rtmp-port", str(free_port()),
         "--http-port", str(free_port()), "--data-dir", str(not_a_dir),
     )  # fmt: skip
-    out, _ = await asyncio.wait_for(process.communicate(), 30)
+    # Each try imports the whole stack in two processes: on a busy machine that is seconds a try.
+    out, _ = await asyncio.wait_for(process.communicate(), 90)
     assert process.returncode == 1
     last = out.decode().strip().splitlines()[-1]
     assert "every worker keeps failing at start; giving up" in last
