@@ -38,6 +38,7 @@ from api.goods import GoodsLibrary
 from api.ladders import Ladders
 from api.live import LiveStreams
 from api.media import MediaLibrary
+from api.metrics import Metrics, time_store
 from api.models import Room
 from api.replays import ReplayService
 from api.roles import Roles
@@ -161,6 +162,7 @@ class Server:
             tuple(ipaddress.ip_network(a, strict=False) for a in settings.http_cap_exempt),
         )
         self.store = open_store(settings.data_dir, settings.redis, shared_events=cluster.worker()[1] > 1)
+        self.store_latency = time_store(self.store)  # first: every part below calls the timed methods
         self.apps = Apps(self.store, settings.rooms)
         self.bus = RoomBus(self.store)
         self.rooms = Rooms(self.store, settings.rooms)
@@ -233,6 +235,17 @@ class Server:
             self.cluster.listener.extra_routes = self.webrtc.session_routes()
             self.cluster.listener.extra_routes += self.live.node_routes()
             self.live.cluster = self.cluster.cluster
+        self.metrics = Metrics(
+            settings.metrics,
+            self.hub,
+            hls_latency=self.hls.latency,
+            store=self.store,
+            store_latency=self.store_latency,
+            renditions=self.renditions,
+            cluster=self.cluster,
+            rtmp=self.rtmp,
+            http=self.http_limits,
+        )
         self.app = self.build_app()
         self._runner: web.AppRunner | None = None
         self.http_site: FastPathListener | None = None
@@ -269,9 +282,7 @@ class Server:
         # HLS first: relay.http.fast claims these paths ahead of every other route, and so does aiohttp.
         app.add_routes((self.cluster.gateway if self.cluster else self.hls).routes())
         app.add_routes(
-            streams.routes(
-                self.hub, self.renditions, self.cluster, self.rtmp, self.http_limits, self.settings.public_stats
-            )
+            streams.routes(self.hub, self.metrics, self.renditions, self.cluster, self.settings.public_stats)
         )
         app.add_routes(self.flv.routes())
         app[keys.APPS], app[keys.ROOMS], app[keys.ROOM_STATUS] = self.apps, self.rooms, self.room_status
