@@ -168,7 +168,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
         settings.rtmp.validate()
         settings.cluster.validate()
         settings.console.validate()
-        settings.metrics.validate()
+        settings.metrics.validate(settings.workers, (settings.rtmp_port, settings.http_port))
     except (SettingsError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     return settings

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
@@ -52,12 +53,24 @@ class MetricsSettings:
     # by app and stream, up to this many; the rest are summed under app="_other", stream="_other", so
     # that a server with thousands of streams does not make thousands of series.
     max_labelled_streams: int = 100
+    # A port of its own for /metrics (0: none; /metrics is on the HTTP port anyway). With --workers N,
+    # worker i listens on port + i: the shared HTTP port answers from whichever worker the kernel
+    # picks, so that Prometheus scrapes each worker as a target of its own here.
+    port: int = 0
 
-    def validate(self) -> None:
+    def validate(self, workers: int = 1, taken: tuple[int, ...] = ()) -> None:
         if self.max_labelled_streams < 0:
             raise ValueError(
                 f"[metrics] max_labelled_streams must be 0 or more, not {self.max_labelled_streams}"
                 ' (0 sums every stream under stream="_other")'
+            )
+        if not self.port:
+            return
+        ports = range(self.port, self.port + workers)
+        if self.port < 0 or ports[-1] > 65535 or any(port in ports for port in taken):
+            raise ValueError(
+                f"[metrics] port {self.port} needs ports {ports[0]}-{ports[-1]} (one per worker), free and"
+                f" apart from the RTMP and HTTP ports {', '.join(map(str, taken))}: choose another, e.g. 9150"
             )
 
 
@@ -449,6 +462,20 @@ class Metrics:
         the scraper's Accept header asks for it."""
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """``GET /metrics``."""
+        body, content_type = self.render(request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def listen(self, host: str, port: int) -> web.AppRunner:
+        """Answer ``GET /metrics`` (only) on a port of its own ([metrics] port)."""
+        app = web.Application()
+        app.add_routes([web.get("/metrics", self.handle)])
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        return runner
 
 
 def _attributes(source: object, names: tuple[str, ...]) -> dict[str, Any]:

@@ -248,6 +248,7 @@ class Server:
         )
         self.app = self.build_app()
         self._runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None  # [metrics] port
         self.http_site: FastPathListener | None = None
         self._stopped = False
         self.rtmp_port = 0
@@ -333,6 +334,8 @@ class Server:
         )
         await site.start()
         self.http_port = site.addresses[0][1]
+        if s.metrics.port:  # each worker on a port of its own, for a scrape of every worker
+            self._metrics_runner = await self.metrics.listen(s.host, s.metrics.port + (worker_index() or 0))
         host = s.public_host
         rtmp_base = f"rtmp://{host}" + ("" if self.rtmp_port == 1935 else f":{self.rtmp_port}")
         http_base = s.public_url.rstrip("/") if s.public_url else f"http://{host}:{self.http_port}"
@@ -385,6 +388,8 @@ class Server:
             await self.http_site.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         await self.store.close()
 
     async def run_forever(self) -> None:

@@ -63,12 +63,8 @@ def routes(
         }
         return web.json_response(body)
 
-    async def scrape(request: web.Request) -> web.Response:
-        body, content_type = metrics.render(request.headers.get("Accept", ""))
-        return web.Response(body=body, headers={"Content-Type": content_type})
-
     return [
         web.get("/api/v1/streams", streams),
         web.get("/healthz", healthz),
-        web.get("/metrics", scrape),
+        web.get("/metrics", metrics.handle),
     ]

@@ -5,7 +5,9 @@ publishers, viewers, refused connections, HLS requests and store calls."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 from pathlib import Path
 
 import aiohttp
@@ -19,6 +21,9 @@ from api.server import Server
 from relay.hub import PublisherInfo
 from tests.conftest import flv_url, make_room, metric, needs_ffmpeg, publish, rtmp_url, wait_live
 from tests.test_hostile import handshaken, open_raw, until
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "minilive.json"
+METRIC_NAME = re.compile(r"\b((?:minilive|process|python)_[a-z0-9_]+)")
 
 # Every name main's hand-written /metrics had (other tools scrape them): they must stay.
 BEFORE = (
@@ -245,3 +250,48 @@ def test_max_labelled_streams_is_checked(tmp_path: Path) -> None:
         load(config, {})
     config.write_text("[metrics]\nmax_labelled_streams = 20\n")
     assert load(config, {}).metrics.max_labelled_streams == 20
+
+
+def dashboard_metrics() -> set[str]:
+    """Every metric name a panel's query of the Grafana dashboard names."""
+    board = json.loads(DASHBOARD.read_text())
+    found = set()
+    for panel in board["panels"]:
+        named = {name for target in panel["targets"] for name in METRIC_NAME.findall(target["expr"])}
+        assert named, f"panel {panel['title']!r} queries no metric"
+        found |= named
+    return found
+
+
+async def test_every_metric_the_dashboard_names_exists(make_server) -> None:
+    """Parsed from the dashboard's ``expr`` fields: each is in a live server's /metrics (as a sample, or
+    a family with no sample yet, such as the lag of renditions when none runs)."""
+    server = await make_server()
+    text, _ = await scrape(server)
+    names = sample_names(text) | {f.name for f in text_string_to_metric_families(text)}
+    wanted = dashboard_metrics()
+    # The panels the issue asks for.
+    for name in (
+        "minilive_viewers",
+        "minilive_stream_bitrate_in_bits_per_second",
+        "minilive_hls_request_duration_seconds_bucket",
+        "minilive_refusals_total",
+        "minilive_protocol_errors_total",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "python_gc_collections_total",
+        "minilive_store_duration_seconds_bucket",
+        "minilive_transcode_lag_seconds",
+    ):
+        assert name in wanted
+    missing = sorted(wanted - names)
+    assert not missing, f"the dashboard queries metrics /metrics does not have: {missing}"
+
+
+def test_the_metrics_ports_must_not_take_the_servers(tmp_path: Path) -> None:
+    config = tmp_path / "minilive.toml"
+    config.write_text("http_port = 8081\n[metrics]\nport = 8080\n")
+    with pytest.raises(ConfigError, match="needs ports 8080-8081"):
+        load(config, {"workers": 2})
+    assert load(config, {"workers": 1}).metrics.port == 8080
