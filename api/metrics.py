@@ -392,6 +392,11 @@ class ProcessExtrasCollector(Collector):
 _UNTIMED = frozenset(("open", "close"))
 
 
+def store_backend(store: RoomStore) -> str:
+    """What /metrics calls a store: sqlite or redis."""
+    return type(store).__name__.removesuffix("Store").lower()
+
+
 def time_store(store: RoomStore) -> dict[str, Histogram]:
     """Time every call to ``store``'s coroutines, each into its operation's histogram (returned). The
     instance's methods are replaced, so that callers keep calling the store as before."""
@@ -426,9 +431,9 @@ class Metrics:
         settings: MetricsSettings,
         hub: Hub,
         *,
-        hls_latency: Mapping[str, Histogram],
-        store: RoomStore,
-        store_latency: Mapping[str, Histogram],
+        hls_latency: Mapping[str, Histogram] | None = None,
+        store_latency: Mapping[str, Histogram] | None = None,
+        store_backend: str = "",
         renditions: Renditions | None = None,
         cluster: ClusterPart | None = None,
         rtmp: RtmpServer | None = None,
@@ -453,8 +458,7 @@ class Metrics:
             if name in sources:
                 registry.register(TableCollector(table, sources[name]))
         registry.register(FamilyCollector(_FAMILIES, sources))
-        backend = type(store).__name__.removesuffix("Store").lower()
-        registry.register(LatencyCollector(hls_latency, store_latency, backend))
+        registry.register(LatencyCollector(hls_latency or {}, store_latency or {}, store_backend))
         registry.register(ProcessExtrasCollector())
 
     def render(self, accept: str) -> tuple[bytes, str]:

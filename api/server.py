@@ -38,7 +38,7 @@ from api.goods import GoodsLibrary
 from api.ladders import Ladders
 from api.live import LiveStreams
 from api.media import MediaLibrary
-from api.metrics import Metrics, time_store
+from api.metrics import Metrics, store_backend, time_store
 from api.models import Room
 from api.replays import ReplayService
 from api.roles import Roles
@@ -239,8 +239,8 @@ class Server:
             settings.metrics,
             self.hub,
             hls_latency=self.hls.latency,
-            store=self.store,
             store_latency=self.store_latency,
+            store_backend=store_backend(self.store),
             renditions=self.renditions,
             cluster=self.cluster,
             rtmp=self.rtmp,
