@@ -30,7 +30,7 @@ def routes(
 ) -> list[web.RouteDef]:
     async def streams(request: web.Request) -> web.Response:
         # Every publisher's address and every stream: an app's token or a console session to read, unless
-        # the public_stats setting says otherwise (issue 16). /metrics holds totals only: see docs/decisions.md.
+        # the public_stats setting says otherwise (issue 16). /metrics holds no address: see docs/decisions.md.
         if not public_stats:
             try:
                 await request_app(request)
