@@ -168,6 +168,9 @@ async def test_a_refused_connection_is_counted_under_both_names(make_server) -> 
     assert metric(text, "minilive_refusals_total", protocol="rtmp", limit="max_connections_per_address") == 1
     assert metric(text, "minilive_refusals_total", protocol="rtmp", limit="max_connections") == 0
     assert metric(text, "minilive_refusals_total", protocol="http", limit="http_max_connections_per_address") == 0
+    # Each server has its own registry: another in the same process counts nothing of it.
+    other, _ = await scrape(await make_server())
+    assert metric(other, "minilive_rtmp_refused_address_total") == 0
 
 
 async def test_a_protocol_error_is_counted_under_both_names(make_server) -> None:
