@@ -135,9 +135,13 @@ async def test_a_real_publish_and_viewers_move_the_values(make_server) -> None:
                 assert response.status == 200
                 playlist = await response.text()
             segment = next(line for line in playlist.splitlines() if line and not line.startswith("#"))
-            async with session.get(f"{base}/{segment}") as response:
-                assert response.status == 200
-                await response.read()
+            part = re.search(r'#EXT-X-PART:.*URI="([^"]+)"', playlist)
+            assert part is not None, playlist
+            msn = int(re.fullmatch(r"[0-9a-f]{8}-(\d+)\.ts", segment)[1])
+            for path in (segment, part[1], f"index.m3u8?_HLS_msn={msn}"):  # the last: listed, answered at once
+                async with session.get(f"{base}/{path}") as response:
+                    assert response.status == 200, path
+                    await response.read()
             await asyncio.sleep(1.2)  # the hub measures bitrates once a second
             text, _ = await scrape(server)
     finally:
@@ -153,7 +157,8 @@ async def test_a_real_publish_and_viewers_move_the_values(make_server) -> None:
     assert metric(text, "minilive_hls_request_duration_seconds_count", kind="playlist") == 1
     assert metric(text, "minilive_hls_request_duration_seconds_count", kind="segment") == 1
     assert metric(text, "minilive_hls_request_duration_seconds_bucket", kind="segment", le="+Inf") == 1
-    assert metric(text, "minilive_hls_request_duration_seconds_count", kind="part") == 0
+    assert metric(text, "minilive_hls_request_duration_seconds_count", kind="part") == 1
+    assert metric(text, "minilive_hls_request_duration_seconds_count", kind="blocking") == 1
     assert metric(text, "minilive_hls_request_duration_seconds_sum", kind="playlist") > 0
 
 
