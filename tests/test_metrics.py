@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.config import ConfigError, load
 from api.metrics import TableCollector
 from api.server import Server
+from relay.http.latency import Histogram
 from relay.hub import PublisherInfo
 from tests.conftest import flv_url, make_room, metric, needs_ffmpeg, publish, rtmp_url, wait_live
 from tests.test_hostile import handshaken, open_raw, until
@@ -236,6 +237,15 @@ async def test_store_calls_are_timed_by_operation(make_server) -> None:
     assert (metric(before, count, backend="sqlite", operation="create_room") or 0) == 0
     assert metric(after, count, backend="sqlite", operation="create_room") == 1
     assert metric(after, "minilive_store_duration_seconds_sum", backend="sqlite", operation="create_room") > 0
+
+
+def test_a_histogram_counts_each_duration_in_the_first_bucket_it_fits() -> None:
+    """Prometheus's ``le`` is inclusive: a duration equal to a bound counts in that bound's bucket."""
+    histogram = Histogram((0.001, 0.01))
+    for seconds in (0.0005, 0.001, 0.002, 5.0):
+        histogram.observe(seconds)
+    assert histogram.cumulative() == [("0.001", 2), ("0.01", 3), ("+Inf", 4)]
+    assert histogram.total == pytest.approx(5.0035)
 
 
 def test_a_new_counter_is_a_table_line() -> None:
