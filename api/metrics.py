@@ -264,7 +264,8 @@ class HubCollector(Collector):
         self.max_labelled = max_labelled
 
     def collect(self) -> Iterator[Metric]:
-        totals = self.hub.totals()
+        snapshots = self.hub.all_stats()  # once: the totals and the per-stream series read it
+        totals = self.hub.totals(snapshots)
         yield from TableCollector(_HUB_METRICS, lambda: totals).collect()
         viewers = GaugeMetricFamily(
             "minilive_viewers",
@@ -275,9 +276,9 @@ class HubCollector(Collector):
         for protocol in sorted({*PROTOCOLS, *audience}):
             viewers.add_metric((protocol,), audience.get(protocol, 0))
         yield viewers
-        yield from self._per_stream()
+        yield from self._per_stream(snapshots)
 
-    def _per_stream(self) -> Iterator[Metric]:
+    def _per_stream(self, snapshots: list[dict[str, Any]]) -> Iterator[Metric]:
         labels = ("app", "stream")
         rate_in = GaugeMetricFamily(
             "minilive_stream_bitrate_in_bits_per_second",
@@ -290,7 +291,7 @@ class HubCollector(Collector):
             labels=labels,
         )
         watching = GaugeMetricFamily("minilive_stream_viewers", "A stream's audience, every protocol.", labels=labels)
-        streams = sorted(self.hub.all_stats(), key=lambda s: (s["viewers"], s["bitrate_in"]), reverse=True)
+        streams = sorted(snapshots, key=lambda s: (s["viewers"], s["bitrate_in"]), reverse=True)
         for stats in streams[: self.max_labelled]:
             names = (stats["app"], stats["name"])
             rate_in.add_metric(names, stats["bitrate_in"])
