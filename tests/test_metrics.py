@@ -102,9 +102,17 @@ async def test_every_name_of_before_is_there_and_the_output_parses(make_server) 
     assert metric(text, "minilive_worker_info", worker="", pid=str(os.getpid())) == 1
 
 
+# What Prometheus 3 sends by default.
+PROMETHEUS_3_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+    "application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,"
+    "text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
+
+
 async def test_openmetrics_when_asked(make_server) -> None:
     server = await make_server()
-    text, content_type = await scrape(server, "application/openmetrics-text; version=1.0.0,text/plain;q=0.5")
+    text, content_type = await scrape(server, PROMETHEUS_3_ACCEPT)
     assert content_type.startswith("application/openmetrics-text; version=1.0.0")
     assert text.endswith("# EOF\n")
     families = {family.name for family in openmetrics_families(text)}
