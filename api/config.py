@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from api.comments import ChannelSettings
 from api.console.sessions import ConsoleSettings
+from api.metrics import MetricsSettings
 from api.rooms import RoomSettings
 from api.supervisor import SupervisorSettings
 from ingest.server import RtmpSettings
@@ -71,6 +72,7 @@ class Settings:
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     channel: ChannelSettings = field(default_factory=ChannelSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @property
     def public_host(self) -> str:
@@ -176,6 +178,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
         settings.webrtc.validate()
         settings.cluster.validate()
         settings.console.validate()
+        settings.metrics.validate(settings.workers, (settings.rtmp_port, settings.http_port))
     except (SettingsError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     return settings

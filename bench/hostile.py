@@ -204,9 +204,8 @@ class Bench:
         url = f"http://127.0.0.1:{self.server.http_port}/metrics"
         async with aiohttp.ClientSession() as session, session.get(url) as response:
             text = await response.text()
-        return {
-            line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and not line.startswith("#")
-        }
+        samples = (line.rpartition(" ") for line in text.splitlines() if line and not line.startswith("#"))
+        return {name: float(value) for name, _, value in samples}
 
 
 def start(config: str = "") -> peers.Server:

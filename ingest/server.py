@@ -119,9 +119,9 @@ class RtmpServer:
         self.budget = PendingBudget(s.pending_budget)
         self.heap = HeapTrim(s.trim_after_bytes)
         self._exempt = [ipaddress.ip_network(a, strict=False) for a in s.address_cap_exempt]
-        # Refusals and protocol errors, for /metrics (see totals()).
+        # Refusals, protocol errors and handshakes (completed: a connect command came), for /metrics (see totals()).
         self.counters: dict[str, int] = dict.fromkeys(
-            ("refused_total", "refused_address", "refused_budget", "protocol_errors", "timeouts"), 0
+            ("refused_total", "refused_address", "refused_budget", "protocol_errors", "timeouts", "handshakes"), 0
         )
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -306,6 +306,7 @@ class RtmpProtocol(asyncio.Protocol):
 
     def _handle(self, event: rtmp.Event) -> None:
         if isinstance(event, rtmp.Connect):
+            self.server.counters["handshakes"] += 1
             apps = self.server.settings.apps
             if event.app not in apps:
                 log.info("rtmp %s refused: unknown app %r", self.remote, event.app)

@@ -344,6 +344,7 @@ async def test_truncated_handshake_then_silence(guarded: Guarded) -> None:
     await guarded.check()
 
 
+@pytest.mark.serial  # a flood: runs alone, after the parallel part (scripts/dev test)
 async def test_two_thousand_half_open_connections(guarded: Guarded) -> None:
     server = guarded.server
     count = 2000
