@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
+import functools
 import logging
 import math
 import os
@@ -29,10 +29,12 @@ log = logging.getLogger("minilive.rtmp")
 MIN_INTERVAL = 10.0
 
 
+@functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where the C library has none (musl)."""
+    """glibc's ``malloc_trim``, or None where there is no glibc (musl). By its soname, not
+    ``ctypes.util.find_library``, which runs ldconfig in a subprocess."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim  # type: ignore[no-any-return]
+        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
     except (OSError, AttributeError):
         return None
 

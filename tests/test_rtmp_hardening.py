@@ -19,6 +19,7 @@ import pytest
 
 from api.config import ConfigError, load
 from api.server import Server
+from ingest.heap import MIN_INTERVAL, HeapTrim
 from ingest.rtmp import amf, messages
 from relay.formats.flv import FlvReader, Tag
 from relay.formats.rtmp_chunk import ChunkReader, encode_message
@@ -284,3 +285,18 @@ def test_rtmp_limits_are_validated(tmp_path: Path, table: str, message: str) -> 
     path.write_text(f"[rtmp]\n{table}\n")
     with pytest.raises(ConfigError, match=message):
         load(path, {})
+
+
+async def test_the_heap_trim_waits_for_enough_bytes_and_runs_at_most_every_ten_seconds() -> None:
+    trim = HeapTrim(after_bytes=1000)
+    assert not trim.check(freed=999, now=100.0)
+    assert trim.check(freed=1000, now=100.0)
+    for _ in range(100):  # it runs on a thread; another cannot start meanwhile
+        if not trim._running:
+            break
+        await asyncio.sleep(0.01)
+    assert not trim.check(freed=5000, now=100.0 + MIN_INTERVAL - 1), "too soon"
+    assert not trim.check(freed=1500, now=200.0), "only 500 more bytes since the last"
+    assert trim.check(freed=5000, now=200.0)
+    assert trim.trims == 2
+    assert not HeapTrim(after_bytes=0).check(freed=1 << 40, now=1e9), "0: never"
