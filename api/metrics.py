@@ -40,6 +40,7 @@ from relay.transcode.renditions import Renditions
 if TYPE_CHECKING:
     from api.cluster import ClusterPart
     from ingest.server import RtmpServer
+    from signaling.sessions import Registry
 
 Table = dict[str, tuple[str, str, str]]  # key -> (metric name, "counter" or "gauge", help)
 Read = Callable[[], Mapping[str, Any]]
@@ -164,6 +165,27 @@ _RTMP_METRICS = {
         "counter",
         "RTMP handshakes completed (a connect command followed).",
     ),
+    "heap_trims": (
+        "minilive_rtmp_heap_trims_total",
+        "counter",
+        "Times the heap's free pages went back to the system after closed connections freed trim_after_bytes.",
+    ),
+}
+
+# WebRTC sessions and their refusals (issue 16): (name, type, help).
+_WEBRTC_METRICS = {
+    "sessions": ("minilive_webrtc_sessions", "gauge", "WHIP and WHEP sessions, connecting or connected."),
+    "refused_total": ("minilive_webrtc_refused_total", "counter", "Offers refused by [webrtc] max_sessions."),
+    "refused_address": (
+        "minilive_webrtc_refused_address_total",
+        "counter",
+        "Offers refused by [webrtc] max_sessions_per_address.",
+    ),
+    "timeouts": (
+        "minilive_webrtc_connect_timeouts_total",
+        "counter",
+        "Sessions closed because ICE/DTLS did not connect within [webrtc] connect_timeout.",
+    ),
 }
 
 
@@ -188,6 +210,8 @@ _FAMILIES = (
             ("rtmp", "refused_address", ("rtmp", "max_connections_per_address")),
             ("rtmp", "refused_budget", ("rtmp", "pending_budget")),
             ("http", "refused_per_address", ("http", "http_max_connections_per_address")),
+            ("webrtc", "refused_total", ("webrtc", "max_sessions")),
+            ("webrtc", "refused_address", ("webrtc", "max_sessions_per_address")),
         ),
     ),
     Family(
@@ -198,6 +222,7 @@ _FAMILIES = (
             ("rtmp", "protocol_errors", ("rtmp", "malformed")),
             ("rtmp", "timeouts", ("rtmp", "deadline")),
             ("http", "head_timeouts", ("http", "deadline")),
+            ("webrtc", "timeouts", ("webrtc", "deadline")),
         ),
     ),
     Family(
@@ -439,6 +464,7 @@ class Metrics:
         cluster: ClusterPart | None = None,
         rtmp: RtmpServer | None = None,
         http: Limits | None = None,
+        webrtc: Registry | None = None,
     ) -> None:
         registry = self.registry = CollectorRegistry()
         ProcessCollector(registry=registry)
@@ -455,7 +481,9 @@ class Metrics:
             sources["rtmp"] = rtmp.totals
         if http is not None:
             sources["http"] = functools.partial(_attributes, http, tuple(_HTTP_METRICS))
-        for name, table in (("rtmp", _RTMP_METRICS), ("http", _HTTP_METRICS)):
+        if webrtc is not None:
+            sources["webrtc"] = webrtc.totals
+        for name, table in (("rtmp", _RTMP_METRICS), ("http", _HTTP_METRICS), ("webrtc", _WEBRTC_METRICS)):
             if name in sources:
                 registry.register(TableCollector(table, sources[name]))
         registry.register(FamilyCollector(_FAMILIES, sources))

@@ -53,7 +53,7 @@ from api.webhooks import Webhooks
 from ingest.server import RtmpServer
 from recorder.recorder import Recorder
 from relay.http.cors import CORS
-from relay.http.fast import FastPathListener, Limits
+from relay.http.fast import FastPathListener, Limits, head_watch
 from relay.http.flv import FlvPlayback
 from relay.http.hls import HlsPlayback
 from relay.hub import Hub
@@ -245,6 +245,7 @@ class Server:
             cluster=self.cluster,
             rtmp=self.rtmp,
             http=self.http_limits,
+            webrtc=self.webrtc.registry,
         )
         self.app = self.build_app()
         self._runner: web.AppRunner | None = None
@@ -278,7 +279,8 @@ class Server:
 
     def build_app(self) -> web.Application:
         app = web.Application(
-            middlewares=[cors_preflight, wechat_unknown_path, store_unavailable], client_max_size=4 * 1024 * 1024
+            middlewares=[head_watch, cors_preflight, wechat_unknown_path, store_unavailable],
+            client_max_size=4 * 1024 * 1024,
         )
         # HLS first: relay.http.fast claims these paths ahead of every other route, and so does aiohttp.
         app.add_routes((self.cluster.gateway if self.cluster else self.hls).routes())
@@ -320,7 +322,9 @@ class Server:
         shared = worker_index() is not None  # the supervisor's other workers listen on the same ports
         rtmp_addrs = await self.rtmp.start(s.host, s.rtmp_port, reuse_port=shared)
         self.rtmp_port = rtmp_addrs[0][1]
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=s.http_keepalive_seconds
+        )
         await self._runner.setup()
         site = self.http_site = FastPathListener(
             self._runner,
@@ -330,6 +334,7 @@ class Server:
             backlog=1024,
             reuse_address=True,
             reuse_port=shared,
+            keepalive_seconds=s.http_keepalive_seconds,
             limits=self.http_limits,
         )
         await site.start()
