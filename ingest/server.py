@@ -10,6 +10,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from ingest.heap import HeapTrim
 from ingest.rtmp import connection as rtmp
 from relay.formats.output import RtmpFormat
 from relay.formats.rtmp_chunk import PendingBudget
@@ -69,12 +70,17 @@ class RtmpSettings:
     # at most this long per turn of the event loop; the others wait, unread, for the next turns. A
     # stampede of a thousand players then never holds up the merged writes to those already watching.
     setup_slice_ms: float = 10.0
+    # After connections that closed gave back this many bytes of unfinished messages (a flood), the
+    # heap's free pages are returned to the system (malloc_trim, at most every 10 s; 0: never).
+    trim_after_bytes: int = 32 * 1024 * 1024
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
         for name in ("handshake_timeout", "connect_timeout", "setup_timeout", "publisher_idle_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"[rtmp] {name} must be more than 0 seconds, not {getattr(self, name)}")
+        if self.trim_after_bytes < 0:
+            raise ValueError(f"[rtmp] trim_after_bytes must be 0 (never) or more, not {self.trim_after_bytes}")
         for name in ("max_connections", "max_connections_per_address", "max_held_messages"):
             if getattr(self, name) < 1:
                 raise ValueError(f"[rtmp] {name} must be at least 1, not {getattr(self, name)}")
@@ -121,10 +127,11 @@ class RtmpServer:
             s.max_message_size, s.connect_message_size, s.command_message_size, s.prepublish_buffer, s.publishing_buffer
         )
         self.budget = PendingBudget(s.pending_budget)
+        self.heap = HeapTrim(s.trim_after_bytes)
         self._exempt = [ipaddress.ip_network(a, strict=False) for a in s.address_cap_exempt]
-        # Refusals and protocol errors, for /metrics (see totals()).
+        # Refusals, protocol errors and handshakes (completed: a connect command came), for /metrics (see totals()).
         self.counters: dict[str, int] = dict.fromkeys(
-            ("refused_total", "refused_address", "refused_budget", "protocol_errors", "timeouts"), 0
+            ("refused_total", "refused_address", "refused_budget", "protocol_errors", "timeouts", "handshakes"), 0
         )
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -153,7 +160,12 @@ class RtmpServer:
             await self._server.wait_closed()
 
     def totals(self) -> dict[str, int]:
-        return {**self.counters, "connections": len(self.connections), "pending_bytes": self.budget.held}
+        return {
+            **self.counters,
+            "connections": len(self.connections),
+            "pending_bytes": self.budget.held,
+            "heap_trims": self.heap.trims,
+        }
 
     def admit(self, conn: RtmpProtocol, host: str) -> str:
         """Why a new connection from ``host`` is refused, or "" (and it is counted in)."""
@@ -215,6 +227,7 @@ class RtmpServer:
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
+            self.heap.check(self.budget.freed, now)
             for conn in list(self.connections):
                 if conn.session is not None:
                     if now - conn.last_data > s.publisher_idle_timeout:
@@ -353,6 +366,7 @@ class RtmpProtocol(asyncio.Protocol):
 
     def _handle(self, event: rtmp.Event) -> None:
         if isinstance(event, rtmp.Connect):
+            self.server.counters["handshakes"] += 1
             apps = self.server.settings.apps
             if event.app not in apps:
                 log.info("rtmp %s refused: unknown app %r", self.remote, event.app)
