@@ -5,6 +5,7 @@ in order, every frame once."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import aiohttp
@@ -198,4 +199,55 @@ async def test_rtmp_players_set_up_in_slices_all_play(make_server, tmp_path) -> 
     finally:
         for client, _ in players:
             client.close()
+        publisher.close()
+
+
+async def test_a_joiner_that_does_not_take_its_start_is_dropped_as_too_slow(make_server, tmp_path) -> None:
+    # Starts go out 64 KB a turn; a player that never reads cannot take an 8 MB one (on loopback the
+    # kernel holds about 4 MB for it: the send buffer grows to tcp_wmem's maximum at once), and is
+    # dropped after max_behind_seconds while a reading player plays on.
+    server = await make_server(join_write_bytes=64 * 1024, max_behind_seconds=1.0)
+    packets = await make_flv(tmp_path / "a.flv", seconds=1)
+    publisher = await connect(rtmp_url(server, "", app="live").rstrip("/"))
+    await publisher.publish("stall")
+    try:
+        await send(publisher, packets, realtime=False)
+        await wait_live(server, "stall")
+        clock = packets[-1].timestamp
+
+        def inter_frames(count: int) -> None:  # 10 KB each, no keyframe: the GOP cache grows
+            nonlocal clock
+            for _ in range(count):
+                clock += 40
+                publisher.send_media(VIDEO, clock, b"\x27\x01\x00\x00\x00" + bytes(10_000))
+
+        inter_frames(800)
+        stream = hub_stream(server, "live", "stall")
+        assert stream is not None
+        for _ in range(200):
+            if sum(len(p.payload) for p in stream.gop.packets) > 8_000_000:
+                break
+            await asyncio.sleep(0.02)
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", server.http_port))
+        await loop.sock_sendall(sock, b"GET /live/stall.flv HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+        async with aiohttp.ClientSession() as session:
+            reading = FlvClient()
+            playing = asyncio.create_task(play_http(session, flv_url(server, "stall"), reading))
+            await reading.wait_for(lambda c: c.video())
+            stats: dict[str, Any] = {}
+            for _ in range(100):  # check_viewers runs once a second
+                stats = server.hub.stats("live", "stall") or {}
+                if stats.get("viewers_dropped_slow"):
+                    break
+                inter_frames(1)
+                await asyncio.sleep(0.05)
+            assert stats["viewers_dropped_slow"] == 1, "the stalled joiner was never dropped"
+            assert stats["viewers"] == 1 and not reading.ended.is_set(), "the reading player plays on"
+            assert stream._catching_up == {}
+            playing.cancel()
+        sock.close()
+    finally:
         publisher.close()
