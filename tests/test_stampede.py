@@ -42,6 +42,20 @@ def check_start_then_live(name: str, received: list[tuple[int, bytes]], sent: li
         assert got == want, f"{name}: packet {index} after the keyframe is not the one sent (gap or duplicate)"
 
 
+async def go_live(server, tmp_path, name: str) -> tuple[RtmpClient, list[Packet]]:  # type: ignore[no-untyped-def]
+    """A publisher of one second of real media on stream ``name``, live (a keyframe cached)."""
+    packets = await make_flv(tmp_path / "a.flv", seconds=1)
+    publisher = await connect(rtmp_url(server, "", app="live").rstrip("/"))
+    await publisher.publish(name)
+    try:
+        await send(publisher, packets, realtime=False)
+        await wait_live(server, name)
+    except BaseException:
+        publisher.close()
+        raise
+    return publisher, packets
+
+
 async def test_a_stampede_of_joiners_each_gets_headers_gop_cache_and_live_in_order(make_server, tmp_path) -> None:
     # A slice of a microsecond: every joiner waits for a turn of its own, the most interleaving there is;
     # and starts go out 4 KB a turn, so merged batches queue behind the rest of a start.
@@ -130,12 +144,8 @@ async def test_a_stampede_of_joiners_each_gets_headers_gop_cache_and_live_in_ord
 
 async def test_viewers_that_leave_while_waiting_for_their_turn_are_never_started(make_server, tmp_path) -> None:
     server = await make_server(join_slice_ms=0.001)
-    packets = await make_flv(tmp_path / "a.flv", seconds=1)
-    publisher = await connect(rtmp_url(server, "", app="live").rstrip("/"))
-    await publisher.publish("leave")
+    publisher, _ = await go_live(server, tmp_path, "leave")
     try:
-        await send(publisher, packets, realtime=False)
-        await wait_live(server, "leave")
         stream = hub_stream(server, "live", "leave")
         assert stream is not None
         async with aiohttp.ClientSession() as session:
@@ -207,12 +217,8 @@ async def test_a_joiner_that_does_not_take_its_start_is_dropped_as_too_slow(make
     # kernel holds about 4 MB for it: the send buffer grows to tcp_wmem's maximum at once), and is
     # dropped after max_behind_seconds while a reading player plays on.
     server = await make_server(join_write_bytes=64 * 1024, max_behind_seconds=1.0)
-    packets = await make_flv(tmp_path / "a.flv", seconds=1)
-    publisher = await connect(rtmp_url(server, "", app="live").rstrip("/"))
-    await publisher.publish("stall")
+    publisher, packets = await go_live(server, tmp_path, "stall")
     try:
-        await send(publisher, packets, realtime=False)
-        await wait_live(server, "stall")
         clock = packets[-1].timestamp
 
         def inter_frames(count: int) -> None:  # 10 KB each, no keyframe: the GOP cache grows
