@@ -784,7 +784,11 @@ def hls_latency_table(runs: list[dict[str, Any]]) -> str:
 
 
 def _counts(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part]
+    """A comma-separated list of positive counts (a scenario of 0 clients measures nothing)."""
+    counts = [int(part) for part in text.split(",") if part]
+    if any(count < 1 for count in counts):
+        raise argparse.ArgumentTypeError(f"counts must be at least 1: {text!r} ('' for no scenario)")
+    return counts
 
 
 def names(text: str, known: Collection[str], what: str, kind: Callable[[str], str] = str) -> list[str]:
