@@ -8,6 +8,7 @@ import re
 
 import aiohttp
 
+from tests.conftest import make_room, publish, rtmp_url, wait_live
 from tests.test_http_hardening import no_traceback
 
 
@@ -52,3 +53,26 @@ async def test_a_client_gone_mid_body_is_an_info_line_and_a_counter(make_server,
     no_traceback(caplog)
     async with aiohttp.ClientSession() as session, session.get(f"{base}/healthz") as response:
         assert response.status == 200
+
+
+async def test_a_websocket_key_that_is_not_ascii_is_refused_with_400(make_server, caplog) -> None:
+    """A WS-FLV upgrade whose Sec-WebSocket-Key had a byte flipped past 0x7F (the fuzzer's ws-flv session)
+    made aiohttp's handshake raise ValueError: a 500 and a traceback. It is a 400, like other bad keys,
+    on both WebSocket routes: WS-FLV and the room channel."""
+    caplog.set_level(logging.INFO)
+    server = await make_server()
+    _, room = await make_room(server)
+    publisher = await publish(rtmp_url(server, "shop"), seconds=10, audio=False)
+    await wait_live(server, "shop")
+    for path in ("/live/shop.flv", f"/api/v1/rooms/{room.roomid}/ws"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
+        head = (
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "
+        )
+        writer.write(head.encode() + b"dGhlIHNhbXBsZSBub25j\x80ZQ==\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(65536), 10)
+        assert answer.startswith(b"HTTP/1.1 400"), answer
+        writer.close()
+    await publisher.stop()
+    no_traceback(caplog)

@@ -27,6 +27,14 @@ class CloseDelimitedResponse(web.StreamResponse):
     _length_check = False
 
 
+def check_websocket_key(request: web.Request) -> None:
+    """Raise 400 for a ``Sec-WebSocket-Key`` that is not ASCII: aiohttp's handshake answers 400 to other
+    bad keys, but base64-decoding one with non-ASCII bytes raises ValueError there, which became a 500 and
+    a traceback (found by bench/netfuzz.py). Call it before ``WebSocketResponse.prepare``."""
+    if not request.headers.get("Sec-WebSocket-Key", "").isascii():
+        raise web.HTTPBadRequest(text="Sec-WebSocket-Key must be the base64 of 16 random bytes\n")
+
+
 async def take_transport(request: web.Request, response: web.StreamResponse) -> asyncio.Transport | None:
     """Send ``response``'s headers, then give the transport its body is to be written to (framed by the
     caller); None when the client is already gone."""
