@@ -7,6 +7,7 @@ import logging
 import re
 
 import aiohttp
+from aiortc import RTCConfiguration, RTCPeerConnection
 
 from tests.conftest import make_room, publish, rtmp_url, wait_live
 from tests.test_http_hardening import no_traceback
@@ -55,24 +56,51 @@ async def test_a_client_gone_mid_body_is_an_info_line_and_a_counter(make_server,
         assert response.status == 200
 
 
-async def test_a_websocket_key_that_is_not_ascii_is_refused_with_400(make_server, caplog) -> None:
-    """A WS-FLV upgrade whose Sec-WebSocket-Key had a byte flipped past 0x7F (the fuzzer's ws-flv session)
-    made aiohttp's handshake raise ValueError: a 500 and a traceback. It is a 400, like other bad keys,
-    on both WebSocket routes: WS-FLV and the room channel."""
+async def test_websocket_handshake_headers_that_are_not_ascii_are_refused_with_400(make_server, caplog) -> None:
+    """WS-FLV upgrades with a byte flipped past 0x7F (the fuzzer's ws-flv sessions) in Sec-WebSocket-Key
+    (aiohttp's base64 decode raised ValueError) or in Sec-WebSocket-Version (its refusal quoting the value
+    could not be encoded): each a 500 and a traceback. They are 400s, like other bad handshakes, on both
+    WebSocket routes: WS-FLV and the room channel."""
     caplog.set_level(logging.INFO)
     server = await make_server()
     _, room = await make_room(server)
     publisher = await publish(rtmp_url(server, "shop"), seconds=10, audio=False)
     await wait_live(server, "shop")
+    key = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    version = b"Sec-WebSocket-Version: 13\r\n"
     for path in ("/live/shop.flv", f"/api/v1/rooms/{room.roomid}/ws"):
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
-        head = (
-            f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "
-        )
-        writer.write(head.encode() + b"dGhlIHNhbXBsZSBub25j\x80ZQ==\r\n\r\n")
-        answer = await asyncio.wait_for(reader.read(65536), 10)
-        assert answer.startswith(b"HTTP/1.1 400"), answer
-        writer.close()
+        for headers in (key.replace(b"ZQ==", b"\x80ZQ=="), version), (key, version.replace(b"13", b"1\x80")):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
+            head = f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n".encode()
+            writer.write(head + b"".join(headers) + b"\r\n")
+            answer = await asyncio.wait_for(reader.read(65536), 10)
+            assert answer.startswith(b"HTTP/1.1 400"), answer
+            writer.close()
     await publisher.stop()
+    no_traceback(caplog)
+
+
+async def test_an_offer_with_a_malformed_address_is_refused_with_400(make_server, caplog) -> None:
+    """An aiortc offer with a bit flipped in its origin's address (the fuzzer's whip session:
+    ``IN IP4 0.0.0.0`` became ``IN IP4 0.0.p.0``) parsed, but writing the narrowed offer raised ValueError
+    from ipaddress: a 500 and a traceback. It is a malformed offer: 400."""
+    caplog.set_level(logging.INFO)
+    server = await make_server()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    await pc.close()
+    assert "IN IP4 0.0.0.0" in offer
+    async with aiohttp.ClientSession() as session:
+        for broken in (
+            offer.replace("IN IP4 0.0.0.0", "IN IP4 0.0.p.0"),
+            re.sub(r"c=IN IP4 \S+", "c=IN IP4 1.2.3", offer),
+        ):
+            url = f"http://127.0.0.1:{server.http_port}/whip/shop"
+            async with session.post(url, data=broken, headers={"Content-Type": "application/sdp"}) as response:
+                text = await response.text()
+                assert response.status == 400, text
+                assert text.startswith("malformed SDP offer"), text
+    assert not server.webrtc.registry.sessions
     no_traceback(caplog)

@@ -27,12 +27,18 @@ class CloseDelimitedResponse(web.StreamResponse):
     _length_check = False
 
 
-def check_websocket_key(request: web.Request) -> None:
-    """Raise 400 for a ``Sec-WebSocket-Key`` that is not ASCII: aiohttp's handshake answers 400 to other
-    bad keys, but base64-decoding one with non-ASCII bytes raises ValueError there, which became a 500 and
-    a traceback (found by bench/netfuzz.py). Call it before ``WebSocketResponse.prepare``."""
-    if not request.headers.get("Sec-WebSocket-Key", "").isascii():
-        raise web.HTTPBadRequest(text="Sec-WebSocket-Key must be the base64 of 16 random bytes\n")
+# The headers aiohttp's WebSocket handshake reads, and may quote in its refusal.
+_HANDSHAKE_HEADERS = ("Upgrade", "Connection", "Sec-WebSocket-Version", "Sec-WebSocket-Key", "Sec-WebSocket-Protocol")
+
+
+def check_websocket_handshake(request: web.Request) -> None:
+    """Raise 400 for WebSocket handshake headers that are not ASCII. aiohttp answers 400 to bad ones, but
+    with non-ASCII bytes in them its handshake raises instead: base64-decoding the key raises ValueError,
+    and a refusal quoting the version cannot be encoded; each became a 500 and a traceback (found by
+    bench/netfuzz.py). Call it before ``WebSocketResponse.prepare``."""
+    for name in _HANDSHAKE_HEADERS:
+        if not request.headers.get(name, "").isascii():
+            raise web.HTTPBadRequest(text=f"the WebSocket handshake's {name} header must be ASCII\n")
 
 
 async def take_transport(request: web.Request, response: web.StreamResponse) -> asyncio.Transport | None:
