@@ -41,6 +41,15 @@ def narrow_offer(text: str, video_codecs: tuple[str, ...] = ("h264",)) -> str:
     media_kinds = [m.kind for m in description.media if m.kind in ("audio", "video")]
     if not media_kinds:
         raise OfferError(400, "SDP offer has no audio or video m-line")
+    # aiortc trusts these: a mid named twice, or a BUNDLE naming a mid no m-line has, left a transceiver
+    # without a transport, and answering (then closing) raised AttributeError (found by bench/netfuzz.py).
+    mids = [m.rtp.muxId for m in description.media if m.rtp.muxId]
+    if len(set(mids)) != len(mids):
+        raise OfferError(400, "SDP offer names one mid on two m-lines")
+    for group in description.group:
+        unknown = [str(item) for item in group.items if str(item) not in mids]
+        if unknown:
+            raise OfferError(400, f"SDP offer's {group.semantic} group names mids no m-line has: {' '.join(unknown)}")
     for media in description.media:
         if media.kind not in ("audio", "video"):
             continue

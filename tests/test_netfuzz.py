@@ -108,6 +108,37 @@ async def test_an_offer_with_a_malformed_address_is_refused_with_400(make_server
     no_traceback(caplog)
 
 
+async def test_offers_whose_mids_do_not_add_up_are_refused_with_400(make_server, caplog) -> None:
+    """The fuzzer's WHIP offer with ``m=audio`` mutated to ``=audio`` (seed 304597 of its 10-minute run):
+    the audio m-line's attributes, its ``a=mid:1`` among them, fell into the video m-line, so BUNDLE 0 1
+    named a mid no m-line had. aiortc left the video transceiver without a transport and answering raised
+    AttributeError, then closing the session raised again: a traceback, and a session never untangled.
+    The same for an m-line given twice (one mid on two m-lines). Both are malformed offers: 400."""
+    caplog.set_level(logging.INFO)
+    server = await make_server()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="sendonly")
+    pc.addTransceiver("audio", direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    await pc.close()
+    assert "\r\nm=audio " in offer and "a=group:BUNDLE 0 1" in offer
+    audio = offer[offer.index("m=audio") :]
+    broken = {
+        offer.replace("\r\nm=audio ", "\r\n=audio "): "group names mids no m-line has: 0",
+        offer + audio: "names one mid on two m-lines",
+    }
+    async with aiohttp.ClientSession() as session:
+        for body, reason in broken.items():
+            url = f"http://127.0.0.1:{server.http_port}/whip/shop"
+            async with session.post(url, data=body, headers={"Content-Type": "application/sdp"}) as response:
+                text = await response.text()
+                assert response.status == 400, text
+                assert reason in text, text
+    assert not server.webrtc.registry.sessions
+    no_traceback(caplog)
+
+
 async def test_mutated_sessions_leave_the_server_healthy(make_server, caplog, tmp_path) -> None:
     """bench/netfuzz.py in a few seconds: an ffmpeg RTMP publish and a JSON API call, recorded through its
     proxy, replayed with 200 seeds' mutations (25 at a time, 0.5 s each). No traceback or ERROR line, no
