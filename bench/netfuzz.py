@@ -621,11 +621,13 @@ async def monitor(
     watching = asyncio.ensure_future(viewer.run())
     rows: list[Row] = []
     findings: list[str] = []
+    reconnects = 0
     try:
         # Fuzzing starts once the viewer sees frames, so that a stall is the fuzzer's doing.
         while viewer.frames < 30:
             await asyncio.sleep(0.2)
         began = time.monotonic()
+        reconnects = viewer.reconnects  # (the viewer's tries before the stream was live are not counted)
         fuzzer.start()
         seen = viewer.frames
         while True:
@@ -657,6 +659,8 @@ async def monitor(
         findings.append(f"the healthy viewer stalled (0 fps) in the 10 s before t = {stalls}")
     if rows and rows[-1].tracebacks:
         findings.append(f"{rows[-1].tracebacks} tracebacks in {server.log}")
+    if viewer.reconnects > reconnects:
+        findings.append(f"the healthy viewer was disconnected {viewer.reconnects - reconnects} times")
     return {"rows": [asdict(row) for row in rows], "findings": findings, "viewer_errors": viewer.errors[-20:]}
 
 
