@@ -139,6 +139,25 @@ async def test_offers_whose_mids_do_not_add_up_are_refused_with_400(make_server,
     no_traceback(caplog)
 
 
+async def test_a_bad_request_is_one_short_info_line_and_none_at_warning(make_server, caplog) -> None:
+    """aiohttp's refusals of the fuzzer's bad requests (here its 100 KB header line) reached the log at
+    ``--log-level warning`` too, since the filter that makes them INFO ran after the level check; and
+    each quoted the offending line, up to 122 KB in one line (an "Invalid method" of a header line)."""
+    server = await make_server()
+    for level, lines in ((logging.INFO, 1), (logging.WARNING, 0)):
+        caplog.clear()
+        caplog.set_level(level)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
+        writer.write(b"GET /api/v1/streams HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 100_000 + b"\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(65536), 10)
+        writer.close()
+        assert b" 400 Bad Request\r\n" in answer, answer[:300]
+        logged = [r.getMessage() for r in caplog.records if "bad HTTP request" in r.getMessage()]
+        assert len(logged) == lines, logged
+        assert all(len(line) < 400 and "\n" not in line for line in logged), logged
+    no_traceback(caplog)
+
+
 async def test_mutated_sessions_leave_the_server_healthy(make_server, caplog, tmp_path) -> None:
     """bench/netfuzz.py in a few seconds: an ffmpeg RTMP publish and a JSON API call, recorded through its
     proxy, replayed with 200 seeds' mutations (25 at a time, 0.5 s each). No traceback or ERROR line, no
