@@ -41,9 +41,10 @@ def narrow_offer(text: str, video_codecs: tuple[str, ...] = ("h264",)) -> str:
     media_kinds = [m.kind for m in description.media if m.kind in ("audio", "video")]
     if not media_kinds:
         raise OfferError(400, "SDP offer has no audio or video m-line")
-    # aiortc trusts these: a mid named twice, or a BUNDLE naming a mid no m-line has, left a transceiver
-    # without a transport, and answering (then closing) raised AttributeError (found by bench/netfuzz.py).
-    mids = [m.rtp.muxId for m in description.media if m.rtp.muxId]
+    # aiortc trusts these: a mid named twice, or a BUNDLE naming a mid no m-line it takes has (an unknown
+    # kind's m-line is skipped), left a transceiver without a transport, and answering (then closing)
+    # raised AttributeError (found by bench/netfuzz.py).
+    mids = [m.rtp.muxId for m in description.media if m.rtp.muxId and m.kind in ("audio", "video", "application")]
     if len(set(mids)) != len(mids):
         raise OfferError(400, "SDP offer names one mid on two m-lines")
     for group in description.group:
