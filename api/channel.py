@@ -44,6 +44,7 @@ from api.models import App, Room
 from api.status import STATUS, VIEWERS, RoomFeed, news, status_message
 from api.store.base import RoomStore
 from api.viewer_tokens import ViewerIdentity
+from relay.http.raw import check_websocket_handshake
 
 if TYPE_CHECKING:
     from api.subscribers import Subscribers
@@ -230,6 +231,7 @@ class Channel:
             app, viewer = await self._viewer(request, room)
         except ApiError as exc:
             return json_error(exc)
+        check_websocket_handshake(request)
         ws = web.WebSocketResponse(
             heartbeat=self.settings.heartbeat_seconds, max_msg_size=self.settings.max_frame_bytes, compress=False
         )

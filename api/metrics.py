@@ -119,6 +119,11 @@ _HTTP_METRICS = {
         "counter",
         "HTTP connections refused because their address held http_max_connections_per_address.",
     ),
+    "requests_abandoned": (
+        "minilive_http_requests_abandoned_total",
+        "counter",
+        "HTTP requests whose client closed the connection before they were answered (mid-body, say).",
+    ),
 }
 
 # The cluster: (name, type, help).

@@ -48,7 +48,7 @@ def shaped(handler: Handler) -> Handler:
             return await handler(request)
         except ApiError as exc:
             return json_error(exc)
-        except web.HTTPException:
+        except (web.HTTPException, ConnectionResetError):  # the client gone: see api.server.client_gone
             raise
         except Exception:
             log.exception("%s %s failed", request.method, request.path)

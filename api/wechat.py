@@ -52,6 +52,8 @@ def answered(handler: Callable[[web.Request], Awaitable[Reply]]) -> Handler:
             body = {"errcode": 0, "errmsg": "ok", **await handler(request)}
         except ApiError as exc:
             body = exc.body()
+        except ConnectionResetError:  # the client gone: see api.server.client_gone
+            raise
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             body = ApiError(errors.SYSTEM_ERROR).body()

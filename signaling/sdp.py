@@ -41,6 +41,16 @@ def narrow_offer(text: str, video_codecs: tuple[str, ...] = ("h264",)) -> str:
     media_kinds = [m.kind for m in description.media if m.kind in ("audio", "video")]
     if not media_kinds:
         raise OfferError(400, "SDP offer has no audio or video m-line")
+    # aiortc trusts these: a mid named twice, or a BUNDLE naming a mid no m-line it takes has (an unknown
+    # kind's m-line is skipped), left a transceiver without a transport, and answering (then closing)
+    # raised AttributeError (found by bench/netfuzz.py).
+    mids = [m.rtp.muxId for m in description.media if m.rtp.muxId and m.kind in ("audio", "video", "application")]
+    if len(set(mids)) != len(mids):
+        raise OfferError(400, "SDP offer names one mid on two m-lines")
+    for group in description.group:
+        unknown = [str(item) for item in group.items if str(item) not in mids]
+        if unknown:
+            raise OfferError(400, f"SDP offer's {group.semantic} group names mids no m-line has: {' '.join(unknown)}")
     for media in description.media:
         if media.kind not in ("audio", "video"):
             continue
@@ -60,4 +70,7 @@ def narrow_offer(text: str, video_codecs: tuple[str, ...] = ("h264",)) -> str:
         kept += [c for c in media.rtp.codecs if c.name.lower() == "rtx" and c.parameters.get("apt") in payload_types]
         media.rtp.codecs = kept
         media.fmt = [c.payloadType for c in kept]
-    return str(description)
+    try:
+        return str(description)
+    except ValueError as exc:  # aiortc keeps addresses as text and checks them only when it writes them
+        raise OfferError(400, f"malformed SDP offer: {exc}") from None

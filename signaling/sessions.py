@@ -106,8 +106,13 @@ class Session:
         self._timer.cancel()
         self.registry.remove(self)
         self.release()
-        await self.pc.close()
-        untangle(self.pc)
+        try:
+            await self.pc.close()
+        except Exception as exc:  # aiortc cannot close every connection whose negotiation failed halfway
+            log.warning(
+                "%s %s/%s: the peer connection did not close cleanly: %r", self.protocol, self.app, self.name, exc
+            )
+        untangle(self.pc)  # whatever happened: the session is freed by reference counting (issue 16, #5)
         self.log_end()
 
     def release(self) -> None:

@@ -366,3 +366,37 @@ def test_the_c_muxer_holds_the_packets_while_python_code_runs() -> None:
     meddled: list = []
     meddled += [Meddling(p, meddled) for p in legacy]
     assert bytes(muxer().part(meddled, 2000, True)) == expected
+
+
+def test_aac_frames_too_big_for_an_adts_header_are_left_out_both_ways(monkeypatch) -> None:
+    """ADTS says a frame's length, header included, in 13 bits (8191 bytes; FFmpeg's ADTS muxer refuses
+    more): a bigger "frame" (no real one is: AAC holds at most 768 bytes per channel) is left out by both
+    muxers, the C one as the Python one, and the frames around it keep lengths their headers state."""
+    assert mpegts._tsmux is not None, "relay.formats._tsmux is not built: run scripts/dev setup (gcc, python3-dev)"
+    config = Packet(AUDIO, 0, b"\xaf\x00\x12\x10", config=True)
+    largest = mpegts.MAX_ADTS_FRAME
+    cases = [
+        [100, largest, largest + 1, 8 * 1024 + 1, 30 * 1024, 200],
+        [100, 100 * 1024, 512 * 1024 - 9, 512 * 1024, 200],  # past a PES's 16-bit length too
+    ]
+    for sizes in cases:
+        frames = [Packet(AUDIO, 23 * i, b"\xaf\x01" + bytes([i + 1]) * size) for i, size in enumerate(sizes)]
+        outputs = []
+        for way in (mpegts._tsmux, None):
+            monkeypatch.setattr(mpegts, "_tsmux", way)
+            muxer = TsMuxer(has_video=False, audio_delay_ms=10_000)
+            muxer.configure(config)
+            outputs.append(bytes(muxer.part(frames, 23 * len(frames), True)))
+        assert outputs[0] == outputs[1], f"the C muxer writes what the Python muxer writes: {sizes}"
+        audio = b"".join(
+            (ts[4 + 1 + ts[4] :] if ts[3] & 0x20 else ts[4:]) for ts in packets_of(outputs[0]) if pid(ts) == AUDIO_PID
+        )
+        es = audio[14:]  # after the one PES header (PTS only)
+        lengths = []
+        while es:
+            assert es[:2] == b"\xff\xf1"
+            assert es[2] == 0x50 and es[3] >> 6 == 2, "profile, rate and channels as configured"
+            length = (es[3] & 3) << 11 | es[4] << 3 | es[5] >> 5
+            lengths.append(length)
+            es = es[length:]
+        assert lengths == [size + 7 for size in sizes if size <= largest]

@@ -29,7 +29,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define TSMUX_VERSION 2 /* relay/formats/mpegts.py checks it: a stale build is not used */
+#define TSMUX_VERSION 3 /* relay/formats/mpegts.py checks it: a stale build is not used */
 
 #define TS_SIZE 188
 #define PAYLOAD 184
@@ -40,6 +40,8 @@
 #define KIND_AUDIO 8
 #define KIND_VIDEO 9
 #define MAX_AUDIO_PES 60000
+/* An ADTS header says a frame's length, header included, in 13 bits (aac.MAX_ADTS_FRAME + 7). */
+#define MAX_ADTS_LENGTH 0x1FFF
 #define PCR_ROOM (PAYLOAD - 8)
 
 static PyObject *str_kind, *str_timestamp, *str_payload, *str_keyframe;
@@ -374,8 +376,8 @@ static int mux_audio(Muxer *m, const uint8_t *payload, Py_ssize_t size, int64_t 
         return 0;
     Py_ssize_t frame = size - 2;
     Py_ssize_t length = frame + 7;
-    if (length >= (1 << 19))
-        return 1; /* beyond what the Python muxer's ADTS header holds */
+    if (length > MAX_ADTS_LENGTH)
+        return 0; /* no AAC frame, and no ADTS header can say its length: left out, as in Python */
     if (m->audio.size == 14)
         m->audio_pts = pts;
     if (buffer_reserve(&m->audio, length) < 0)

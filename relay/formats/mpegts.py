@@ -26,7 +26,7 @@ log = logging.getLogger("minilive.mpegts")
 # The C way of TsMuxer.part() (relay/formats/_tsmux.c), built by `pip install -e .` where a C compiler is at
 # hand; without it (or when its build is older than its source), this module's Python way does the
 # same work, to the byte, with more CPU.
-_TSMUX_VERSION = 2
+_TSMUX_VERSION = 3
 try:
     from relay.formats import _tsmux
 except ImportError:

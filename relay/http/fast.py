@@ -69,6 +69,7 @@ class Limits:
     )
     head_timeouts: int = 0  # connections closed because a request head did not arrive in time
     refused_per_address: int = 0  # connections closed because their address had max_per_address open
+    requests_abandoned: int = 0  # requests whose client closed the connection before they were answered
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ from aiohttp import WSMsgType, web
 
 from relay.formats.output import CHUNKED_FLV, FLV, RELAY_FLV, WS_FLV, OutputFormat
 from relay.http.cors import CORS
-from relay.http.raw import CloseDelimitedResponse, take_transport
+from relay.http.raw import CloseDelimitedResponse, check_websocket_handshake, take_transport
 from relay.hub import AccessRequest, Authorizer, Hub, StreamRefused, Viewer, allow_all, decide
 
 log = logging.getLogger("minilive.flv")
@@ -46,6 +46,8 @@ class FlvPlayback:
         name = request.match_info["name"]
         websocket = request.headers.get("Upgrade", "").lower() == "websocket"
         protocol = "ws-flv" if websocket else "http-flv"
+        if websocket:
+            check_websocket_handshake(request)
         remote = f"{request.remote}"
         access = AccessRequest("play", protocol, app, name, request.query_string, remote)
         decision = await decide(self.authorize_play, access, log)

@@ -27,6 +27,20 @@ class CloseDelimitedResponse(web.StreamResponse):
     _length_check = False
 
 
+# The headers aiohttp's WebSocket handshake reads, and may quote in its refusal.
+_HANDSHAKE_HEADERS = ("Upgrade", "Connection", "Sec-WebSocket-Version", "Sec-WebSocket-Key", "Sec-WebSocket-Protocol")
+
+
+def check_websocket_handshake(request: web.Request) -> None:
+    """Raise 400 for WebSocket handshake headers that are not ASCII. aiohttp answers 400 to bad ones, but
+    with non-ASCII bytes in them its handshake raises instead: base64-decoding the key raises ValueError,
+    and a refusal quoting the version cannot be encoded; each became a 500 and a traceback (found by
+    bench/netfuzz.py). Call it before ``WebSocketResponse.prepare``."""
+    for name in _HANDSHAKE_HEADERS:
+        if not request.headers.get(name, "").isascii():
+            raise web.HTTPBadRequest(text=f"the WebSocket handshake's {name} header must be ASCII\n")
+
+
 async def take_transport(request: web.Request, response: web.StreamResponse) -> asyncio.Transport | None:
     """Send ``response``'s headers, then give the transport its body is to be written to (framed by the
     caller); None when the client is already gone."""
