@@ -125,12 +125,25 @@ def _networks(name: str, addresses: list[str]) -> None:
             ) from None
 
 
+def _text(path: Path) -> str:
+    """The file as text; TOML is UTF-8, and a file that is not says where."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"cannot read config file {path}: line {line} is not UTF-8 (byte {raw[exc.start]:#04x});"
+            " TOML files are UTF-8"
+        ) from None
+
+
 def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
     """Defaults, then the TOML file (if any), then ``overrides`` (flags that were given)."""
     settings = Settings()
     if path is not None:
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(_text(path))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
         for key, value in data.items():

@@ -60,4 +60,7 @@ def narrow_offer(text: str, video_codecs: tuple[str, ...] = ("h264",)) -> str:
         kept += [c for c in media.rtp.codecs if c.name.lower() == "rtx" and c.parameters.get("apt") in payload_types]
         media.rtp.codecs = kept
         media.fmt = [c.payloadType for c in kept]
-    return str(description)
+    try:
+        return str(description)
+    except ValueError as exc:  # aiortc's parser keeps values its writer refuses (a=rtcp with a host name)
+        raise OfferError(400, f"malformed SDP offer: {exc}") from None
