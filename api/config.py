@@ -76,6 +76,9 @@ class Settings:
         return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
 
 
+_OPTIONAL_KINDS: dict[str, type] = {"float": float, "int": int, "str": str, "bool": bool}
+
+
 def _coerce(target: Any, name: str, value: Any, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(target)}
     if name not in fields:
@@ -87,10 +90,15 @@ def _coerce(target: Any, name: str, value: Any, where: str) -> Any:
         for key, item in value.items():
             setattr(current, key, _coerce(current, key, item, f"{where} [{name}]"))
         return current
+    if current is None:  # an optional setting, off by default: its annotation ("float | None") says its type
+        optional = _OPTIONAL_KINDS.get(str(fields[name].type).split("|")[0].strip())
+        if optional is None:
+            return value
+        current = optional()
     kind = type(current)
-    if current is None:  # an optional setting that is off by default
-        return value
     if isinstance(current, Path):
+        if not isinstance(value, str | os.PathLike):
+            raise ConfigError(f"{where}: '{name}' must be a path (a string), not {type(value).__name__}")
         return Path(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -118,6 +126,8 @@ def _setting(settings: Settings, name: str, value: Any, where: str) -> Any:
 def _networks(name: str, addresses: list[str]) -> None:
     for address in addresses:
         try:
+            if not isinstance(address, str):
+                raise ValueError(address)  # a number would pass ip_network as an IPv4 address
             ipaddress.ip_network(address, strict=False)
         except ValueError:
             raise ConfigError(
@@ -167,7 +177,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
         raise ConfigError(f"[hls] format must be ts or fmp4, not {settings.hls.format!r}")
     try:
         ZoneInfo(settings.rooms.time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # "Asia" is a directory of the zone database
         raise ConfigError(
             f"[rooms] time_zone {settings.rooms.time_zone!r} is not a time zone: use an IANA name such as"
             ' "Asia/Shanghai" (the official service\'s) or "UTC"'

@@ -6,8 +6,8 @@
   socket whose far end is ffmpeg (its C0+C1 carries the digest of the "complex" handshake, as OBS's and
   librtmp's do); the chunk seed is what follows the handshake, the AMF seeds are its command and data
   message bodies. Our own client's plain handshake is a second handshake seed.
-- ``amf3``: AMF3 values written by hand (no client we can run sends them), each a value after the AVM+
-  marker: what Flash-era clients send with ``objectEncoding`` 3.
+- ``amf3``: AMF3 values written by hand (no client we can run sends them), one value each, as it follows
+  the AVM+ marker: what Flash-era clients send with ``objectEncoding`` 3.
 - ``flv``: the first tags of a 1 s ffmpeg FLV, and FLV tags carrying Enhanced RTMP (HEVC, AVC, VP8) headers.
 - ``http``: request heads as curl, ffmpeg (HLS) and Chromium (fetch, WebSocket upgrade) send them.
 - ``sdp``: Chromium's WHIP (sendonly) and WHEP (recvonly) offers.
@@ -107,7 +107,9 @@ def amf3() -> None:
         "object": bytes.fromhex("0a0b01") + b"\x07app\x06\x09live" + b"\x1dobjectEncoding\x04\x03" + b"\x01",
         "array": bytes.fromhex("0907") + b"\x01" + b"\x04\x01" + b"\x06\x05ab" + b"\x06\x00",  # [1, "ab", "ab"]
         "bytearray": b"\x0c\x09" + b"\x00\x01\x02\x03",
-        "double-int-string": b"\x05" + bytes(8) + b"\x04\xff\xff\xff\xff" + b"\x06\x0bhello",
+        "double": b"\x05" + bytes.fromhex("400921fb54442d18"),
+        "int": b"\x04\xff\xff\xff\xff",
+        "string": b"\x06\x0bhello",
         "sealed": bytes.fromhex("0a13") + b"\x07Foo" + b"\x03a" + b"\x04\x05",  # class Foo {a: 5}
     }
     for name, data in values.items():

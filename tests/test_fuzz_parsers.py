@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 import aiohttp
 import pytest
@@ -108,6 +109,34 @@ def test_a_config_file_that_is_not_utf8_names_its_line() -> None:
     """read_text() raised UnicodeDecodeError, a traceback at start instead of a config error."""
     path = CRASHES / "config" / "not-utf8.toml"
     with pytest.raises(config.ConfigError, match=r"line 2 is not UTF-8 \(byte 0xff\)"):
+        config.load(path, {})
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("data-dir-number.toml", "'data_dir' must be a path (a string), not int"),  # was TypeError from Path(5)
+        ("time-zone-directory.toml", "time_zone 'Asia' is not a time zone"),  # was IsADirectoryError from ZoneInfo
+    ],
+)
+def test_config_values_of_the_wrong_kind_name_their_key(name: str, message: str) -> None:
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        config.load(CRASHES / "config" / name, {})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[rooms]\npublish_early_minutes = "soon"\n', "'publish_early_minutes' must be float, not str"),
+        ("[rooms]\ncallback_ips = [5]\n", "callback_ips: 5 is not an IP address"),
+        ("[rtmp]\naddress_cap_exempt = [5]\n", "address_cap_exempt: 5 is not an IP address"),
+    ],
+)
+def test_optional_and_address_settings_are_checked_too(tmp_path, text: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    """An optional setting (None by default) took any value, and a number passed as an IPv4 address."""
+    path = tmp_path / "minilive.toml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
         config.load(path, {})
 
 
