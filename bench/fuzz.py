@@ -84,8 +84,9 @@ def mutate_worker(name: str, inputs: int, seconds: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     crashes: dict[str, str] = {}
     started = last_print = time.monotonic()
+    seed = int(time.time())  # a new stream of inputs each run (tests/fuzz/targets.inputs), recorded
     count = 0
-    for count, data in enumerate(targets.inputs(target, inputs, seed=int(started)), 1):
+    for count, data in enumerate(targets.inputs(target, inputs, seed=seed), 1):
         try:
             target.check(data)
         except Exception as exc:
@@ -104,7 +105,8 @@ def mutate_worker(name: str, inputs: int, seconds: int) -> None:
             if seconds and now - started >= seconds:
                 break
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-    result = {"inputs": count, "peak_rss_mb": peak, "crashes": len(crashes), "crash_files": list(crashes.values())}
+    result = {"inputs": count, "seed": seed, "peak_rss_mb": peak, "crashes": len(crashes)}
+    result["crash_files"] = list(crashes.values())
     result["distinct_crashes"] = list(crashes)
     print(json.dumps(result))
 
