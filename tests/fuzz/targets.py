@@ -13,8 +13,10 @@ captures, ``python -m bench.fuzz_seeds``); inputs that once crashed: tests/fuzz/
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import random
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -188,6 +190,7 @@ def config_file(data: bytes) -> None:
     """A config file as ``minilive serve --config`` reads it: settings, or a ConfigError that names the fix."""
     if not _CONFIG_FILE:
         folder = tempfile.mkdtemp(prefix="minilive-fuzz-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         _CONFIG_FILE.append(Path(folder) / "minilive.toml")
     path = _CONFIG_FILE[0]
     path.write_bytes(data)
