@@ -81,6 +81,9 @@ class Settings:
         return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
 
 
+_OPTIONAL_KINDS: dict[str, type] = {"float": float, "int": int, "str": str, "bool": bool}
+
+
 def _coerce(target: Any, name: str, value: Any, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(target)}
     if name not in fields:
@@ -92,10 +95,15 @@ def _coerce(target: Any, name: str, value: Any, where: str) -> Any:
         for key, item in value.items():
             setattr(current, key, _coerce(current, key, item, f"{where} [{name}]"))
         return current
+    if current is None:  # an optional setting, off by default: its annotation ("float | None") says its type
+        optional = _OPTIONAL_KINDS.get(str(fields[name].type).split("|")[0].strip())
+        if optional is None:
+            return value
+        current = optional()
     kind = type(current)
-    if current is None:  # an optional setting that is off by default
-        return value
     if isinstance(current, Path):
+        if not isinstance(value, str | os.PathLike):
+            raise ConfigError(f"{where}: '{name}' must be a path (a string), not {type(value).__name__}")
         return Path(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -123,6 +131,8 @@ def _setting(settings: Settings, name: str, value: Any, where: str) -> Any:
 def _networks(name: str, addresses: list[str]) -> None:
     for address in addresses:
         try:
+            if not isinstance(address, str):
+                raise ValueError(address)  # a number would pass ip_network as an IPv4 address
             ipaddress.ip_network(address, strict=False)
         except ValueError:
             raise ConfigError(
@@ -130,12 +140,25 @@ def _networks(name: str, addresses: list[str]) -> None:
             ) from None
 
 
+def _text(path: Path) -> str:
+    """The file as text; TOML is UTF-8, and a file that is not says where."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"cannot read config file {path}: line {line} is not UTF-8 (byte {raw[exc.start]:#04x});"
+            " TOML files are UTF-8"
+        ) from None
+
+
 def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
     """Defaults, then the TOML file (if any), then ``overrides`` (flags that were given)."""
     settings = Settings()
     if path is not None:
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(_text(path))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
         for key, value in data.items():
@@ -164,7 +187,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
         raise ConfigError(f"[hls] format must be ts or fmp4, not {settings.hls.format!r}")
     try:
         ZoneInfo(settings.rooms.time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # "Asia" is a directory of the zone database
         raise ConfigError(
             f"[rooms] time_zone {settings.rooms.time_zone!r} is not a time zone: use an IANA name such as"
             ' "Asia/Shanghai" (the official service\'s) or "UTC"'

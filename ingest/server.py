@@ -87,6 +87,8 @@ class RtmpSettings:
         # A connect of a real client (tcUrl, swfUrl, Enhanced RTMP's fourCcList) is a few hundred bytes.
         for address in self.address_cap_exempt:
             try:
+                if not isinstance(address, str):
+                    raise ValueError(address)  # a number would pass ip_network as an IPv4 address
                 ipaddress.ip_network(address, strict=False)
             except ValueError:
                 raise ValueError(

@@ -72,5 +72,5 @@ def narrow_offer(text: str, video_codecs: tuple[str, ...] = ("h264",)) -> str:
         media.fmt = [c.payloadType for c in kept]
     try:
         return str(description)
-    except ValueError as exc:  # aiortc keeps addresses as text and checks them only when it writes them
+    except ValueError as exc:  # aiortc's parser keeps values its writer refuses (bad addresses, a=rtcp with a host name)
         raise OfferError(400, f"malformed SDP offer: {exc}") from None

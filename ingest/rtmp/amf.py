@@ -100,6 +100,11 @@ def _encode_value(out: bytearray, value: Any) -> None:
             _encode_key(out, key)
             _encode_value(out, item)
         out += b"\x00\x00\x09"
+    elif isinstance(value, bytes | bytearray):
+        # AMF0 has no byte array: AMF3's, behind the AVM+ marker, as the decoder reads one (a publisher's
+        # onMetaData may hold one, and it is encoded again for viewers).
+        out += bytes((_AVMPLUS, 0x0C)) + _u29(len(value) << 1 | 1)
+        out += value
     elif isinstance(value, list | tuple):
         out.append(_STRICT_ARRAY)
         out += struct.pack(">I", len(value))
@@ -107,6 +112,19 @@ def _encode_value(out: bytearray, value: Any) -> None:
             _encode_value(out, item)
     else:
         raise TypeError(f"cannot encode {type(value).__name__} as AMF0")
+
+
+def _u29(value: int) -> bytes:
+    """AMF3's variable-length integer: 7 bits a byte, the fourth byte all 8."""
+    if value < 0x80:
+        return bytes((value,))
+    if value < 0x4000:
+        return bytes((value >> 7 | 0x80, value & 0x7F))
+    if value < 0x200000:
+        return bytes((value >> 14 | 0x80, value >> 7 & 0x7F | 0x80, value & 0x7F))
+    if value < 0x20000000:
+        return bytes((value >> 22 | 0x80, value >> 15 & 0x7F | 0x80, value >> 8 & 0x7F | 0x80, value & 0xFF))
+    raise ValueError(f"{value} does not fit AMF3's 29-bit integer")
 
 
 # ---------------------------------------------------------------- decoding
