@@ -1,0 +1,64 @@
+"""The soak's pieces (issue 16): the runtime endpoint it samples, and its growth verdict and plot.
+
+The soak itself (bench/soak.py) runs for minutes to hours; these check in seconds what it relies on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+from PIL import Image
+
+from api.console.sessions import admin_token
+from bench import soak
+
+
+async def test_runtime_endpoint_needs_the_admin_token(make_server) -> None:
+    server = await make_server()
+    url = f"http://127.0.0.1:{server.http_port}/api/v1/debug/runtime"
+    async with aiohttp.ClientSession() as session:
+        # No admin token made yet: an empty Bearer must not match the empty token.
+        async with session.get(url, headers={"Authorization": "Bearer "}) as response:
+            assert response.status == 401
+            assert "minilive admin token" in (await response.json())["error"]["message"]
+        token = admin_token(server.settings.data_dir)
+        async with session.get(url, headers={"Authorization": "Bearer wrong"}) as response:
+            assert response.status == 401
+        async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
+            assert response.status == 200
+            body = await response.json()
+    assert body["tasks"] >= 1 and body["threads"] >= 1 and body["pid"] > 0
+
+
+def _series(rss: list[float]) -> list[dict]:
+    return [{"t": 10.0 * i, "rss_mb": v, "fds": 200, "tasks": 300, "threads": 40} for i, v in enumerate(rss)]
+
+
+def _report(series: list[dict]) -> dict:
+    report = {
+        "started": "2026-12-03T20:00:00",
+        "minutes": series[-1]["t"] / 60,
+        "tracebacks": 0,
+        "server_alive": True,
+        "counts": {"status_mismatches": [], "replays_unplayable": [], "replays_not_gone": [], "replays_checked": 3},
+        "series": series,
+    }
+    report["growth"] = {key: soak.growth(series, key) for key in ("rss_mb", "fds", "tasks", "threads")}
+    report["verdict"] = soak.verdict(report)
+    return report
+
+
+def test_flat_run_passes_and_a_leak_fails(tmp_path: Path) -> None:
+    # 20 minutes, sampled every 10 s: flat with noise after a warm-up.
+    flat = _report(_series([100 + min(i, 30) * 5 + (i % 3) for i in range(120)]))
+    assert flat["verdict"] == {"pass": True, "failures": []}
+    assert abs(flat["growth"]["rss_mb"]["slope_per_hour"]) < 10
+    # The same warm-up, then 5 MB a minute.
+    leak = _report(_series([100 + min(i, 30) * 5 + max(0, i - 30) * 5 / 6 for i in range(120)]))
+    assert not leak["verdict"]["pass"] and "rss_mb grew" in leak["verdict"]["failures"][0]
+    assert 280 < leak["growth"]["rss_mb"]["slope_per_hour"] < 320
+    path = tmp_path / "soak.png"
+    soak.plot(leak, path)
+    with Image.open(path) as image:
+        assert image.size[0] == 1000 and image.getcolors(100_000) and len(image.getcolors(100_000)) > 3
