@@ -5,13 +5,17 @@ The soak itself (bench/soak.py) runs for minutes to hours; these check in second
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 
 import aiohttp
+import pytest
 from PIL import Image
 
 from api.console.sessions import admin_token
 from bench import soak
+from tests.conftest import publish, rtmp_url, wait_live
 
 
 async def test_runtime_endpoint_needs_the_admin_token(make_server) -> None:
@@ -62,3 +66,26 @@ def test_flat_run_passes_and_a_leak_fails(tmp_path: Path) -> None:
     soak.plot(leak, path)
     with Image.open(path) as image:
         assert image.size[0] == 1000 and image.getcolors(100_000) and len(image.getcolors(100_000)) > 3
+
+
+@pytest.mark.parametrize("websocket", [False, True])
+async def test_flv_viewer_gone_before_the_stream_starts_is_no_traceback(make_server, caplog, websocket) -> None:
+    """Found by the soak: a viewer that waits for a stream (play_wait_seconds) and leaves before it
+    starts made aiohttp log "Error handling request" with a traceback when its headers went out."""
+    caplog.set_level(logging.WARNING)
+    server = await make_server(play_wait_seconds=15)
+    upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    head = f"GET /live/late.flv HTTP/1.1\r\nHost: x\r\n{upgrade if websocket else ''}Sec-WebSocket-Version: 13\r\n\r\n"
+    _, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
+    writer.write(head.encode())
+    await writer.drain()
+    await asyncio.sleep(0.3)  # the server is waiting for the stream
+    writer.close()
+    publisher = await publish(rtmp_url(server, "late"))
+    try:
+        await wait_live(server, "late")
+        await asyncio.sleep(0.5)  # the waiting handler wakes and answers the viewer that left
+    finally:
+        await publisher.stop()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not errors, [r.getMessage() for r in errors]
