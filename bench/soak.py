@@ -557,6 +557,8 @@ async def sample_loop(driver: Driver, pid: int, log: LogWatch, series: list[dict
             leaves=sum(counts.leaves.values()),
             reconnects=counts.reconnects,
             errors=counts.errors(),
+            replays_checked=counts.replays_checked,
+            replays_deleted=counts.replays_deleted,
             tracebacks=log.read(),
         )
         series.append(point)
@@ -568,7 +570,8 @@ async def sample_loop(driver: Driver, pid: int, log: LogWatch, series: list[dict
             _log(
                 f"{elapsed / 60:5.1f} min  RSS {point.get('rss_mb')} MB  fds {point.get('fds')}  "
                 f"tasks {point.get('tasks')}  threads {point.get('threads')}  viewers {point['viewers']}  "
-                f"publishers {point['publishers']}  errors {point['errors']}  tracebacks {point['tracebacks']}"
+                f"publishers {point['publishers']}  replays {counts.replays_checked} checked, "
+                f"{counts.replays_deleted} deleted  errors {point['errors']}  tracebacks {point['tracebacks']}"
             )
         if not driver.running():
             return
@@ -751,11 +754,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--viewers", type=int, default=300, help="RTMP, HTTP-FLV, WS-FLV and HLS viewers at a time")
     parser.add_argument("--whep", type=int, default=5, help="WebRTC (WHEP) viewers at a time")
     parser.add_argument("--replay-rooms", type=int, default=5, help="rooms with replays on (each records)")
-    parser.add_argument("--replay-expiry", type=float, default=300.0, help="seconds before a replay is deleted")
+    parser.add_argument(
+        "--replay-expiry", type=float, help="seconds before a replay is deleted (300; at most a quarter of the run)"
+    )
     parser.add_argument("--action-every", type=float, default=45.0, help="mean seconds between a room's actions")
     parser.add_argument("--viewer-seconds", type=float, default=60.0, help="mean seconds a viewer stays")
     parser.add_argument("--plot", metavar="FILE.json", help="re-draw the PNG of a saved run and exit")
     options = parser.parse_args(argv)
+    if options.replay_expiry is None:  # a short run deletes replays too
+        options.replay_expiry = min(300.0, options.minutes * 60 / 4)
     if options.plot:
         saved = Path(options.plot)
         plot(json.loads(saved.read_text()), saved.with_suffix(".png"))
