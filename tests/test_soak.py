@@ -6,6 +6,7 @@ The soak itself (bench/soak.py) runs for minutes to hours; these check in second
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from PIL import Image
 
 from api.console.sessions import admin_token
 from bench import soak
-from tests.conftest import publish, rtmp_url, wait_live
+from tests.conftest import needs_ffmpeg, publish, rtmp_url, wait_live
+from tests.test_webrtc import live_objects, recvonly_offer, webrtc_settings
 
 
 async def test_runtime_endpoint_needs_the_admin_token(make_server) -> None:
@@ -89,3 +91,36 @@ async def test_flv_viewer_gone_before_the_stream_starts_is_no_traceback(make_ser
         await publisher.stop()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert not errors, [r.getMessage() for r in errors]
+
+
+@needs_ffmpeg
+async def test_closed_whep_feeds_are_freed_without_a_full_collection(make_server) -> None:
+    """Found by the soak: the server's threads grew by about 4 for each WHEP feed ever opened (its
+    AAC-to-Opus transcoder's FFmpeg workers), because a closed ``WhepFeed`` and its hub subscription
+    held each other, waiting for a full collection, which the server's GC thresholds make rare."""
+    server = await make_server(webrtc=webrtc_settings(connect_timeout=0.5))
+    publisher = await publish(rtmp_url(server, "feeds"), seconds=30)
+    try:
+        await wait_live(server, "feeds")
+        offer = await recvonly_offer()
+        url = f"http://127.0.0.1:{server.http_port}/whep/feeds"
+        gc.collect()
+        gc.disable()
+        try:
+            start = live_objects("WhepFeed"), live_objects("AacToOpus")
+            async with aiohttp.ClientSession() as http:
+                for _ in range(3):  # each an offer never connected: the ICE deadline closes it, and its feed
+                    async with http.post(url, data=offer, headers={"Content-Type": "application/sdp"}) as response:
+                        assert response.status == 201
+                    for _ in range(50):
+                        await asyncio.sleep(0.1)
+                        if not server.webrtc.registry.sessions and not server.webrtc.whep.feeds:
+                            break
+                    assert not server.webrtc.whep.feeds, "the feed closed with its last session"
+            await asyncio.sleep(0.3)  # the transcoding thread lets go of the feed
+            assert live_objects("WhepFeed") <= start[0], "closed feeds freed by reference counting"
+            assert live_objects("AacToOpus") <= start[1]
+        finally:
+            gc.enable()
+    finally:
+        await publisher.stop()
