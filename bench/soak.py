@@ -87,6 +87,8 @@ class Counts:
     actions: Counter[str] = field(default_factory=Counter)
     reconnects: int = 0
     publisher_errors: int = 0
+    # Publishers whose connection ended without the driver's doing (then started again, as an anchor's app does).
+    publishers_lost: list[str] = field(default_factory=list)
     api_errors: int = 0
     status_mismatches: list[str] = field(default_factory=list)
     replays_checked: int = 0
@@ -98,6 +100,7 @@ class Counts:
         return (
             sum(self.join_failures.values())
             + self.publisher_errors
+            + len(self.publishers_lost)
             + self.api_errors
             + len(self.status_mismatches)
             + len(self.replays_unplayable)
@@ -239,6 +242,21 @@ class Driver:
             _log(f"room {slot.roomid}: publisher failed: {slot.publisher.result.error}")
         await self.check_status(slot, what)
 
+    async def revive(self, slot: Slot) -> None:
+        """A publisher whose connection ended without the driver's doing (a publish that timed out on a
+        starved machine, a connection the server closed) is counted and started again, so that what
+        the driver expects stays what it did."""
+        publisher = slot.publisher
+        if publisher is None or not publisher.task.done():
+            return
+        message = f"room {slot.roomid}: publisher lost: {publisher.result.error or 'ended'}"
+        self.counts.publishers_lost.append(message)
+        _log(message)
+        slot.publisher = self.start_publisher(slot)
+        self.counts.reconnects += 1
+        await asyncio.sleep(SETTLE)
+        await self.check_status(slot, "a lost publisher's return")
+
     async def run_slot(self, slot: Slot) -> None:
         await self.new_room(slot)
         await self.go_live(slot, "first publish")
@@ -249,6 +267,7 @@ class Driver:
             await asyncio.sleep(random.uniform(0.5, 1.5) * self.options.action_every)
             if not self.running():
                 break
+            await self.revive(slot)
             action = random.choices(actions, weights)[0]
             self.counts.actions[action] += 1
             slot.watchable = action == "stay" and slot.watchable
@@ -482,7 +501,8 @@ class Driver:
                     raise RuntimeError(f"{kind} lasts {seconds} s")
         except Exception as exc:
             self.counts.replays_unplayable.append(f"{rid}: {type(exc).__name__}: {exc}")
-            _log(f"replay {rid} is not playable: {exc}")
+            _log(f"replay {rid} is not playable: {exc} (kept, not deleted)")
+            return
         if not delete:
             return
         await self.api.call("DELETE", f"/api/v1/replays/{rid}", 204)
@@ -540,9 +560,12 @@ class LogWatch:
 async def sample_loop(driver: Driver, pid: int, log: LogWatch, series: list[dict[str, Any]]) -> None:
     started = time.monotonic()
     last_print = -60.0
+    due = 0.0
     while True:
         elapsed = time.monotonic() - started
-        point: dict[str, Any] = {"t": round(elapsed, 1)}
+        # lag: how late this sample is (the driver's loop held up); load: the machine's, shared with others.
+        point: dict[str, Any] = {"t": round(elapsed, 1), "lag": round(elapsed - due, 2), "load": os.getloadavg()[0]}
+        due += SAMPLE_EVERY
         try:
             point.update(proc_sample(pid))
             point["tasks"] = (await driver.api.runtime())["tasks"]
@@ -571,11 +594,12 @@ async def sample_loop(driver: Driver, pid: int, log: LogWatch, series: list[dict
                 f"{elapsed / 60:5.1f} min  RSS {point.get('rss_mb')} MB  fds {point.get('fds')}  "
                 f"tasks {point.get('tasks')}  threads {point.get('threads')}  viewers {point['viewers']}  "
                 f"publishers {point['publishers']}  replays {counts.replays_checked} checked, "
-                f"{counts.replays_deleted} deleted  errors {point['errors']}  tracebacks {point['tracebacks']}"
+                f"{counts.replays_deleted} deleted  errors {point['errors']}  tracebacks {point['tracebacks']}  "
+                f"load {point['load']:.1f}  lag {point['lag']} s"
             )
         if not driver.running():
             return
-        await asyncio.sleep(SAMPLE_EVERY - (time.monotonic() - started) % SAMPLE_EVERY)
+        await asyncio.sleep(max(0.0, started + due - time.monotonic()))
 
 
 # ------------------------------------------------------------------ verdict
