@@ -192,6 +192,7 @@ class _Tracks:
         self.outputs: dict[str, av.stream.Stream] = {}  # by type: "video", "audio"
         self.configs: dict[str, tuple[str, bytes | None]] = {}  # by type: the first run's codec and extradata
         self.origin = Fraction(0)
+        self.last: dict[str, Fraction] = {}  # by type: the last DTS muxed, in seconds
 
     def copy(self, src: av.container.InputContainer) -> None:
         tracks = [s for s in src.streams if s.type in ("video", "audio")]
@@ -214,8 +215,23 @@ class _Tracks:
             packet.dts -= shift[index]
             if packet.pts is not None:
                 packet.pts -= shift[index]
+            self._monotonic(packet, outputs[index])
             packet.stream = outputs[index]
             self.dst.mux(packet)
+
+    def _monotonic(self, packet: av.Packet, output: av.stream.Stream) -> None:
+        """Move a frame whose DTS does not go forward to just after the last one: the MP4 muxer refuses
+        it (EINVAL) and the whole replay would fail. The soak found recordings whose first segment had
+        a hundred video frames on one DTS (see docs/decisions.md, "Hardening: soak"). "Just after" is
+        a millisecond, or the track's time unit if coarser, so that it stays after once rescaled."""
+        kind, base = output.type, packet.time_base
+        last = self.last.get(kind)
+        if last is not None and packet.dts * base <= last:
+            step = max(Fraction(1, 1000), Fraction(output.time_base or 0))
+            packet.dts = -(-(last + step) // base)  # rounded up
+            if packet.pts is not None and packet.pts < packet.dts:
+                packet.pts = packet.dts
+        self.last[kind] = packet.dts * base
 
 
 def origin(tracks: list[av.stream.Stream]) -> Fraction:

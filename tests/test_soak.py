@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
+import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -16,7 +18,8 @@ from PIL import Image
 
 from api.console.sessions import admin_token
 from bench import soak
-from tests.conftest import needs_ffmpeg, publish, rtmp_url, wait_live
+from recorder.mp4 import MP4, SegmentReader, remux
+from tests.conftest import FFMPEG, needs_ffmpeg, publish, rtmp_url, run, wait_live
 from tests.test_webrtc import live_objects, recvonly_offer, webrtc_settings
 
 
@@ -124,3 +127,67 @@ async def test_closed_whep_feeds_are_freed_without_a_full_collection(make_server
             gc.enable()
     finally:
         await publisher.stop()
+
+
+def _pes_timestamp(data: bytearray, at: int) -> int:
+    b = data[at : at + 5]
+    return ((b[0] >> 1) & 7) << 30 | b[1] << 22 | (b[2] >> 1) << 15 | b[3] << 7 | b[4] >> 1
+
+
+def _set_pes_timestamp(data: bytearray, at: int, value: int) -> None:
+    prefix = data[at] & 0xF0
+    high, low = prefix | ((value >> 29) & 0x0E) | 1, ((value << 1) & 0xFE) | 1
+    data[at : at + 5] = bytes([high, (value >> 22) & 0xFF, ((value >> 14) & 0xFE) | 1, (value >> 7) & 0xFF, low])
+
+
+def _stall_timestamps(path: Path, stream_id: int, first: int, count: int) -> None:
+    """Put ``count`` PES of ``stream_id`` (from the ``first``-th) on the timestamp of the one before them,
+    in place: what the soak found in a recording's first segment."""
+    data = bytearray(path.read_bytes())
+    seen, held = 0, None
+    for start in range(0, len(data) - 187, 188):
+        if not data[start + 1] & 0x40:  # not the start of a PES
+            continue
+        payload = start + 4 + (data[start + 4] + 1 if data[start + 3] & 0x20 else 0)
+        if data[payload : payload + 3] != b"\0\0\1" or data[payload + 3] != stream_id:
+            continue
+        flags, pts = data[payload + 7] >> 6, payload + 9
+        if seen == first - 1:
+            held = _pes_timestamp(data, pts)
+        elif first <= seen < first + count:
+            _set_pes_timestamp(data, pts, held)
+            if flags == 3:  # a DTS too
+                _set_pes_timestamp(data, pts + 5, held)
+        seen += 1
+    assert seen >= first + count, f"only {seen} PES of stream {stream_id:#x}"
+    path.write_bytes(data)
+
+
+@needs_ffmpeg
+async def test_frames_whose_timestamps_stall_still_make_the_replay_mp4(tmp_path: Path) -> None:
+    """Found by the soak: a recording's first segment held a hundred video frames on one DTS and audio
+    going back, and the MP4 muxer's EINVAL failed the whole replay, live MP4 and remux alike."""
+    source = ["-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-f", "lavfi", "-i", "sine=sample_rate=44100"]
+    encode = ["-c:v", "libx264", "-preset", "ultrafast", "-bf", "0", "-g", "25", "-c:a", "aac", "-t", "3"]
+    segments = ["-f", "segment", "-segment_time", "1", "-segment_format", "mpegts", str(tmp_path / "seg%05d.ts")]
+    code, _, err = await run(FFMPEG, "-v", "error", *source, *encode, *segments)
+    assert code == 0, err.decode()
+    paths = sorted(tmp_path.glob("seg*.ts"))
+    _stall_timestamps(paths[0], 0xE0, 2, 10)  # video frames 2..11 on frame 1's time
+    _stall_timestamps(paths[0], 0xC0, 2, 1)  # audio going back (a PES holds several AAC frames)
+    await asyncio.to_thread(remux, SegmentReader(paths), tmp_path / MP4)
+    frames = await asyncio.to_thread(probe_frames, tmp_path / MP4)
+    assert frames["video"] == 75, "every frame is kept"
+    assert frames["audio"] >= 125
+
+
+def probe_frames(path: Path) -> dict[str, int]:
+    """Frames per stream type that ffprobe reads from ``path``."""
+    entries = ["-show_entries", "stream=codec_type,nb_read_frames"]
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", *entries, "-of", "json", str(path)],
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout
+    return {s["codec_type"]: int(s["nb_read_frames"]) for s in json.loads(out)["streams"]}
