@@ -170,6 +170,8 @@ def remux(source: SegmentReader, target: Path) -> None:
                     break
             if not tracks.outputs:
                 raise RemuxError("the segments hold no audio or video")
+            if tracks.moved:  # the recording's timestamps went wrong upstream: worth a look, not a failure
+                log.warning("%s: %d frames whose DTS did not go forward were moved", target, tracks.moved)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -193,6 +195,7 @@ class _Tracks:
         self.configs: dict[str, tuple[str, bytes | None]] = {}  # by type: the first run's codec and extradata
         self.origin = Fraction(0)
         self.last: dict[str, Fraction] = {}  # by type: the last DTS muxed, in seconds
+        self.moved = 0  # frames moved forward by _monotonic
 
     def copy(self, src: av.container.InputContainer) -> None:
         tracks = [s for s in src.streams if s.type in ("video", "audio")]
@@ -231,6 +234,7 @@ class _Tracks:
             packet.dts = -(-(last + step) // base)  # rounded up
             if packet.pts is not None and packet.pts < packet.dts:
                 packet.pts = packet.dts
+            self.moved += 1
         self.last[kind] = packet.dts * base
 
 

@@ -164,7 +164,7 @@ def _stall_timestamps(path: Path, stream_id: int, first: int, count: int) -> Non
 
 
 @needs_ffmpeg
-async def test_frames_whose_timestamps_stall_still_make_the_replay_mp4(tmp_path: Path) -> None:
+async def test_frames_whose_timestamps_stall_still_make_the_replay_mp4(tmp_path: Path, caplog) -> None:
     """Found by the soak: a recording's first segment held a hundred video frames on one DTS and audio
     going back, and the MP4 muxer's EINVAL failed the whole replay, live MP4 and remux alike."""
     source = ["-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-f", "lavfi", "-i", "sine=sample_rate=44100"]
@@ -178,6 +178,7 @@ async def test_frames_whose_timestamps_stall_still_make_the_replay_mp4(tmp_path:
     await asyncio.to_thread(remux, SegmentReader(paths), tmp_path / MP4)
     frames = await asyncio.to_thread(probe_frames, tmp_path / MP4)
     assert frames["video"] == 75, "every frame is kept"
+    assert "frames whose DTS did not go forward were moved" in caplog.text, "and the fault upstream is logged"
     assert frames["audio"] >= 125
 
 
