@@ -37,7 +37,12 @@ async def test_runtime_endpoint_needs_the_admin_token(make_server) -> None:
         async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
             assert response.status == 200
             body = await response.json()
-    assert body["tasks"] >= 1 and body["threads"] >= 1 and body["pid"] > 0
+        async with session.get(url + "?types=5", headers={"Authorization": f"Bearer {token}"}) as response:
+            types = (await response.json())["types"]
+        async with session.get(url + "?types=many", headers={"Authorization": f"Bearer {token}"}) as response:
+            assert response.status == 400 and "1 to 1000" in (await response.json())["error"]["message"]
+    assert body["tasks"] >= 1 and body["threads"] >= 1 and body["pid"] > 0 and "types" not in body
+    assert len(types) == 5 and "dict" in types and all(n > 0 for n in types.values())
 
 
 def _series(rss: list[float]) -> list[dict]:
