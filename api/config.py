@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from api.comments import ChannelSettings
 from api.console.sessions import ConsoleSettings
+from api.metrics import MetricsSettings
 from api.rooms import RoomSettings
 from api.supervisor import SupervisorSettings
 from ingest.server import RtmpSettings
@@ -50,6 +51,9 @@ class Settings:
     # most this many connections.
     http_head_timeout_seconds: float = 10.0
     http_max_connections_per_address: int = 100
+    # A kept-alive HTTP connection with no request in flight is closed after this long (nginx's and
+    # aiohttp's 75 s); a head once started must still arrive within http_head_timeout_seconds.
+    http_keepalive_seconds: float = 75.0
     # Addresses or networks the per-address cap does not apply to (a reverse proxy on this host).
     http_cap_exempt: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1"])
     # /api/v1/streams (every publisher's address) without a token: for a server only operators can reach.
@@ -68,6 +72,7 @@ class Settings:
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     channel: ChannelSettings = field(default_factory=ChannelSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @property
     def public_host(self) -> str:
@@ -150,6 +155,11 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
             "http_head_timeout_seconds must be above 0 and http_max_connections_per_address at least 1"
             f" (they are {settings.http_head_timeout_seconds} and {settings.http_max_connections_per_address})"
         )
+    if settings.http_keepalive_seconds <= 0:
+        raise ConfigError(
+            f"http_keepalive_seconds must be above 0 (it is {settings.http_keepalive_seconds}): the idle time"
+            " after which a kept-alive HTTP connection is closed; nginx's is 75"
+        )
     if settings.hls.format not in ("ts", "fmp4"):
         raise ConfigError(f"[hls] format must be ts or fmp4, not {settings.hls.format!r}")
     try:
@@ -161,11 +171,14 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
         ) from None
     _networks("http_cap_exempt", settings.http_cap_exempt)
     _networks("[rooms] callback_ips", settings.rooms.callback_ips)
+    _networks("[webrtc] address_cap_exempt", settings.webrtc.address_cap_exempt)
     try:
         settings.transcode.validate()
         settings.rtmp.validate()
+        settings.webrtc.validate()
         settings.cluster.validate()
         settings.console.validate()
+        settings.metrics.validate(settings.workers, (settings.rtmp_port, settings.http_port))
     except (SettingsError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     return settings

@@ -39,6 +39,7 @@ from api.goods import GoodsLibrary
 from api.ladders import Ladders
 from api.live import LiveStreams
 from api.media import MediaLibrary
+from api.metrics import Metrics, store_backend, time_store
 from api.models import Room
 from api.replays import ReplayService
 from api.roles import Roles
@@ -53,7 +54,7 @@ from api.webhooks import Webhooks
 from ingest.server import RtmpServer
 from recorder.recorder import Recorder
 from relay.http.cors import CORS
-from relay.http.fast import FastPathListener, Limits
+from relay.http.fast import FastPathListener, Limits, head_watch
 from relay.http.flv import FlvPlayback
 from relay.http.hls import HlsPlayback
 from relay.hub import Hub
@@ -162,6 +163,7 @@ class Server:
             tuple(ipaddress.ip_network(a, strict=False) for a in settings.http_cap_exempt),
         )
         self.store = open_store(settings.data_dir, settings.redis, shared_events=cluster.worker()[1] > 1)
+        self.store_latency = time_store(self.store)  # first: every part below calls the timed methods
         self.apps = Apps(self.store, settings.rooms)
         self.bus = RoomBus(self.store)
         self.rooms = Rooms(self.store, settings.rooms)
@@ -234,8 +236,21 @@ class Server:
             self.cluster.listener.extra_routes = self.webrtc.session_routes()
             self.cluster.listener.extra_routes += self.live.node_routes()
             self.live.cluster = self.cluster.cluster
+        self.metrics = Metrics(
+            settings.metrics,
+            self.hub,
+            hls_latency=self.hls.latency,
+            store_latency=self.store_latency,
+            store_backend=store_backend(self.store),
+            renditions=self.renditions,
+            cluster=self.cluster,
+            rtmp=self.rtmp,
+            http=self.http_limits,
+            webrtc=self.webrtc.registry,
+        )
         self.app = self.build_app()
         self._runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None  # [metrics] port
         self.http_site: FastPathListener | None = None
         self._stopped = False
         self.rtmp_port = 0
@@ -265,14 +280,13 @@ class Server:
 
     def build_app(self) -> web.Application:
         app = web.Application(
-            middlewares=[cors_preflight, wechat_unknown_path, store_unavailable], client_max_size=4 * 1024 * 1024
+            middlewares=[head_watch, cors_preflight, wechat_unknown_path, store_unavailable],
+            client_max_size=4 * 1024 * 1024,
         )
         # HLS first: relay.http.fast claims these paths ahead of every other route, and so does aiohttp.
         app.add_routes((self.cluster.gateway if self.cluster else self.hls).routes())
         app.add_routes(
-            streams.routes(
-                self.hub, self.renditions, self.cluster, self.rtmp, self.http_limits, self.settings.public_stats
-            )
+            streams.routes(self.hub, self.metrics, self.renditions, self.cluster, self.settings.public_stats)
         )
         app.add_routes(self.flv.routes())
         app.add_routes(debug.routes(self.settings.data_dir))
@@ -310,7 +324,9 @@ class Server:
         shared = worker_index() is not None  # the supervisor's other workers listen on the same ports
         rtmp_addrs = await self.rtmp.start(s.host, s.rtmp_port, reuse_port=shared)
         self.rtmp_port = rtmp_addrs[0][1]
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=s.http_keepalive_seconds
+        )
         await self._runner.setup()
         site = self.http_site = FastPathListener(
             self._runner,
@@ -320,10 +336,13 @@ class Server:
             backlog=1024,
             reuse_address=True,
             reuse_port=shared,
+            keepalive_seconds=s.http_keepalive_seconds,
             limits=self.http_limits,
         )
         await site.start()
         self.http_port = site.addresses[0][1]
+        if s.metrics.port:  # each worker on a port of its own, for a scrape of every worker
+            self._metrics_runner = await self.metrics.listen(s.host, s.metrics.port + (worker_index() or 0))
         host = s.public_host
         rtmp_base = f"rtmp://{host}" + ("" if self.rtmp_port == 1935 else f":{self.rtmp_port}")
         http_base = s.public_url.rstrip("/") if s.public_url else f"http://{host}:{self.http_port}"
@@ -376,6 +395,8 @@ class Server:
             await self.http_site.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         await self.store.close()
 
     async def run_forever(self) -> None:

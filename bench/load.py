@@ -18,8 +18,11 @@ too, and look sent frames up by their RTMP timestamp.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 import resource
+import socket
 import sys
 import time
 import zlib
@@ -90,7 +93,11 @@ class ViewerResult:
     group: str = ""  # the plan's label for it (bench.cluster: the node it plays from)
     port: int = 0  # its connection's local port, by which bench.run.measure finds the server process holding it
     first_keyframe_ms: float | None = None
+    # How late it began to connect after its planned start (this process's own scheduling): in a
+    # stampede, the spread of these says whether the viewers really connected at once.
+    start_lag_ms: float = 0.0
     window_bytes: int = 0  # received between the plan's measure and end times
+    tail_bytes: int = 0  # received between the plan's tail (if any) and end times
     total_bytes: int = 0
     closed_early: bool = False
     error: str | None = None
@@ -103,6 +110,7 @@ class ViewerResult:
 class PublisherResult:
     stream: str
     window_payload_bytes: int = 0  # media payload sent between measure and end
+    tail_payload_bytes: int = 0  # ... between the plan's tail (if any) and end
     max_unsent_bytes: int = 0
     behind: bool = False
     error: str | None = None
@@ -113,6 +121,9 @@ class PublisherResult:
 class Timeline:
     measure: float
     end: float
+    # A stampede's second look: from here to the end, a viewer that keeps up receives what is sent
+    # (the window's start also holds each joiner's GOP cache, however late it came).
+    tail: float | None = None
 
     def in_window(self, now: float) -> bool:
         return self.measure <= now < self.end
@@ -245,6 +256,24 @@ class Viewer:
     connection: RtmpClient | FlvViewer | None = None
     measured_from: int = 0
     stopping: bool = False  # we are closing it: the end of the connection is not the server's doing
+    # A stampede's viewer: its socket, made in advance, is connected by its Burst at the start signal.
+    burst: Burst | None = None
+    sock: socket.socket | None = None
+    connect_started: float = 0.0
+
+    def open_socket(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connect_now(self) -> None:
+        """Send the SYN (non-blocking: the kernel completes the connection; :meth:`run` waits for it)."""
+        assert self.sock is not None
+        parts = urlsplit(self.url)
+        self.connect_started = time.monotonic()
+        code = self.sock.connect_ex((parts.hostname or "", parts.port or 1935))
+        if code not in (0, errno.EINPROGRESS):
+            self.result.error = f"connect: {os.strerror(code)}"
 
     def on_video(self, payload: bytes, connected_at: float, sent: dict[FrameKey, float], timeline: Timeline) -> None:
         now = time.monotonic()
@@ -260,11 +289,22 @@ class Viewer:
                 self.result.latency.append((round(sent_at * 1000, 3), round((now - sent_at) * 1000, 2)))
 
     async def run(self, sent: dict[FrameKey, float], timeline: Timeline, timeout: float) -> None:
-        await _sleep_until(self.start)
-        connected_at = time.monotonic()
+        sock = self.sock
+        if self.burst is not None:
+            await self.burst.fired.wait()
+            connected_at = self.connect_started
+        else:
+            await _sleep_until(self.start)
+            connected_at = time.monotonic()
+        self.result.start_lag_ms = round((connected_at - self.start) * 1000, 2)
         try:
+            if self.result.error is not None:  # its burst could not even start connecting it
+                raise ConnectionError(self.result.error)
+            if sock is not None:
+                async with asyncio.timeout(timeout):
+                    await _connected(sock)
             if self.result.protocol == "rtmp":
-                client = await connect(self.url, timeout=timeout)
+                client = await connect(self.url, timeout=timeout, sock=sock)
                 self.connection = client
 
                 def on_message(message: Message) -> None:
@@ -285,7 +325,10 @@ class Viewer:
                 # Set before connecting: the first keyframe may arrive before create_connection returns.
                 viewer = self.connection = FlvViewer(self.url, on_tag)
                 async with asyncio.timeout(timeout):
-                    await loop.create_connection(lambda: viewer, parts.hostname, parts.port)
+                    if sock is not None:
+                        await loop.create_connection(lambda: viewer, sock=sock)
+                    else:
+                        await loop.create_connection(lambda: viewer, parts.hostname, parts.port)
                     self.result.port = _local_port(viewer)
                     await viewer.started
             await self.connection.closed
@@ -297,9 +340,49 @@ class Viewer:
             self.result.closed_early = True
             if self.connection is not None:
                 self.connection.close()
+            elif sock is not None:
+                sock.close()
 
     def bytes_received(self) -> int:
         return self.connection.bytes_received if self.connection is not None else 0
+
+
+async def _connected(sock: socket.socket) -> None:
+    """Until a non-blocking connect of ``sock`` has finished; raise if it failed."""
+    loop = asyncio.get_running_loop()
+    writable = loop.create_future()
+    loop.add_writer(sock.fileno(), lambda: writable.done() or writable.set_result(None))
+    try:
+        await writable
+    finally:
+        loop.remove_writer(sock.fileno())
+    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise ConnectionError(f"connect: {os.strerror(code)}")
+
+
+class Burst:
+    """The viewers of a plan that share one start time and connect at one instant (a stampede).
+
+    Their sockets are made in advance; at the start signal one callback calls a non-blocking
+    ``connect`` on every one, a few microseconds each, so the whole burst's SYNs leave within a few
+    ms however many viewers this process holds (a task per viewer, each woken by its own timer and
+    going through ``create_connection``, spread 500 connects over hundreds of ms). Each viewer then
+    waits for its own connection and speaks its protocol on it."""
+
+    def __init__(self, start: float, viewers: list[Viewer]) -> None:
+        self.start = start
+        self.viewers = viewers
+        self.fired = asyncio.Event()
+        for viewer in viewers:
+            viewer.burst = self
+            viewer.open_socket()
+
+    async def run(self) -> None:
+        await _sleep_until(self.start)
+        for viewer in self.viewers:
+            viewer.connect_now()
+        self.fired.set()
 
 
 # ------------------------------------------------------------------ publisher
@@ -350,6 +433,8 @@ async def publish(
             client.send_media(tag.kind, timestamp, tag.payload)
             if timeline.in_window(now):
                 result.window_payload_bytes += len(tag.payload)
+                if timeline.tail is not None and now >= timeline.tail:
+                    result.tail_payload_bytes += len(tag.payload)
                 unsent = client.write_buffer_size()
                 result.max_unsent_bytes = max(result.max_unsent_bytes, unsent)
             if keys[index] is not None:
@@ -375,7 +460,7 @@ async def publish(
 
 async def run(plan: dict[str, Any]) -> dict[str, Any]:
     """Carry out a plan (see bench.run.plan_*) and return what was measured."""
-    timeline = Timeline(plan["measure"], plan["end"])
+    timeline = Timeline(plan["measure"], plan["end"], plan.get("tail"))
     timeout = plan.get("timeout", 10.0)
     sent: dict[FrameKey, float] = {}
     tasks = []
@@ -403,6 +488,11 @@ async def run(plan: dict[str, Any]) -> dict[str, Any]:
         Viewer(ViewerResult(v["protocol"], v["sampled"], v.get("group", "")), v["start"], v["url"], v["stream"])
         for v in plan.get("viewers", [])
     ]
+    bursts: dict[float, list[Viewer]] = {}
+    for viewer, spec in zip(viewers, plan.get("viewers", []), strict=True):
+        if spec.get("burst"):
+            bursts.setdefault(viewer.start, []).append(viewer)
+    tasks.extend(Burst(start, members).run() for start, members in bursts.items())
     tasks.extend(viewer.run(sent, timeline, timeout) for viewer in viewers)
     hls_clients = [
         HlsClient(
@@ -421,11 +511,17 @@ async def run(plan: dict[str, Any]) -> dict[str, Any]:
     cpu_at_measure = time.process_time()
     for viewer in viewers:
         viewer.measured_from = viewer.bytes_received()
+    tail_from = {}
+    if timeline.tail is not None:
+        await _sleep_until(timeline.tail)
+        tail_from = {id(viewer): viewer.bytes_received() for viewer in viewers}
     await _sleep_until(timeline.end)
     cpu_seconds = time.process_time() - cpu_at_measure
     for viewer in viewers:
         viewer.result.total_bytes = viewer.bytes_received()
         viewer.result.window_bytes = viewer.result.total_bytes - viewer.measured_from
+        if tail_from:
+            viewer.result.tail_bytes = viewer.result.total_bytes - tail_from[id(viewer)]
         viewer.stopping = True
         if viewer.connection is not None:
             viewer.connection.close()

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,10 @@ HLS_POLL = 1.0  # seconds between playlist reloads of a polling client (half the
 LATENCY_POLL = 0.1  # the same for the latency scenario's polling clients: the resolution of their times
 HLS_BEHIND_SLACK = 4.0  # an HLS client is behind when it fetched less media than the window minus this
 LL_HLS_TARGET_MS = 1000.0  # the issue's target for LL-HLS part availability, p95
+# Stampede: seconds between the sampled viewers' joining and the start signal (more than the fixture's
+# 2 s GOP, so that what they measure in the window is live frames, not their own GOP cache).
+STAMPEDE_SETTLE = 3.0
+STAMPEDE_P99_TARGET_MS = 100.0  # the issue's target for the stampede's latency p99
 
 
 @dataclass(slots=True)
@@ -59,6 +63,8 @@ class Options:
     hls_latency: float  # seconds measured in the latency scenario; 0: not run
     hls_client: str  # how clients follow minilive's playlists in the HLS scenario: "block" or "poll"
     repeat: int = 1  # rounds of each CPU scenario, servers in alternating order; tables show medians
+    stampede: list[int] = field(default_factory=list)  # stampede scenarios: bulk viewers joining at once
+    stampede_window: float = 10.0  # seconds measured from the stampede's start signal
 
 
 @dataclass(slots=True)
@@ -69,6 +75,8 @@ class Schedule:
     viewers: float
     measure: float
     end: float
+    # A stampede's start signal: every bulk viewer connects at this instant (None: at connect_rate).
+    burst: float | None = None
 
 
 # ------------------------------------------------------------------ plans for bench.load
@@ -83,6 +91,15 @@ def _schedule(connections: int, options: Options, with_viewers: bool, duration: 
     return Schedule(publish, viewers, measure, measure + (duration or options.duration))
 
 
+def _stampede_schedule(options: Options) -> Schedule:
+    """The sampled viewers join first and settle (their GOP cache played, live for a few seconds); then
+    every bulk viewer connects at one instant, the start signal, when the window opens."""
+    publish = time.monotonic() + 2.0
+    viewers = publish + 1.5
+    burst = viewers + STAMPEDE_SETTLE
+    return Schedule(publish, viewers, burst, burst + options.stampede_window, burst)
+
+
 def _split(items: list[Any], per_process: int, options: Options) -> list[list[Any]]:
     parts = options.client_procs or min(2, max(1, -(-len(items) // per_process)))
     return [part for part in (items[i::parts] for i in range(parts)) if part]
@@ -94,17 +111,23 @@ def fanout_plans(server: peers.Server, viewers: int, options: Options, schedule:
     specs = []
     for i in range(viewers):
         flv = flv_url is not None and i % 2 == 1
+        burst = schedule.burst is not None and i >= options.sampled
         specs.append(
             {
                 "protocol": "flv" if flv else "rtmp",
                 "url": flv_url if flv else server.rtmp_url(),
                 "stream": STREAM,
                 "sampled": i < options.sampled,
-                "start": schedule.viewers + i / options.connect_rate,
+                # In a stampede the bulk viewers all connect at the start signal, from processes
+                # started 2 s before it with their sockets made (bench.load.Burst).
+                "start": schedule.burst if burst else schedule.viewers + i / options.connect_rate,
+                "burst": burst,
             }
         )
     common = {"rtmp_url": server.rtmp_url(), "fixture": str(fixture.PATH)}
     common.update(measure=schedule.measure, end=schedule.end)
+    if schedule.burst is not None:  # a stampede's viewers are judged on the window's second half
+        common["tail"] = (schedule.measure + schedule.end) / 2
     source = {
         **common,
         "publishers": [{"stream": STREAM, "start": schedule.publish}],
@@ -305,14 +328,14 @@ def _errors(records: list[dict]) -> dict[str, int]:
     return counts
 
 
-def _behind_reason(viewer: dict[str, Any], reference: float) -> str | None:
+def _behind_reason(viewer: dict[str, Any], reference: float, key: str = "window_bytes") -> str | None:
     if viewer["error"]:
         return "failed"
     if viewer["closed_early"]:
         return "disconnected"
     if viewer["first_keyframe_ms"] is None:
         return "no keyframe"
-    if viewer["window_bytes"] < BEHIND_FRACTION * reference:
+    if viewer[key] < BEHIND_FRACTION * reference:
         return "short of bytes"
     return None
 
@@ -322,21 +345,27 @@ def _clients(raw: dict[str, Any]) -> dict[str, list]:
     return {key: raw.pop(key) for key in ("viewers", "latency_ms", "publishers", "hls")}
 
 
-def summarize_fanout(raw: dict[str, Any]) -> dict[str, Any]:
+def summarize_fanout(raw: dict[str, Any], stampede: bool = False) -> dict[str, Any]:
+    """``stampede``: the bulk viewers joined at the window's start, each with its GOP cache whenever
+    its start came: a viewer is judged on the window's second half (``tail_bytes``), by then every
+    one that was not lost receives what the publisher sends."""
     clients = _clients(raw)
     viewers, publishers, latency = clients["viewers"], clients["publishers"], clients["latency_ms"]
     delivered = sum(v["window_bytes"] for v in viewers)
     # A healthy viewer gets at least what the publisher sent in the window (framing only adds bytes);
     # the 90th percentile of all viewers guards against a publisher that itself fell short.
-    sent = sum(p["window_payload_bytes"] for p in publishers)
-    reference = max(sent, _percentile([v["window_bytes"] for v in viewers], 90) or 0)
+    received = "tail_bytes" if stampede else "window_bytes"
+    sent = sum(p["tail_payload_bytes" if stampede else "window_payload_bytes"] for p in publishers)
+    # (Not in a stampede: joiners still draining a late GOP cache would raise it above what keeping up takes.)
+    reference = sent if stampede else max(sent, _percentile([v[received] for v in viewers], 90) or 0)
     behind: dict[str, int] = {}
     for v in viewers:
-        reason = _behind_reason(v, reference)
+        reason = _behind_reason(v, reference, received)
         if reason is not None:
             key = f"{v['protocol']} {reason}"
             behind[key] = behind.get(key, 0) + 1
     keyframes = [v["first_keyframe_ms"] for v in viewers if v["first_keyframe_ms"] is not None]
+    lags = [v["start_lag_ms"] for v in viewers if not v["sampled"]]
     gbit = delivered * 8 / 1e9
     # The sampled viewers' latency by the server process that served them (one per worker), the
     # publisher's first: with workers, those on another one get the stream through a relay.
@@ -353,7 +382,12 @@ def summarize_fanout(raw: dict[str, Any]) -> dict[str, Any]:
         "first_keyframe_p95_ms": _percentile(keyframes, 95),
         "latency_p50_ms": _percentile(latency, 50),
         "latency_p99_ms": _percentile(latency, 99),
+        "latency_max_ms": max(latency, default=None),
         "latency_samples": len(latency),
+        # The bulk viewers' lateness in starting to connect (p50 / max): in a stampede, how far from
+        # "all at once" the load processes came.
+        "start_lag_p50_ms": _percentile(lags, 50),
+        "start_lag_max_ms": max(lags, default=None),
         "latency_by_process": [
             {"pid": pid, "p50_ms": _percentile(ms, 50), "p99_ms": _percentile(ms, 99), "samples": len(ms)}
             for pid, ms in by_process.items()
@@ -445,6 +479,10 @@ def run_one(name: str, scenario: str, count: int, options: Options) -> dict[str,
     try:
         if scenario == "fanout":
             return {**record, **fanout(server, count, options)}
+        if scenario == "stampede":
+            schedule = _stampede_schedule(options)
+            raw = measure(server, fanout_plans(server, count + options.sampled, options, schedule), schedule)
+            return {**record, **summarize_fanout(raw, stampede=True)}
         if scenario == "hls":
             schedule = _schedule(count, options, with_viewers=True)
             raw = measure(server, hls_plans(server, count, options, schedule), schedule)
@@ -569,33 +607,69 @@ def _baseline(runs: list[dict[str, Any]], count: int, key: str) -> float | None:
     return next((r.get(key) for r in runs if r["server"] == BASELINE and r["count"] == count), None)
 
 
+def _rows_table(runs: list[dict[str, Any]], headers: list[str], cells: Callable[[dict[str, Any]], list[str]]) -> str:
+    """A table of one row per run: ``cells(run)``, or the run's error."""
+    rows = [
+        _error_row([r["server"], str(r["count"])], r["error"], len(headers)) if "error" in r else cells(r) for r in runs
+    ]
+    return _table(headers, rows, runs)
+
+
 def fanout_table(runs: list[dict[str, Any]]) -> str:
     headers = [
         "server", "viewers", "delivered Gbit", "CPU-s/Gbit", f"vs {BASELINE}", "RSS MB",
         "1st key p50 ms", "p95 ms", "latency p50 ms", "p99 ms", "behind", "client CPU %",
     ]  # fmt: skip
-    rows = []
+    return _rows_table(
+        runs,
+        headers,
+        lambda r: [
+            r["server"],
+            str(r["count"]),
+            _fmt(r["delivered_gbit"], 2),
+            _fmt_range(r, "cpu_s_per_gbit", 2),
+            _ratio(r["cpu_s_per_gbit"], _baseline(runs, r["count"], "cpu_s_per_gbit")),
+            _fmt(r["server_rss_mb"]),
+            _fmt(r["first_keyframe_p50_ms"], 0),
+            _fmt(r["first_keyframe_p95_ms"], 0),
+            _fmt(r["latency_p50_ms"]),
+            _fmt(r["latency_p99_ms"]),
+            _fmt(r["viewers_behind"], 0),
+            _fmt(r["client_cpu_pct"], 0),
+        ],
+    )
+
+
+def stampede_table(runs: list[dict[str, Any]]) -> str:
+    headers = [
+        "server", "viewers", "start spread ms", "latency p50 ms", "p99 ms", "max ms", "1st key p50 ms", "p95 ms",
+        "lost", "server CPU %", "RSS MB", "client CPU %",
+    ]  # fmt: skip
+    table = _rows_table(
+        runs,
+        headers,
+        lambda r: [
+            r["server"],
+            str(r["count"]),
+            _fmt(r["start_lag_max_ms"]),
+            _fmt(r["latency_p50_ms"]),
+            _fmt_range(r, "latency_p99_ms", 1),
+            _fmt(r["latency_max_ms"]),
+            _fmt(r["first_keyframe_p50_ms"], 0),
+            _fmt(r["first_keyframe_p95_ms"], 0),
+            _fmt(r["viewers_behind"], 0),
+            _fmt(100 * r["server_cpu_s"] / r["window_s"], 0),
+            _fmt(r["server_rss_mb"]),
+            _fmt(r["client_cpu_pct"], 0),
+        ],
+    )
+    lines = [table]
     for r in runs:
-        if "error" in r:
-            rows.append(_error_row([r["server"], str(r["count"])], r["error"], len(headers)))
-            continue
-        rows.append(
-            [
-                r["server"],
-                str(r["count"]),
-                _fmt(r["delivered_gbit"], 2),
-                _fmt_range(r, "cpu_s_per_gbit", 2),
-                _ratio(r["cpu_s_per_gbit"], _baseline(runs, r["count"], "cpu_s_per_gbit")),
-                _fmt(r["server_rss_mb"]),
-                _fmt(r["first_keyframe_p50_ms"], 0),
-                _fmt(r["first_keyframe_p95_ms"], 0),
-                _fmt(r["latency_p50_ms"]),
-                _fmt(r["latency_p99_ms"]),
-                _fmt(r["viewers_behind"], 0),
-                _fmt(r["client_cpu_pct"], 0),
-            ]
-        )
-    return _table(headers, rows, runs)
+        if "error" not in r and r["latency_p99_ms"] is not None:
+            p99, target = r["latency_p99_ms"], STAMPEDE_P99_TARGET_MS
+            met = "met" if p99 < target else "MISSED"
+            lines.append(f"target: {r['server']} latency p99 {p99:.1f} ms < {target:.0f} ms: {met}")
+    return "\n".join(lines)
 
 
 def ingest_table(runs: list[dict[str, Any]]) -> str:
@@ -710,7 +784,11 @@ def hls_latency_table(runs: list[dict[str, Any]]) -> str:
 
 
 def _counts(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part]
+    """A comma-separated list of positive counts (a scenario of 0 clients measures nothing)."""
+    counts = [int(part) for part in text.split(",") if part]
+    if any(count < 1 for count in counts):
+        raise argparse.ArgumentTypeError(f"counts must be at least 1: {text!r} ('' for no scenario)")
+    return counts
 
 
 def names(text: str, known: Collection[str], what: str, kind: Callable[[str], str] = str) -> list[str]:
@@ -742,6 +820,15 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument("--viewers", default="100,300,1000", type=_counts, help="fan-out scenarios ('' for none)")
     parser.add_argument("--publishers", default="50,200", type=_counts, help="ingest scenarios ('' for none)")
+    parser.add_argument(
+        "--stampede",
+        default="",
+        type=_counts,
+        help="stampede scenarios: N viewers connecting at one instant while --sampled viewers play ('' for none)",
+    )
+    parser.add_argument(
+        "--stampede-window", default=10.0, type=float, help="stampede: seconds measured from the start signal"
+    )
     parser.add_argument("--duration", default=20.0, type=float, help="measured seconds per run")
     add_load_arguments(parser)
     parser.add_argument("--hls-streams", default="50,200", type=_counts, help="HLS scenarios ('' for none)")
@@ -761,6 +848,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     return Options(
         args.servers, args.viewers, args.publishers, args.duration, args.warmup, args.connect_rate,
         args.client_procs, args.sampled, args.hls_streams, args.hls_latency, args.hls_client, max(1, args.repeat),
+        args.stampede, args.stampede_window,
     )  # fmt: skip
 
 
@@ -780,9 +868,11 @@ def main(argv: list[str] | None = None) -> None:
             "duration": options.duration, "warmup": options.warmup, "connect_rate": options.connect_rate,
             "sampled": options.sampled, "hls_streams": options.hls_streams, "hls_latency": options.hls_latency,
             "hls_client": options.hls_client, "hls_poll": HLS_POLL, "latency_poll": LATENCY_POLL,
-            "repeat": options.repeat,
+            "repeat": options.repeat, "stampede": options.stampede, "stampede_window": options.stampede_window,
+            "stampede_settle": STAMPEDE_SETTLE,
         },
         "fanout": [],
+        "stampede": [],
         "ingest": [],
         "hls": [],
         "hls_latency": [],
@@ -796,6 +886,16 @@ def main(argv: list[str] | None = None) -> None:
         report["fanout"].extend(runs)
         title = f"Fan-out, 1 publisher -> {count} viewers, {options.duration:g} s measured{rounds}"
         print(f"\n{title}\n{fanout_table(runs)}\n")
+    for count in options.stampede:
+        raw = run_rounds("stampede", count, options.servers, options)
+        report["rounds"].extend(raw)
+        runs = collapse(raw, "latency_p99_ms")
+        report["stampede"].extend(runs)
+        title = (
+            f"Stampede, {options.sampled} viewers playing, then {count} joining at once, "
+            f"{options.stampede_window:g} s measured from the start signal{rounds}"
+        )
+        print(f"\n{title}\n{stampede_table(runs)}\n")
     if options.publishers:
         raw = [run for count in options.publishers for run in run_rounds("ingest", count, options.servers, options)]
         report["rounds"].extend(raw)

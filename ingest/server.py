@@ -7,8 +7,10 @@ import ipaddress
 import logging
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
+from ingest.heap import HeapTrim
 from ingest.rtmp import connection as rtmp
 from relay.formats.output import RtmpFormat
 from relay.formats.rtmp_chunk import PendingBudget
@@ -28,6 +30,11 @@ from relay.hub import (
 )
 
 log = logging.getLogger("minilive.rtmp")
+
+# A setting-up connection's read is deferred to a later turn only up to this size (a handshake is
+# 3 KB, connect and play a few hundred bytes): a bigger one is handled at once, where the chunk reader
+# bounds it, so deferred reads hold at most this much per connection.
+SETUP_DEFER_BYTES = 16 * 1024
 
 
 @dataclass(slots=True)
@@ -59,12 +66,21 @@ class RtmpSettings:
     pending_budget: int = 256 * 1024 * 1024
     # Media a publisher sends while its publish request is being authorized is held, up to this.
     max_held_messages: int = 2000
+    # Connections that have neither published nor played yet (handshake, connect, play) are served for
+    # at most this long per turn of the event loop; the others wait, unread, for the next turns. A
+    # stampede of a thousand players then never holds up the merged writes to those already watching.
+    setup_slice_ms: float = 10.0
+    # After connections that closed gave back this many bytes of unfinished messages (a flood), the
+    # heap's free pages are returned to the system (malloc_trim, at most every 10 s; 0: never).
+    trim_after_bytes: int = 32 * 1024 * 1024
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
         for name in ("handshake_timeout", "connect_timeout", "setup_timeout", "publisher_idle_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"[rtmp] {name} must be more than 0 seconds, not {getattr(self, name)}")
+        if self.trim_after_bytes < 0:
+            raise ValueError(f"[rtmp] trim_after_bytes must be 0 (never) or more, not {self.trim_after_bytes}")
         for name in ("max_connections", "max_connections_per_address", "max_held_messages"):
             if getattr(self, name) < 1:
                 raise ValueError(f"[rtmp] {name} must be at least 1, not {getattr(self, name)}")
@@ -111,13 +127,18 @@ class RtmpServer:
             s.max_message_size, s.connect_message_size, s.command_message_size, s.prepublish_buffer, s.publishing_buffer
         )
         self.budget = PendingBudget(s.pending_budget)
+        self.heap = HeapTrim(s.trim_after_bytes)
         self._exempt = [ipaddress.ip_network(a, strict=False) for a in s.address_cap_exempt]
-        # Refusals and protocol errors, for /metrics (see totals()).
+        # Refusals, protocol errors and handshakes (completed: a connect command came), for /metrics (see totals()).
         self.counters: dict[str, int] = dict.fromkeys(
-            ("refused_total", "refused_address", "refused_budget", "protocol_errors", "timeouts"), 0
+            ("refused_total", "refused_address", "refused_budget", "protocol_errors", "timeouts", "handshakes"), 0
         )
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
+        # Setting-up connections waiting for a turn (their bytes read, reading paused), in order.
+        self._setup_queue: deque[RtmpProtocol] = deque()
+        self._setup_turn = False  # a callback to serve the next turn is scheduled
+        self._setup_until = 0.0  # time.monotonic() until which this turn may serve setups
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> list[tuple[str, int]]:
         """Listen on ``host:port``; ``reuse_port``: share the port with other processes (SO_REUSEPORT)."""
@@ -139,7 +160,12 @@ class RtmpServer:
             await self._server.wait_closed()
 
     def totals(self) -> dict[str, int]:
-        return {**self.counters, "connections": len(self.connections), "pending_bytes": self.budget.held}
+        return {
+            **self.counters,
+            "connections": len(self.connections),
+            "pending_bytes": self.budget.held,
+            "heap_trims": self.heap.trims,
+        }
 
     def admit(self, conn: RtmpProtocol, host: str) -> str:
         """Why a new connection from ``host`` is refused, or "" (and it is counted in)."""
@@ -156,6 +182,31 @@ class RtmpServer:
         self.connections.add(conn)
         self.per_address[host] = self.per_address.get(host, 0) + 1
         return ""
+
+    def may_set_up(self, conn: RtmpProtocol) -> bool:
+        """Whether ``conn`` (not yet publishing or playing) may handle its bytes in this turn: the
+        turn's setup slice lasts and nobody is waiting before it. If not, it waits in line."""
+        if not self._setup_turn:  # the first setup of this turn opens its slice
+            self._setup_turn = True
+            self._setup_until = time.monotonic() + self.settings.setup_slice_ms / 1000
+            asyncio.get_running_loop().call_soon(self._next_setup_turn)
+        if not self._setup_queue and time.monotonic() < self._setup_until:
+            return True
+        self._setup_queue.append(conn)
+        return False
+
+    def _next_setup_turn(self) -> None:
+        """A new turn: serve waiting setups in order (at least one, for progress) while the slice lasts."""
+        self._setup_turn = False
+        queue = self._setup_queue
+        if not queue:
+            return
+        self._setup_turn = True
+        self._setup_until = time.monotonic() + self.settings.setup_slice_ms / 1000
+        queue.popleft().resume_setup()
+        while queue and time.monotonic() < self._setup_until:
+            queue.popleft().resume_setup()
+        asyncio.get_running_loop().call_soon(self._next_setup_turn)
 
     def _exempted(self, host: str) -> bool:
         try:
@@ -176,6 +227,7 @@ class RtmpServer:
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
+            self.heap.check(self.budget.freed, now)
             for conn in list(self.connections):
                 if conn.session is not None:
                     if now - conn.last_data > s.publisher_idle_timeout:
@@ -218,6 +270,7 @@ class RtmpProtocol(asyncio.Protocol):
         self.closed = False
         self._play_name = ""
         self._task: asyncio.Future[None] | None = None  # the authorization in flight
+        self._stash: list[bytes] | None = None  # bytes read while waiting for a setup turn
 
     # ------------------------------------------------------------ asyncio.Protocol
 
@@ -238,6 +291,26 @@ class RtmpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_data = time.monotonic()
+        if self.session is None and self.viewer is None:  # setting up: served in slices (setup_slice_ms)
+            if self._stash is not None:
+                self._stash.append(data)
+                return
+            if len(data) <= SETUP_DEFER_BYTES and not self.server.may_set_up(self):
+                self._stash = [data]
+                self.transport.pause_reading()  # type: ignore[union-attr]
+                return
+        self._receive(data)
+
+    def resume_setup(self) -> None:
+        """Its turn came: handle the bytes read meanwhile, then read again."""
+        stash, self._stash = self._stash, None
+        if self.closed or stash is None:
+            return
+        self._receive(b"".join(stash))
+        if not self.closed and not self.transport.is_closing():  # type: ignore[union-attr]
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def _receive(self, data: bytes) -> None:
         try:
             events = self.core.receive_data(data)
         except ValueError as exc:
@@ -293,6 +366,7 @@ class RtmpProtocol(asyncio.Protocol):
 
     def _handle(self, event: rtmp.Event) -> None:
         if isinstance(event, rtmp.Connect):
+            self.server.counters["handshakes"] += 1
             apps = self.server.settings.apps
             if event.app not in apps:
                 log.info("rtmp %s refused: unknown app %r", self.remote, event.app)

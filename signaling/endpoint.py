@@ -60,20 +60,22 @@ class Endpoint:
             return error(415, f"{self.protocol.upper()} offers are POSTed as Content-Type: application/sdp")
         if (request.content_length or 0) > MAX_OFFER_BYTES:
             return error(413, f"SDP offer larger than {MAX_OFFER_BYTES} bytes")
-        if self.registry.full:
-            busy = "too many WebRTC sessions on this server; try another node or later"
-            return error(503, busy, **{"Retry-After": "5"})
+        remote = request.remote or ""
+        refusal = self.registry.admit(remote)
+        if refusal is not None:
+            status, reason = refusal
+            log.info("%s offer for %s/%s from %s refused: %s", self.protocol, self.app, name, remote, reason)
+            return error(status, reason, **{"Retry-After": "5"})
+        opened: tuple[Session, str] | web.Response | None = None
         try:
-            offer = narrow_offer(await request.text(), self.video_codecs)
-        except OfferError as exc:
-            log.info("%s offer for %s/%s from %s refused: %s", self.protocol, self.app, name, request.remote, exc)
-            return error(exc.status, exc.reason)
-        except UnicodeDecodeError:
-            return error(400, "SDP offer is not UTF-8 text")
-        try:
-            session = await self.open(request, name)
-        except web.HTTPException as exc:
-            return error(exc.status, exc.text.strip() if exc.text else exc.reason, **dict(exc.headers))
+            opened = await self._open(request, name)
+        finally:
+            if not isinstance(opened, tuple):  # refused (or the client left): the offer no longer counts
+                self.registry.withdraw(remote)
+        if not isinstance(opened, tuple):
+            assert opened is not None
+            return opened
+        session, offer = opened
         self.registry.add(session)
         try:
             answer = await session.answer(offer)  # type: ignore[attr-defined]
@@ -93,6 +95,20 @@ class Endpoint:
         if links:
             headers["Link"] = ", ".join(links)
         return web.Response(status=201, body=answer.encode(), content_type="application/sdp", headers=headers)
+
+    async def _open(self, request: web.Request, name: str) -> tuple[Session, str] | web.Response:
+        """The session of an admitted offer (not answered yet) and the offer; or the error to answer."""
+        try:
+            offer = narrow_offer(await request.text(), self.video_codecs)
+        except OfferError as exc:
+            log.info("%s offer for %s/%s from %s refused: %s", self.protocol, self.app, name, request.remote, exc)
+            return error(exc.status, exc.reason)
+        except UnicodeDecodeError:
+            return error(400, "SDP offer is not UTF-8 text")
+        try:
+            return await self.open(request, name), offer
+        except web.HTTPException as exc:
+            return error(exc.status, exc.text.strip() if exc.text else exc.reason, **dict(exc.headers))
 
     def _session(self, request: web.Request) -> Session | None:
         return self.registry.find(self.protocol, request.match_info["name"], request.match_info["session"])

@@ -8,6 +8,7 @@ and leaves the registry there: nothing outlives its peer connection.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets
 import time
@@ -17,6 +18,7 @@ from typing import Protocol
 from aiohttp import web
 from aiortc import RTCPeerConnection
 
+from relay.http.fast import exempt
 from signaling.ice import IceSettings
 
 log = logging.getLogger("minilive.webrtc")
@@ -31,10 +33,23 @@ class WebRtcSettings:
     idle_timeout: float = 10.0
     # WHIP and WHEP sessions on this node, connecting or connected.
     max_sessions: int = 1000
+    # Of those, from one client address (issue 16): one address cannot take the node's sessions.
+    max_sessions_per_address: int = 20
+    # Addresses or networks that cap does not apply to: a reverse proxy on this host brings every client
+    # from loopback (as the HTTP and RTMP caps' exemptions).
+    address_cap_exempt: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1"])
     # WHEP viewers of one stream.
     max_whep_viewers: int = 100
     # Frames a WHEP viewer may have queued before it skips to the next keyframe.
     viewer_queue_frames: int = 500
+
+    def validate(self) -> None:
+        """Raise ValueError naming the setting that cannot work (api.config checks address_cap_exempt)."""
+        for name in ("max_sessions", "max_sessions_per_address"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"[webrtc] {name} must be at least 1 (it is {getattr(self, name)})")
+        if self.connect_timeout <= 0:
+            raise ValueError(f"[webrtc] connect_timeout must be more than 0 (it is {self.connect_timeout})")
 
 
 class Session:
@@ -63,7 +78,8 @@ class Session:
 
     def _connect_timed_out(self) -> None:
         if not self.connected:
-            self.end("ICE/DTLS did not connect in time")
+            self.registry.counters["timeouts"] += 1
+            self.end("ICE/DTLS did not connect in time (connect_timeout)")
 
     async def _state_changed(self) -> None:
         state = self.pc.connectionState
@@ -143,20 +159,61 @@ class Registry:
     def __init__(self, settings: WebRtcSettings, locator: Locator | None = None) -> None:
         self.settings = settings
         self.sessions: dict[str, Session] = {}
+        self.per_address: dict[str, int] = {}  # sessions and offers being answered, by client address
+        self.offers = 0  # offers being answered
         self.locator = locator
+        self._exempt = [ipaddress.ip_network(a, strict=False) for a in settings.address_cap_exempt]
+        # Offers refused by max_sessions and by max_sessions_per_address; sessions the ICE deadline ended.
+        self.counters = dict.fromkeys(("refused_total", "refused_address", "timeouts"), 0)
 
-    @property
-    def full(self) -> bool:
-        return len(self.sessions) >= self.settings.max_sessions
+    def admit(self, remote: str) -> tuple[int, str] | None:
+        """Count in an offer from ``remote`` until its session is added (:meth:`add`) or it is withdrawn
+        (:meth:`withdraw`), so that concurrent offers cannot pass the caps together while they are
+        authorized; or say why it is refused: HTTP status, a reason that names the setting (counted)."""
+        s = self.settings
+        if len(self.sessions) + self.offers >= s.max_sessions:
+            self.counters["refused_total"] += 1
+            return (
+                503,
+                f"this server has {s.max_sessions} WebRTC sessions, the limit ([webrtc] max_sessions);"
+                " try another node or later",
+            )
+        if self.per_address.get(remote, 0) >= s.max_sessions_per_address and not exempt(remote, self._exempt):
+            self.counters["refused_address"] += 1
+            return 429, (
+                f"{s.max_sessions_per_address} WebRTC sessions from one address is the limit"
+                " ([webrtc] max_sessions_per_address); end one (DELETE its resource URL) first"
+            )
+        self.offers += 1
+        self._count(remote, 1)
+        return None
+
+    def withdraw(self, remote: str) -> None:
+        """An offer :meth:`admit` counted in was refused: it no longer counts."""
+        self.offers -= 1
+        self._count(remote, -1)
+
+    def _count(self, remote: str, change: int) -> None:
+        left = self.per_address.get(remote, 0) + change
+        if left:
+            self.per_address[remote] = left
+        else:
+            del self.per_address[remote]
+
+    def totals(self) -> dict[str, int]:
+        return {"sessions": len(self.sessions), **self.counters}
 
     def add(self, session: Session) -> None:
+        """The session of an offer :meth:`admit` counted in (and counted by its address already)."""
         self.sessions[session.id] = session
+        self.offers -= 1
         if self.locator is not None:
             self.locator.opened(session.id)
 
     def remove(self, session: Session) -> None:
         if self.sessions.get(session.id) is session:
             del self.sessions[session.id]
+            self._count(session.remote, -1)
             if self.locator is not None:
                 self.locator.closed(session.id)
 

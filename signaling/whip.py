@@ -165,7 +165,10 @@ class WhipSession(Session):
     # ------------------------------------------------------------ end
 
     def release(self) -> None:
-        for task in self.tasks:
+        # The list is dropped, not kept: a cancelled task holds its CancelledError, whose traceback holds
+        # the task's frame and so this session, a cycle only a full collection would free (issue 16).
+        tasks, self.tasks = self.tasks, []
+        for task in tasks:
             if task is not asyncio.current_task():
                 task.cancel()
         publish, self.publish = self.publish, None

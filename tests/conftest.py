@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 import uvloop
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.config import Settings
 from api.models import App, Media
@@ -89,6 +90,7 @@ async def make_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
                 setattr(settings.channel, key.removeprefix("channel_"), value)
                 continue
             targets = (settings, settings.relay, settings.rtmp, settings.rooms, settings.recorder, settings.hls)
+            targets += (settings.metrics,)
             for target in (*targets, settings.transcode):
                 if hasattr(target, key):
                     setattr(target, key, value)
@@ -175,6 +177,16 @@ async def publish(
         *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
     )
     return Publisher(process)
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of sample ``name`` with exactly ``labels`` in a /metrics ``text`` (None when absent),
+    read with prometheus-client's own parser (values are floats: ``1.0``, not ``1``)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
 
 
 def hub_stream(server: Server, app: str, name: str) -> LiveStream | None:

@@ -15,6 +15,7 @@ import pytest
 
 from api import cli
 from api.config import Settings
+from api.metrics import Metrics, MetricsSettings
 from api.streams import routes
 from relay.hub import Hub
 
@@ -86,7 +87,8 @@ def serve(argv: str | Sequence[str], files: Mapping[str, Path], monkeypatch: pyt
 
 def has_route(method: str, path: str) -> bool:
     """Whether the server answers ``method path`` (the health and metrics routes, which a hub alone makes)."""
-    return any(route.method == method and route.path == path for route in routes(Hub()))
+    hub = Hub()
+    return any(route.method == method and route.path == path for route in routes(hub, Metrics(MetricsSettings(), hub)))
 
 
 def sysctl_entries() -> list[tuple[str, str, list[str]]]:

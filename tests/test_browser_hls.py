@@ -59,6 +59,7 @@ def assert_no_stall_longer_than_a_part(snapshot: dict, since: float) -> None:
     assert not frozen, f"the picture stood still: {frozen}, {snapshot}"
 
 
+@pytest.mark.serial  # a rendition switch follows measured bandwidth: a busy second core skews it
 async def test_hls_js_switches_down_a_master_playlist_seamlessly_when_bandwidth_is_capped(page, web_pages, make_server):
     """hls.js plays the master playlist of a 480p30 stream of 2 Mbit/s with 360p and 240p renditions,
     from the top. The test caps the page's bandwidth at 1.2 Mbit/s: hls.js switches to a rendition, and
@@ -109,6 +110,7 @@ async def test_hls_js_switches_down_a_master_playlist_seamlessly_when_bandwidth_
         await pub.stop()
 
 
+@pytest.mark.serial  # a rendition switch follows measured bandwidth: a busy second core skews it
 async def test_hls_js_switches_between_ll_hls_renditions_at_a_part_without_a_stall(page, web_pages, make_server):
     """LL-HLS: hls.js plays the master playlist of a 480p30 stream with 360p and 240p renditions near
     the live edge (1.5 s of buffer); the test switches it down to 240p, then up to 360p (``nextLevel``).

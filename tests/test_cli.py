@@ -26,19 +26,20 @@ async def start_cli(*args: str) -> asyncio.subprocess.Process:
     )
 
 
-async def wait_http(port: int, timeout: float = 10) -> None:
+async def wait_http(port: int, timeout: float = 10, path: str = "/healthz") -> str:
+    """The body of ``GET path`` on ``port`` once it answers 200."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     async with aiohttp.ClientSession() as session:
         while True:
             try:
-                async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                async with session.get(f"http://127.0.0.1:{port}{path}") as response:
                     if response.status == 200:
-                        return
+                        return await response.text()
             except aiohttp.ClientError:
                 pass
             if loop.time() > deadline:
-                raise AssertionError("server did not come up")
+                raise AssertionError(f"server did not come up (no answer to {path} on port {port})")
             await asyncio.sleep(0.1)
 
 

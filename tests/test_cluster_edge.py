@@ -20,6 +20,7 @@ from tests.conftest import (
     flv_url,
     free_port,
     make_room,
+    metric,
     needs_ffmpeg,
     probe_streams,
     publish,
@@ -86,7 +87,8 @@ async def test_a_stream_published_to_one_node_plays_from_another(make_server, cl
             assert body_a == body_b and len(body_a) > 1000
             assert b.cluster.gateway.proxied >= 2
             status, metrics = await get(b, "/metrics")
-            assert "\nminilive_cluster_pulls 1\n" in metrics.decode() and "minilive_cluster_nodes 2" in metrics.decode()
+            assert metric(metrics.decode(), "minilive_cluster_pulls") == 1
+            assert metric(metrics.decode(), "minilive_cluster_nodes") == 2
     finally:
         await pub.stop()
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from relay.formats.hls import (
     HlsSettings,
@@ -348,6 +349,7 @@ async def first_picture(session: aiohttp.ClientSession, url: str, path: Path) ->
 
 
 @needs_ffmpeg
+@pytest.mark.serial  # live encoders fill both cores: runs alone (scripts/dev test)
 async def test_master_playlist_lists_the_stream_and_its_renditions_aligned(make_server, tmp_path) -> None:
     """ffmpeg pushes 720p30 with a keyframe a second. The master playlist lists the source and its 480p
     and 360p renditions with every attribute; the renditions' playlists have the source's segments
@@ -439,6 +441,7 @@ async def test_master_playlist_lists_the_stream_and_its_renditions_aligned(make_
 
 
 @needs_ffmpeg
+@pytest.mark.serial  # live encoders fill both cores: runs alone (scripts/dev test)
 async def test_renditions_keep_running_while_players_of_the_master_playlist_play(make_server) -> None:
     """On demand, a rendition nobody watches stops after [transcode] idle_seconds. One that a master
     playlist listed stays while a player that fetched it plays any of the stream (the source here), so

@@ -344,6 +344,7 @@ async def test_truncated_handshake_then_silence(guarded: Guarded) -> None:
     await guarded.check()
 
 
+@pytest.mark.serial  # a flood: runs alone, after the parallel part (scripts/dev test)
 async def test_two_thousand_half_open_connections(guarded: Guarded) -> None:
     server = guarded.server
     count = 2000
@@ -352,10 +353,19 @@ async def test_two_thousand_half_open_connections(guarded: Guarded) -> None:
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
     try:
+        counters = server.rtmp.counters
+        timeouts, refused = counters["timeouts"], counters["refused_total"]
         raws: list[Raw] = []
         for _ in range(0, count, 250):
             raws += await asyncio.gather(*(open_raw(server) for _ in range(250)))
-        await until(lambda: len(server.rtmp.connections) >= count + 1, 5, "all connections accepted")
+        # Accepted: still open, or already closed by the handshake deadline (opening 2,000 sockets can take
+        # longer than the 1 s deadline on a busy machine). None refused.
+        await until(
+            lambda: len(server.rtmp.connections) + counters["timeouts"] - timeouts >= count + 1,
+            15,
+            "all connections accepted",
+        )
+        assert counters["refused_total"] == refused
         # While they hang, a new publisher and a viewer are still served.
         second = await publish(rtmp_url(server, "second"), seconds=30)
         try:

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from api import config, json_body, webhook_targets
-from tests.conftest import flv_url, publish, rtmp_url, wait_live
+from tests.conftest import flv_url, metric, publish, rtmp_url, wait_live
 from tests.test_wechat_api import make_png
 
 DEEP = b"[" * 100_000
@@ -166,9 +166,11 @@ async def test_a_bare_lf_request_is_answered_at_once(make_server) -> None:
         writer.close()
 
 
-async def trickle(writer: asyncio.StreamWriter, reader: asyncio.StreamReader) -> bool:
+async def trickle(
+    writer: asyncio.StreamWriter, reader: asyncio.StreamReader, path: str = "/live/shop/index.m3u8"
+) -> bool:
     """Send a request head a byte at a time; True when the server closed the connection."""
-    for byte in b"GET /live/shop/index.m3u8 HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000:
+    for byte in f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Slow: ".encode() + b"a" * 1000:
         try:
             writer.write(bytes([byte]))
             await writer.drain()
@@ -186,9 +188,9 @@ async def test_slowloris_connections_are_closed_by_the_head_deadline(make_server
     publisher = await publish(rtmp_url(server, "healthy"), seconds=30)
     try:
         await wait_live(server, "healthy")
-        connections = [await asyncio.open_connection("127.0.0.1", server.http_port) for _ in range(100)]
+        connections = [await asyncio.open_connection("127.0.0.1", server.http_port) for _ in range(300)]
         slow = [asyncio.create_task(trickle(writer, reader)) for reader, writer in connections]
-        # A healthy viewer plays meanwhile, on a connection opened after the 100.
+        # A healthy viewer plays meanwhile, on a connection opened after the 300 (the issue's figure).
         async with aiohttp.ClientSession() as session, session.get(flv_url(server, "healthy")) as response:
             assert response.status == 200
             received = 0
@@ -199,7 +201,7 @@ async def test_slowloris_connections_are_closed_by_the_head_deadline(make_server
         assert all(closed)
         for _, writer in connections:
             writer.close()
-        assert server.http_limits.head_timeouts >= 100
+        assert server.http_limits.head_timeouts >= 300
         async with (
             aiohttp.ClientSession() as session,
             session.get(f"http://127.0.0.1:{server.http_port}/metrics") as response,
@@ -208,6 +210,47 @@ async def test_slowloris_connections_are_closed_by_the_head_deadline(make_server
     finally:
         await publisher.stop()
     no_traceback(caplog)
+
+
+async def answered(reader: asyncio.StreamReader) -> bytes:
+    """One whole response (head and Content-Length body) from ``reader``."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    return head + await asyncio.wait_for(reader.readexactly(length), 10)
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/live/shop/index.m3u8"])  # aiohttp's path, the lean HLS path
+async def test_the_head_deadline_holds_for_every_request_on_a_connection(make_server, caplog, path) -> None:
+    """A client answered once, then trickling its next request's head, is closed by the head deadline
+    (before: held for aiohttp's keep-alive time, 75 s), while one that is merely idle stays."""
+    caplog.set_level(logging.INFO)
+    server = await make_server(http_head_timeout_seconds=1.0)
+    idle, slow = [await asyncio.open_connection("127.0.0.1", server.http_port) for _ in range(2)]
+    for reader, writer in (idle, slow):
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert (await answered(reader)).startswith(b"HTTP/1.1 ")
+    # Trickling its head would take 100 s; the 1 s deadline (swept every 0.5 s) ends it.
+    assert await asyncio.wait_for(trickle(slow[1], slow[0], path), 30)
+    assert server.http_limits.head_timeouts == 1
+    # The idle connection, which started no head, is still served: idle is the keep-alive time's business.
+    reader, writer = idle
+    assert not reader.at_eof()
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert (await answered(reader)).startswith(b"HTTP/1.1 ")
+    for _, w in (idle, slow):
+        w.close()
+    no_traceback(caplog)
+
+
+async def test_keep_alive_idle_time_is_a_setting(make_server) -> None:
+    """http_keepalive_seconds closes a kept-alive connection with nothing in flight, on both paths."""
+    server = await make_server(http_keepalive_seconds=1.0)
+    for path in ("/healthz", "/live/shop/index.m3u8"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await answered(reader)
+        assert await closed_or_answered(reader, 10) == b""  # closed after about 1 s, not 75
+        writer.close()
 
 
 async def test_connections_per_address_are_capped(make_server, caplog) -> None:
@@ -230,7 +273,7 @@ async def test_connections_per_address_are_capped(make_server, caplog) -> None:
         session.get(f"http://127.0.0.1:{server.http_port}/metrics") as response,
     ):
         assert response.status == 200
-        assert "minilive_http_refused_per_address_total 1" in await response.text()
+        assert metric(await response.text(), "minilive_http_refused_per_address_total") == 1
     # Loopback is exempt by default (a reverse proxy on this host brings every client from it).
     local = await make_server(http_max_connections_per_address=5)
     held = [await asyncio.open_connection("127.0.0.1", local.http_port) for _ in range(6)]
@@ -267,6 +310,7 @@ async def test_stream_stats_need_a_token_unless_public(make_server, session) -> 
         {"http_cap_exempt": ["not-an-address"]},
         {"http_head_timeout_seconds": 0.0},
         {"http_max_connections_per_address": 0},
+        {"http_keepalive_seconds": 0.0},
     ],
 )
 def test_http_limit_settings_are_checked(overrides) -> None:

@@ -15,10 +15,11 @@ import pytest
 
 from relay.formats import codecs, h264
 from relay.transcode.renditions import Job
-from tests.conftest import FFMPEG, FFPROBE, flv_url, needs_ffmpeg, publish, rtmp_url, run, wait_live
+from tests.conftest import FFMPEG, FFPROBE, flv_url, metric, needs_ffmpeg, publish, rtmp_url, run, wait_live
 from tests.test_playback import FlvClient, play_http
 
-pytestmark = needs_ffmpeg
+# Encoders fill both cores: these run alone, after the parallel part of the suite (scripts/dev test).
+pytestmark = [needs_ffmpeg, pytest.mark.serial]
 
 
 async def read_packets(url: str, seconds: float) -> list[dict]:
@@ -224,7 +225,11 @@ async def test_always_mode_makes_every_rung_when_the_source_is_published(make_se
             streams = {s["name"]: s for s in (await response.json())["streams"]}
         async with session.get(f"http://127.0.0.1:{server.http_port}/metrics") as response:
             metrics = await response.text()
-    assert "minilive_renditions_running 2\n" in metrics and "minilive_transcode_sources 1\n" in metrics
+    assert metric(metrics, "minilive_renditions_running") == 2 and metric(metrics, "minilive_transcode_sources") == 1
+    # Each running rendition's lag, and its source's worker's place behind it (issue 16).
+    for rendition in ("demo_480p", "demo_360p"):
+        assert 0 < metric(metrics, "minilive_transcode_lag_seconds", source="live/demo", rendition=rendition) < 30
+    assert metric(metrics, "minilive_transcode_behind_seconds", source="live/demo") is not None
     described = {r["name"]: r for r in streams["demo"]["renditions"]}
     assert set(described) == {"480p", "360p"} and all(r["running"] for r in described.values())
     assert described["480p"]["encoder"] == "libx264" and described["480p"]["width"] == 854

@@ -11,10 +11,15 @@ import socket
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from api.supervisor import ENV_NODE_SECRET, Supervisor, port_in_use
-from tests.conftest import free_port
+from tests.conftest import free_port, metric
 from tests.test_cli import start_cli, wait_http
+
+# Each test starts a supervisor and its worker processes, each importing the whole stack: they run alone,
+# after the parallel part of the suite (scripts/dev test).
+pytestmark = pytest.mark.serial
 
 
 class Workers:
@@ -93,11 +98,31 @@ async def start_workers(tmp_path: Path, *extra: str) -> tuple[Workers, int, int]
     return workers, rtmp, http
 
 
+def two_free_ports() -> int:
+    """A port that is free, with the next one free too."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two free ports in a row")
+
+
 async def test_workers_share_the_ports_replace_a_killed_worker_and_stop_on_sigterm(tmp_path):
-    workers, rtmp, http = await start_workers(tmp_path)
+    metrics_port = two_free_ports()
+    config = tmp_path / "minilive.toml"
+    config.write_text(f"[metrics]\nport = {metrics_port}\n")
+    workers, rtmp, http = await start_workers(tmp_path, "--config", str(config))
     try:
         first = await answering(http, set(), 2)
         assert sorted(body["worker"] for body in first.values()) == [0, 1]
+        # The shared port's /metrics answers from either worker; [metrics] port + i from worker i (issue 16).
+        for pid, body in first.items():
+            text = await wait_http(metrics_port + body["worker"], 20, "/metrics")
+            assert metric(text, "minilive_worker_info", worker=str(body["worker"]), pid=str(pid)) == 1
         with socket.create_connection(("127.0.0.1", rtmp), timeout=5):
             pass
 
@@ -188,7 +213,8 @@ async def test_workers_failing_at_start_make_the_supervisor_give_up(tmp_path):
         "--workers", "2", "--host", "127.0.0.1", "--rtmp-port", str(free_port()),
         "--http-port", str(free_port()), "--data-dir", str(not_a_dir),
     )  # fmt: skip
-    out, _ = await asyncio.wait_for(process.communicate(), 30)
+    # Each try imports the whole stack in two processes: on a busy machine that is seconds a try.
+    out, _ = await asyncio.wait_for(process.communicate(), 90)
     assert process.returncode == 1
     last = out.decode().strip().splitlines()[-1]
     assert "every worker keeps failing at start; giving up" in last

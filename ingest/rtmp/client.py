@@ -17,6 +17,7 @@ it stops parsing (see :meth:`RtmpClient.stop_parsing`).
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from collections.abc import Callable
 from typing import Any, cast
@@ -293,17 +294,22 @@ class RtmpClient(asyncio.BufferedProtocol):
         self._status_waiter = None
 
 
-async def connect(url: str, *, complex_handshake: bool = False, timeout: float = 10) -> RtmpClient:
-    """Open ``rtmp://host[:port]/app`` and run the handshake and the ``connect`` command."""
+async def connect(
+    url: str, *, complex_handshake: bool = False, timeout: float = 10, sock: socket.socket | None = None
+) -> RtmpClient:
+    """Open ``rtmp://host[:port]/app`` and run the handshake and the ``connect`` command; ``sock``: a
+    socket already connected to it (a benchmark opens many at one instant, then talks RTMP on each)."""
     parts = urlsplit(url)
     if parts.scheme != "rtmp" or not parts.hostname:
         raise ValueError(f"not an rtmp:// URL: {url!r}")
     app = parts.path.lstrip("/") + (f"?{parts.query}" if parts.query else "")
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
-        _, client = await loop.create_connection(
-            lambda: RtmpClient(app, url, complex_handshake), parts.hostname, parts.port or DEFAULT_PORT
-        )
+        factory = lambda: RtmpClient(app, url, complex_handshake)  # noqa: E731
+        if sock is not None:
+            _, client = await loop.create_connection(factory, sock=sock)
+        else:
+            _, client = await loop.create_connection(factory, parts.hostname, parts.port or DEFAULT_PORT)
         try:
             await client._start()
         except BaseException:

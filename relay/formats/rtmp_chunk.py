@@ -43,6 +43,9 @@ class PendingBudget:
 
     limit: int
     held: int = 0
+    # Bytes that connections still held when they closed, a running total: after a flood, when the
+    # server may give memory back to the system (ingest.heap).
+    freed: int = 0
 
 
 @dataclass(slots=True)
@@ -130,6 +133,7 @@ class ChunkReader:
         """Give back everything held (the connection is gone): to the budget and to the allocator."""
         if self.budget is not None:
             self.budget.held -= self._accounted
+            self.budget.freed += self._accounted
         self._accounted = self._pending = 0
         self._buf = bytearray()
         self._streams.clear()

@@ -20,7 +20,10 @@ holds at most one response. A connection that has nothing in flight for ``keepal
 
 Against hostile clients (issue 16): a request head must arrive whole within ``head_timeout_seconds`` of
 its first byte (of the connection, for the first request), else the connection is closed: slowloris
-clients trickling a header byte at a time no longer hold sockets for the keep-alive time. A head that
+clients trickling a header byte at a time no longer hold sockets for the keep-alive time. The deadline
+holds for every request on a connection, also once aiohttp serves it: a handed-over connection is
+watched (:class:`_Watched`, between the transport and aiohttp's protocol), and :func:`head_watch`, a
+middleware, tells it when aiohttp has a request's head and when the answer is done. A head that
 ends in bare LFs (``\n\n``, which this path does not read) goes to aiohttp at once, which answers it,
 instead of waiting for a CRLF CRLF that never comes. At most ``max_per_address`` connections per client
 address are open (those aiohttp serves after a hand-over included); more are closed as they arrive.
@@ -350,7 +353,7 @@ class FastHttpProtocol(asyncio.Protocol):
         assert transport is not None
         self.site.connections.discard(self)
         self.transport = None
-        handler = self.site.fallback()
+        handler = _Watched(self.site, self.site.fallback(), self.remote, self.head_since)
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if self._read_paused:
@@ -360,7 +363,70 @@ class FastHttpProtocol(asyncio.Protocol):
         self._buffer.clear()
 
 
-def _exempt(address: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+class _Watched(asyncio.Protocol):
+    """A connection aiohttp serves, between its transport and aiohttp's protocol: it notes when the next
+    request's head began arriving, so the listener's sweep holds every later request to the head
+    deadline too (aiohttp has none: a client that trickles its second request's head would be held until
+    aiohttp's keep-alive timeout). Bytes that arrive while no request is being answered begin a head;
+    :func:`head_watch` marks when aiohttp has one (``busy``) and when its answer is done."""
+
+    __slots__ = ("busy", "head_since", "inner", "remote", "site", "transport")
+
+    def __init__(self, site: FastPathListener, inner: asyncio.Protocol, remote: str, head_since: float | None) -> None:
+        self.site = site
+        self.inner = inner
+        self.remote = remote
+        self.head_since = head_since
+        self.busy = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.site.watched.add(self)
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.site.watched.discard(self)
+        if self.transport is not None:
+            self.site.release(self.remote, self.transport)
+        self.transport = None
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy and self.head_since is None:
+            self.head_since = time.monotonic()
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+@web.middleware
+async def head_watch(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Tell a watched connection that aiohttp has this request's head (so the head deadline stops), and
+    when the handler is done (the next head may begin). Put it first in the application's middlewares."""
+    transport = request.transport
+    watched = transport.get_protocol() if transport is not None else None
+    if not isinstance(watched, _Watched):
+        return await handler(request)
+    watched.busy, watched.head_since = True, None
+    try:
+        return await handler(request)
+    finally:
+        watched.busy = False
+
+
+def exempt(address: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether a client ``address`` is in ``networks`` (a per-address cap's exemptions); no address
+    (a Unix socket) is exempt."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:  # a Unix socket: no address
@@ -396,6 +462,7 @@ class FastPathListener:
         self.keepalive_seconds = keepalive_seconds
         self.limits = limits or Limits()
         self.connections: set[FastHttpProtocol] = set()
+        self.watched: set[_Watched] = set()  # the connections aiohttp serves
         # Every open connection's transport by client address, aiohttp's after a hand-over included
         # (those are pruned when found closing, since aiohttp does not tell this listener).
         self._by_address: dict[str, set[asyncio.Transport]] = {}
@@ -437,7 +504,7 @@ class FastPathListener:
 
     def admit(self, address: str, transport: asyncio.Transport) -> bool:
         """Count a new connection from ``address``; close it (False) if that address has the most allowed."""
-        if _exempt(address, self.limits.exempt):
+        if exempt(address, self.limits.exempt):
             return True
         open_ = self._by_address.setdefault(address, set())
         if len(open_) >= self.limits.max_per_address:
@@ -471,7 +538,7 @@ class FastPathListener:
         since = now - self.limits.head_timeout_seconds
         slow = [
             c
-            for c in self.connections
+            for c in (*self.connections, *self.watched)
             if not c.busy and c.head_since is not None and c.head_since < since and c.transport is not None
         ]
         for connection in slow:

@@ -28,6 +28,7 @@ from relay.formats import h264
 from relay.formats.codecs import video_info
 from relay.formats.hls import HlsSettings, LivePlaylist, RenditionReport, Variant, codecs_of, master_playlist
 from relay.http.fast import Body, Client, Reply, Route, aiohttp_handler, request_client
+from relay.http.latency import histograms
 from relay.hub import AccessRequest, Authorizer, Hub, StreamRefused, Subscription, allow_all, decide
 
 log = logging.getLogger("minilive.hls")
@@ -43,6 +44,9 @@ MASTER_PATH = re.compile(r"/(?P<app>[^/]+)/(?P<name>[^/]+)/master\.m3u8")
 MEDIA_PATH = re.compile(r"/(?P<app>[^/]+)/(?P<name>[^/]+)/(?P<file>[0-9a-f]{8}-[0-9a-z.]+\.(?:ts|m4s|mp4))")
 MEDIA_TYPES = {"ts": "video/mp2t", "m4s": "video/iso.segment"}
 INIT_TYPE = "video/mp4"
+# What /metrics times HLS requests by: playlists (master ones too), blocking playlist reloads (LL-HLS's
+# _HLS_msn), parts, and segments (init segments too).
+LATENCY_KINDS = ("playlist", "blocking", "part", "segment")
 
 
 # Distinct players an HLS packager remembers for its audience count; past this, new ones are not counted.
@@ -181,6 +185,9 @@ class HlsPlayback:
         self.packagers: dict[str, _Packager] = {}
         self._refused: dict[str, tuple[float, str]] = {}  # stream -> (until, why), see REFUSAL_SECONDS
         self._sweeper: asyncio.Task[None] | None = None
+        # Time to an answer by kind of request, from the handler's start (for /metrics): a clock read
+        # and a bucket increment per request, on the lean path too.
+        self.latency = histograms(LATENCY_KINDS)
 
     def routes(self) -> list[web.RouteDef]:
         """The aiohttp routes, for connections that aiohttp serves (see ``fast_routes``)."""
@@ -298,6 +305,12 @@ class HlsPlayback:
         return packager
 
     async def playlist(self, path: Mapping[str, str], query: str, client: Client) -> Reply:
+        start = time.monotonic()
+        reply = await self._playlist(path, query, client)
+        self.latency["blocking" if "_HLS_msn" in query else "playlist"].observe(time.monotonic() - start)
+        return reply
+
+    async def _playlist(self, path: Mapping[str, str], query: str, client: Client) -> Reply:
         """``GET /{app}/{name}/index.m3u8?{query}``: the live playlist, or after blocking until it lists
         the segment or part that ``_HLS_msn``/``_HLS_part`` ask for."""
         packager = await self._packager(path["app"], path["name"], query, client)
@@ -330,6 +343,12 @@ class HlsPlayback:
         return Reply(200, text.encode(), PLAYLIST_TYPE, "no-cache")
 
     async def master(self, path: Mapping[str, str], query: str, client: Client) -> Reply:
+        start = time.monotonic()
+        reply = await self._master(path, query, client)
+        self.latency["playlist"].observe(time.monotonic() - start)
+        return reply
+
+    async def _master(self, path: Mapping[str, str], query: str, client: Client) -> Reply:
         """``GET /{app}/{name}/master.m3u8``: the stream and the renditions it can have now.
 
         The renditions listed are started (and packaged, following the stream), so that a player's
@@ -367,9 +386,15 @@ class HlsPlayback:
 
     async def media(self, path: Mapping[str, str], query: str, client: Client) -> Reply:
         """``GET /{app}/{name}/{file}``: an init segment, a segment or a part the playlist lists."""
+        start = time.monotonic()
         match = MEDIA_NAME.match(path["file"])
         if match is None:
             return _text(404, "no such segment")
+        reply = await self._media(match, path, query, client)
+        self.latency["segment" if match["part"] is None else "part"].observe(time.monotonic() - start)
+        return reply
+
+    async def _media(self, match: re.Match[str], path: Mapping[str, str], query: str, client: Client) -> Reply:
         packager = await self._packager(path["app"], path["name"], query, client)
         if isinstance(packager, Reply):
             return packager

@@ -193,13 +193,13 @@ class Hub:
         stream = self._streams.get(f"{app}/{name}")
         return stream.audience() if stream is not None else {}
 
-    def totals(self) -> dict[str, int]:
-        """Counters over every stream this hub has had, ended ones included, and what is here now."""
+    def totals(self, snapshots: list[dict[str, Any]] | None = None) -> dict[str, int]:
+        """Counters over every stream this hub has had, ended ones included, and what is here now;
+        ``snapshots``: ``all_stats()`` when the caller has just taken it (a scrape needs both)."""
         totals = dict(self._ended_totals)
         audience: dict[str, int] = {}
         publishing = 0
-        for stream in self._streams.values():
-            stats = stream.stats()
+        for stats in snapshots if snapshots is not None else self.all_stats():
             for key in _TOTALS:
                 totals[key] += stats[key]
             for protocol, count in stats["viewers_by_protocol"].items():

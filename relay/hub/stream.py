@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Any
 
 from relay.formats.output import OutputFormat
@@ -64,7 +65,15 @@ class LiveStream:
         self.sinks: list[Sink] = []
         self.sink_audience: dict[Sink, tuple[str, int]] = {}  # (protocol, count) that a sink serves
         self._pending: list[Packet] = []
-        self._join_cache: dict[OutputFormat, tuple[tuple[int, int, int], bytes]] = {}
+        # A format's start bytes (preamble, headers, GOP cache, framed), shared by every viewer that
+        # joins while they hold: a stampede's thousand viewers cost one encoding and no copies.
+        self._join_cache: dict[OutputFormat, tuple[tuple[int, ...], bytes]] = {}
+        # Viewers waiting for their turn to start (see attach), in arrival order; not yet in groups.
+        self._joining: dict[int, Viewer] = {}
+        self._join_turn = False  # a callback to serve the next turn is scheduled
+        self._join_until = 0.0  # time.monotonic() until which this turn may start viewers
+        self._flush_due: float | None = None  # when the pending merged write is due, if one is
+        self._catching_up: dict[int, Viewer] = {}  # started viewers whose start is still going out
         self._config_version = 0
         # counters (rates are computed by the hub's ticker)
         self.bytes_in = 0
@@ -107,8 +116,11 @@ class LiveStream:
             # Merging writes saves a syscall per viewer per packet; with a handful of viewers
             # that is not worth the added latency, so they are written at once.
             if self.viewer_count > self.settings.merge_min_viewers:
-                loop.call_later(self.settings.flush_window_ms / 1000.0, self.flush)
+                window = self.settings.flush_window_ms / 1000.0
+                self._flush_due = time.monotonic() + window
+                loop.call_later(window, self.flush)
             else:
+                self._flush_due = 0.0  # at once: joiners wait for the next turn
                 loop.call_soon(self.flush)
 
     def _resumes_at(self, packet: Packet) -> bool:
@@ -239,6 +251,7 @@ class LiveStream:
         if not batch:
             return
         self._pending = []
+        self._flush_due = None
         resume_at = -1  # where a waiting viewer may resume: the batch's first keyframe
         absorb = self._absorb
         for i, packet in enumerate(batch):
@@ -261,6 +274,11 @@ class LiveStream:
                 transport = viewer.transport
                 if transport.is_closing():
                     dead.append(viewer)
+                    continue
+                if viewer.backlog is not None:  # still catching up: after the rest of its start
+                    viewer.backlog.append(data)
+                    viewer.bytes_out += size
+                    written += size
                     continue
                 if viewer.waiting:
                     if resume_at < 0 or transport.get_write_buffer_size() > low:
@@ -293,38 +311,141 @@ class LiveStream:
     # ------------------------------------------------------------ viewers
 
     def attach(self, viewer: Viewer) -> None:
-        """Start a viewer: preamble, metadata, sequence headers and GOP cache in one write (what is pending
-        follows with the next merged write)."""
+        """Start a viewer now, or in a later turn of the event loop: joiners fill the time between the
+        stream's merged writes, at most ``join_slice_ms`` a turn, and stop when a write is due, so a
+        stampede of them (a thousand after a push reminder, each with its GOP cache) never holds up
+        the viewers already watching. Either way the viewer gets the headers and GOP cache of the
+        moment it starts, then every batch from there: in order, each once."""
+        if not self._join_turn:  # the first join of this turn opens its slice
+            self._join_turn = True
+            self._join_until = time.monotonic() + self.settings.join_slice_ms / 1000
+            asyncio.get_running_loop().call_soon(self._next_join_turn)
+        if self._joining or not self._may_start():
+            self._joining[viewer.id] = viewer
+        else:
+            self._start(viewer)
+
+    def _may_start(self) -> bool:
+        """Whether this turn may start one more viewer: its slice is not used up, no write is due."""
+        now = time.monotonic()
+        due = self._flush_due
+        return now < self._join_until and (due is None or now < due)
+
+    def _next_join_turn(self) -> None:
+        """A new turn of the loop: the next slices of the starts going out, then start waiting viewers
+        (at least one, for progress), while the turn may."""
+        self._join_turn = False
+        joining, catching_up = self._joining, self._catching_up
+        if self.ended or not (joining or catching_up):
+            return
+        self._join_turn = True
+        self._join_until = time.monotonic() + self.settings.join_slice_ms / 1000
+        wrote = self._continue_starts() if catching_up else False
+        if joining:
+            self._start(joining.pop(next(iter(joining))))
+            while joining and self._may_start():
+                self._start(joining.pop(next(iter(joining))))
+        loop = asyncio.get_running_loop()
+        if joining or wrote:
+            loop.call_soon(self._next_join_turn)
+        else:  # every socket still full: look again in a millisecond, not in a busy loop
+            loop.call_later(0.001, self._next_join_turn)
+
+    def _continue_starts(self) -> bool:
+        """Write the next slice of every catching-up viewer whose socket took the last one, round robin,
+        while the turn may; whether anything was written."""
+        catching_up = self._catching_up
+        step = self.settings.join_write_bytes
+        wrote = False
+        for viewer in list(catching_up.values()):
+            if wrote and not self._may_start():  # (one slice a turn at least, for progress)
+                break
+            transport = viewer.transport
+            if transport.is_closing():
+                del catching_up[viewer.id]  # the next flush or check finds it closed
+                continue
+            if transport.get_write_buffer_size():
+                continue
+            backlog = viewer.backlog
+            assert backlog is not None
+            head = backlog.popleft()
+            if len(head) > step:
+                view = memoryview(head)
+                head = view[:step]
+                backlog.appendleft(view[step:])
+            viewer.transport.write(head)  # (counted in bytes_out when it was queued)
+            wrote = True
+            del catching_up[viewer.id]
+            if backlog:
+                catching_up[viewer.id] = viewer  # to the end of the line
+            else:
+                viewer.backlog = None
+                viewer.behind_since = None
+        return wrote
+
+    def _start(self, viewer: Viewer) -> None:
+        """Preamble, metadata, sequence headers and GOP cache in one write (what is pending follows with
+        the next merged write), and into the fan-out."""
+        if viewer.transport.is_closing():  # it left while it waited for its turn
+            viewer.finish("closed")
+            return
         fmt = viewer.format
         group = self.groups.get(fmt)
         if group is None:
             group = self.groups[fmt] = _Group(fmt)
-        tracks = self.tracks
-        start = fmt.preamble(tracks.has_audio or not tracks.has_video, tracks.has_video or not tracks.has_audio)
-        start += self._join_bytes(fmt)
-        if start:
-            data = fmt.frame(start)
-            viewer.write(data)
+        data = self._start_bytes(fmt)
+        if data:
             self.bytes_out += len(data)
+            step = self.settings.join_write_bytes
+            if len(data) <= step:
+                viewer.write(data)
+            else:  # the first slice now, the rest in the next turns (_continue_starts)
+                view = memoryview(data)
+                viewer.transport.write(view[:step])
+                viewer.bytes_out += len(data)
+                viewer.backlog = deque([view[step:]])
+                # A viewer that has not taken its start within max_behind_seconds is dropped as one
+                # that fell behind (check_viewers); until then its backlog holds batches every other
+                # viewer holds too: memory grows with the stream's bitrate, not with the audience.
+                viewer.behind_since = time.monotonic()
+                self._catching_up[viewer.id] = viewer
+                if not self._join_turn:
+                    self._join_turn = True
+                    asyncio.get_running_loop().call_soon(self._next_join_turn)
         # A video stream with no keyframe cached yet: skip ahead to the first one.
-        viewer.waiting = tracks.has_video and not self.gop.packets
+        viewer.waiting = self.tracks.has_video and not self.gop.packets
         group.viewers[viewer.id] = viewer
         self.viewer_count += 1
 
     def detach(self, viewer: Viewer) -> None:
+        if self._joining.pop(viewer.id, None) is not None:
+            return
+        self._catching_up.pop(viewer.id, None)
         group = self.groups.get(viewer.format)
         if group is not None and group.viewers.pop(viewer.id, None) is not None:
             self.viewer_count -= 1
 
     def viewers(self) -> list[Viewer]:
-        return [v for g in self.groups.values() for v in g.viewers.values()]
+        """Every viewer, those still waiting for their turn to start included."""
+        return [v for g in self.groups.values() for v in g.viewers.values()] + list(self._joining.values())
 
-    def _join_bytes(self, fmt: OutputFormat) -> bytes:
-        gop = self.gop
-        token = (gop.generation, len(gop.packets), self._config_version)
+    def _start_bytes(self, fmt: OutputFormat) -> bytes:
+        """What a viewer of ``fmt`` gets first, framed: cached until the headers, the GOP cache or the
+        tracks change, so that every joiner in between is written the same bytes object."""
+        gop, tracks = self.gop, self.tracks
+        has_audio, has_video = tracks.has_audio, tracks.has_video
+        token = (gop.generation, len(gop.packets), self._config_version, has_audio, has_video)
         cached = self._join_cache.get(fmt)
         if cached is not None and cached[0] == token:
             return cached[1]
+        preamble = fmt.preamble(has_audio or not has_video, has_video or not has_audio)
+        start = preamble + self._join_bytes(fmt)
+        data = fmt.frame(start) if start else b""
+        self._join_cache[fmt] = (token, data)
+        return data
+
+    def _join_bytes(self, fmt: OutputFormat) -> bytes:
+        gop = self.gop
         # Sequence headers go out stamped with the first cached frame's time, so a player's
         # clock does not start with a jump from the stream's start to the live edge. Metadata
         # stays at 0: FFmpeg treats an onMetaData tag with another timestamp as a data track.
@@ -332,9 +453,7 @@ class LiveStream:
         packets = [self.metadata.retimed(0)] if self.metadata else []
         packets += [p.retimed(start_ts) for p in (self.video_config, self.audio_config) if p]
         packets.extend(gop.packets)
-        data = b"".join([fmt.encode(p) for p in packets])
-        self._join_cache[fmt] = (token, data)
-        return data
+        return b"".join([fmt.encode(p) for p in packets])
 
     def check_viewers(self, now: float) -> None:
         """Drop closed viewers and the ones that stayed behind too long (called once a second)."""
@@ -365,6 +484,8 @@ class LiveStream:
             if group.viewers:
                 name = group.format.name
                 counts[name] = counts.get(name, 0) + len(group.viewers)
+        for viewer in self._joining.values():
+            counts[viewer.format.name] = counts.get(viewer.format.name, 0) + 1
         for protocol, count in self.sink_audience.values():
             if count:
                 counts[protocol] = counts.get(protocol, 0) + count

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import deque
 from collections.abc import Callable
 
 from relay.formats.output import OutputFormat
@@ -22,6 +23,7 @@ class Viewer:
     """
 
     __slots__ = (
+        "backlog",
         "behind_since",
         "bytes_out",
         "done",
@@ -49,6 +51,9 @@ class Viewer:
         self.remote = remote
         self.end = end or self._close
         self.waiting = False
+        # While its start (GOP cache) goes out in slices: what is still to write, in order, the rest of
+        # the start first, then the merged batches that came meanwhile (shared with every viewer).
+        self.backlog: deque[memoryview | bytes] | None = None
         self.behind_since: float | None = None
         self.skips = 0
         self.bytes_out = 0

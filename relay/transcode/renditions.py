@@ -519,6 +519,17 @@ class Renditions:
             out.append(entry)
         return out
 
+    def lags(self) -> list[tuple[str, str, float, float | None]]:
+        """Every running rendition as (source ``app/name``, rendition stream, how far its worker is
+        behind the source in ms, the p99 in ms of its packets' time from the source to the encoded
+        output, None before one came back), for /metrics."""
+        out = []
+        for job in self.jobs.values():
+            behind = float(job.report.get("behind_ms", 0.0))
+            for rendition in job.renditions.values():
+                out.append((job.label, rendition.stream, behind, _percentile(sorted(rendition.latency_ms), 0.99)))
+        return out
+
     def totals(self) -> dict[str, Any]:
         return {
             "jobs": len(self.jobs),
