@@ -14,6 +14,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from api import (
     channel_routes,
     cluster,
+    debug,
     errors,
     goods_api,
     keys,
@@ -322,6 +323,7 @@ class Server:
             streams.routes(self.hub, self.metrics, self.renditions, self.cluster, self.settings.public_stats)
         )
         app.add_routes(self.flv.routes())
+        app.add_routes(debug.routes(self.settings.data_dir))
         app[keys.APPS], app[keys.ROOMS], app[keys.ROOM_STATUS] = self.apps, self.rooms, self.room_status
         app[keys.URLS], app[keys.MEDIA], app[keys.AUDIENCE] = self.urls, self.media, self.audience
         app[keys.LADDERS], app[keys.BUS], app[keys.REPLAYS] = self.ladders, self.bus, self.replays

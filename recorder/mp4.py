@@ -170,6 +170,8 @@ def remux(source: SegmentReader, target: Path) -> None:
                     break
             if not tracks.outputs:
                 raise RemuxError("the segments hold no audio or video")
+            if tracks.moved:  # the recording's timestamps went wrong upstream: worth a look, not a failure
+                log.warning("%s: %d frames whose DTS did not go forward were moved", target, tracks.moved)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -192,6 +194,8 @@ class _Tracks:
         self.outputs: dict[str, av.stream.Stream] = {}  # by type: "video", "audio"
         self.configs: dict[str, tuple[str, bytes | None]] = {}  # by type: the first run's codec and extradata
         self.origin = Fraction(0)
+        self.last: dict[str, Fraction] = {}  # by type: the last DTS muxed, in seconds
+        self.moved = 0  # frames moved forward by _monotonic
 
     def copy(self, src: av.container.InputContainer) -> None:
         tracks = [s for s in src.streams if s.type in ("video", "audio")]
@@ -214,8 +218,24 @@ class _Tracks:
             packet.dts -= shift[index]
             if packet.pts is not None:
                 packet.pts -= shift[index]
+            self._monotonic(packet, outputs[index])
             packet.stream = outputs[index]
             self.dst.mux(packet)
+
+    def _monotonic(self, packet: av.Packet, output: av.stream.Stream) -> None:
+        """Move a frame whose DTS does not go forward to just after the last one: the MP4 muxer refuses
+        it (EINVAL) and the whole replay would fail. The soak found recordings whose first segment had
+        a hundred video frames on one DTS (see docs/decisions.md, "Hardening: soak"). "Just after" is
+        a millisecond, or the track's time unit if coarser, so that it stays after once rescaled."""
+        kind, base = output.type, packet.time_base
+        last = self.last.get(kind)
+        if last is not None and packet.dts * base <= last:
+            step = max(Fraction(1, 1000), Fraction(output.time_base or 0))
+            packet.dts = -(-(last + step) // base)  # rounded up
+            if packet.pts is not None and packet.pts < packet.dts:
+                packet.pts = packet.dts
+            self.moved += 1
+        self.last[kind] = packet.dts * base
 
 
 def origin(tracks: list[av.stream.Stream]) -> Fraction:

@@ -72,5 +72,6 @@ def narrow_offer(text: str, video_codecs: tuple[str, ...] = ("h264",)) -> str:
         media.fmt = [c.payloadType for c in kept]
     try:
         return str(description)
-    except ValueError as exc:  # aiortc's parser keeps values its writer refuses (bad addresses, a=rtcp with a host name)
+    # aiortc's parser keeps values its writer refuses (malformed addresses, a=rtcp with a host name).
+    except ValueError as exc:
         raise OfferError(400, f"malformed SDP offer: {exc}") from None

@@ -212,6 +212,9 @@ class WhepFeed:
         self.closed = True
         if self.subscription is not None:
             self.subscription.close()
+            # The subscription holds this feed: a cycle, freed only by a full collection (rare with
+            # the server's GC thresholds), with the transcoder's FFmpeg threads (found by the soak).
+            self.subscription = None
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.endpoint.feeds.get(self.key) is self:
             del self.endpoint.feeds[self.key]

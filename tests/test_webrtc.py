@@ -402,6 +402,18 @@ async def test_whip_frames_arrive_in_the_hub_as_sent(make_server) -> None:  # ty
     assert pattern.sent - 15 <= received <= pattern.sent, (pattern.sent, received)
 
 
+async def recvonly_offer() -> str:
+    """A WHEP viewer's offer (video and audio, receive only) from a peer connection already closed:
+    posted, it is answered and then abandoned."""
+    client = client_pc()
+    client.addTransceiver("video", direction="recvonly")
+    client.addTransceiver("audio", direction="recvonly")
+    with ice.policy(LOOPBACK):
+        await client.setLocalDescription(await client.createOffer())
+    await client.close()
+    return client.localDescription.sdp
+
+
 def live_objects(name: str) -> int:
     return sum(1 for o in gc.get_objects() if type(o).__name__ == name)
 
@@ -419,15 +431,9 @@ async def test_abandoned_whep_sessions_are_freed_without_a_full_collection(make_
     sessions = 200
     server = await make_server(webrtc=webrtc_settings(connect_timeout=1.0, max_whep_viewers=sessions))
     publisher = await publish(rtmp_url(server, "gone"), seconds=30)
-    client = client_pc()
     try:
         await wait_live(server, "gone")
-        client.addTransceiver("video", direction="recvonly")
-        client.addTransceiver("audio", direction="recvonly")
-        with ice.policy(LOOPBACK):
-            await client.setLocalDescription(await client.createOffer())
-        offer = client.localDescription.sdp
-        await client.close()
+        offer = await recvonly_offer()
         url = f"http://127.0.0.1:{server.http_port}/whep/gone"
         headers = {"Content-Type": "application/sdp"}
         gc.collect()

@@ -44,7 +44,12 @@ def check_websocket_handshake(request: web.Request) -> None:
 async def take_transport(request: web.Request, response: web.StreamResponse) -> asyncio.Transport | None:
     """Send ``response``'s headers, then give the transport its body is to be written to (framed by the
     caller); None when the client is already gone."""
-    await response.prepare(request)
+    try:
+        await response.prepare(request)
+    except ConnectionError:
+        # The viewer left while the handler waited (play_wait_seconds): aiohttp's finish_response takes
+        # a ConnectionError as the client gone, quietly; raised out of the handler it is a traceback.
+        return None
     transport = request.transport
     if transport is None or transport.is_closing():
         return None
