@@ -508,6 +508,18 @@ PATHS: dict[str, Any] = {
             ),
         )
     },
+    "/api/v1/debug/runtime": {
+        "get": _operation(
+            "This process's asyncio tasks and threads (a leak hunt, as the soak does); with types=N also the N "
+            "most numerous live object types. Needs the server's admin token (`minilive admin token`) as Bearer",
+            _json(
+                _object({"pid": INT, "tasks": INT, "threads": INT, "types": {"type": "object"}}, "types"),
+                "the counts",
+            ),
+            errors=(400, 401),
+            params=[_query("types", "also list the N most numerous live object types (1 to 1000)", 0)],
+        )
+    },
     "/api/v1/openapi.json": {
         "get": _operation(
             "This document", {"description": "OpenAPI 3.1", "content": {"application/json": {}}}, errors=(), public=True

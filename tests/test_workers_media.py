@@ -23,7 +23,9 @@ from relay.formats.flv import VIDEO, FlvReader
 from tests.conftest import make_room, needs_ffmpeg, probe_streams, publish
 from tests.test_workers import start_workers
 
-pytestmark = needs_ffmpeg
+# Each test runs a supervisor and its worker processes sharing the ports: which worker accepts a
+# connection depends on which is idle, so they run alone, after the parallel part (scripts/dev test).
+pytestmark = [needs_ffmpeg, pytest.mark.serial]
 
 
 async def fresh_get(port: int, path: str) -> tuple[int, bytes]:
