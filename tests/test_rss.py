@@ -3,11 +3,20 @@ fix's regression test."""
 
 from __future__ import annotations
 
+import gc
 import tracemalloc
+import weakref
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import aiohttp
 
 from api.console.sessions import admin_token
+from recorder.recording import Recording
+from relay.formats.hls import HlsSettings
+from relay.formats.packet import AUDIO, Packet
+from relay.http.hls import _Packager
 
 
 async def _runtime(server, query: str) -> tuple[int, dict]:
@@ -59,3 +68,53 @@ async def test_runtime_buffers_counts_bytes_the_collector_does_not_track(make_se
     _, body = await _runtime(server, "buffers=3")
     assert body["buffers"]["bytes"]["size"] >= 8_000_000 and body["buffers"]["bytes"]["count"] >= 8
     assert body["buffers"]["holders"]["list"] >= 8_000_000 and len(held["payloads"]) == 8
+
+
+def _audio(seconds: int) -> Iterator[Packet]:
+    """AAC config, then ``seconds`` of 100 ms audio frames of 2 KB (segments and parts to keep)."""
+    yield Packet(AUDIO, 0, b"\xaf\x00\x12\x10", config=True)
+    for i in range(seconds * 10):
+        yield Packet(AUDIO, i * 100, b"\xaf\x01" + bytes(2000))
+
+
+@contextmanager
+def _no_collector() -> Iterator[None]:
+    """As on the server, where ``gc.freeze`` and high thresholds make full collections rare: what
+    reference counting does not free stays."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def test_a_stopped_hls_packager_and_its_window_go_without_a_full_collection() -> None:
+    """A packager's playlist and its segmenter held each other (the segmenter calls the playlist's
+    bound methods), so every stopped packager kept its window of parts (11 segments, megabytes at a
+    real bitrate) until a full collection."""
+    with _no_collector():
+        packager = _Packager(HlsSettings(segment_seconds=1, part_seconds=0.5), "live", "gone")
+        for packet in _audio(20):
+            packager.feed(packet)
+        playlist = weakref.ref(packager.playlist)
+        segment = packager.playlist.segments[-1]
+        assert len(packager.playlist.segments) == 11 and segment.parts
+        packager.end()
+        packager.stop()
+        del packager, segment
+        assert playlist() is None, "the stopped packager's playlist (and its parts) is still alive"
+
+
+async def test_a_closed_recording_goes_without_a_full_collection(tmp_path) -> None:
+    """The same cycle through a recording's segmenter: the soak's server held 8 closed recordings
+    (2 rooms recorded at a time) at minute 8."""
+    with ThreadPoolExecutor(1) as writer, _no_collector():
+        recording = Recording("r", tmp_path, 1.0, writer, mp4=False)
+        for packet in _audio(5):
+            recording.feed(packet)
+        await recording.close()
+        assert len(recording.entries) >= 4
+        segmenter = weakref.ref(recording.segmenter)
+        del recording
+        assert segmenter() is None, "the closed recording and its segmenter are still alive"
