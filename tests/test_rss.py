@@ -4,14 +4,19 @@ fix's regression test."""
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import tracemalloc
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import aiohttp
+import pytest
 
+from api.config import ConfigError, Settings, load
 from api.console.sessions import admin_token
 from recorder.recording import Recording
 from relay.formats.hls import HlsSettings
@@ -118,3 +123,47 @@ async def test_a_closed_recording_goes_without_a_full_collection(tmp_path) -> No
         segmenter = weakref.ref(recording.segmenter)
         del recording
         assert segmenter() is None, "the closed recording and its segmenter are still alive"
+
+
+# Big buffers freed while small objects allocated after them live on, as HLS parts and viewers' start
+# bytes are on the server; first a 4 MB block freed, which raises glibc's own mmap threshold above them.
+_CHURN = """
+import sys
+from api.memstats import glibc_heap
+from ingest.heap import set_mmap_threshold
+if sys.argv[1] != "0":
+    assert set_mmap_threshold(int(sys.argv[1]))
+big = bytes(4 << 20)
+del big
+kept, parts = [], []
+for i in range(200):
+    parts.append(bytes(300_000 + i))
+    kept.append(bytes(1000))
+parts.clear()
+print(glibc_heap()["free"])
+"""
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _heap_free_after_churn(threshold: int) -> int:
+    argv = [sys.executable, "-c", _CHURN, str(threshold)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=ROOT)
+    return int(done.stdout)
+
+
+def test_a_fixed_mmap_threshold_gives_big_buffers_back_as_they_are_freed() -> None:
+    """The soak's RSS: with glibc's own threshold the 60 MB of parts freed stay in the heap as holes
+    (RSS), with the server's (``malloc_mmap_threshold``, 128 KiB) they went back to the system."""
+    assert _heap_free_after_churn(0) > 50_000_000, "glibc's own threshold kept the freed parts"
+    assert _heap_free_after_churn(Settings().malloc_mmap_threshold) < 5_000_000
+
+
+def test_malloc_mmap_threshold_is_checked(tmp_path) -> None:
+    config = tmp_path / "minilive.toml"
+    config.write_text("malloc_mmap_threshold = 67108864\n")
+    with pytest.raises(ConfigError, match="malloc_mmap_threshold must be 0"):
+        load(config, {})
+    config.write_text("malloc_mmap_threshold = 0\n")
+    assert load(config, {}).malloc_mmap_threshold == 0
