@@ -61,6 +61,10 @@ class Settings:
     # Server processes sharing the ports (SO_REUSEPORT) under a supervisor; 1: one process, no supervisor.
     # The TOML file and --workers also take "auto": one per CPU.
     workers: int = 1
+    # Allocations of at least this many bytes are mmapped and given back when freed (glibc's mallopt
+    # M_MMAP_THRESHOLD); 0: glibc's own threshold, which rises to the biggest block freed (up to
+    # 32 MiB) and then leaves the heap full of freed holes between live objects (issue 16, rss).
+    malloc_mmap_threshold: int = 128 * 1024
     relay: RelaySettings = field(default_factory=RelaySettings)
     rtmp: RtmpSettings = field(default_factory=RtmpSettings)
     rooms: RoomSettings = field(default_factory=RoomSettings)
@@ -182,6 +186,10 @@ def load(path: Path | None, overrides: dict[str, Any]) -> Settings:
         raise ConfigError(
             f"http_keepalive_seconds must be above 0 (it is {settings.http_keepalive_seconds}): the idle time"
             " after which a kept-alive HTTP connection is closed; nginx's is 75"
+        )
+    if not 0 <= settings.malloc_mmap_threshold <= 32 * 1024 * 1024:
+        raise ConfigError(
+            f"malloc_mmap_threshold must be 0 (glibc's own) to 33554432 bytes, not {settings.malloc_mmap_threshold}"
         )
     if settings.hls.format not in ("ts", "fmp4"):
         raise ConfigError(f"[hls] format must be ts or fmp4, not {settings.hls.format!r}")

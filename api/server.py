@@ -51,6 +51,7 @@ from api.subscribers import Subscribers
 from api.supervisor import worker_index
 from api.urls import Urls
 from api.webhooks import Webhooks
+from ingest import heap
 from ingest.server import RtmpServer
 from recorder.recorder import Recorder
 from relay.http.cors import CORS
@@ -444,6 +445,10 @@ class Server:
         # scanned again) and the youngest generation is collected every 20,000 allocations.
         gc.freeze()
         gc.set_threshold(20_000, 10, 10)
+        if self.settings.malloc_mmap_threshold:
+            # Big buffers (HLS parts, viewers' start bytes, GOP frames) go back to the system as they
+            # are freed instead of leaving holes in the heap that RSS keeps (decisions: "RSS").
+            heap.set_mmap_threshold(self.settings.malloc_mmap_threshold)
         try:
             await stop.wait()
         finally:

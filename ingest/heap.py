@@ -39,6 +39,20 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
+M_MMAP_THRESHOLD = -3  # mallopt parameter, malloc.h
+
+
+def set_mmap_threshold(size: int) -> bool:
+    """Allocations of ``size`` bytes or more are mmapped, and given back as they are freed: glibc's
+    threshold no longer rises (as it does by default, up to 32 MiB, after each mmapped block freed).
+    False without glibc."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, size))
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -154,5 +154,6 @@ class Recording:
     async def close(self) -> None:
         """Detach, and wait until every segment is on disk (the writer runs them in order)."""
         self.detach()
+        self.segmenter.close()  # its callback is ours: freed by reference counting, not a full collection
         if self._last_write is not None:
             await asyncio.wrap_future(self._last_write)

@@ -319,6 +319,14 @@ class Segmenter:
         self._close_segment(self._last_ts)
         self.segment = None
 
+    def close(self) -> None:
+        """Nothing more will be fed: drop the callbacks. They are the owner's bound methods, and the
+        owner holds this segmenter: a cycle that the collector frees only in a full collection, which
+        the server makes rare (``gc.freeze``, high thresholds), with every segment and part the owner
+        keeps (a stopped HLS packager's window: megabytes a stream; closed recordings piled up in the
+        soak, issue 16)."""
+        self.on_part = self.on_segment = self.on_open = None
+
 
 def presentation_time(packet: Packet) -> int:
     """A packet's presentation time in stream milliseconds: its timestamp (the decoding time), plus the
@@ -510,6 +518,10 @@ class LivePlaylist:
         self.segmenter.finish()
         self.ended = True
         self._notify()
+
+    def close(self) -> None:
+        """No more packets (its packager stopped): freed by reference counting once unreferenced."""
+        self.segmenter.close()
 
     def _on_open(self, segment: Segment) -> None:
         self.segments.append(segment)

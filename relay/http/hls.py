@@ -168,6 +168,7 @@ class _Packager:
     def stop(self) -> None:
         if self.subscription is not None:
             self.subscription.close()
+        self.playlist.close()
 
 
 class HlsPlayback:
