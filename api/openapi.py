@@ -513,11 +513,25 @@ PATHS: dict[str, Any] = {
             "This process's asyncio tasks and threads (a leak hunt, as the soak does); with types=N also the N "
             "most numerous live object types. Needs the server's admin token (`minilive admin token`) as Bearer",
             _json(
-                _object({"pid": INT, "tasks": INT, "threads": INT, "types": {"type": "object"}}, "types"),
+                _object(
+                    {
+                        "pid": INT,
+                        "tasks": INT,
+                        "threads": INT,
+                        **{key: {"type": "object"} for key in ("types", "malloc", "buffers")},
+                    },
+                    "types",
+                    "malloc",
+                    "buffers",
+                ),
                 "the counts",
             ),
             errors=(400, 401),
-            params=[_query("types", "also list the N most numerous live object types (1 to 1000)", 0)],
+            params=[
+                _query("types", "also list the N most numerous live object types (1 to 1000)", 0),
+                _query("malloc", "also glibc's heap figures and, under PYTHONTRACEMALLOC, the top N lines", 0),
+                _query("buffers", "also the bytes and bytearrays held by containers, by holder type", 0),
+            ],
         )
     },
     "/api/v1/openapi.json": {
