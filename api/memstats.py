@@ -19,6 +19,8 @@ import tracemalloc
 from collections import Counter
 from typing import Any
 
+from ingest.heap import glibc
+
 _MALLINFO2_FIELDS = [
     "arena",
     "ordblks",
@@ -39,9 +41,8 @@ class _Mallinfo2(ctypes.Structure):
 
 @functools.cache
 def _mallinfo2() -> Any:
-    try:
-        function = ctypes.CDLL("libc.so.6").mallinfo2  # glibc 2.33 and later
-    except (OSError, AttributeError):
+    function = getattr(glibc(), "mallinfo2", None)  # glibc 2.33 and later
+    if function is None:
         return None
     function.restype = _Mallinfo2
     return function

@@ -30,13 +30,20 @@ MIN_INTERVAL = 10.0
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where there is no glibc (musl). By its soname, not
-    ``ctypes.util.find_library``, which runs ldconfig in a subprocess."""
+def glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (the allocator calls below are glibc's), else None (musl). By its
+    soname, not ``ctypes.util.find_library``, which runs ldconfig in a subprocess."""
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
-    except (OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
         return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None without glibc."""
+    libc = glibc()
+    return libc.malloc_trim if libc is not None else None
 
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter, malloc.h
@@ -46,11 +53,8 @@ def set_mmap_threshold(size: int) -> bool:
     """Allocations of ``size`` bytes or more are mmapped, and given back as they are freed: glibc's
     threshold no longer rises (as it does by default, up to 32 MiB, after each mmapped block freed).
     False without glibc."""
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, size))
+    libc = glibc()
+    return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, size))
 
 
 def rss_bytes() -> int:
