@@ -506,15 +506,6 @@ class Metrics:
         body, content_type = self.render(request.headers.get("Accept", ""))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
-    async def listen(self, host: str, port: int) -> web.AppRunner:
-        """Answer ``GET /metrics`` (only) on a port of its own ([metrics] port)."""
-        app = web.Application()
-        app.add_routes([web.get("/metrics", self.handle)])
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
-        return runner
-
 
 def _attributes(source: object, names: tuple[str, ...]) -> dict[str, Any]:
     return {name: getattr(source, name) for name in names}

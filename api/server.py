@@ -7,6 +7,7 @@ import gc
 import ipaddress
 import logging
 import signal
+from collections.abc import Sequence
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -55,7 +56,7 @@ from ingest import heap
 from ingest.server import RtmpServer
 from recorder.recorder import Recorder
 from relay.http.cors import CORS
-from relay.http.fast import FastPathListener, Limits, head_watch
+from relay.http.fast import FastPathListener, Limits, Route, head_watch
 from relay.http.flv import FlvPlayback
 from relay.http.hls import HlsPlayback
 from relay.hub import Hub
@@ -280,6 +281,7 @@ class Server:
         self.app = self.build_app()
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None  # [metrics] port
+        self._metrics_site: FastPathListener | None = None
         self.http_site: FastPathListener | None = None
         self._stopped = False
         self.rtmp_port = 0
@@ -306,6 +308,28 @@ class Server:
         """Whether a live node originates a room's stream (None: the registry cannot say now)."""
         assert self.cluster is not None
         return await self.cluster.cluster.held_anywhere(self.settings.rooms.rtmp_app, stream)
+
+    async def _listen(
+        self, app: web.Application, port: int, routes: Sequence[Route], reuse_port: bool = False
+    ) -> tuple[web.AppRunner, FastPathListener]:
+        """Serve ``app`` on ``port`` behind the HTTP limits (head deadline, per-address cap, keep-alive
+        time), with ``routes`` on the lean path: every HTTP port a client can reach holds them."""
+        keepalive = self.settings.http_keepalive_seconds
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=keepalive)
+        await runner.setup()
+        site = FastPathListener(
+            runner,
+            self.settings.host,
+            port,
+            routes,
+            backlog=1024,
+            reuse_address=True,
+            reuse_port=reuse_port,
+            keepalive_seconds=keepalive,
+            limits=self.http_limits,
+        )
+        await site.start()
+        return runner, site
 
     def build_app(self) -> web.Application:
         app = web.Application(
@@ -359,25 +383,14 @@ class Server:
         shared = worker_index() is not None  # the supervisor's other workers listen on the same ports
         rtmp_addrs = await self.rtmp.start(s.host, s.rtmp_port, reuse_port=shared)
         self.rtmp_port = rtmp_addrs[0][1]
-        self._runner = web.AppRunner(
-            self.app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=s.http_keepalive_seconds
-        )
-        await self._runner.setup()
-        site = self.http_site = FastPathListener(
-            self._runner,
-            s.host,
-            s.http_port,
-            (self.cluster.gateway if self.cluster else self.hls).fast_routes(),
-            backlog=1024,
-            reuse_address=True,
-            reuse_port=shared,
-            keepalive_seconds=s.http_keepalive_seconds,
-            limits=self.http_limits,
-        )
-        await site.start()
-        self.http_port = site.addresses[0][1]
+        routes = (self.cluster.gateway if self.cluster else self.hls).fast_routes()
+        self._runner, site = await self._listen(self.app, s.http_port, routes, reuse_port=shared)
+        self.http_site, self.http_port = site, site.addresses[0][1]
         if s.metrics.port:  # each worker on a port of its own, for a scrape of every worker
-            self._metrics_runner = await self.metrics.listen(s.host, s.metrics.port + (worker_index() or 0))
+            metrics_app = web.Application(middlewares=[head_watch, client_gone(self.http_limits)])
+            metrics_app.add_routes([web.get("/metrics", self.metrics.handle)])
+            port = s.metrics.port + (worker_index() or 0)
+            self._metrics_runner, self._metrics_site = await self._listen(metrics_app, port, ())
         host = s.public_host
         rtmp_base = f"rtmp://{host}" + ("" if self.rtmp_port == 1935 else f":{self.rtmp_port}")
         http_base = s.public_url.rstrip("/") if s.public_url else f"http://{host}:{self.http_port}"
@@ -430,6 +443,8 @@ class Server:
             await self.http_site.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._metrics_site is not None:
+            await self._metrics_site.stop()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         await self.store.close()

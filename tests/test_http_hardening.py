@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from api import config, json_body, webhook_targets
-from tests.conftest import flv_url, metric, publish, rtmp_url, wait_live
+from tests.conftest import flv_url, free_port, metric, publish, rtmp_url, wait_live
 from tests.test_wechat_api import make_png
 
 DEEP = b"[" * 100_000
@@ -238,6 +238,29 @@ async def test_the_head_deadline_holds_for_every_request_on_a_connection(make_se
     writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     assert (await answered(reader)).startswith(b"HTTP/1.1 ")
     for _, w in (idle, slow):
+        w.close()
+    no_traceback(caplog)
+
+
+async def test_the_metrics_port_has_the_http_ports_limits(make_server, caplog) -> None:
+    """[metrics] port (a port of its own for Prometheus) holds the same head deadline and per-address cap
+    as the HTTP port: before, it was a bare aiohttp site, where a trickled head was held for minutes."""
+    caplog.set_level(logging.INFO)
+    port = free_port()
+    server = await make_server(
+        http_head_timeout_seconds=1.0, http_max_connections_per_address=5, http_cap_exempt=[], port=port
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"minilive_http_head_timeouts_total" in await answered(reader)
+    assert await asyncio.wait_for(trickle(writer, reader, "/metrics"), 30)  # the next head, trickled
+    assert server.http_limits.head_timeouts == 1
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert await closed_or_answered(reader, 10) == b""  # the address has 5 open
+    assert server.http_limits.refused_per_address == 1
+    for _, w in (*held, (reader, writer)):
         w.close()
     no_traceback(caplog)
 
