@@ -3,9 +3,11 @@ fix's regression test."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import subprocess
 import sys
+import time
 import tracemalloc
 import weakref
 from collections.abc import Iterator
@@ -22,6 +24,8 @@ from recorder.recording import Recording
 from relay.formats.hls import HlsSettings
 from relay.formats.packet import AUDIO, Packet
 from relay.http.hls import _Packager
+from tests.conftest import flv_url, publish, rtmp_url, wait_live
+from tests.test_hostile import until
 
 
 async def _runtime(server, query: str) -> tuple[int, dict]:
@@ -167,3 +171,31 @@ def test_malloc_mmap_threshold_is_checked(tmp_path) -> None:
         load(config, {})
     config.write_text("malloc_mmap_threshold = 0\n")
     assert load(config, {}).malloc_mmap_threshold == 0
+
+
+async def test_an_ended_stream_goes_without_a_full_collection(make_server) -> None:
+    """The soak's server held every ended stream (LiveStream, its HLS packager and the packager's
+    window of parts: about 10 MB at 2 Mbit/s) until a full collection: a packager and its
+    subscription held each other, and the subscription held the stream. Here: an HLS packager, an
+    HTTP-FLV viewer and a recording on one stream, which then ends, with the collector off."""
+    server = await make_server(grace_seconds=0.5)
+    publisher = await publish(rtmp_url(server, "gone"), seconds=30)
+    await wait_live(server, "gone")
+    stream = weakref.ref(server.hub._streams["live/gone"])
+    assert server.recorder.start("live", "gone", "replay-gone", "gone/replay-gone")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{server.http_port}/live/gone/index.m3u8") as response:
+            assert response.status == 200
+        async with session.get(flv_url(server, "gone")) as response:
+            assert len(await response.content.readexactly(50_000)) == 50_000
+    packager = weakref.ref(server.hls.packagers["live/gone"])
+    with _no_collector():
+        await publisher.stop()
+        await until(lambda: "live/gone" not in server.hub._streams, 30, "the stream ends after its grace")
+        server.hls.sweep(time.monotonic())  # as the sweeper does within 5 s: the ended stream's packager stops
+        assert "live/gone" not in server.hls.packagers
+        server.recorder.stop("replay-gone")
+        assert await server.recorder.finish("replay-gone") is not None
+        await asyncio.sleep(1.5)  # the hub's next check of its streams
+        assert packager() is None, "the stopped packager (and its window of parts) is still alive"
+        assert stream() is None, "the ended stream is still alive"

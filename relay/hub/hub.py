@@ -84,10 +84,13 @@ class Hub:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            now = time.monotonic()
-            for stream in list(self._streams.values()):
-                stream.update_rates(now)
-                stream.check_viewers(now)
+            self._check_streams(time.monotonic())
+
+    def _check_streams(self, now: float) -> None:
+        # Not inlined in _tick: its frame would keep the last stream it checked alive for a second.
+        for stream in list(self._streams.values()):
+            stream.update_rates(now)
+            stream.check_viewers(now)
 
     # ------------------------------------------------------------ events
 

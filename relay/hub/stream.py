@@ -570,7 +570,7 @@ class Subscription:
 
     def __init__(self, stream: LiveStream, member: Viewer | Sink) -> None:
         self._stream = stream
-        self._member = member
+        self._member: Viewer | Sink | None = member
 
     @property
     def key(self) -> str:
@@ -588,8 +588,12 @@ class Subscription:
             stream.sink_audience[self._member] = (protocol, count)  # type: ignore[index]
 
     def close(self) -> None:
-        """Leave the stream (idempotent)."""
+        """Leave the stream (idempotent). The member usually holds this subscription: forgetting it
+        here breaks that cycle, so that reference counting frees the member and the stream."""
         member = self._member
+        if member is None:
+            return
+        self._member = None
         if isinstance(member, Viewer):
             self._stream.detach(member)
         else:
