@@ -49,6 +49,7 @@ from typing import Any
 import aiohttp
 import uvloop
 
+from api.errors import ACCESS_TOKEN_EXPIRED
 from bench import fixture, peers
 from bench.hls_client import HlsClient
 from bench.load import FlvViewer, PublisherResult, Source, Timeline, publish
@@ -111,22 +112,49 @@ class Counts:
 # ------------------------------------------------------------------ the API
 
 
+def _error_code(body: bytes) -> int | None:
+    try:
+        return json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class Api:
     """The REST API as the app's back end calls it (and the admin's debug endpoint)."""
 
-    def __init__(self, session: aiohttp.ClientSession, token: str, admin: str, counts: Counts) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, app: dict[str, str], token: str, admin: str, counts: Counts
+    ) -> None:
         self.session = session
+        self.app = app
         self.headers = {"Authorization": f"Bearer {token}"}
         self.admin = {"Authorization": f"Bearer {admin}"}
         self.counts = counts
+        self.renewals = 0
 
     async def call(self, method: str, path: str, expect: int = 200, **kwargs: Any) -> Any:
-        async with self.session.request(method, path, headers=self.headers, **kwargs) as response:
-            body = await response.read()
-            if response.status != expect:
-                self.counts.api_errors += 1
-                raise RuntimeError(f"{method} {path}: HTTP {response.status} {body[:300]!r}")
-            return json.loads(body) if body else None
+        for attempt in range(2):
+            async with self.session.request(method, path, headers=self.headers, **kwargs) as response:
+                body = await response.read()
+                status = response.status
+            if status == expect:
+                return json.loads(body) if body else None
+            if attempt == 0 and status == 401 and _error_code(body) == ACCESS_TOKEN_EXPIRED:
+                # The access token lives 7200 s, as the official one: a back end gets a new one then.
+                await self.renew()
+                continue
+            self.counts.api_errors += 1
+            raise RuntimeError(f"{method} {path}: HTTP {status} {body[:300]!r}")
+
+    async def renew(self) -> None:
+        query = {"grant_type": "client_credential", "appid": self.app["appid"], "secret": self.app["secret"]}
+        async with self.session.get("/cgi-bin/token", params=query) as response:
+            body = await response.json()
+        if "access_token" not in body:
+            self.counts.api_errors += 1
+            raise RuntimeError(f"GET /cgi-bin/token: {body}")
+        self.headers = {"Authorization": f"Bearer {body['access_token']}"}
+        self.renewals += 1
 
     async def runtime(self) -> dict[str, Any]:
         async with self.session.get("/api/v1/debug/runtime", headers=self.admin) as response:
@@ -726,7 +754,7 @@ async def soak(options: argparse.Namespace) -> dict[str, Any]:
         admin = admin_token(server)
         async with aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as session:
             token, _, _ = await _room(session, app)  # also uploads the cover every room uses
-            api = Api(session, token, admin, counts)
+            api = Api(session, app, token, admin, counts)
             driver = Driver(server, api, Source(fixture.PATH), options)
             first = await api.call("GET", "/api/v1/rooms")
             driver.media_id = first["rooms"][0]["cover_img"]

@@ -197,3 +197,23 @@ def probe_frames(path: Path) -> dict[str, int]:
         text=True,
     ).stdout
     return {s["codec_type"]: int(s["nb_read_frames"]) for s in json.loads(out)["streams"]}
+
+
+async def test_the_driver_gets_a_new_access_token_when_its_own_expires(make_server) -> None:
+    """The 120-minute soak died in its end-of-run check: its access token had lived the official
+    7200 s and the server answered 42001, as it should. The driver now renews it as a back end does."""
+    server = await make_server(token_ttl_seconds=1)
+    app = await server.apps.create_app("soak")
+    credentials = {"appid": app.appid, "secret": app.secret}
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as session:
+        api = soak.Api(session, credentials, "", "", soak.Counts())
+        await api.renew()
+        assert (await api.call("GET", "/api/v1/rooms"))["rooms"] == []
+        await asyncio.sleep(2.1)
+        assert (await api.call("GET", "/api/v1/rooms"))["rooms"] == []
+        assert api.renewals == 2 and api.counts.api_errors == 0
+        api.app = {"appid": app.appid, "secret": "wrong"}
+        await asyncio.sleep(2.1)
+        with pytest.raises(RuntimeError, match=r"cgi-bin/token.*40125"):
+            await api.call("GET", "/api/v1/rooms")
+        assert api.counts.api_errors == 1
