@@ -48,11 +48,19 @@ def _app(server: peers.Server) -> dict[str, str]:
     return json.loads(done.stdout)
 
 
-async def _room(session: aiohttp.ClientSession, app: dict[str, str]) -> tuple[str, int, str]:
-    """A room with replay on, as a back end makes one: (access token, room id, push URL)."""
+async def access_token(session: aiohttp.ClientSession, app: dict[str, str]) -> str:
+    """A new access token for ``app``, as a back end gets one (``/cgi-bin/token``)."""
     query = {"grant_type": "client_credential", "appid": app["appid"], "secret": app["secret"]}
     async with session.get("/cgi-bin/token", params=query) as response:
-        token = (await response.json())["access_token"]
+        body = await response.json()
+    if "access_token" not in body:
+        raise RuntimeError(f"GET /cgi-bin/token: {body}")
+    return body["access_token"]
+
+
+async def _room(session: aiohttp.ClientSession, app: dict[str, str]) -> tuple[str, int, str]:
+    """A room with replay on, as a back end makes one: (access token, room id, push URL)."""
+    token = await access_token(session, app)
     image = ["-f", "lavfi", "-i", "color=c=teal:s=320x180", "-frames:v", "1", "-f", "image2pipe", "-c:v", "png"]
     cover = _ffmpeg(*image, "-", timeout=30)
     form = aiohttp.FormData()

@@ -53,7 +53,7 @@ from api.errors import ACCESS_TOKEN_EXPIRED
 from bench import fixture, peers
 from bench.hls_client import HlsClient
 from bench.load import FlvViewer, PublisherResult, Source, Timeline, publish
-from bench.replay import _app, _room
+from bench.replay import _app, _room, access_token
 from ingest.rtmp.client import connect
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -122,12 +122,10 @@ def _error_code(body: bytes) -> int | None:
 class Api:
     """The REST API as the app's back end calls it (and the admin's debug endpoint)."""
 
-    def __init__(
-        self, session: aiohttp.ClientSession, app: dict[str, str], token: str, admin: str, counts: Counts
-    ) -> None:
+    def __init__(self, session: aiohttp.ClientSession, app: dict[str, str], admin: str, counts: Counts) -> None:
         self.session = session
         self.app = app
-        self.headers = {"Authorization": f"Bearer {token}"}
+        self.headers: dict[str, str] = {}  # the app's access token: renew() gets one
         self.admin = {"Authorization": f"Bearer {admin}"}
         self.counts = counts
         self.renewals = 0
@@ -147,13 +145,12 @@ class Api:
             raise RuntimeError(f"{method} {path}: HTTP {status} {body[:300]!r}")
 
     async def renew(self) -> None:
-        query = {"grant_type": "client_credential", "appid": self.app["appid"], "secret": self.app["secret"]}
-        async with self.session.get("/cgi-bin/token", params=query) as response:
-            body = await response.json()
-        if "access_token" not in body:
+        try:
+            token = await access_token(self.session, self.app)
+        except RuntimeError:
             self.counts.api_errors += 1
-            raise RuntimeError(f"GET /cgi-bin/token: {body}")
-        self.headers = {"Authorization": f"Bearer {body['access_token']}"}
+            raise
+        self.headers = {"Authorization": f"Bearer {token}"}
         self.renewals += 1
 
     async def runtime(self) -> dict[str, Any]:
@@ -753,8 +750,9 @@ async def soak(options: argparse.Namespace) -> dict[str, Any]:
         app = _app(server)
         admin = admin_token(server)
         async with aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as session:
-            token, _, _ = await _room(session, app)  # also uploads the cover every room uses
-            api = Api(session, app, token, admin, counts)
+            await _room(session, app)  # also uploads the cover every room uses
+            api = Api(session, app, admin, counts)
+            await api.renew()
             driver = Driver(server, api, Source(fixture.PATH), options)
             first = await api.call("GET", "/api/v1/rooms")
             driver.media_id = first["rooms"][0]["cover_img"]

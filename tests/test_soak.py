@@ -206,7 +206,7 @@ async def test_the_driver_gets_a_new_access_token_when_its_own_expires(make_serv
     app = await server.apps.create_app("soak")
     credentials = {"appid": app.appid, "secret": app.secret}
     async with aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as session:
-        api = soak.Api(session, credentials, "", "", soak.Counts())
+        api = soak.Api(session, credentials, "", soak.Counts())
         await api.renew()
         assert (await api.call("GET", "/api/v1/rooms"))["rooms"] == []
         await asyncio.sleep(2.1)
